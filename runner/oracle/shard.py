@@ -1,0 +1,219 @@
+"""Shard files (ORACLE.md sections 7 and 8): the parquet writer, readers, digests and verification.
+
+The only module of ``runner.oracle`` that touches the file system.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import time
+import uuid
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from runner import __version__
+from runner.oracle.deal import deal_hands
+
+FORMAT_VERSION = "1"
+COMPRESSIONS = ("zstd", "snappy", "lz4", "none")
+Q_COLUMNS = tuple(f"q{i}" for i in range(7))
+COLUMNS = ("state", "V", *Q_COLUMNS)
+REQUIRED_META = (
+    "seed",
+    "decl_id",
+    "opp_seed",
+    "hands",
+    "states",
+    "root_value",
+    "format_version",
+    "forge_version",
+    "h_states",
+    "h_v",
+    "h_q",
+)
+INITIAL_STATE = 0x7F | 0x7F << 7 | 0x7F << 14 | 0x7F << 21 | 7 << 32 | 7 << 35 | 7 << 38
+ILLEGAL = -128
+
+
+def shard_filename(base_seed: int, opp_seed: int | None, decl_id: int) -> str:
+    if opp_seed is None:
+        return f"seed_{base_seed:08d}_decl_{decl_id}.parquet"
+    return f"seed_{base_seed:08d}_opp{opp_seed}_decl_{decl_id}.parquet"
+
+
+def _h(a: np.ndarray, dtype: str) -> str:
+    return hashlib.sha256(np.ascontiguousarray(a, dtype=dtype).tobytes()).hexdigest()[:16]
+
+
+def table_digests(states: np.ndarray, V: np.ndarray, Q: np.ndarray) -> dict[str, str]:
+    """The three table digests of ORACLE.md section 8."""
+    return {"h_states": _h(states, "<i8"), "h_v": _h(V, "i1"), "h_q": _h(Q, "i1")}
+
+
+@dataclass
+class ShardData:
+    states: np.ndarray  # int64 (N,)
+    V: np.ndarray  # int8 (N,)
+    Q: np.ndarray  # int8 (N, 7)
+    meta: dict[str, str]
+
+
+def shard_metadata(sol: Any, *, base_seed: int, opp_seed: int | None, compression: str) -> dict[str, str]:
+    """Schema metadata for a solved deal (``sol`` is a ``runner.oracle.solve.Solution``)."""
+    meta = {
+        "seed": str(base_seed),
+        "decl_id": str(sol.decl_id),
+        "opp_seed": "" if opp_seed is None else str(opp_seed),
+        "hands": json.dumps([list(h) for h in sol.hands]),
+        "states": str(len(sol.states)),
+        "root_value": str(sol.root_value),
+        "format_version": FORMAT_VERSION,
+        "forge_version": __version__,
+        "compression": compression,
+        "device": sol.device,
+    }
+    meta.update(table_digests(sol.states, sol.V, sol.Q))
+    return meta
+
+
+def write_shard(
+    path: str | os.PathLike[str],
+    sol: Any,
+    *,
+    base_seed: int,
+    opp_seed: int | None,
+    compression: str = "zstd",
+    fsync: bool = False,
+) -> dict[str, str]:
+    """Write ``sol`` to ``path`` atomically: a temporary name in the same folder, then a rename.
+
+    Returns the metadata written, with ``write_seconds`` added (not stored in the file).
+    """
+    if compression not in COMPRESSIONS:
+        raise ValueError(f"compression must be one of {', '.join(COMPRESSIONS)}")
+    t0 = time.perf_counter()
+    path = Path(path)
+    meta = shard_metadata(sol, base_seed=base_seed, opp_seed=opp_seed, compression=compression)
+    arrays = [pa.array(sol.states, pa.int64()), pa.array(sol.V, pa.int8())]
+    arrays += [pa.array(np.ascontiguousarray(sol.Q[:, i]), pa.int8()) for i in range(7)]
+    table = pa.Table.from_arrays(arrays, names=list(COLUMNS))
+    table = table.replace_schema_metadata({k: v for k, v in meta.items()})
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex[:8]}.tmp")
+    try:
+        pq.write_table(table, tmp, compression=None if compression == "none" else compression)
+        if fsync:
+            with open(tmp, "rb") as fh:
+                os.fsync(fh.fileno())
+        os.replace(tmp, path)
+        if fsync:
+            dfd = os.open(path.parent, os.O_RDONLY)
+            try:
+                os.fsync(dfd)
+            finally:
+                os.close(dfd)
+    finally:
+        if tmp.exists():
+            tmp.unlink()
+    out = dict(meta)
+    out["write_seconds"] = f"{time.perf_counter() - t0:.3f}"
+    return out
+
+
+def read_shard_meta(path: str | os.PathLike[str]) -> dict[str, str]:
+    """The schema metadata only (reads the footer, not the data)."""
+    raw = pq.read_schema(path).metadata or {}
+    return {k.decode(): v.decode() for k, v in raw.items()}
+
+
+def read_shard(path: str | os.PathLike[str]) -> ShardData:
+    table = pq.read_table(path)
+    meta = {k.decode(): v.decode() for k, v in (table.schema.metadata or {}).items()}
+    states = table.column("state").to_numpy()
+    V = table.column("V").to_numpy()
+    Q = np.stack([table.column(c).to_numpy() for c in Q_COLUMNS], axis=1)
+    return ShardData(states, V, Q, meta)
+
+
+def quick_check(path: str | os.PathLike[str]) -> str | None:
+    """Cheap integrity check: None when the footer reads and its row count matches the metadata."""
+    try:
+        pf = pq.ParquetFile(path)
+        raw = pf.schema_arrow.metadata or {}
+        declared = raw.get(b"states")
+        if declared is None:
+            return "no 'states' in metadata"
+        if pf.metadata.num_rows != int(declared):
+            return f"{pf.metadata.num_rows} rows but metadata says {int(declared)}"
+    except (OSError, ValueError, pa.ArrowException) as exc:
+        return f"unreadable: {exc}"
+    return None
+
+
+def best_legal(V_rows: np.ndarray, Q: np.ndarray, states: np.ndarray) -> np.ndarray:
+    """Per row: the value the side to move can reach (max for team 0, min for team 1); 0 if none."""
+    mover = ((states >> 28) + (states >> 30)) & 3
+    legal = Q != ILLEGAL
+    hi = np.where(legal, Q, -127).max(axis=1).astype(np.int16)
+    lo = np.where(legal, Q, 127).min(axis=1).astype(np.int16)
+    best = np.where(mover % 2 == 0, hi, lo)
+    return np.where(legal.any(axis=1), best, 0)
+
+
+def verify_shard(path: str | os.PathLike[str]) -> list[str]:
+    """Every check of ``forge verify``; an empty list means the shard is sound."""
+    errors: list[str] = []
+    try:
+        schema = pq.read_schema(path)
+    except (OSError, ValueError, pa.ArrowException) as exc:
+        return [f"unreadable: {exc}"]
+    names = tuple(schema.names)
+    if names != COLUMNS:
+        errors.append(f"columns are {list(names)}, expected {list(COLUMNS)}")
+    for name, typ in (("state", pa.int64()), ("V", pa.int8()), *((c, pa.int8()) for c in Q_COLUMNS)):
+        if name in names and schema.field(name).type != typ:
+            errors.append(f"column {name} is {schema.field(name).type}, expected {typ}")
+    if errors:
+        return errors
+    meta = read_shard_meta(path)
+    missing = [k for k in REQUIRED_META if k not in meta]
+    if missing:
+        errors.append(f"metadata lacks {', '.join(missing)}")
+        return errors
+    try:
+        data = read_shard(path)
+    except (OSError, ValueError, pa.ArrowException) as exc:
+        return [f"unreadable: {exc}"]
+    n = len(data.states)
+    if n != int(meta["states"]):
+        errors.append(f"{n} rows but metadata says {meta['states']}")
+    if n and not bool(np.all(np.diff(data.states) > 0)):
+        errors.append("states are not strictly ascending (unsorted or duplicated)")
+    for k, v in table_digests(data.states, data.V, data.Q).items():
+        if meta[k] != v:
+            errors.append(f"digest {k} is {v}, metadata says {meta[k]}")
+    best = best_legal(data.V, data.Q, data.states)
+    bad = np.flatnonzero(best != data.V)
+    if len(bad):
+        s = int(data.states[bad[0]])
+        errors.append(f"V differs from the best legal Q in {len(bad)} rows (first: state {s})")
+    i = int(np.searchsorted(data.states, INITIAL_STATE))
+    if i >= n or data.states[i] != INITIAL_STATE:
+        errors.append("the initial state is missing")
+    elif int(data.V[i]) != int(meta["root_value"]):
+        errors.append(f"root value is {int(data.V[i])}, metadata says {meta['root_value']}")
+    try:
+        opp = None if meta["opp_seed"] == "" else int(meta["opp_seed"])
+        expected = [list(h) for h in deal_hands(int(meta["seed"]), opp)]
+        if json.loads(meta["hands"]) != expected:
+            errors.append("hands in metadata do not match the deal of seed/opp_seed")
+    except (ValueError, json.JSONDecodeError) as exc:
+        errors.append(f"bad seed/opp_seed/hands metadata: {exc}")
+    return errors
