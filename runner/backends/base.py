@@ -1,0 +1,129 @@
+"""The one small interface every backend implements; ``orchestrate.py`` drives it.
+
+A backend decides only *where* tasks run. What runs is always
+``runner.backends.task.run_task``; what to run, when, retries, rerouting and the
+budget are the orchestrator's.
+
+Lifecycle, as the orchestrator uses it::
+
+    backend.start()
+    backend.survey(tasks)                     # which shards are done / skipped already
+    while work:
+        backend.submit([TaskRequest, ...])    # a wave, at most capacity() - in_flight()
+        for result in backend.poll(timeout):  # results in any order
+            ...
+    backend.write_manifest(run_id, manifest)  # _runs/<run_id>.json in the store
+    backend.stop(interrupted=False)           # or True on Ctrl+C / budget stop
+"""
+
+from __future__ import annotations
+
+import abc
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+from runner.backends.task import TaskResult
+from runner.spec.model import JobSpec, ShardTask
+
+Tier = Literal["default", "large"]
+
+# survey() answers one of these per key.
+SurveyState = Literal["done", "missing", "corrupt", "skipped", "claimed", "stale"]
+
+
+@dataclass(frozen=True)
+class TaskRequest:
+    """One attempt at one shard, as the orchestrator hands it to a backend."""
+
+    task: ShardTask
+    tier: Tier = "default"
+    attempt: int = 0  # 0 for the first try
+    gpu: tuple[str, ...] = ()  # GPU choices for this attempt (budget downgrade may change them)
+    timeout_s: int = 600
+    max_states: int | None = None  # more states than this: too_large / skipped
+    final_tier: bool = True  # no tier to reroute to: a too-large deal is recorded as skipped
+    exclusive: bool = False  # run alone (an out-of-memory retry)
+
+
+@dataclass
+class RunContext:
+    """What a backend is built from (``make_backend``)."""
+
+    spec: JobSpec
+    run_id: str
+    store_dir: Path | None = None  # --out DIR; None: current directory (local) / volume root (modal)
+    options: dict[str, Any] = field(default_factory=dict)  # backend-specific knobs
+
+
+class Backend(abc.ABC):
+    """Where tasks run. Implementations: local.py (this machine), modal.py (Modal)."""
+
+    name: str = "?"
+
+    def __init__(self, ctx: RunContext) -> None:
+        self.ctx = ctx
+
+    @abc.abstractmethod
+    def start(self) -> None:
+        """Acquire what is needed to run tasks (processes, an app); may take a while."""
+
+    @abc.abstractmethod
+    def capacity(self, tier: Tier = "default") -> int:
+        """How many tasks of ``tier`` may be in flight at once."""
+
+    @abc.abstractmethod
+    def in_flight(self) -> int:
+        """Tasks submitted and not yet returned by poll()."""
+
+    @abc.abstractmethod
+    def submit(self, wave: Sequence[TaskRequest]) -> None:
+        """Start these tasks; returns at once."""
+
+    @abc.abstractmethod
+    def poll(self, timeout: float) -> list[TaskResult]:
+        """Results finished since the last call, waiting up to ``timeout`` s for the first.
+
+        A task that died without answering (its process or container gone, its
+        timeout passed) comes back as a ``failed`` result; the backend releases
+        its claim.
+        """
+
+    @abc.abstractmethod
+    def survey(self, tasks: Sequence[ShardTask]) -> dict[str, SurveyState]:
+        """The state of each task's shard in the store (see ``SurveyState``)."""
+
+    @abc.abstractmethod
+    def write_manifest(self, run_id: str, manifest: dict[str, Any]) -> str:
+        """Store ``_runs/<run_id>.json``; returns where it went (for the summary)."""
+
+    @abc.abstractmethod
+    def stop(self, *, interrupted: bool) -> None:
+        """Stop everything: cancel tasks in flight (interrupted) or let them end.
+
+        After stop, no task of this run is running, no claim of this run is
+        held, and no partial file is under a final name.
+        """
+
+    def price_name(self, gpu: tuple[str, ...]) -> str:
+        """The price-table name used to estimate an attempt that asks for ``gpu``."""
+        return gpu[0] if gpu else self.name
+
+    def describe(self) -> str:
+        """One line for the run header (where the store is, what runs)."""
+        return self.name
+
+
+def make_backend(name: str, ctx: RunContext) -> Backend:
+    """The backend called ``name`` ("local" or "modal")."""
+    if name == "local":
+        from runner.backends.local import LocalBackend
+
+        return LocalBackend(ctx)
+    if name == "modal":
+        from runner.backends import modal as modal_backend
+
+        backend: Backend = modal_backend.ModalBackend(ctx)  # type: ignore[attr-defined,unused-ignore]
+        return backend
+    raise ValueError(f"unknown backend {name!r} (choose local or modal)")

@@ -1,0 +1,337 @@
+"""THE task every backend runs: produce one shard into a store.
+
+``run_task`` = check -> claim -> solve -> (too large? stop) -> write tmp ->
+rename -> record -> commit -> release. The local workers call it, and so does
+the body of the Modal function, with a store on the mounted volume and a claim
+table over ``modal.Dict``. Failures come back as a ``TaskResult``; nothing is
+raised to the caller (except a process kill, which the orchestrator sees as a
+crash).
+
+The phases are also callable one by one (``TaskRun.begin / solve / finish``) so
+the local GPU pipeline can solve in one process and write in others.
+
+Test hook: ``FORGE_FAULT=before_write|during_write|after_write`` kills the
+process with SIGKILL at that point of the first shard it writes (``before_write``:
+solved, nothing written; ``during_write``: a half-written temporary file;
+``after_write``: the shard renamed into place, no record yet, claim still held).
+The local backend also kills its whole run, as ``kill -9`` of ``forge run`` would.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import signal
+import socket
+import time
+import traceback
+import uuid
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Literal
+
+from runner.spec.model import ShardTask
+from runner.store.claims import Claim, ClaimTable, acquire, make_claim, release
+from runner.store.shards import ShardStore, record_from_meta
+
+if TYPE_CHECKING:
+    from runner.oracle.solve import Solution
+
+TaskStatus = Literal[
+    "done", "skipped", "failed", "already_done", "claimed_elsewhere", "too_large"
+]
+FAULT_ENV = "FORGE_FAULT"
+FAULT_POINTS = ("before_write", "during_write", "after_write")
+
+# pids to SIGKILL along with this process when a fault fires (the local
+# backend registers its orchestrator, so the whole run dies at once).
+fault_kill_pids: list[int] = []
+
+_OOM_MARKERS = ("RESOURCE_EXHAUSTED", "out of memory", "Out of memory", "OOM", "MemoryError")
+
+
+@dataclass
+class TaskResult:
+    """What one attempt at one shard came to (JSON-able; crosses process and Modal boundaries)."""
+
+    key: str
+    status: TaskStatus
+    states: int | None = None
+    root_value: int | None = None
+    seconds: float = 0.0  # wall time of the attempt: what is billed
+    device: str = ""
+    gpu: str = ""  # price-table name of the hardware that ran it (e.g. "local", "H100")
+    usd: float = 0.0
+    error: str = ""
+    oom: bool = False
+    timings: dict[str, float] = field(default_factory=dict)
+    takeover_of: dict[str, Any] | None = None  # the stale claim this attempt replaced
+    holder: dict[str, Any] | None = None  # the live claim, when claimed_elsewhere
+    quarantined: str = ""  # where a corrupt file under the final name went
+    tier: str = "default"
+    attempt: int = 0
+    run_id: str = ""
+    host: str = ""
+    pid: int = 0
+
+    def to_json(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_json(cls, d: dict[str, Any]) -> TaskResult:
+        known = {f for f in cls.__dataclass_fields__}
+        return cls(**{k: v for k, v in d.items() if k in known})
+
+
+def is_oom(error: str) -> bool:
+    return any(m in error for m in _OOM_MARKERS)
+
+
+def fault_point(point: str, tmp: Path | None = None) -> None:
+    """The FORGE_FAULT test hook (see the module docstring)."""
+    if os.environ.get(FAULT_ENV) != point:
+        return
+    if point == "during_write" and tmp is not None and tmp.exists():
+        # What a kill in the middle of the write leaves: half a file.
+        size = tmp.stat().st_size
+        with open(tmp, "r+b") as f:
+            f.truncate(size // 2)
+    for pid in fault_kill_pids:
+        with contextlib.suppress(OSError):
+            os.kill(pid, signal.SIGKILL)
+    os.kill(os.getpid(), signal.SIGKILL)
+
+
+def _fault_hook(point: str, tmp: Path) -> None:
+    fault_point(point, tmp)
+
+
+class TaskRun:
+    """One attempt at one shard, in phases (``run_task`` runs them in order)."""
+
+    def __init__(
+        self,
+        task: ShardTask,
+        store: ShardStore,
+        claims: ClaimTable,
+        *,
+        run_id: str,
+        compression: str = "zstd",
+        gpu: str = "local",
+        price_per_hour: float = 0.0,
+        timeout_s: float = 600.0,
+        max_states: int | None = None,
+        final_tier: bool = True,
+        tier: str = "default",
+        attempt: int = 0,
+    ) -> None:
+        self.task = task
+        self.store = store
+        self.claims = claims
+        self.run_id = run_id
+        self.compression = compression
+        self.price_per_hour = price_per_hour
+        self.timeout_s = timeout_s
+        self.max_states = max_states
+        self.final_tier = final_tier
+        self.t0 = time.monotonic()
+        self.claim: Claim | None = None
+        self.result = TaskResult(
+            key=task.key,
+            status="failed",
+            gpu=gpu,
+            tier=tier,
+            attempt=attempt,
+            run_id=run_id,
+            host=socket.gethostname(),
+            pid=os.getpid(),
+        )
+
+    # -- phases ------------------------------------------------------------------
+    def begin(self) -> TaskResult | None:
+        """Check and claim. Returns a final result when there is nothing to solve."""
+        task, store = self.task, self.store
+        chk = store.check(task)
+        if chk.state == "unrecorded":
+            store.recover_record(task)
+        if chk.state in ("done", "unrecorded"):
+            return self._end("already_done", record=chk.record)
+        if chk.state == "skipped" and chk.record is not None:
+            n = chk.record.get("states")
+            if isinstance(n, int) and self.max_states is not None and n > self.max_states:
+                self.result.states = n
+                return self._end("skipped" if self.final_tier else "too_large")
+        mine = make_claim(self.run_id, task.key)
+        won, previous = acquire(self.claims, task.key, mine, timeout_s=self.timeout_s)
+        if not won:
+            self.result.holder = previous
+            return self._end("claimed_elsewhere")
+        self.claim = mine
+        self.result.takeover_of = previous
+        # Somebody may have finished it between our check and our claim.
+        chk = store.check(task)
+        if chk.state in ("done", "unrecorded"):
+            if chk.state == "unrecorded":
+                store.recover_record(task)
+            return self._end("already_done", record=chk.record)
+        if chk.state == "corrupt":
+            aside = store.quarantine(task, chk.why)
+            self.result.quarantined = str(aside) if aside else ""
+        # We hold the claim, so any temporary file of this shard is an orphan.
+        store.clean_tmp(task)
+        return None
+
+    def solve(self) -> Solution:
+        from runner.oracle.deal import deal_hands
+        from runner.oracle.solve import solve_deal
+
+        return solve_deal(deal_hands(self.task.base_seed, self.task.opp_seed), self.task.decl_id)
+
+    def finish(self, sol: Solution) -> TaskResult:
+        """Write the solved shard and its record, commit, release the claim."""
+        task, store = self.task, self.store
+        n = len(sol.states)
+        self.result.states = n
+        self.result.root_value = int(sol.root_value)
+        self.result.device = str(sol.device)
+        self.result.timings = {k: float(v) for k, v in sol.timings.items()}
+        if self.max_states is not None and n > self.max_states:
+            if self.final_tier:
+                record = self._base_record()
+                record.update(
+                    status="skipped",
+                    reason=f"too_large: {n} states > max_states {self.max_states}",
+                    max_states=self.max_states,
+                )
+                store.write_record(task, record)
+                return self._end("skipped")
+            return self._end("too_large")
+        fault_point("before_write")
+        tw = time.monotonic()
+        meta = store.write_shard(
+            task, sol, compression=self.compression, token=uuid.uuid4().hex[:8], fault=_fault_hook
+        )
+        self.result.timings["write"] = time.monotonic() - tw
+        fault_point("after_write")
+        record = record_from_meta(task, meta)
+        record.update(self._base_record())
+        self._bill()
+        record.update(
+            status="done",
+            seconds=round(self.result.seconds, 3),
+            usd=round(self.result.usd, 6),
+            price_per_hour=self.price_per_hour,
+            takeover_of=self.result.takeover_of,
+            quarantined=self.result.quarantined or None,
+        )
+        store.write_record(task, record)
+        store.committed(task)
+        return self._end("done")
+
+    def fail(self, exc: BaseException) -> TaskResult:
+        err = "".join(traceback.format_exception_only(type(exc), exc)).strip()
+        where = "".join(traceback.format_tb(exc.__traceback__, limit=-3))
+        self.result.error = f"{err}\n{where}"[-4000:] if where else err
+        self.result.oom = is_oom(err) or isinstance(exc, MemoryError)
+        return self._end("failed")
+
+    def abandon(self) -> None:
+        """Clean up after an interrupted attempt: temporary files, then the claim."""
+        if self.claim is not None:
+            self.store.clean_tmp(self.task)
+        self._release()
+
+    # -- helpers -------------------------------------------------------------
+    def _base_record(self) -> dict[str, Any]:
+        r = self.result
+        return {
+            "key": self.task.key,
+            "split": self.task.split,
+            "base_seed": self.task.base_seed,
+            "opp_seed": self.task.opp_seed,
+            "decl_id": self.task.decl_id,
+            "states": r.states,
+            "root_value": r.root_value,
+            "device": r.device,
+            "gpu": r.gpu,
+            "tier": r.tier,
+            "timings": r.timings,
+            "run_id": self.run_id,
+            "host": r.host,
+            "pid": r.pid,
+            "attempt": r.attempt,
+            "written": time.time(),
+        }
+
+    def _bill(self) -> None:
+        self.result.seconds = time.monotonic() - self.t0
+        self.result.usd = self.result.seconds * self.price_per_hour / 3600.0
+
+    def _release(self) -> None:
+        if self.claim is not None:
+            try:
+                release(self.claims, self.task.key, self.claim)
+            finally:
+                self.claim = None
+
+    def _end(self, status: TaskStatus, record: dict[str, Any] | None = None) -> TaskResult:
+        r = self.result
+        r.status = status
+        if record is not None:
+            r.states = record.get("states", r.states)
+            r.root_value = record.get("root_value", r.root_value)
+        if not r.seconds:
+            self._bill()
+        self._release()
+        return r
+
+
+def run_task(
+    task: ShardTask,
+    store: ShardStore,
+    claims: ClaimTable,
+    *,
+    run_id: str,
+    compression: str = "zstd",
+    gpu: str = "local",
+    price_per_hour: float = 0.0,
+    timeout_s: float = 600.0,
+    max_states: int | None = None,
+    final_tier: bool = True,
+    tier: str = "default",
+    attempt: int = 0,
+) -> TaskResult:
+    """Produce the shard of ``task`` in ``store``; never raises for a failed attempt.
+
+    ``gpu`` and ``price_per_hour`` describe the hardware this runs on (the
+    result's ``usd`` is seconds x that price). A deal with more states than
+    ``max_states`` is not written: status ``too_large`` (the orchestrator
+    reroutes it to the large tier) or, on the last tier (``final_tier``),
+    ``skipped`` with a skip record.
+    """
+    tr = TaskRun(
+        task,
+        store,
+        claims,
+        run_id=run_id,
+        compression=compression,
+        gpu=gpu,
+        price_per_hour=price_per_hour,
+        timeout_s=timeout_s,
+        max_states=max_states,
+        final_tier=final_tier,
+        tier=tier,
+        attempt=attempt,
+    )
+    try:
+        early = tr.begin()
+        if early is not None:
+            return early
+        sol = tr.solve()
+        return tr.finish(sol)
+    except Exception as e:
+        if tr.claim is not None:  # only the claim holder may remove temporary files
+            tr.store.clean_tmp(task)
+        return tr.fail(e)
+    finally:
+        tr._release()

@@ -1,0 +1,248 @@
+"""Shard claims: who is producing which shard right now.
+
+A claim is a small JSON-able dict ``{run_id, host, pid, started, key}`` (plus
+``takeover_of`` when it replaced a stale claim). Every backend keeps claims in
+something shaped like a dict with an atomic "put if absent": the local backend
+uses ``NAME.lock`` files created with ``O_CREAT | O_EXCL`` beside the shard, the
+Modal backend a ``modal.Dict`` (``put(key, value, skip_if_exists=True)``).
+
+The stale rule is a pure function so that every implementation agrees on it.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import socket
+import time
+import uuid
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any, Protocol, runtime_checkable
+
+Claim = dict[str, Any]
+
+LOCK_SUFFIX = ".lock"
+# A lock file that exists but cannot be parsed was left by a process killed
+# between create and write; once it is this old nobody is still writing it.
+UNREADABLE_GRACE_S = 30.0
+
+
+@runtime_checkable
+class ClaimTable(Protocol):
+    """A dict of claims keyed by ``ShardTask.key``, with an atomic put-if-absent."""
+
+    def put_if_absent(self, key: str, claim: Claim) -> bool:
+        """Store ``claim`` under ``key`` unless a claim exists; True if stored (atomic)."""
+        ...
+
+    def get(self, key: str) -> Claim | None:
+        """The current claim, or None."""
+        ...
+
+    def replace(self, key: str, expected: Claim, new: Claim) -> bool:
+        """Swap ``expected`` for ``new``; False if the claim is no longer ``expected``.
+
+        Used to take over a stale claim. Atomic where the store allows it, best
+        effort otherwise (two takers racing may both believe they won; the shard
+        write is atomic, so the worst outcome is one duplicate solve).
+        """
+        ...
+
+    def delete(self, key: str) -> None:
+        """Remove the claim (no error if absent)."""
+        ...
+
+    def keys(self) -> list[str]:
+        """Every key that has a claim."""
+        ...
+
+
+def this_host() -> str:
+    return socket.gethostname()
+
+
+def make_claim(
+    run_id: str,
+    key: str,
+    *,
+    host: str | None = None,
+    pid: int | None = None,
+    now: float | None = None,
+) -> Claim:
+    """A fresh claim for ``key`` owned by this process (or the given host/pid)."""
+    return {
+        "key": key,
+        "run_id": run_id,
+        "host": host if host is not None else this_host(),
+        "pid": pid if pid is not None else os.getpid(),
+        "started": now if now is not None else time.time(),
+        "token": uuid.uuid4().hex[:12],
+    }
+
+
+def pid_alive(pid: int) -> bool:
+    """True if a process with this pid exists on this host."""
+    if pid <= 0:
+        return False
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # exists, owned by someone else
+        return True
+    return True
+
+
+def is_stale(
+    claim: Claim,
+    now: float,
+    timeout_s: float,
+    this_host: str,
+    pid_alive: Callable[[int], bool] = pid_alive,
+) -> bool:
+    """Whether ``claim`` may be taken over.
+
+    Stale when it is older than ``timeout_s`` (its owner would have been
+    stopped by now), or when it was made on this host by a pid that is gone.
+    A claim that could not be read (``unreadable``) is stale after a short grace.
+    """
+    started = float(claim.get("started", 0.0))
+    age = now - started
+    if claim.get("unreadable"):
+        return age > min(timeout_s, UNREADABLE_GRACE_S)
+    if age > timeout_s:
+        return True
+    if claim.get("host") == this_host:
+        pid = claim.get("pid")
+        if isinstance(pid, int) and not pid_alive(pid):
+            return True
+    return False
+
+
+def same_claim(a: Claim | None, b: Claim | None) -> bool:
+    """Claims are the same when owner and token match (other fields may be added)."""
+    if a is None or b is None:
+        return a is b
+    fields = ("run_id", "host", "pid", "started", "token")
+    return all(a.get(f) == b.get(f) for f in fields)
+
+
+class LocalClaims:
+    """Claims as ``<root>/<key>.lock`` files beside the shards.
+
+    Creation is ``O_CREAT | O_EXCL``, which is atomic on local file systems and
+    on NFS v3+, so exactly one process wins a race for a key.
+    """
+
+    def __init__(self, root: str | os.PathLike[str]) -> None:
+        self.root = Path(root)
+
+    def path(self, key: str) -> Path:
+        return self.root / (key + LOCK_SUFFIX)
+
+    def put_if_absent(self, key: str, claim: Claim) -> bool:
+        p = self.path(key)
+        p.parent.mkdir(parents=True, exist_ok=True)
+        try:
+            fd = os.open(p, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
+        except FileExistsError:
+            return False
+        try:
+            os.write(fd, json.dumps(claim, sort_keys=True).encode())
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+        return True
+
+    def get(self, key: str) -> Claim | None:
+        p = self.path(key)
+        try:
+            text = p.read_text()
+            mtime = p.stat().st_mtime
+        except FileNotFoundError:
+            return None
+        try:
+            claim = json.loads(text)
+            if not isinstance(claim, dict):
+                raise ValueError("not an object")
+            return claim
+        except ValueError:
+            return {"key": key, "unreadable": True, "started": mtime}
+
+    def replace(self, key: str, expected: Claim, new: Claim) -> bool:
+        p = self.path(key)
+        # Renaming is atomic: of several processes taking over the same lock,
+        # exactly one moves it aside; the others see it gone and lose.
+        aside = p.with_name(f"{p.name}.takeover-{uuid.uuid4().hex[:8]}")
+        try:
+            os.rename(p, aside)
+        except FileNotFoundError:
+            return False
+        try:
+            moved = json.loads(aside.read_text())
+        except ValueError:
+            moved = {"unreadable": True}
+        if (expected.get("unreadable") and moved.get("unreadable")) or same_claim(moved, expected):
+            aside.unlink(missing_ok=True)
+            return self.put_if_absent(key, new)
+        # Someone replaced it between our read and the rename: put theirs back.
+        with contextlib.suppress(OSError):
+            os.link(aside, p)
+        aside.unlink(missing_ok=True)
+        return False
+
+    def delete(self, key: str) -> None:
+        self.path(key).unlink(missing_ok=True)
+
+    def keys(self) -> list[str]:
+        return sorted(self._iter_keys())
+
+    def _iter_keys(self) -> Iterator[str]:
+        if not self.root.is_dir():
+            return
+        for p in self.root.rglob("*" + LOCK_SUFFIX):
+            rel = p.relative_to(self.root).as_posix()
+            yield rel.removesuffix(LOCK_SUFFIX)
+
+
+def release(claims: ClaimTable, key: str, mine: Claim) -> bool:
+    """Delete the claim on ``key`` only if it is still ``mine``; True if deleted."""
+    current = claims.get(key)
+    if current is not None and same_claim(current, mine):
+        claims.delete(key)
+        return True
+    return False
+
+
+def acquire(
+    claims: ClaimTable,
+    key: str,
+    mine: Claim,
+    *,
+    timeout_s: float,
+    now: float | None = None,
+    host: str | None = None,
+    alive: Callable[[int], bool] = pid_alive,
+) -> tuple[bool, Claim | None]:
+    """Claim ``key``, taking over a stale claim if there is one.
+
+    Returns ``(won, previous)``: ``previous`` is the stale claim taken over
+    (``won`` True) or the live claim held elsewhere (``won`` False).
+    """
+    if claims.put_if_absent(key, mine):
+        return True, None
+    current = claims.get(key)
+    if current is None:  # released between our two calls
+        return claims.put_if_absent(key, mine), None
+    t = time.time() if now is None else now
+    if not is_stale(current, t, timeout_s, host or this_host(), alive):
+        return False, current
+    taken = dict(mine)
+    taken["takeover_of"] = {k: v for k, v in current.items() if k != "takeover_of"}
+    if claims.replace(key, current, taken):
+        mine.clear()
+        mine.update(taken)
+        return True, current
+    return False, claims.get(key)

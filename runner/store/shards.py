@@ -1,0 +1,453 @@
+"""Where shards live: one directory tree per job (a local folder or a mounted Modal volume).
+
+Layout below the job's output root (``<store dir>/<output.root>``)::
+
+    <split>/<NAME>.parquet              the shard, only ever complete (tmp + rename)
+    <split>/<NAME>.json                 its record: states, root value, digests, seconds, device, cost
+    <split>/<NAME>.lock                 a live claim (see claims.py)
+    <split>/<NAME>.parquet.tmp-*        a shard being written (removed when its writer is gone)
+    <split>/<NAME>.parquet.corrupt-<t>  a file that failed the quick check, moved aside
+    _runs/<run_id>.json                 one manifest per ``forge run``
+
+The same code runs on a Modal volume mount: the commit hook decides when
+written data becomes durable (``volume.commit`` there, fsync here).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import time
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Literal
+
+from runner.spec.model import Commit, JobSpec, ShardTask
+
+if TYPE_CHECKING:
+    from runner.oracle.solve import Solution
+
+ShardState = Literal["done", "unrecorded", "missing", "corrupt", "skipped"]
+
+RUNS_DIR = "_runs"
+RECORD_SUFFIX = ".json"
+TMP_MARK = ".tmp"
+CORRUPT_MARK = ".corrupt-"
+
+# The "auto" commit policy batches: durable every this many shards or seconds.
+AUTO_EVERY_SHARDS = 16
+AUTO_EVERY_SECONDS = 30.0
+
+
+def job_root(spec: JobSpec, store_dir: str | os.PathLike[str] | None = None) -> Path:
+    """The job's output root: ``<store dir>/<output.root>``; the store dir defaults to cwd."""
+    base = Path(store_dir) if store_dir is not None else Path.cwd()
+    rel = spec.output.root
+    if "{" in rel:
+        rel = rel.format(name=spec.name)
+    return base / rel
+
+
+def utc_stamp(t: float | None = None) -> str:
+    return time.strftime("%Y%m%dT%H%M%SZ", time.gmtime(time.time() if t is None else t))
+
+
+def fsync_path(path: Path) -> None:
+    """fsync a file or a directory (a rename is durable once its folder is synced)."""
+    flags = os.O_RDONLY | (os.O_DIRECTORY if path.is_dir() else 0)
+    try:
+        fd = os.open(path, flags)
+    except FileNotFoundError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:  # some mounts refuse fsync on directories
+        pass
+    finally:
+        os.close(fd)
+
+
+class Committer:
+    """Decides when written shards are made durable, per ``output.commit``.
+
+    ``per_shard`` commits after every shard (fsync of the file and its folder);
+    ``every_shards`` / ``every_seconds`` batch; ``auto`` batches with defaults.
+    ``hook`` runs at each commit point after the fsyncs (Modal passes
+    ``volume.commit``).
+    """
+
+    def __init__(self, commit: Commit | None = None, hook: Callable[[], None] | None = None):
+        self.commit = commit or Commit()
+        self.hook = hook
+        self.pending: list[Path] = []
+        self.pending_shards = 0
+        self.last = time.monotonic()
+        self.commits = 0
+
+    def written(self, paths: Iterable[Path]) -> bool:
+        """Note one finished shard (its files); commit if the policy says so. True if committed."""
+        self.pending.extend(paths)
+        self.pending_shards += 1
+        if self._due():
+            self.flush()
+            return True
+        return False
+
+    def _due(self) -> bool:
+        policy, every = self.commit.policy, self.commit.every
+        if policy == "per_shard":
+            return True
+        elapsed = time.monotonic() - self.last
+        if policy == "every_shards":
+            return self.pending_shards >= int(every or 1)
+        if policy == "every_seconds":
+            return elapsed >= float(every or 0)
+        return self.pending_shards >= AUTO_EVERY_SHARDS or elapsed >= AUTO_EVERY_SECONDS
+
+    def flush(self) -> None:
+        """Make everything written so far durable (no-op when nothing is pending)."""
+        if not self.pending_shards and not self.pending:
+            return
+        dirs: set[Path] = set()
+        for p in self.pending:
+            fsync_path(p)
+            dirs.add(p.parent)
+        for d in sorted(dirs):
+            fsync_path(d)
+        if self.hook is not None:
+            self.hook()
+        self.pending.clear()
+        self.pending_shards = 0
+        self.last = time.monotonic()
+        self.commits += 1
+
+
+@dataclass
+class ShardCheck:
+    key: str
+    state: ShardState
+    why: str = ""
+    record: dict[str, Any] | None = None
+
+
+@dataclass
+class KeyStatus:
+    """One planned shard as ``forge status`` sees it."""
+
+    key: str
+    split: str
+    state: str  # done, missing, claimed, stale, failed, corrupt, skipped
+    why: str = ""
+
+
+@dataclass
+class StoreStatus:
+    root: str
+    splits: dict[str, dict[str, int]] = field(default_factory=dict)
+    spend_usd: float = 0.0  # sum of the records of finished shards
+    runs_usd: float = 0.0  # sum over run manifests (includes failed attempts)
+    runs: int = 0
+    details: list[KeyStatus] = field(default_factory=list)
+
+    def totals(self) -> dict[str, int]:
+        out: dict[str, int] = {}
+        for counts in self.splits.values():
+            for k, v in counts.items():
+                out[k] = out.get(k, 0) + v
+        return out
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "root": self.root,
+            "splits": self.splits,
+            "totals": self.totals(),
+            "spend_usd": round(self.spend_usd, 6),
+            "runs_usd": round(self.runs_usd, 6),
+            "runs": self.runs,
+            "problems": [
+                {"key": d.key, "state": d.state, "why": d.why}
+                for d in self.details
+                if d.state not in ("done", "missing")
+            ],
+        }
+
+
+STATUS_COLUMNS = ("done", "missing", "claimed", "stale", "failed", "corrupt", "skipped")
+
+
+def _write_json_atomic(path: Path, obj: Any) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f"{path.name}{TMP_MARK}-{os.getpid()}")
+    tmp.write_text(json.dumps(obj, indent=1, sort_keys=True) + "\n")
+    os.replace(tmp, path)
+
+
+def _read_json(path: Path) -> dict[str, Any] | None:
+    try:
+        obj = json.loads(path.read_text())
+    except (FileNotFoundError, ValueError):
+        return None
+    return obj if isinstance(obj, dict) else None
+
+
+class ShardStore:
+    """Shards, records and run manifests below one job output root."""
+
+    def __init__(
+        self,
+        root: str | os.PathLike[str],
+        *,
+        commit: Commit | None = None,
+        commit_hook: Callable[[], None] | None = None,
+    ) -> None:
+        self.root = Path(root)
+        self.committer = Committer(commit, commit_hook)
+
+    # -- paths -------------------------------------------------------------
+    def shard_path(self, task: ShardTask) -> Path:
+        return self.root / task.relpath
+
+    def record_path(self, task: ShardTask) -> Path:
+        return self.root / (task.key + RECORD_SUFFIX)
+
+    def tmp_path(self, task: ShardTask, token: str) -> Path:
+        p = self.shard_path(task)
+        return p.with_name(f"{p.name}{TMP_MARK}-{token}")
+
+    def manifest_path(self, run_id: str) -> Path:
+        return self.root / RUNS_DIR / f"{run_id}.json"
+
+    # -- checks ------------------------------------------------------------
+    def read_record(self, task: ShardTask) -> dict[str, Any] | None:
+        return _read_json(self.record_path(task))
+
+    def check(self, task: ShardTask) -> ShardCheck:
+        """The state of one shard: done / unrecorded / missing / corrupt / skipped.
+
+        A file under the final name counts only if its quick check passes
+        (footer readable, row count equal to its metadata).
+        """
+        from runner.oracle.shard import quick_check
+
+        path = self.shard_path(task)
+        record = self.read_record(task)
+        if path.exists():
+            try:
+                why = quick_check(path)
+            except Exception as e:  # an unreadable file is corrupt, whatever the reason
+                why = f"{type(e).__name__}: {e}"
+            if why is not None:
+                return ShardCheck(task.key, "corrupt", why, record)
+            if record is None or record.get("status") != "done":
+                return ShardCheck(task.key, "unrecorded", "shard without a record", record)
+            return ShardCheck(task.key, "done", "", record)
+        if record is not None and record.get("status") == "skipped":
+            return ShardCheck(task.key, "skipped", str(record.get("reason", "")), record)
+        return ShardCheck(task.key, "missing", "", record)
+
+    def is_done(self, task: ShardTask) -> bool:
+        """True if the shard exists under its final name and passes the quick check."""
+        return self.check(task).state in ("done", "unrecorded")
+
+    def done_keys(self, tasks: Iterable[ShardTask] | None = None, *, quick: bool = True) -> set[str]:
+        """Keys of finished shards.
+
+        With ``tasks``, only those are looked at; with ``quick`` each file's
+        footer is checked (a truncated file is not done). Without ``tasks`` the
+        tree is listed (``quick=False`` then only lists names, no file is opened).
+        """
+        out: set[str] = set()
+        if tasks is not None:
+            for t in tasks:
+                if quick:
+                    if self.is_done(t):
+                        out.add(t.key)
+                elif self.shard_path(t).exists():
+                    out.add(t.key)
+            return out
+        if not self.root.is_dir():
+            return out
+        from runner.oracle.shard import quick_check
+
+        for p in self.root.glob("*/*.parquet"):
+            if quick:
+                try:
+                    if quick_check(p) is not None:
+                        continue
+                except Exception:
+                    continue
+            out.add(p.relative_to(self.root).as_posix().removesuffix(".parquet"))
+        return out
+
+    # -- repairs -------------------------------------------------------------
+    def quarantine(self, task: ShardTask, why: str = "") -> Path | None:
+        """Move a bad file under the final name aside to ``NAME.parquet.corrupt-<time>``."""
+        path = self.shard_path(task)
+        aside = path.with_name(f"{path.name}{CORRUPT_MARK}{utc_stamp()}")
+        n = 0
+        while aside.exists():
+            n += 1
+            aside = path.with_name(f"{path.name}{CORRUPT_MARK}{utc_stamp()}-{n}")
+        try:
+            os.rename(path, aside)
+        except FileNotFoundError:
+            return None
+        if why:
+            with contextlib.suppress(OSError):
+                aside.with_name(aside.name + ".why").write_text(why + "\n")
+        return aside
+
+    def clean_tmp(self, task: ShardTask) -> list[Path]:
+        """Remove temporary files of this shard (left by a writer that died)."""
+        path = self.shard_path(task)
+        removed: list[Path] = []
+        if not path.parent.is_dir():
+            return removed
+        for p in path.parent.glob(f"*{path.name}{TMP_MARK}*"):
+            with contextlib.suppress(FileNotFoundError):
+                p.unlink()
+                removed.append(p)
+        return removed
+
+    def recover_record(self, task: ShardTask) -> dict[str, Any]:
+        """Write a record for a valid shard that has none (its writer died after the rename)."""
+        from runner.oracle.shard import read_shard_meta
+
+        meta = read_shard_meta(self.shard_path(task))
+        record = record_from_meta(task, meta)
+        record.update({"recovered": True, "written": time.time()})
+        self.write_record(task, record)
+        return record
+
+    # -- writing -------------------------------------------------------------
+    def write_record(self, task: ShardTask, record: dict[str, Any]) -> Path:
+        path = self.record_path(task)
+        _write_json_atomic(path, record)
+        return path
+
+    def write_shard(
+        self,
+        task: ShardTask,
+        sol: Solution,
+        *,
+        compression: str = "zstd",
+        token: str | None = None,
+        fault: Callable[[str, Path], None] | None = None,
+    ) -> dict[str, str]:
+        """Write ``sol`` as the shard of ``task``: to a temporary name, then rename.
+
+        ``fault`` is the test hook of task.py (``during_write`` fires with the
+        temporary file written but not yet renamed). Returns the shard metadata.
+        """
+        from runner.oracle.shard import write_shard
+
+        final = self.shard_path(task)
+        final.parent.mkdir(parents=True, exist_ok=True)
+        tmp = self.tmp_path(task, token or f"{os.getpid()}")
+        try:
+            meta = write_shard(
+                tmp, sol, base_seed=task.base_seed, opp_seed=task.opp_seed, compression=compression
+            )
+            if fault is not None:
+                fault("during_write", tmp)
+            os.replace(tmp, final)
+        except BaseException:
+            tmp.unlink(missing_ok=True)
+            raise
+        return meta
+
+    def committed(self, task: ShardTask) -> bool:
+        """Tell the commit policy one shard and its record are in place."""
+        return self.committer.written([self.shard_path(task), self.record_path(task)])
+
+    def flush(self) -> None:
+        self.committer.flush()
+
+    # -- manifests -------------------------------------------------------------
+    def write_manifest(self, run_id: str, manifest: dict[str, Any]) -> Path:
+        path = self.manifest_path(run_id)
+        _write_json_atomic(path, manifest)
+        return path
+
+    def manifests(self) -> list[dict[str, Any]]:
+        """Every run manifest, oldest first."""
+        d = self.root / RUNS_DIR
+        if not d.is_dir():
+            return []
+        out = [m for p in sorted(d.glob("*.json")) if (m := _read_json(p)) is not None]
+        out.sort(key=lambda m: float(m.get("started", 0.0)))
+        return out
+
+    # -- status ----------------------------------------------------------------
+    def status(
+        self,
+        tasks: Sequence[ShardTask],
+        claims: Any,
+        *,
+        timeout_s: float,
+        now: float | None = None,
+        host: str | None = None,
+    ) -> StoreStatus:
+        """Per split: done, missing, claimed (live), stale, failed, corrupt, skipped."""
+        from runner.store.claims import is_stale, pid_alive, this_host
+
+        t = time.time() if now is None else now
+        h = host or this_host()
+        manifests = self.manifests()
+        failed_last: dict[str, str] = {}
+        for m in manifests:  # a later run's outcome replaces an earlier one's
+            for f in m.get("failures", []):
+                failed_last[str(f.get("key"))] = str(f.get("error", ""))
+            for k in m.get("solved", []):
+                failed_last.pop(str(k), None)
+        st = StoreStatus(root=str(self.root), runs=len(manifests))
+        st.runs_usd = sum(float(m.get("spend_usd", 0.0)) for m in manifests)
+        for task in tasks:
+            counts = st.splits.setdefault(task.split, dict.fromkeys(STATUS_COLUMNS, 0))
+            chk = self.check(task)
+            state: str = chk.state
+            why = chk.why
+            if state in ("done", "unrecorded"):
+                state = "done"
+                if chk.record is not None:
+                    st.spend_usd += float(chk.record.get("usd", 0.0))
+            elif state in ("missing", "corrupt"):
+                claim = claims.get(task.key) if claims is not None else None
+                if claim is not None:
+                    stale = is_stale(claim, t, timeout_s, h, pid_alive)
+                    owner = f"run {claim.get('run_id', '?')} on {claim.get('host', '?')} pid {claim.get('pid', '?')}"
+                    if state == "missing":
+                        state = "stale" if stale else "claimed"
+                        why = owner
+                elif state == "missing" and task.key in failed_last:
+                    state, why = "failed", failed_last[task.key]
+            counts[state] = counts.get(state, 0) + 1
+            st.details.append(KeyStatus(task.key, task.split, state, why))
+        return st
+
+
+def record_from_meta(task: ShardTask, meta: dict[str, str]) -> dict[str, Any]:
+    """The part of a record that the shard's own metadata gives."""
+
+    def _int(k: str) -> int | None:
+        v = meta.get(k, "")
+        return int(v) if v not in ("", None) else None
+
+    return {
+        "status": "done",
+        "key": task.key,
+        "split": task.split,
+        "base_seed": task.base_seed,
+        "opp_seed": task.opp_seed,
+        "decl_id": task.decl_id,
+        "states": _int("states"),
+        "root_value": _int("root_value"),
+        "h_states": meta.get("h_states", ""),
+        "h_v": meta.get("h_v", ""),
+        "h_q": meta.get("h_q", ""),
+        "format_version": meta.get("format_version", ""),
+        "solver_version": meta.get("forge_version", ""),
+        "compression": meta.get("compression", ""),
+    }
