@@ -5,10 +5,13 @@
 
 from __future__ import annotations
 
+import itertools
+import math
+import random
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
 DealMode = Literal["standard", "marginalized"]
 CommitPolicy = Literal["per_shard", "auto", "every_shards", "every_seconds"]
@@ -110,6 +113,20 @@ class JobSpec:
     def price_per_hour(self, gpu: str) -> float:
         return dict(self.pricing)[gpu]
 
+    def split_of(self, base_seed: int) -> str | None:
+        """The split a base seed lands in (the loader guarantees one for every planned seed)."""
+        b = base_seed % 1000
+        for s in self.splits:
+            if s.lo <= b < s.hi:
+                return s.name
+        return None
+
+    def decls_for(self, base_seed: int) -> tuple[int, ...]:
+        """The declarations solved for ``base_seed``: ``base_seed % 10`` under ``auto``."""
+        if self.deals.decl == "auto":
+            return (base_seed % 10,)
+        return self.deals.decl
+
 
 @dataclass(frozen=True)
 class ShardTask:
@@ -135,3 +152,117 @@ class ShardTask:
     def key(self) -> str:
         """Stable identifier (relpath without the suffix), used for locks and records."""
         return self.relpath.removesuffix(".parquet")
+
+
+# --- sweep files (kind: sweep) -------------------------------------------------
+
+SearchMethod = Literal["grid", "random"]
+Metric = Literal["val_accuracy", "q_gap", "blunder_rate"]
+ParamValue = int | float | str | bool
+
+
+@dataclass(frozen=True)
+class ParamRange:
+    """A random-search range; integer when both ends are written as integers."""
+
+    min: float
+    max: float
+    log: bool = False
+    integer: bool = False
+
+    def sample(self, rng: random.Random) -> int | float:
+        if self.log:
+            x = math.exp(rng.uniform(math.log(self.min), math.log(self.max)))
+        else:
+            x = rng.uniform(self.min, self.max)
+        if self.integer:
+            return int(min(self.max, max(self.min, round(x))))
+        return x
+
+
+@dataclass(frozen=True)
+class SweepData:
+    job: JobSpec  # the oracle job whose shards are the data
+    job_path: Path  # resolved path of that job file
+    train_split: str
+    val_split: str
+    max_train_rows: int | None = None
+    max_val_rows: int | None = None
+
+
+@dataclass(frozen=True)
+class Search:
+    method: SearchMethod
+    # parameter name -> values (grid or random choice) or a range (random), in file order
+    parameters: tuple[tuple[str, tuple[ParamValue, ...] | ParamRange], ...]
+    trials: int | None = None  # random search only
+
+
+@dataclass(frozen=True)
+class TrainSettings:
+    steps: int
+    eval_every: int
+    seed: int = 0
+
+
+@dataclass(frozen=True)
+class Objective:
+    metric: Metric
+    goal: Literal["max", "min"]
+
+
+@dataclass(frozen=True)
+class SweepCompute:
+    gpu: tuple[str, ...]  # normalised Modal names, first choice first
+    timeout_s: int = 3600
+    max_containers: int = 10
+    retries: int = 0
+    workers: int = 1
+
+
+@dataclass(frozen=True)
+class SweepSpec:
+    version: int
+    name: str
+    kind: Literal["sweep"]
+    data: SweepData
+    search: Search
+    train: TrainSettings
+    objective: Objective
+    compute: SweepCompute
+    budget: Budget
+    pricing: tuple[tuple[str, float], ...]  # built-in table merged with the file's overrides
+    path: Path | None = None
+    sha256: str = ""
+
+    def price_per_hour(self, gpu: str) -> float:
+        return dict(self.pricing)[gpu]
+
+    def trials(self) -> list[dict[str, Any]]:
+        """Every trial's parameters, in order. Same file, same list (random: seeded by train.seed)."""
+        return expand_trials(self.search, self.train.seed)
+
+
+def expand_trials(search: Search, seed: int) -> list[dict[str, Any]]:
+    """Grid: the product of the value lists, last parameter varying fastest.
+
+    Random: ``search.trials`` draws from ``random.Random(seed)``; lists are choices, ranges sampled.
+    """
+    names = [name for name, _ in search.parameters]
+    if search.method == "grid":
+        lists = []
+        for name, values in search.parameters:
+            if isinstance(values, ParamRange):
+                raise ValueError(f"grid search needs a list of values for {name!r}")
+            lists.append(values)
+        return [dict(zip(names, combo, strict=True)) for combo in itertools.product(*lists)]
+    rng = random.Random(seed)
+    out = []
+    for _ in range(search.trials or 0):
+        trial: dict[str, Any] = {}
+        for name, values in search.parameters:
+            trial[name] = (
+                values.sample(rng) if isinstance(values, ParamRange) else rng.choice(values)
+            )
+        out.append(trial)
+    return out

@@ -1,0 +1,180 @@
+"""YAML to plain data plus the source position of every key, rejecting duplicate keys.
+
+The loader follows YAML 1.2's core schema rather than PyYAML's YAML 1.1 default,
+because 1.1 surprises people writing job files: ``3e-4`` stays a string there,
+``no``/``on`` become booleans, ``0755`` is octal and dates become datetimes.
+Here booleans are only true/false, numbers are decimal (or 0x/0o), ``1e-3``
+is a float, and anything else is a string. Mapping keys are always strings,
+exactly as written.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from dataclasses import dataclass, field
+from typing import Any
+
+import yaml
+from yaml.nodes import MappingNode, Node, ScalarNode, SequenceNode
+
+from runner.spec.errors import KeyPath, SpecError, format_path
+
+MAX_NODES = 100_000  # alias bombs expand exponentially; no real spec is near this
+
+
+class _Loader(yaml.SafeLoader):
+    yaml_implicit_resolvers: dict[str, list[tuple[str, re.Pattern[str]]]] = {}
+
+
+def _add(tag: str, pattern: str, first: str | list[str]) -> None:
+    _Loader.add_implicit_resolver(tag, re.compile(pattern, re.X), list(first))
+
+
+_add("tag:yaml.org,2002:bool", r"^(?:true|True|TRUE|false|False|FALSE)$", "tTfF")
+_add("tag:yaml.org,2002:null", r"^(?:~|null|Null|NULL|)$", ["~", "n", "N", ""])
+_add("tag:yaml.org,2002:int", r"^(?:[-+]?[0-9][0-9_]*|0x[0-9a-fA-F_]+|0o[0-7_]+)$", "-+0123456789")
+_add(
+    "tag:yaml.org,2002:float",
+    r"""^(?:[-+]?(?:\.[0-9]+|[0-9][0-9_]*(?:\.[0-9_]*)?)(?:[eE][-+]?[0-9]+)?
+        |[-+]?\.(?:inf|Inf|INF)|\.(?:nan|NaN|NAN))$""",
+    "-+0123456789.",
+)
+
+
+def _construct_int(loader: yaml.SafeLoader, node: ScalarNode) -> int:
+    text = str(loader.construct_scalar(node)).replace("_", "")
+    sign = -1 if text.startswith("-") else 1
+    text = text.lstrip("+-")
+    if text.startswith("0x"):
+        return sign * int(text[2:], 16)
+    if text.startswith("0o"):
+        return sign * int(text[2:], 8)
+    return sign * int(text, 10)
+
+
+_Loader.add_constructor("tag:yaml.org,2002:int", _construct_int)
+
+
+@dataclass
+class Parsed:
+    """A parsed document: ``data`` (plain dicts/lists/scalars) and ``positions``.
+
+    ``positions`` maps a key path to the 1-based (line, col) where it is written:
+    the key itself for mapping entries, the item for sequence entries.
+    """
+
+    data: Any
+    positions: dict[KeyPath, tuple[int, int]] = field(default_factory=dict)
+    errors: list[SpecError] = field(default_factory=list)
+
+    def where(self, path: KeyPath) -> tuple[int, int] | None:
+        """The position of ``path`` or of its nearest written ancestor."""
+        p = tuple(path)
+        while True:
+            if p in self.positions:
+                return self.positions[p]
+            if not p:
+                return None
+            p = p[:-1]
+
+
+def _mark(node: Node) -> tuple[int, int]:
+    return node.start_mark.line + 1, node.start_mark.column + 1
+
+
+class _Builder:
+    def __init__(self, loader: _Loader, filename: str):
+        self.loader = loader
+        self.filename = filename
+        self.positions: dict[KeyPath, tuple[int, int]] = {}
+        self.errors: list[SpecError] = []
+        self.count = 0
+        self.active: set[int] = set()
+
+    def error(self, node: Node, path: KeyPath, message: str) -> None:
+        line, col = _mark(node)
+        self.errors.append(SpecError(self.filename, line, col, format_path(path), message))
+
+    def build(self, node: Node, path: KeyPath) -> Any:
+        self.count += 1
+        if self.count > MAX_NODES:
+            raise _TooLarge(node)
+        if id(node) in self.active:
+            self.error(node, path, "recursive alias")
+            return None
+        if isinstance(node, ScalarNode):
+            value = self.loader.construct_object(node, deep=True)
+            if isinstance(value, float) and not math.isfinite(value):
+                self.error(node, path, f"{node.value!r} is not a finite number")
+            return value
+        self.active.add(id(node))
+        try:
+            if isinstance(node, SequenceNode):
+                out = []
+                for i, item in enumerate(node.value):
+                    self.positions[path + (i,)] = _mark(item)
+                    out.append(self.build(item, path + (i,)))
+                return out
+            assert isinstance(node, MappingNode)
+            result: dict[str, Any] = {}
+            first: dict[str, tuple[int, int]] = {}
+            for key_node, value_node in node.value:
+                if not isinstance(key_node, ScalarNode):
+                    self.error(key_node, path, "a key must be a plain name, not a list or mapping")
+                    continue
+                key = str(key_node.value)
+                if key in first:
+                    self.error(
+                        key_node,
+                        path + (key,),
+                        f"duplicate key {key!r} (first given at line {first[key][0]})",
+                    )
+                    continue
+                first[key] = _mark(key_node)
+                self.positions[path + (key,)] = _mark(key_node)
+                result[key] = self.build(value_node, path + (key,))
+            return result
+        finally:
+            self.active.discard(id(node))
+
+
+class _TooLarge(Exception):
+    def __init__(self, node: Node):
+        self.node = node
+
+
+def parse_yaml(text: str, filename: str) -> Parsed:
+    """Parse one YAML document. Syntax errors come back in ``errors`` (data None)."""
+    loader = _Loader(text)
+    try:
+        node = loader.get_single_node()
+        if node is None:
+            return Parsed(None, {}, [SpecError(filename, 1, 1, "$", "the file is empty")])
+        builder = _Builder(loader, filename)
+        builder.positions[()] = _mark(node)
+        data = builder.build(node, ())
+        return Parsed(data, builder.positions, builder.errors)
+    except _TooLarge as e:
+        line, col = _mark(e.node)
+        return Parsed(
+            None, {}, [SpecError(filename, line, col, "", "document too large (alias expansion?)")]
+        )
+    except yaml.MarkedYAMLError as e:
+        return Parsed(None, {}, [_yaml_error(filename, e)])
+    except yaml.YAMLError as e:  # e.g. reader errors on bad characters
+        return Parsed(None, {}, [SpecError(filename, None, None, "", f"YAML error: {e}")])
+    finally:
+        loader.dispose()
+
+
+def _yaml_error(filename: str, e: yaml.MarkedYAMLError) -> SpecError:
+    mark = e.problem_mark or e.context_mark
+    parts = [p for p in (e.context, e.problem) if p]
+    kind = "YAML error" if isinstance(e, yaml.constructor.ConstructorError) else "YAML syntax error"
+    message = f"{kind}: " + ("; ".join(parts) if parts else str(e))
+    if e.context_mark is not None and e.problem_mark is not None and e.context:
+        message += f" (started at line {e.context_mark.line + 1})"
+    line = mark.line + 1 if mark is not None else None
+    col = mark.column + 1 if mark is not None else None
+    return SpecError(filename, line, col, "", message)
