@@ -1,0 +1,288 @@
+"""One training run: a config, train rows and val rows in; params, metrics and history out.
+
+The whole training set lives on the device; batches are drawn inside the jitted step
+(uniformly, with replacement) from an explicit key folded with the step number, so a run
+is reproducible and independent of how steps are grouped into device calls.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field, fields
+from typing import Any, cast
+
+import flax.serialization
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+
+from runner.train.data import Dataset
+from runner.train.features import N_FEATURES, features
+from runner.train.metrics import ILLEGAL, move_sums, mover_q, summarize
+from runner.train.model import PolicyValueNet
+
+F32 = jnp.float32
+EVAL_CHUNK = 8192
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """Everything that decides a trial's result. The first block are the sweepable knobs."""
+
+    lr: float = 1e-3
+    batch_size: int = 4096
+    hidden: int = 512
+    layers: int = 3
+    weight_decay: float = 1e-4
+    dropout: float = 0.0
+    warmup_steps: int | None = None  # None: 5% of steps
+    # fixed, not swept: weight of the value head's loss beside the policy's
+    value_weight: float = 0.5
+    # from the sweep file's train section
+    steps: int = 2000
+    eval_every: int = 500
+    seed: int = 0
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @property
+    def warmup(self) -> int:
+        return self.steps // 20 if self.warmup_steps is None else self.warmup_steps
+
+
+# knob name -> type: the names a sweep's search.parameters may use (schemas/sweep.schema.json)
+HYPERPARAMETERS: dict[str, type] = {
+    "lr": float,
+    "batch_size": int,
+    "hidden": int,
+    "layers": int,
+    "weight_decay": float,
+    "dropout": float,
+    "warmup_steps": int,
+}
+
+
+def make_config(params: dict[str, Any], *, steps: int, eval_every: int, seed: int) -> TrainConfig:
+    """A config from a trial's parameters; names must be in ``HYPERPARAMETERS``."""
+    unknown = sorted(set(params) - set(HYPERPARAMETERS))
+    if unknown:
+        raise ValueError(
+            f"unknown hyperparameter {', '.join(unknown)}; known: {', '.join(HYPERPARAMETERS)}"
+        )
+    values: dict[str, Any] = {}
+    for k, v in params.items():
+        kind = HYPERPARAMETERS[k]
+        values[k] = int(round(v)) if kind is int else float(v)
+    cfg = TrainConfig(**values, steps=int(steps), eval_every=int(eval_every), seed=int(seed))
+    problems = []
+    if cfg.lr <= 0:
+        problems.append("lr must be > 0")
+    for name in ("batch_size", "hidden", "layers", "steps", "eval_every"):
+        if getattr(cfg, name) < 1:
+            problems.append(f"{name} must be >= 1")
+    if not 0 <= cfg.dropout < 1:
+        problems.append("dropout must be in [0, 1)")
+    if cfg.weight_decay < 0 or cfg.warmup < 0:
+        problems.append("weight_decay and warmup_steps must be >= 0")
+    if problems:
+        raise ValueError("; ".join(problems))
+    return cfg
+
+
+@dataclass
+class TrainResult:
+    params: Any
+    metrics: dict[str, float]
+    history: list[dict[str, float]] = field(default_factory=list)
+    steps_done: int = 0
+    stopped_early: bool = False
+    seconds: float = 0.0
+    device: str = ""
+
+
+def build_model(cfg: TrainConfig) -> PolicyValueNet:
+    return PolicyValueNet(hidden=cfg.hidden, layers=cfg.layers, dropout=cfg.dropout)
+
+
+def init_params(cfg: TrainConfig, key: jax.Array) -> Any:
+    return build_model(cfg).init(key, jnp.zeros((1, N_FEATURES), F32))
+
+
+def make_optimizer(cfg: TrainConfig) -> optax.GradientTransformation:
+    warmup = min(cfg.warmup, cfg.steps)
+    schedule = optax.warmup_cosine_decay_schedule(
+        init_value=0.0,
+        peak_value=cfg.lr,
+        warmup_steps=warmup,
+        decay_steps=max(cfg.steps, warmup + 1),
+        end_value=cfg.lr * 0.01,
+    )
+    return optax.chain(
+        optax.clip_by_global_norm(1.0),
+        optax.adamw(schedule, weight_decay=cfg.weight_decay),
+    )
+
+
+def _scores(model: PolicyValueNet, params: Any, lo, hi, q, shard, hands, decls, dropout_key=None):  # type: ignore[no-untyped-def]
+    legal = q != ILLEGAL
+    f = features(lo, hi, shard, legal, hands, decls)
+    if dropout_key is None:
+        out = model.apply(params, f.x)
+    else:
+        out = model.apply(params, f.x, train=True, rngs={"dropout": dropout_key})
+    logits28, values28 = cast(tuple[jax.Array, jax.Array], out)
+    logits = jnp.take_along_axis(logits28, f.mover_tiles, axis=1)
+    values = jnp.take_along_axis(values28, f.mover_tiles, axis=1)
+    return logits, values, f.mover_team
+
+
+def _losses(logits: jax.Array, values: jax.Array, q: jax.Array, team: jax.Array):  # type: ignore[no-untyped-def]
+    """Per-row policy cross-entropy (target: uniform over the oracle's best moves) and
+    value error (Huber, Q in units of 42 points) over legal moves."""
+    legal, qm = mover_q(q, team)
+    best = jnp.max(jnp.where(legal, qm, -jnp.inf), axis=1, keepdims=True)
+    target = (legal & (qm == best)).astype(F32)
+    target = target / jnp.maximum(target.sum(axis=1, keepdims=True), 1.0)
+    logp = jax.nn.log_softmax(jnp.where(legal, logits, -1e9), axis=1)
+    ce = -(target * jnp.where(legal, logp, 0.0)).sum(axis=1)
+    err = optax.huber_loss(values, qm / 42.0, delta=0.25) * legal.astype(F32)
+    v = err.sum(axis=1) / jnp.maximum(legal.sum(axis=1).astype(F32), 1.0)
+    return ce, v
+
+
+def _chunk_size(cfg: TrainConfig, limit: int = 32) -> int:
+    """Steps per device call: a divisor of both ``steps`` and ``eval_every``, so evals land
+    on call boundaries; several steps per call hide the dispatch cost on a GPU."""
+    g = math.gcd(cfg.steps, cfg.eval_every)
+    return max(d for d in range(1, min(g, limit) + 1) if g % d == 0)
+
+
+def train(
+    cfg: TrainConfig,
+    train_ds: Dataset,
+    val_ds: Dataset,
+    *,
+    deadline: float | None = None,
+    on_eval: Callable[[dict[str, float]], None] | None = None,
+) -> TrainResult:
+    """Train one config; evaluate on ``val_ds`` every ``eval_every`` steps and at the end.
+
+    ``deadline`` (a ``time.time()``) stops training early at the next device call after it,
+    still evaluating and returning the params, so a time limit never loses a trial.
+    """
+    if len(train_ds) == 0 or len(val_ds) == 0:
+        raise ValueError("training needs at least one train row and one val row")
+    t0 = time.time()
+    model = build_model(cfg)
+    tx = make_optimizer(cfg)
+    root = jax.random.key(cfg.seed)
+    init_key, data_key, dropout_root = jax.random.split(root, 3)
+    params = init_params(cfg, init_key)
+    opt_state = tx.init(params)
+    chunk = _chunk_size(cfg)
+    bsz = cfg.batch_size
+
+    def loss_fn(p, lo, hi, q, shard, hands, decls, dkey):  # type: ignore[no-untyped-def]
+        logits, values, team = _scores(model, p, lo, hi, q, shard, hands, decls, dkey)
+        ce, v = _losses(logits, values, q, team)
+        return jnp.mean(ce) + cfg.value_weight * jnp.mean(v)
+
+    @jax.jit
+    def run_chunk(p, s, start, data):  # type: ignore[no-untyped-def]
+        lo, hi, q, shard, hands, decls = data
+
+        def one_step(i, carry):  # type: ignore[no-untyped-def]
+            p, s, loss_sum = carry
+            key = jax.random.fold_in(data_key, i)
+            idx = jax.random.randint(key, (bsz,), 0, lo.shape[0], dtype=jnp.int32)
+            dkey = jax.random.fold_in(dropout_root, i) if cfg.dropout > 0 else None
+            loss, grads = jax.value_and_grad(loss_fn)(
+                p, lo[idx], hi[idx], q[idx], shard[idx], hands, decls, dkey
+            )
+            updates, s = tx.update(grads, s, p)
+            # schedules may compute in float64 when x64 is on; keep params in their own dtype
+            updates = jax.tree_util.tree_map(lambda u, w: u.astype(w.dtype), updates, p)
+            return optax.apply_updates(p, updates), s, loss_sum + loss.astype(F32)
+
+        p, s, loss_sum = jax.lax.fori_loop(start, start + chunk, one_step, (p, s, jnp.zeros((), F32)))
+        return p, s, loss_sum / chunk
+
+    n_val = len(val_ds)
+    e = min(EVAL_CHUNK, n_val)
+    n_pad = -(-n_val // e) * e
+    val_arrays = [np.resize(a, (n_pad, *a.shape[1:])) for a in (val_ds.lo, val_ds.hi, val_ds.q, val_ds.shard)]
+    weight = (np.arange(n_pad) < n_val).astype(np.float32)
+    val_dev = tuple(jnp.asarray(a) for a in (*val_arrays, weight, val_ds.hands, val_ds.decls))
+
+    @jax.jit
+    def eval_chunk(p, start, data):  # type: ignore[no-untyped-def]
+        lo, hi, q, shard, w, hands, decls = data
+
+        def sl(a):  # type: ignore[no-untyped-def]
+            return jax.lax.dynamic_slice_in_dim(a, start, e)
+
+        lo, hi, q, shard, w = sl(lo), sl(hi), sl(q), sl(shard), sl(w)
+        logits, values, team = _scores(model, p, lo, hi, q, shard, hands, decls)
+        ce, _ = _losses(logits, values, q, team)
+        sums = move_sums(logits, q, team, w)
+        return jnp.stack([sums.rows, sums.correct, sums.gap, sums.blunders, (ce * w).sum()])
+
+    def evaluate(p: Any) -> dict[str, float]:
+        total = np.zeros(5, np.float64)
+        for start in range(0, n_pad, e):
+            total += np.asarray(eval_chunk(p, jnp.int32(start), val_dev), np.float64)
+        rows, correct, gap, blunders, ce_sum = (float(x) for x in total)
+        m = summarize(rows, correct, gap, blunders)
+        m["val_loss"] = ce_sum / rows if rows else float("nan")
+        return m
+
+    train_dev = tuple(jnp.asarray(a) for a in train_ds.arrays())
+    history: list[dict[str, float]] = []
+    last_loss = float("nan")
+    step = 0
+    stopped = False
+    while step < cfg.steps:
+        params, opt_state, loss = run_chunk(params, opt_state, jnp.int32(step), train_dev)
+        step += chunk
+        at_eval = step % cfg.eval_every == 0 or step == cfg.steps
+        late = deadline is not None and time.time() > deadline
+        if at_eval or late:
+            last_loss = float(loss)
+            m = {"step": float(step), "train_loss": last_loss, **evaluate(params)}
+            m["seconds"] = time.time() - t0
+            history.append(m)
+            if on_eval is not None:
+                on_eval(m)
+        if late and step < cfg.steps:
+            stopped = True
+            break
+    final = dict(history[-1])
+    final.pop("step", None)
+    final.pop("seconds", None)
+    return TrainResult(
+        params=params,
+        metrics=final,
+        history=history,
+        steps_done=step,
+        stopped_early=stopped,
+        seconds=time.time() - t0,
+        device=str(jax.devices()[0].device_kind),
+    )
+
+
+def params_to_bytes(params: Any) -> bytes:
+    return flax.serialization.to_bytes(params)
+
+
+def params_from_bytes(cfg: TrainConfig, blob: bytes) -> Any:
+    template = init_params(cfg, jax.random.key(0))
+    return flax.serialization.from_bytes(template, blob)
+
+
+def config_from_dict(d: dict[str, Any]) -> TrainConfig:
+    names = {f.name for f in fields(TrainConfig)}
+    return TrainConfig(**{k: v for k, v in d.items() if k in names})

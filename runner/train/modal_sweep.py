@@ -1,0 +1,172 @@
+"""The Modal backend of ``forge sweep``: trials mapped over GPU containers.
+
+``compile_sweep`` turns a :class:`~runner.spec.model.SweepSpec` into a ``modal.App``
+(``forge-sweep-<name>``) with one GPU function, ``train_trial``: the sweep's GPU fallback
+list, timeout, retries and container cap, and the data job's volume mounted read-mostly
+at the same place the oracle functions use. Its body is :func:`train_trial`, a plain
+module-level function calling the same ``run_trial`` as the local backend, so
+``Function.local()`` runs it here.
+
+Trials go out in waves through ``.map(order_outputs=False)``: a wave holds only as many
+trials as the budget affords at their worst case (the whole time limit on the dearest GPU
+of the list), so a sweep never runs past ``budget.max_usd``. Results (metrics and params)
+come back as return values; records and checkpoints are written here, as they arrive.
+
+Compiling works offline and without credentials; running needs both.
+"""
+
+from __future__ import annotations
+
+import sys
+from dataclasses import dataclass
+from typing import Any
+
+import modal
+
+from runner.backends.modal import (
+    IMAGE_REQUIREMENTS,
+    MOUNT,
+    _check_name,
+    _retries,
+    container_store_root,
+    gpu_from_device,
+    require_credentials,
+)
+from runner.spec.model import SweepSpec
+from runner.train.sweep import Budget, DataPlan, Event, SweepOutcome, Trial, payload, record_result
+from runner.train.trial import run_trial
+
+FUNCTION_NAME = "train_trial"
+TAG_SWEEP = "forge-sweep"
+# Training needs these on top of the solver image's packages (ranges as in pyproject.toml).
+TRAIN_REQUIREMENTS: tuple[str, ...] = ("flax>=0.10,<0.13", "optax>=0.2,<0.3")
+# Billed container time beyond a trial's own seconds (start, image load, jax import):
+# charged to every trial so the spend never under-counts.
+STARTUP_S = 30.0
+
+
+def app_name(spec: SweepSpec) -> str:
+    return f"forge-sweep-{spec.name}"
+
+
+def time_limit_s(timeout_s: int) -> float:
+    """When training stops itself inside a container: early enough to evaluate and return
+    before Modal's timeout kills the input (which would lose the trial)."""
+    margin = max(15.0, 0.1 * timeout_s)
+    return max(1.0, timeout_s - STARTUP_S - margin)
+
+
+def build_train_image() -> modal.Image:
+    """The solver image's packages plus flax and optax, and this package's source."""
+    python = f"{sys.version_info.major}.{sys.version_info.minor}"
+    keep = modal.FilePatternMatcher("**/*.py", "**/*.json")
+    return (
+        modal.Image.debian_slim(python_version=python)
+        .pip_install(*IMAGE_REQUIREMENTS, *TRAIN_REQUIREMENTS)
+        .env({"XLA_PYTHON_CLIENT_PREALLOCATE": "false"})
+        .add_local_python_source("runner", ignore=~keep)
+    )
+
+
+def train_trial(request: dict[str, Any]) -> dict[str, Any]:
+    """The body of ``train_trial``: one trial, exactly as the local backend runs it."""
+    return run_trial(request)
+
+
+@dataclass
+class CompiledSweep:
+    spec: SweepSpec
+    app: modal.App
+    image: modal.Image
+    volume: modal.Volume
+    function: modal.Function
+
+
+def compile_sweep(spec: SweepSpec) -> CompiledSweep:
+    """The sweep as Modal objects; nothing is created on Modal until the app runs."""
+    name = app_name(spec)
+    volume_name = spec.data.job.output.volume
+    _check_name("App", name)
+    _check_name("Volume", volume_name)
+    image = build_train_image()
+    # the data must already be there: never create an empty volume to train on
+    volume = modal.Volume.from_name(volume_name)
+    app = modal.App(name, tags={TAG_SWEEP: spec.name}, image=image, include_source=False)
+    c = spec.compute
+    fn = app.function(
+        name=FUNCTION_NAME,
+        gpu=list(c.gpu),
+        timeout=int(c.timeout_s),
+        retries=_retries(c.retries),
+        max_containers=int(c.max_containers),
+        volumes={MOUNT: volume},
+    )(train_trial)
+    return CompiledSweep(spec=spec, app=app, image=image, volume=volume, function=fn)
+
+
+def worst_case_usd(spec: SweepSpec) -> float:
+    """What one trial can cost at most: its whole timeout on the dearest GPU it may get."""
+    prices = dict(spec.pricing)
+    dearest = max(float(prices.get(g, 0.0)) for g in spec.compute.gpu)
+    return float(spec.compute.timeout_s) * dearest / 3600.0
+
+
+def run_modal(
+    spec: SweepSpec,
+    data: DataPlan,
+    todo: list[Trial],
+    outcome: SweepOutcome,
+    budget: Budget,
+    emit: Event,
+) -> None:
+    require_credentials()
+    compiled = compile_sweep(spec)
+    prices = dict(spec.pricing)
+    worst = worst_case_usd(spec)
+    root = container_store_root(spec.data.job)
+    limit = time_limit_s(spec.compute.timeout_s)
+    queue = list(todo)
+    # leaving this block (Ctrl+C included) stops the app and its containers
+    with compiled.app.run():
+        while queue:
+            wave: list[Trial] = []
+            while queue and len(wave) < spec.compute.max_containers and budget.try_reserve(worst):
+                wave.append(queue.pop(0))
+            if not wave:
+                outcome.budget_stopped.extend(t.trial_id for t in queue)
+                emit("budget_stop", {"trials": queue, "spent": budget.spent, "max_usd": budget.max_usd})
+                return
+            by_id = {t.trial_id: t for t in wave}
+            for t in wave:
+                emit("trial_start", {"trial": t})
+            requests = [payload(t, data, root, limit) for t in wave]
+            errors: list[str] = []
+            for result in compiled.function.map(requests, order_outputs=False, return_exceptions=True):
+                if isinstance(result, BaseException):
+                    errors.append(f"{type(result).__name__}: {result}")
+                    continue
+                trial = by_id.pop(str(result["trial_id"]), None)
+                if trial is None:
+                    continue
+                gpu = gpu_from_device(str(result.get("device", "")), spec.compute.gpu, prices)
+                result["seconds"] = float(result.get("seconds", 0.0)) + STARTUP_S
+                rec = record_result(
+                    outcome, trial, result, gpu=gpu, price_per_hour=float(prices.get(gpu, 0.0)), emit=emit
+                )
+                budget.settle(worst, float(rec["cost_usd"]))
+            # an input that died (container killed, timeout) comes back as an exception
+            # without its trial id: every trial without a result failed for that reason
+            why = "; ".join(errors) or "no result came back from Modal"
+            dearest = max(spec.compute.gpu, key=lambda g: float(prices.get(g, 0.0)))
+            for trial in by_id.values():
+                # a lost input may have run its whole time limit: charge the worst case
+                failed = {
+                    "trial_id": trial.trial_id,
+                    "status": "failed",
+                    "error": why,
+                    "seconds": float(spec.compute.timeout_s),
+                }
+                rec = record_result(
+                    outcome, trial, failed, gpu=dearest, price_per_hour=float(prices.get(dearest, 0.0)), emit=emit
+                )
+                budget.settle(worst, float(rec["cost_usd"]))

@@ -1,0 +1,148 @@
+"""What ``forge sweep`` prints: progress lines while it runs, then the results table and
+the best config (last, so it is what a terminal shows at the end)."""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+from rich import box
+from rich.console import Console
+from rich.table import Table
+
+from runner.spec.pricing import format_duration
+from runner.train.sweep import REPORTED, SweepOutcome, Trial, params_text
+
+LABELS = {"val_accuracy": "accuracy", "q_gap": "Q-gap", "blunder_rate": "blunders"}
+
+
+def _metric(name: str, v: Any) -> str:
+    if not isinstance(v, int | float) or not math.isfinite(v):
+        return "-"
+    if name in ("val_accuracy", "blunder_rate"):
+        return f"{100 * v:.2f}%"
+    return f"{v:.3f}"
+
+
+def _usd(v: Any) -> str:
+    return "-" if v is None else f"${float(v):.4f}" if v < 1 else f"${float(v):.2f}"
+
+
+class Reporter:
+    """Progress as one line per event (works in logs and CI as well as terminals)."""
+
+    def __init__(self, console: Console) -> None:
+        self.console = console
+        self.total = 0
+        self.steps = 0
+
+    def __call__(self, kind: str, info: dict[str, Any]) -> None:
+        c = self.console
+        if kind == "start":
+            self.total = info["trials"]
+            data = info["data"]
+            c.print(
+                f"data: {len(data.train)} train and {len(data.val)} val shards of job "
+                f"{data.job_name!r} under {data.root}"
+            )
+            for split, used in ((data.train_split, data.train), (data.val_split, data.val)):
+                planned = data.planned[split]
+                if len(used) < planned:
+                    c.print(f"  note: split {split!r} has {len(used)} of its {planned} planned shards")
+            if info["todo"] == 0:
+                c.print(f"all {info['trials']} trials finished earlier; nothing to run")
+            else:
+                c.print(
+                    f"{info['todo']} of {info['trials']} trials to run on the {info['backend']} backend"
+                    + (f" ({info['skipped']} finished earlier)" if info["skipped"] else "")
+                    + f"; results in {info['out_dir']}"
+                )
+        elif kind == "trial_start":
+            t: Trial = info["trial"]
+            self.steps = t.config.steps
+            c.print(f"[bold]trial {t.index}/{self.total}[/bold] {t.trial_id}  {params_text(t.params)}")
+        elif kind == "eval":
+            m = info["metrics"]
+            c.print(
+                f"  step {int(m['step'])}/{self.steps}  "
+                + "  ".join(f"{LABELS[k]} {_metric(k, m.get(k))}" for k in REPORTED)
+                + f"  ({format_duration(m['seconds'])})"
+            )
+        elif kind == "trial_done":
+            t = info["trial"]
+            rec = info["record"]
+            if rec["status"] == "finished":
+                m = rec["metrics"]
+                early = f", stopped at step {rec['steps_done']} (time limit)" if rec.get("stopped_early") else ""
+                c.print(
+                    "  done: "
+                    + "  ".join(f"{LABELS[k]} {_metric(k, m.get(k))}" for k in REPORTED)
+                    + f"  in {format_duration(rec['seconds'])}, {_usd(rec['cost_usd'])}{early}"
+                )
+            else:
+                c.print(f"  [red]failed[/red]: {rec.get('error', '')}")
+        elif kind == "budget_stop":
+            c.print(
+                f"[yellow]budget[/yellow]: ${info['spent']:.2f} of ${info['max_usd']:.2f} spent; "
+                f"{len(info['trials'])} trial(s) not started (each may cost up to its whole timeout)"
+            )
+
+
+def results_table(outcome: SweepOutcome) -> Table:
+    rows = outcome.rows()
+    names: list[str] = []
+    for r in rows:
+        for k in r["params"]:
+            if k not in names:
+                names.append(k)
+    goal = "higher" if outcome.goal == "max" else "lower"
+    table = Table(
+        title=f"sweep {outcome.spec.name}: {len(rows)} trials, best {outcome.metric} ({goal}) first",
+        box=box.SIMPLE_HEAD,
+        pad_edge=False,
+    )
+    table.add_column("#", justify="right")
+    table.add_column("trial")
+    for k in names:
+        table.add_column(k, justify="right")
+    for k in REPORTED:
+        style = "bold" if k == outcome.metric else None
+        table.add_column(LABELS[k], justify="right", style=style)
+    table.add_column("steps", justify="right")
+    table.add_column("time", justify="right")
+    table.add_column("cost", justify="right")
+    table.add_column("status")
+    for rank, r in enumerate(rows, start=1):
+        status = r["status"]
+        if status == "failed" and r.get("error"):
+            status = f"failed: {str(r['error'])[:40]}"
+        table.add_row(
+            str(rank) if r["status"] == "finished" else "",
+            r["trial_id"],
+            *(params_text({k: r["params"][k]}).split("=", 1)[1] if k in r["params"] else "" for k in names),
+            *(_metric(k, r["metrics"].get(k)) for k in REPORTED),
+            "-" if r["steps"] is None else str(r["steps"]),
+            "-" if r["seconds"] is None else format_duration(r["seconds"]),
+            _usd(r["cost_usd"]),
+            status,
+        )
+    return table
+
+
+def print_outcome(console: Console, outcome: SweepOutcome) -> None:
+    """The table, where the results went, then the best config and its checkpoint, last."""
+    console.print(results_table(outcome))
+    out = outcome.out_dir
+    console.print(f"results: {out / 'results.json'}, {out / 'results.csv'}")
+    if outcome.spent_usd:
+        console.print(f"spent: {_usd(outcome.spent_usd)} of ${outcome.spec.budget.max_usd:.2f}")
+    best = outcome.best()
+    if best is None:
+        console.print("no finished trial yet: no best config")
+        return
+    m = best["metrics"]
+    console.print(
+        f"best: trial {best['trial_id']}  {params_text(best['params'])}  "
+        + "  ".join(f"{LABELS[k]} {_metric(k, m.get(k))}" for k in REPORTED)
+    )
+    console.print(f"checkpoint: {best['checkpoint']}")

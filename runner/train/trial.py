@@ -1,0 +1,76 @@
+"""One trial as a plain function of a JSON-able payload: the task code every backend runs.
+
+The local backend calls :func:`run_trial` in this process or in worker processes; the Modal
+backend calls it inside a GPU container (with the data job's volume mounted). Only where it
+runs differs, so what a trial does is tested once, here.
+"""
+
+from __future__ import annotations
+
+import time
+import traceback
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from runner.train.data import Dataset, load_rows
+from runner.train.loop import config_from_dict, params_to_bytes, train
+
+# Rows loaded in this process, so trials that share data (every trial of a sweep) read the
+# shards once per process: once per local run, once per warm Modal container.
+_CACHE: dict[tuple[Any, ...], Dataset] = {}
+
+
+def _load_pair(payload: dict[str, Any]) -> tuple[Dataset, Dataset]:
+    root = payload["data_root"]
+    seed = int(payload["data_seed"])
+    tkey = (root, tuple(payload["train"]), payload["max_train_rows"], seed)
+    vkey = (root, tuple(payload["val"]), payload["max_val_rows"], seed + 1)
+    if tkey not in _CACHE or vkey not in _CACHE:
+        _CACHE.clear()
+        _CACHE[tkey] = load_rows(
+            [Path(root) / p for p in payload["train"]], payload["max_train_rows"], seed
+        )
+        _CACHE[vkey] = load_rows(
+            [Path(root) / p for p in payload["val"]], payload["max_val_rows"], seed + 1
+        )
+    return _CACHE[tkey], _CACHE[vkey]
+
+
+def run_trial(
+    payload: dict[str, Any], on_eval: Callable[[dict[str, float]], None] | None = None
+) -> dict[str, Any]:
+    """Load the data (cached per process), train, and return the outcome as plain data.
+
+    Payload keys: ``trial_id``, ``config`` (a TrainConfig as a dict), ``data_root``,
+    ``train`` / ``val`` (shard paths relative to ``data_root``), ``max_train_rows``,
+    ``max_val_rows``, ``data_seed``, and ``time_limit_s`` (training stops early, keeping
+    what it learnt, once that many seconds have passed since the call began; None: no
+    limit). A failure comes back as ``status: failed`` with the error, never raised, so
+    one bad trial does not end a sweep.
+    """
+    t0 = time.time()
+    out: dict[str, Any] = {"trial_id": payload["trial_id"], "status": "failed", "params": None}
+    try:
+        cfg = config_from_dict(payload["config"])
+        train_ds, val_ds = _load_pair(payload)
+        load_s = time.time() - t0
+        limit = payload.get("time_limit_s")
+        deadline = None if limit is None else t0 + float(limit)
+        result = train(cfg, train_ds, val_ds, deadline=deadline, on_eval=on_eval)
+        out.update(
+            status="finished",
+            metrics=result.metrics,
+            history=result.history,
+            steps_done=result.steps_done,
+            stopped_early=result.stopped_early,
+            train_rows=len(train_ds),
+            val_rows=len(val_ds),
+            load_seconds=load_s,
+            device=result.device,
+            params=params_to_bytes(result.params),
+        )
+    except Exception as e:  # reported in the trial's record; the sweep goes on
+        out.update(error=f"{type(e).__name__}: {e}", traceback=traceback.format_exc(limit=8))
+    out["seconds"] = time.time() - t0
+    return out
