@@ -1,0 +1,121 @@
+"""Claims and records in a ``modal.Dict``: the Modal backend's ``ClaimTable``.
+
+A Modal volume has no locking and its last writer wins, so two containers
+cannot safely claim a shard with lock files on it. A ``modal.Dict`` can:
+``put(key, value, skip_if_exists=True)`` is atomic on Modal's side, so exactly
+one container wins a race for a key. The stale rule is the store's
+(``runner.store.claims.is_stale``); only the storage differs.
+
+Layout of the job's Dict (``forge-{name}-claims``), one namespace per prefix so
+that ``keys()`` returns only claims:
+
+- ``<task key>``                  the claim (``make_claim`` dict) of a running shard
+- ``takeover:<task key>:<token>`` who took over the stale claim with that token
+- ``record:<task key>``           the shard's result record, written when it finishes
+- ``app:<app id>``                apps started for this job (``forge stop`` reads them)
+
+Dict entries expire after about a week without a read or write, so the volume's
+files stay the source of truth for finished work; the Dict is the fast, shared
+view while a run is live.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from typing import Any, Protocol
+
+from runner.store.claims import Claim, same_claim
+
+TAKEOVER_PREFIX = "takeover:"
+RECORD_PREFIX = "record:"
+APP_PREFIX = "app:"
+_PREFIXES = (TAKEOVER_PREFIX, RECORD_PREFIX, APP_PREFIX)
+
+
+class DictLike(Protocol):
+    """The part of ``modal.Dict``'s interface the claim table uses."""
+
+    def put(self, key: Any, value: Any, *, skip_if_exists: bool = False) -> bool: ...
+
+    def get(self, key: Any, default: Any = None) -> Any: ...
+
+    def pop(self, key: Any, default: Any = ...) -> Any: ...
+
+    def __setitem__(self, key: Any, value: Any) -> None: ...
+
+    def keys(self) -> Iterator[Any]: ...
+
+
+class DictClaims:
+    """``ClaimTable`` over a dict with an atomic put-if-absent (a ``modal.Dict``).
+
+    ``replace`` (the stale-claim takeover) is made atomic with a second
+    put-if-absent on a key named after the stale claim's token: of several
+    containers that find the same stale claim, exactly one creates that key and
+    takes over; the others lose without touching the claim.
+    """
+
+    def __init__(self, d: DictLike) -> None:
+        self.d = d
+
+    # ClaimTable -----------------------------------------------------------------
+    def put_if_absent(self, key: str, claim: Claim) -> bool:
+        return bool(self.d.put(key, dict(claim), skip_if_exists=True))
+
+    def get(self, key: str) -> Claim | None:
+        value = self.d.get(key, None)
+        return dict(value) if isinstance(value, dict) else None
+
+    def replace(self, key: str, expected: Claim, new: Claim) -> bool:
+        token = expected.get("token") or f"{expected.get('run_id')}-{expected.get('started')}"
+        if not self.d.put(f"{TAKEOVER_PREFIX}{key}:{token}", dict(new), skip_if_exists=True):
+            return False
+        # We own the takeover of ``expected``. If its owner released it meanwhile
+        # (or finished), the key may be free or hold a newer claim: only overwrite
+        # the claim we judged stale.
+        current = self.get(key)
+        if current is None:
+            return self.put_if_absent(key, new)
+        if not same_claim(current, expected):
+            return False
+        self.d[key] = dict(new)
+        return True
+
+    def delete(self, key: str) -> None:
+        self.d.pop(key, None)
+
+    def keys(self) -> list[str]:
+        keys = self.d.keys()  # modal.Dict has keys(), not iteration
+        return sorted(k for k in keys if isinstance(k, str) and not k.startswith(_PREFIXES))
+
+    # Records and apps -------------------------------------------------------------
+    def put_record(self, key: str, record: dict[str, Any]) -> None:
+        self.d[RECORD_PREFIX + key] = dict(record)
+
+    def get_record(self, key: str) -> dict[str, Any] | None:
+        value = self.d.get(RECORD_PREFIX + key, None)
+        return dict(value) if isinstance(value, dict) else None
+
+    def records(self) -> dict[str, dict[str, Any]]:
+        """Every record, by task key (one Dict read per record: for status and reports)."""
+        out: dict[str, dict[str, Any]] = {}
+        for k in list(self.d.keys()):
+            if isinstance(k, str) and k.startswith(RECORD_PREFIX):
+                value = self.d.get(k, None)
+                if isinstance(value, dict):
+                    out[k[len(RECORD_PREFIX) :]] = dict(value)
+        return out
+
+    def add_app(self, app_id: str, info: dict[str, Any]) -> None:
+        self.d[APP_PREFIX + app_id] = dict(info)
+
+    def remove_app(self, app_id: str) -> None:
+        self.d.pop(APP_PREFIX + app_id, None)
+
+    def apps(self) -> dict[str, dict[str, Any]]:
+        out: dict[str, dict[str, Any]] = {}
+        for k in list(self.d.keys()):
+            if isinstance(k, str) and k.startswith(APP_PREFIX):
+                value = self.d.get(k, None)
+                out[k[len(APP_PREFIX) :]] = dict(value) if isinstance(value, dict) else {}
+        return out
