@@ -151,10 +151,13 @@ def _unknown_key_message(key: str, allowed: list[str], schema_node: dict[str, An
 
 def _schema_errors(ctx: _Context, data: Any, kind: str) -> None:
     raw = sorted(_validator(kind).iter_errors(data), key=relevance, reverse=True)
+    seen: set[tuple[KeyPath, str]] = set()
     for err in raw:
         for path, message, at in _explain(err):
             ctx.dirty.append(path)
-            ctx.add(path, message, at)
+            if (path, message) not in seen:  # e.g. `required` reports each missing key apart
+                seen.add((path, message))
+                ctx.add(path, message, at)
 
 
 _BOUNDS = {"minimum": ">=", "maximum": "<=", "exclusiveMinimum": ">", "exclusiveMaximum": "<"}
@@ -265,6 +268,10 @@ def check_file(
         return None, ctx.errors
 
     file_kind = data.get("kind")
+    if kind is not None and file_kind in KINDS and file_kind != kind:
+        want = "an oracle job" if kind == "oracle" else "a sweep"
+        ctx.add(("kind",), f"this is a {file_kind} file; expected {want} (kind: {kind})")
+        return None, ctx.errors
     if kind is None:
         if isinstance(file_kind, str) and file_kind in KINDS:
             kind = file_kind
@@ -342,7 +349,7 @@ def _prices(ctx: _Context, data: dict[str, Any]) -> dict[str, float]:
             try:
                 norm = pricing.normalize_price_key(key)
             except ValueError as e:
-                ctx.add(("pricing", key), f"{e} (or 'local')")
+                ctx.add(("pricing", key), str(e))
                 continue
             if norm in overrides:
                 ctx.add(("pricing", key), f"{key!r} repeats {norm}")
@@ -734,7 +741,8 @@ def _sweep_data(
     if not job_path.is_file():
         ctx.add(("data", "job"), f"no job file {d['job']!r} (looked for {job_path})")
         return None
-    job, errors = check_file(job_path, "oracle", _seen=seen)
+    shown = os.path.normpath(path.parent / d["job"])  # as the user would type it
+    job, errors = check_file(shown, "oracle", _seen=seen)
     if errors:
         more = f" (and {len(errors) - 1} more)" if len(errors) > 1 else ""
         ctx.add(("data", "job"), f"{d['job']!r} is not a valid job file: {errors[0]}{more}")

@@ -74,6 +74,17 @@ SOLVE_STATES_PER_S: dict[str, float] = {
 }
 
 
+def _unknown(name: str, known: tuple[str, ...]) -> ValueError:
+    message = f"unknown GPU {name!r}; known: {', '.join(known)}"
+    close = difflib.get_close_matches(
+        str(name).strip().upper(), [k.upper() for k in known + tuple(GPU_ALIASES)], n=1, cutoff=0.5
+    )
+    if close:
+        match = next((k for k in known + tuple(GPU_ALIASES) if k.upper() == close[0]), close[0])
+        message += f"; did you mean {match!r}?"
+    return ValueError(message)
+
+
 def normalize_gpu(name: str) -> str:
     """The canonical Modal name of ``name`` (case-insensitive); ValueError if unknown."""
     text = str(name).strip().upper()
@@ -81,18 +92,17 @@ def normalize_gpu(name: str) -> str:
         return text
     if text in GPU_ALIASES:
         return GPU_ALIASES[text]
-    message = f"unknown GPU {name!r}; known: {', '.join(GPU_NAMES)}"
-    close = difflib.get_close_matches(text, GPU_NAMES + tuple(GPU_ALIASES), n=1, cutoff=0.5)
-    if close:
-        message += f"; did you mean {close[0]!r}?"
-    raise ValueError(message)
+    raise _unknown(name, GPU_NAMES)
 
 
 def normalize_price_key(name: str) -> str:
     """A ``pricing:`` key: a GPU name or ``local``."""
     if str(name).strip().lower() == LOCAL:
         return LOCAL
-    return normalize_gpu(name)
+    try:
+        return normalize_gpu(name)
+    except ValueError:
+        raise _unknown(name, (LOCAL, *GPU_NAMES)) from None
 
 
 def merged_prices(overrides: Mapping[str, float] | None = None) -> dict[str, float]:
