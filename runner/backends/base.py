@@ -33,6 +33,10 @@ Tier = Literal["default", "large"]
 SurveyState = Literal["done", "missing", "corrupt", "skipped", "claimed", "stale"]
 
 
+class BackendError(Exception):
+    """A backend cannot start (missing credentials, bad setup): one clear message, no traceback."""
+
+
 @dataclass(frozen=True)
 class TaskRequest:
     """One attempt at one shard, as the orchestrator hands it to a backend."""
@@ -105,6 +109,10 @@ class Backend(abc.ABC):
         After stop, no task of this run is running, no claim of this run is
         held, and no partial file is under a final name.
         """
+
+    def manifests(self) -> list[dict[str, Any]]:
+        """The job's earlier run manifests (their spend counts against the budget)."""
+        return []
 
     def price_name(self, gpu: tuple[str, ...]) -> str:
         """The price-table name used to estimate an attempt that asks for ``gpu``."""

@@ -241,6 +241,45 @@ class TaskRun:
             self.store.clean_tmp(self.task)
         self._release()
 
+    # -- handing an attempt to another process (the local GPU pipeline) -------
+    def state(self) -> dict[str, Any]:
+        """What ``resume`` needs to finish this attempt in another process."""
+        return {
+            "task": asdict(self.task),
+            "run_id": self.run_id,
+            "compression": self.compression,
+            "price_per_hour": self.price_per_hour,
+            "timeout_s": self.timeout_s,
+            "max_states": self.max_states,
+            "final_tier": self.final_tier,
+            "t0": self.t0,
+            "claim": self.claim,
+            "result": self.result.to_json(),
+        }
+
+    @classmethod
+    def resume(cls, state: dict[str, Any], store: ShardStore, claims: ClaimTable) -> TaskRun:
+        r = state["result"]
+        tr = cls(
+            ShardTask(**state["task"]),
+            store,
+            claims,
+            run_id=state["run_id"],
+            compression=state["compression"],
+            gpu=r["gpu"],
+            price_per_hour=state["price_per_hour"],
+            timeout_s=state["timeout_s"],
+            max_states=state["max_states"],
+            final_tier=state["final_tier"],
+            tier=r["tier"],
+            attempt=r["attempt"],
+        )
+        # time.monotonic is one system-wide clock on Linux, so t0 carries over.
+        tr.t0 = float(state["t0"])
+        tr.claim = state["claim"]
+        tr.result = TaskResult.from_json(r)
+        return tr
+
     # -- helpers -------------------------------------------------------------
     def _base_record(self) -> dict[str, Any]:
         r = self.result

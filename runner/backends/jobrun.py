@@ -1,0 +1,55 @@
+"""``forge run``: load the job, plan it, run what is missing on a backend, report."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+from rich.console import Console
+
+from runner.backends.base import RunContext, make_backend
+from runner.backends.orchestrate import Orchestrator, RunOptions, RunSummary, new_run_id
+from runner.backends.progress import RunDisplay
+from runner.spec.load import load_job
+from runner.spec.plan import tasks as plan_tasks
+
+
+def run_job(
+    job: str | os.PathLike[str],
+    *,
+    backend: str = "local",
+    out: str | os.PathLike[str] | None = None,
+    limit: int | None = None,
+    max_usd: float | None = None,
+    console: Console | None = None,
+    options: RunOptions | None = None,
+) -> RunSummary:
+    """Run what is missing of ``job``; raises SpecErrors for a bad file, BackendError for setup."""
+    spec = load_job(job)
+    tasks = plan_tasks(spec)
+    run_id = new_run_id()
+    ctx = RunContext(spec, run_id, store_dir=Path(out) if out is not None else None)
+    be = make_backend(backend, ctx)
+    opts = options or RunOptions()
+    opts.limit, opts.max_usd = limit, max_usd
+    display = RunDisplay(console)
+    cap = max_usd if max_usd is not None else spec.budget.max_usd
+    display.header(
+        [
+            f"forge run {spec.name} ({spec.path}): {len(tasks)} shard(s) in the job; run {run_id}",
+            f"backend {be.describe()}; budget ${cap:,.2f}",
+        ]
+    )
+    with display:
+        orch = Orchestrator(
+            spec,
+            be,
+            tasks,
+            run_id=run_id,
+            options=opts,
+            on_progress=display.progress,
+            on_result=display.result,
+        )
+        summary = orch.run()
+    display.summary(summary)
+    return summary

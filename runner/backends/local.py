@@ -1,0 +1,515 @@
+"""The local backend: worker processes on this machine, no account anywhere.
+
+Two layouts, chosen by what the machine has (``mode``):
+
+- ``pool`` (CPU machines): ``compute.workers`` processes, each running the whole
+  task (claim, solve, write, record) one shard at a time.
+- ``pipeline`` (a GPU JAX can use): one *solver* process holds the device and
+  only claims and solves; finished tables go through ``/dev/shm`` to a pool of
+  *writer* processes that compress and write them, so the device never waits
+  for zstd (writing a 20 M-row shard costs ~5 s of one core). Writers:
+  ``compute.workers``, at least the machine's cores minus two.
+
+Workers are started with the ``spawn`` method (JAX is not fork-safe), ignore
+Ctrl+C (the orchestrator handles it and stops them) and die with the
+orchestrator (``PR_SET_PDEATHSIG``), so ``kill -9`` of ``forge run`` leaves no
+worker behind: only claims whose pid is gone, which the next run takes over.
+
+``FORGE_LOCAL_MODE=pool|pipeline`` forces a layout (``pipeline`` works on a
+CPU too, which is how it is tested here).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import ctypes
+import importlib.util
+import multiprocessing as mp
+import os
+import shutil
+import signal
+import tempfile
+import time
+from collections import deque
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from multiprocessing.connection import Connection, wait
+from multiprocessing.process import BaseProcess
+from pathlib import Path
+from typing import Any
+
+from runner.backends import task as task_mod
+from runner.backends.base import Backend, RunContext, SurveyState, TaskRequest, Tier
+from runner.backends.task import TaskResult, TaskRun, run_task
+from runner.spec.model import Commit, JobSpec, ShardTask
+from runner.store.claims import LocalClaims, is_stale, pid_alive, this_host
+from runner.store.shards import ShardStore, job_root
+
+LOCAL_GPU = "local"  # the price-table name of this machine
+MODE_ENV = "FORGE_LOCAL_MODE"
+STOP_GRACE_S = 5.0
+
+
+def gpu_visible() -> bool:
+    """Whether JAX here would find an NVIDIA GPU, judged without starting JAX.
+
+    Starting JAX in the orchestrator would take device memory from the solver.
+    """
+    platforms = os.environ.get("JAX_PLATFORMS", "").lower()
+    if platforms:
+        return "cuda" in platforms or "gpu" in platforms
+    if not (os.path.exists("/dev/nvidiactl") or os.path.exists("/dev/nvidia0")):
+        return False
+    return any(
+        importlib.util.find_spec(m) is not None
+        for m in ("jax_cuda12_plugin", "jax_cuda13_plugin", "jax_plugins.xla_cuda12")
+    )
+
+
+def _die_with_parent(parent: int) -> None:
+    """Have the kernel SIGKILL this process when the orchestrator dies (Linux)."""
+    with contextlib.suppress(Exception):
+        libc = ctypes.CDLL(None, use_errno=True)
+        libc.prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
+    if os.getppid() != parent:  # it died before prctl took effect
+        os._exit(1)
+
+
+def _shm_dir(run_id: str) -> Path:
+    base = Path("/dev/shm") if os.path.isdir("/dev/shm") else Path(tempfile.gettempdir())
+    return base / f"forge-{run_id}"
+
+
+# --- the worker process ---------------------------------------------------------
+
+
+def _worker_main(role: str, conn: Connection, cfg: dict[str, Any]) -> None:
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, signal.SIG_DFL)
+    _die_with_parent(cfg["parent"])
+    if role == "writer":  # writers never touch the device
+        os.environ["JAX_PLATFORMS"] = "cpu"
+    task_mod.fault_kill_pids.append(cfg["parent"])
+    store = ShardStore(cfg["root"], commit=cfg["commit"])
+    claims = LocalClaims(cfg["root"])
+    shm = Path(cfg["shm"])
+    try:
+        while True:
+            try:
+                msg = conn.recv()
+            except EOFError:
+                break
+            if msg is None:
+                break
+            op = msg[0]
+            if op == "run":
+                req: TaskRequest = msg[1]
+                res = run_task(req.task, store, claims, **_task_kwargs(cfg, req))
+                conn.send(("result", res.to_json()))
+            elif op == "solve":
+                conn.send(_solve_only(msg[1], store, claims, cfg, shm))
+            elif op == "write":
+                conn.send(("result", _write_only(msg[1], msg[2], store, claims).to_json()))
+    finally:
+        store.flush()
+
+
+def _task_kwargs(cfg: dict[str, Any], req: TaskRequest) -> dict[str, Any]:
+    return {
+        "run_id": cfg["run_id"],
+        "compression": cfg["compression"],
+        "gpu": LOCAL_GPU,
+        "price_per_hour": cfg["price"],
+        "timeout_s": req.timeout_s,
+        "max_states": req.max_states,
+        "final_tier": req.final_tier,
+        "tier": req.tier,
+        "attempt": req.attempt,
+    }
+
+
+def _solve_only(
+    req: TaskRequest, store: ShardStore, claims: LocalClaims, cfg: dict[str, Any], shm: Path
+) -> tuple[Any, ...]:
+    """Pipeline solver: claim and solve; hand the table over through shared memory."""
+    import numpy as np
+
+    tr = TaskRun(req.task, store, claims, **_task_kwargs(cfg, req))
+    try:
+        early = tr.begin()
+        if early is not None:
+            return ("result", early.to_json())
+        sol = tr.solve()
+        shm.mkdir(parents=True, exist_ok=True)
+        path = shm / (req.task.key.replace("/", "__") + f".{os.getpid()}.npz")
+        np.savez(path, states=sol.states, V=sol.V, Q=sol.Q)
+        extra = {
+            "hands": [list(h) for h in sol.hands],
+            "decl_id": int(sol.decl_id),
+            "root_value": int(sol.root_value),
+            "timings": dict(sol.timings),
+            "device": str(sol.device),
+        }
+        state = tr.state()
+        tr.claim = None  # the writer releases it now
+        return ("solved", req.task.key, state, str(path), extra)
+    except Exception as e:
+        if tr.claim is not None:
+            store.clean_tmp(req.task)
+        return ("result", tr.fail(e).to_json())
+
+
+def _write_only(
+    state: dict[str, Any], payload: tuple[str, dict[str, Any]], store: ShardStore, claims: LocalClaims
+) -> TaskResult:
+    """Pipeline writer: finish an attempt the solver started."""
+    import numpy as np
+
+    from runner.oracle.solve import Solution
+
+    path, extra = payload
+    tr = TaskRun.resume(state, store, claims)
+    try:
+        with np.load(path) as z:
+            sol = Solution(
+                hands=tuple(tuple(h) for h in extra["hands"]),
+                decl_id=extra["decl_id"],
+                states=z["states"],
+                V=z["V"],
+                Q=z["Q"],
+                root_value=extra["root_value"],
+                timings=extra["timings"],
+                device=extra["device"],
+            )
+        Path(path).unlink(missing_ok=True)
+        return tr.finish(sol)
+    except Exception as e:
+        store.clean_tmp(tr.task)
+        return tr.fail(e)
+    finally:
+        Path(path).unlink(missing_ok=True)
+        tr._release()
+
+
+# --- the orchestrator side --------------------------------------------------------
+
+
+@dataclass
+class _Job:
+    req: TaskRequest
+    sent: float  # monotonic time the attempt started (first sent to a worker)
+    stage: str = "queued"  # queued, solving, solved, writing
+    payload: tuple[Any, ...] | None = None  # ("solved", key, state, path, extra)
+
+
+@dataclass
+class _Worker:
+    role: str
+    proc: BaseProcess
+    conn: Connection
+    keys: list[str] = field(default_factory=list)  # what it is working on, in order
+
+
+class LocalBackend(Backend):
+    name = "local"
+
+    def __init__(self, ctx: RunContext) -> None:
+        super().__init__(ctx)
+        spec: JobSpec = ctx.spec
+        self.spec = spec
+        self.root = job_root(spec, ctx.store_dir)
+        self.store = ShardStore(self.root, commit=spec.output.commit)
+        self.claims = LocalClaims(self.root)
+        opts = ctx.options
+        mode = str(opts.get("mode") or os.environ.get(MODE_ENV) or "auto")
+        if mode not in ("auto", "pool", "pipeline"):
+            raise ValueError(f"{MODE_ENV} must be pool or pipeline, not {mode!r}")
+        self.mode = ("pipeline" if gpu_visible() else "pool") if mode == "auto" else mode
+        workers = int(opts.get("workers") or spec.compute.workers)
+        if self.mode == "pipeline" and not opts.get("workers"):
+            workers = max(workers, (os.cpu_count() or 2) - 2)
+        self.n_workers = max(1, workers)
+        self.price = float(dict(spec.pricing).get(LOCAL_GPU, 0.0))
+        self.shm = _shm_dir(ctx.run_id)
+        self._ctx = mp.get_context("spawn")
+        self._workers: list[_Worker] = []
+        self._jobs: dict[str, _Job] = {}
+        self._queue: deque[str] = deque()  # keys waiting for a worker (pool) or the solver
+        self._to_write: deque[str] = deque()  # pipeline: solved, waiting for a writer
+        self._out: list[TaskResult] = []
+        self._started = False
+
+    # -- Backend ------------------------------------------------------------------
+    def describe(self) -> str:
+        if self.mode == "pipeline":
+            return f"local: 1 solver + {self.n_workers} writer processes, store {self.root}"
+        return f"local: {self.n_workers} worker process{'es' if self.n_workers > 1 else ''}, store {self.root}"
+
+    def start(self) -> None:
+        if self._started:
+            return
+        self.root.mkdir(parents=True, exist_ok=True)
+        if self.mode == "pipeline":
+            self._spawn("solver")
+            for _ in range(self.n_workers):
+                self._spawn("writer")
+        else:
+            for _ in range(self.n_workers):
+                self._spawn("full")
+        self._started = True
+
+    def capacity(self, tier: Tier = "default") -> int:
+        # Pipeline: enough queued work that the solver never idles while writers catch up.
+        cap = self.n_workers + 2 if self.mode == "pipeline" else self.n_workers
+        if tier == "large" and self.spec.compute.large is not None:
+            cap = min(cap, max(1, self.spec.compute.large.concurrency))
+        return cap
+
+    def in_flight(self) -> int:
+        return len(self._jobs)
+
+    def price_name(self, gpu: tuple[str, ...]) -> str:
+        return LOCAL_GPU
+
+    def submit(self, wave: Sequence[TaskRequest]) -> None:
+        now = time.monotonic()
+        for req in wave:
+            self._jobs[req.task.key] = _Job(req, now)
+            self._queue.append(req.task.key)
+        self._assign()
+
+    def poll(self, timeout: float) -> list[TaskResult]:
+        self._assign()
+        if not self._out:
+            waitables: list[Any] = [w.conn for w in self._workers]
+            waitables += [w.proc.sentinel for w in self._workers]
+            if waitables:
+                wait(waitables, timeout)
+        self._collect()
+        self._reap()
+        self._check_timeouts()
+        self._assign()
+        out, self._out = self._out, []
+        return out
+
+    def survey(self, tasks: Sequence[ShardTask]) -> dict[str, SurveyState]:
+        out: dict[str, SurveyState] = {}
+        now, host = time.time(), this_host()
+        for t in tasks:
+            chk = self.store.check(t)
+            claim = self.claims.get(t.key)
+            live = claim is not None and not is_stale(
+                claim, now, self._timeout_for(t), host, pid_alive
+            )
+            if chk.state == "unrecorded" and not live:
+                with contextlib.suppress(Exception):
+                    self.store.recover_record(t)
+            if chk.state in ("done", "unrecorded"):
+                out[t.key] = "done"
+            elif chk.state == "skipped":
+                out[t.key] = "skipped"
+            elif chk.state == "missing" and claim is not None:
+                out[t.key] = "claimed" if live else "stale"
+            elif chk.state == "corrupt":
+                out[t.key] = "corrupt"
+            else:
+                out[t.key] = "missing"
+        return out
+
+    def manifests(self) -> list[dict[str, Any]]:
+        return self.store.manifests()
+
+    def write_manifest(self, run_id: str, manifest: dict[str, Any]) -> str:
+        return str(self.store.write_manifest(run_id, manifest))
+
+    def stop(self, *, interrupted: bool) -> None:
+        if interrupted:
+            for w in self._workers:
+                if w.keys and w.proc.is_alive():
+                    with contextlib.suppress(OSError):
+                        os.kill(w.proc.pid or 0, signal.SIGKILL)
+        for w in self._workers:
+            with contextlib.suppress(OSError, ValueError):
+                w.conn.send(None)
+        deadline = time.monotonic() + STOP_GRACE_S
+        for w in self._workers:
+            w.proc.join(max(0.0, deadline - time.monotonic()))
+            if w.proc.is_alive():
+                w.proc.kill()
+                w.proc.join(1.0)
+            with contextlib.suppress(OSError):
+                w.conn.close()
+        self._workers.clear()
+        # Whatever was still in flight is abandoned: its claims and temporary files go.
+        for key, job in list(self._jobs.items()):
+            self._abandon(job)
+            del self._jobs[key]
+        self._queue.clear()
+        self._to_write.clear()
+        shutil.rmtree(self.shm, ignore_errors=True)
+
+    # -- internals --------------------------------------------------------------------
+    def _timeout_for(self, t: ShardTask) -> float:
+        c = self.spec.compute
+        return float(max(c.timeout_s, c.large.timeout_s if c.large else 0))
+
+    def _cfg(self) -> dict[str, Any]:
+        commit: Commit = self.spec.output.commit
+        return {
+            "parent": os.getpid(),
+            "root": str(self.root),
+            "commit": commit,
+            "compression": self.spec.output.compression,
+            "run_id": self.ctx.run_id,
+            "price": self.price,
+            "shm": str(self.shm),
+        }
+
+    def _spawn(self, role: str) -> _Worker:
+        parent_conn, child_conn = self._ctx.Pipe(duplex=True)
+        proc = self._ctx.Process(
+            target=_worker_main, args=(role, child_conn, self._cfg()), name=f"forge-{role}", daemon=True
+        )
+        # The child inherits "ignore SIGINT" from the moment it exists, so a
+        # Ctrl+C during its start cannot kill it with a traceback.
+        old = signal.signal(signal.SIGINT, signal.SIG_IGN)
+        try:
+            proc.start()
+        finally:
+            signal.signal(signal.SIGINT, old)
+        child_conn.close()
+        w = _Worker(role, proc, parent_conn)
+        self._workers.append(w)
+        return w
+
+    def _idle(self, role: str) -> list[_Worker]:
+        return [w for w in self._workers if w.role == role and not w.keys and w.proc.is_alive()]
+
+    def _assign(self) -> None:
+        now = time.monotonic()
+        if self.mode == "pool":
+            for w in self._idle("full"):
+                if not self._queue:
+                    break
+                key = self._queue.popleft()
+                job = self._jobs[key]
+                job.stage, job.sent = "solving", now
+                self._send(w, key, ("run", job.req))
+            return
+        for w in self._idle("writer"):
+            if not self._to_write:
+                break
+            key = self._to_write.popleft()
+            job = self._jobs[key]
+            assert job.payload is not None
+            job.stage = "writing"
+            _, _, state, path, extra = job.payload
+            self._send(w, key, ("write", state, (path, extra)))
+        solvers = [w for w in self._workers if w.role == "solver" and w.proc.is_alive()]
+        waiting_writes = len(self._to_write) + sum(
+            1 for w in self._workers if w.role == "writer" and w.keys
+        )
+        for s in solvers:
+            # Two requests queued at the solver so it never waits on us; fewer when
+            # solved tables pile up (each one sits in memory until written).
+            while self._queue and len(s.keys) < 2 and waiting_writes < self.n_workers + 2:
+                key = self._queue.popleft()
+                job = self._jobs[key]
+                job.stage, job.sent = "solving", now
+                self._send(s, key, ("solve", job.req))
+
+    def _send(self, w: _Worker, key: str, msg: tuple[Any, ...]) -> None:
+        w.keys.append(key)
+        # If the worker is gone, _reap turns its keys into failures.
+        with contextlib.suppress(OSError, ValueError):
+            w.conn.send(msg)
+
+    def _collect(self) -> None:
+        for w in list(self._workers):
+            while True:
+                try:
+                    if not w.conn.poll():
+                        break
+                    msg = w.conn.recv()
+                except (EOFError, OSError):
+                    break
+                if msg[0] == "result":
+                    res = TaskResult.from_json(msg[1])
+                    if res.key in w.keys:
+                        w.keys.remove(res.key)
+                    self._jobs.pop(res.key, None)
+                    self._out.append(res)
+                elif msg[0] == "solved":
+                    key = msg[1]
+                    if key in w.keys:
+                        w.keys.remove(key)
+                    job = self._jobs.get(key)
+                    if job is not None:
+                        job.stage, job.payload = "solved", msg
+                        self._to_write.append(key)
+
+    def _reap(self) -> None:
+        for w in list(self._workers):
+            if w.proc.is_alive():
+                continue
+            code = w.proc.exitcode
+            self._workers.remove(w)
+            with contextlib.suppress(OSError):
+                w.conn.close()
+            for key in w.keys:
+                job = self._jobs.pop(key, None)
+                if job is None:
+                    continue
+                self._abandon(job)
+                killed = code is not None and code < 0 and -code == signal.SIGKILL
+                why = f"worker process died ({'SIGKILL, probably out of memory' if killed else f'exit code {code}'})"
+                self._out.append(self._failure(job, why, oom=killed))
+            self._spawn(w.role)
+
+    def _check_timeouts(self) -> None:
+        now = time.monotonic()
+        for w in self._workers:
+            for key in w.keys:
+                job = self._jobs.get(key)
+                if job is None or job.stage not in ("solving", "writing"):
+                    continue
+                if now - job.sent > job.req.timeout_s:
+                    with contextlib.suppress(OSError):
+                        os.kill(w.proc.pid or 0, signal.SIGKILL)
+                    w.proc.join(5.0)
+                    # Reaped below as a failure; say why first.
+                    for k in list(w.keys):
+                        j = self._jobs.pop(k, None)
+                        if j is not None:
+                            self._abandon(j)
+                            self._out.append(
+                                self._failure(j, f"timed out after {j.req.timeout_s} s")
+                            )
+                    w.keys.clear()
+                    break
+        self._reap()
+
+    def _failure(self, job: _Job, why: str, oom: bool = False) -> TaskResult:
+        secs = time.monotonic() - job.sent
+        return TaskResult(
+            key=job.req.task.key,
+            status="failed",
+            error=why,
+            oom=oom,
+            seconds=secs,
+            gpu=LOCAL_GPU,
+            usd=secs * self.price / 3600.0,
+            tier=job.req.tier,
+            attempt=job.req.attempt,
+            run_id=self.ctx.run_id,
+        )
+
+    def _abandon(self, job: _Job) -> None:
+        """Release the claim of an attempt that will not finish, remove its temporary files."""
+        key = job.req.task.key
+        claim = self.claims.get(key)
+        if claim is not None and claim.get("run_id") == self.ctx.run_id:
+            self.claims.delete(key)
+            self.store.clean_tmp(job.req.task)
+        if job.payload is not None:
+            Path(job.payload[3]).unlink(missing_ok=True)

@@ -1,0 +1,499 @@
+"""The dispatch loop every backend shares.
+
+Given the plan's tasks, ``Orchestrator.run``:
+
+- asks the backend which shards are finished already and leaves them alone;
+- dispatches the rest in waves no larger than the backend's free capacity;
+- retries a failed attempt with exponential backoff, up to ``compute.retries``
+  times; an out-of-memory failure is retried *alone* (nothing else in flight);
+- reroutes a deal the task found too large (more states than
+  ``compute.max_states``) to the large tier, or records it as skipped when the
+  job has none;
+- waits for shards another run holds a live claim on (they are finished there,
+  or their claim goes stale and is taken over here);
+- keeps spend (seconds x price of the GPU that actually ran, on top of what
+  earlier runs of the job spent) and guards the budget: no new work once spend
+  plus the estimate of the work in flight reaches the cap; applies
+  ``on_exceed: {downgrade: GPU, at: F}``;
+- writes the run manifest ``_runs/<run_id>.json`` (job file hash, start and
+  end, counts, spend, failures) as it goes and at the end.
+"""
+
+from __future__ import annotations
+
+import heapq
+import itertools
+import os
+import socket
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field, replace
+from typing import Any
+
+from runner import __version__
+from runner.backends.base import Backend, TaskRequest, Tier
+from runner.backends.task import TaskResult
+from runner.spec import pricing
+from runner.spec.model import JobSpec, ShardTask
+
+EXIT_OK = 0
+EXIT_FAILED = 1
+EXIT_BUDGET = 3
+EXIT_INTERRUPTED = 130
+
+
+def new_run_id() -> str:
+    return f"{time.strftime('%Y%m%dT%H%M%SZ', time.gmtime())}-{os.urandom(3).hex()}"
+
+
+@dataclass
+class RunOptions:
+    limit: int | None = None  # attempt at most this many missing shards
+    max_usd: float | None = None  # overrides budget.max_usd for this run
+    backoff_s: float = 2.0  # delay before the first retry; doubles each time
+    backoff_max_s: float = 60.0
+    poll_s: float = 0.5  # longest wait for results before the loop looks around
+    recheck_claimed_s: float = 3.0  # how often shards claimed by another run are looked at
+    manifest_every_s: float = 2.0
+
+
+@dataclass
+class Progress:
+    """A snapshot for the progress bar (what ``on_progress`` receives)."""
+
+    planned: int = 0  # shards this run is responsible for (after --limit)
+    already_done: int = 0  # finished before this run started
+    solved: int = 0  # written by this run
+    done_elsewhere: int = 0  # finished meanwhile by another run
+    skipped: int = 0  # too large, recorded as skipped
+    failed: int = 0  # out of retries
+    in_flight: int = 0
+    waiting: int = 0  # claimed by another run, or waiting for a retry
+    retries: int = 0
+    rerouted: int = 0
+    states: int = 0  # states solved by this run
+    spend_usd: float = 0.0  # this run
+    prior_usd: float = 0.0  # earlier runs of the job
+    max_usd: float = 0.0
+    elapsed_s: float = 0.0
+    downgraded_to: str | None = None
+    budget_hit: bool = False
+
+    @property
+    def finished(self) -> int:
+        return self.already_done + self.solved + self.done_elsewhere + self.skipped + self.failed
+
+    @property
+    def remaining(self) -> int:
+        return max(0, self.planned - self.finished)
+
+    @property
+    def shards_per_min(self) -> float:
+        return 60.0 * self.solved / self.elapsed_s if self.elapsed_s > 0 else 0.0
+
+    @property
+    def states_per_s(self) -> float:
+        return self.states / self.elapsed_s if self.elapsed_s > 0 else 0.0
+
+    @property
+    def eta_s(self) -> float | None:
+        rate = self.solved / self.elapsed_s if self.elapsed_s > 0 else 0.0
+        return self.remaining / rate if rate > 0 else None
+
+
+@dataclass
+class RunSummary:
+    run_id: str
+    backend: str
+    progress: Progress
+    stopped_by: str | None  # None, "budget" or "interrupt"
+    failures: list[dict[str, Any]] = field(default_factory=list)
+    manifest: str = ""
+    started: float = 0.0
+    ended: float = 0.0
+    total_planned: int = 0  # before --limit
+    notes: list[str] = field(default_factory=list)
+
+    @property
+    def exit_code(self) -> int:
+        if self.stopped_by == "interrupt":
+            return EXIT_INTERRUPTED
+        if self.stopped_by == "budget":
+            return EXIT_BUDGET
+        if self.progress.failed or self.progress.remaining:
+            return EXIT_FAILED
+        return EXIT_OK
+
+
+def price_of(spec: JobSpec, gpu: str) -> float:
+    """$/hour of ``gpu`` from the job's price table (0 for a name it does not list)."""
+    return float(dict(spec.pricing).get(gpu, 0.0))
+
+
+def spend_of(spec: JobSpec, r: TaskResult) -> float:
+    """What an attempt cost: its seconds at the price of the hardware that ran it."""
+    if r.gpu and r.gpu in dict(spec.pricing):
+        return pricing.usd(r.seconds, r.gpu, dict(spec.pricing))
+    return float(r.usd)
+
+
+class Orchestrator:
+    def __init__(
+        self,
+        spec: JobSpec,
+        backend: Backend,
+        tasks: Sequence[ShardTask],
+        *,
+        run_id: str,
+        options: RunOptions | None = None,
+        on_progress: Callable[[Progress], None] | None = None,
+        on_result: Callable[[TaskResult], None] | None = None,
+        clock: Callable[[], float] = time.monotonic,
+        sleep: Callable[[float], None] = time.sleep,
+    ) -> None:
+        self.spec = spec
+        self.backend = backend
+        self.tasks = list(tasks)
+        self.run_id = run_id
+        self.opt = options or RunOptions()
+        self.on_progress = on_progress
+        self.on_result = on_result
+        self.clock = clock
+        self.sleep = sleep
+        self.max_usd = self.opt.max_usd if self.opt.max_usd is not None else spec.budget.max_usd
+        self.p = Progress(max_usd=self.max_usd)
+        self.gpu: tuple[str, ...] = tuple(spec.compute.gpu)
+        # Ready requests, ordered by (not-before time, sequence) so retries wait their backoff.
+        self._ready: list[tuple[float, int, TaskRequest]] = []
+        self._seq = itertools.count()
+        self._claimed: dict[str, tuple[float, TaskRequest]] = {}  # key -> (recheck at, request)
+        self._inflight: dict[str, TaskRequest] = {}
+        self._seconds_done: list[float] = []
+        self.failures: list[dict[str, Any]] = []
+        self.solved_keys: list[str] = []
+        self.skipped_keys: list[str] = []
+        self.takeovers: list[dict[str, Any]] = []
+        self.quarantined: list[str] = []
+        self._t0 = 0.0
+        self._wall0 = 0.0
+        self._last_manifest = -1e9
+        self.stopped_by: str | None = None
+        self.total_planned = len(self.tasks)
+        self._exclusive_running = False
+
+    # -- requests --------------------------------------------------------------
+    def _request(self, task: ShardTask, tier: Tier = "default", attempt: int = 0) -> TaskRequest:
+        c = self.spec.compute
+        if tier == "large" and c.large is not None:
+            return TaskRequest(
+                task,
+                tier="large",
+                attempt=attempt,
+                gpu=tuple(c.large.gpu),
+                timeout_s=c.large.timeout_s,
+                max_states=c.large.max_states,
+                final_tier=True,
+            )
+        return TaskRequest(
+            task,
+            tier="default",
+            attempt=attempt,
+            gpu=self.gpu,
+            timeout_s=c.timeout_s,
+            max_states=c.max_states,
+            final_tier=c.large is None,
+        )
+
+    def _push(self, req: TaskRequest, not_before: float = 0.0) -> None:
+        heapq.heappush(self._ready, (not_before, next(self._seq), req))
+
+    # -- money -------------------------------------------------------------------
+    def _estimate_usd(self, req: TaskRequest) -> float:
+        name = self.backend.price_name(req.gpu)
+        if self._seconds_done:
+            secs = sum(self._seconds_done) / len(self._seconds_done)
+        else:
+            try:
+                secs = pricing.seconds_per_shard(name)
+            except (KeyError, ValueError):
+                secs = 0.0
+        return secs * price_of(self.spec, name) / 3600.0
+
+    def _spent(self) -> float:
+        return self.p.prior_usd + self.p.spend_usd
+
+    def _committed_usd(self) -> float:
+        return self._spent() + sum(self._estimate_usd(r) for r in self._inflight.values())
+
+    def _budget_allows(self) -> bool:
+        if self._committed_usd() >= self.max_usd - 1e-12:
+            self.p.budget_hit = True
+            return False
+        return True
+
+    def _maybe_downgrade(self) -> None:
+        b = self.spec.budget
+        if b.on_exceed != "downgrade" or not b.downgrade_gpu or self.p.downgraded_to:
+            return
+        if pricing.downgrade_due(self.max_usd, self._committed_usd(), b.downgrade_at):
+            self.gpu = (b.downgrade_gpu,)
+            self.p.downgraded_to = b.downgrade_gpu
+            # Queued default-tier work moves too; the large tier keeps its GPUs.
+            self._ready = [
+                (t, s, replace(r, gpu=self.gpu) if r.tier == "default" else r)
+                for t, s, r in self._ready
+            ]
+            heapq.heapify(self._ready)
+
+    # -- the loop ----------------------------------------------------------------
+    def run(self) -> RunSummary:
+        self._t0 = self.clock()
+        self._wall0 = time.time()
+        self.p.prior_usd = prior_spend(self.backend.manifests(), exclude=self.run_id)
+        try:
+            self.backend.start()
+            survey = self.backend.survey(self.tasks)
+            todo: list[ShardTask] = []
+            for t in self.tasks:
+                if survey.get(t.key) == "done":
+                    self.p.already_done += 1
+                else:
+                    todo.append(t)
+            if self.opt.limit is not None:
+                todo = todo[: max(0, self.opt.limit)]
+            self.p.planned = self.p.already_done + len(todo)
+            for t in todo:
+                self._push(self._request(t))
+            self._write_manifest("running", force=True)
+            self._emit()
+            while self._ready or self._claimed or self._inflight:
+                self._dispatch()
+                if not self._inflight:
+                    if self.p.budget_hit and self._ready:
+                        self.stopped_by = "budget"
+                        break
+                    if not self._ready and not self._claimed:
+                        break
+                    # Only backoffs and other runs' claims are pending: wait a little.
+                    self.sleep(min(self.opt.poll_s, max(0.0, self._next_wakeup() - self.clock())))
+                    self._recheck_claimed()
+                    self._emit()
+                    continue
+                for r in self.backend.poll(self.opt.poll_s):
+                    self._handle(r)
+                    if self.on_result is not None:
+                        self.on_result(r)
+                self._recheck_claimed()
+                self._maybe_downgrade()
+                self._emit()
+                self._write_manifest("running")
+            self.backend.stop(interrupted=False)
+        except KeyboardInterrupt:
+            self.stopped_by = "interrupt"
+            try:
+                self.backend.stop(interrupted=True)
+            except KeyboardInterrupt:  # a second Ctrl+C while stopping: stop harder
+                self.backend.stop(interrupted=True)
+        status = {None: "finished", "budget": "budget", "interrupt": "interrupted"}[self.stopped_by]
+        if status == "finished" and (self.p.failed or self.p.remaining):
+            status = "failed"
+        path = self._write_manifest(status, force=True, final=True)
+        self._emit()
+        return RunSummary(
+            run_id=self.run_id,
+            backend=self.backend.name,
+            progress=self.p,
+            stopped_by=self.stopped_by,
+            failures=self.failures,
+            manifest=path,
+            started=self._wall0,
+            ended=time.time(),
+            total_planned=self.total_planned,
+        )
+
+    def _next_wakeup(self) -> float:
+        times = [t for t, _, _ in self._ready[:1]] + [t for t, _ in self._claimed.values()]
+        return min(times) if times else self.clock()
+
+    def _dispatch(self) -> None:
+        now = self.clock()
+        self.p.budget_hit = False
+        if self._exclusive_running:
+            return
+        wave: list[TaskRequest] = []
+        used: dict[str, int] = {}
+        for r in self._inflight.values():
+            used[r.tier] = used.get(r.tier, 0) + 1
+        while self._ready and self._ready[0][0] <= now:
+            req = self._ready[0][2]
+            if req.exclusive and (self._inflight or wave):
+                break  # wait until everything else has finished, then run it alone
+            if used.get(req.tier, 0) >= self.backend.capacity(req.tier):
+                # Another tier may still have room: look past this one.
+                other = self._first_ready_of_other_tier(req.tier, used, now)
+                if other is None:
+                    break
+                req = other
+            else:
+                heapq.heappop(self._ready)
+            if not self._budget_allows():
+                self._push(req, 0.0)
+                break
+            wave.append(req)
+            self._inflight[req.task.key] = req
+            used[req.tier] = used.get(req.tier, 0) + 1
+            if req.exclusive:
+                self._exclusive_running = True
+                break
+        if wave:
+            self.backend.submit(wave)
+
+    def _first_ready_of_other_tier(
+        self, full: str, used: dict[str, int], now: float
+    ) -> TaskRequest | None:
+        for i, (t, _s, r) in enumerate(self._ready):
+            if (
+                t <= now
+                and r.tier != full
+                and not r.exclusive
+                and used.get(r.tier, 0) < self.backend.capacity(r.tier)
+            ):
+                self._ready.pop(i)
+                heapq.heapify(self._ready)
+                return r
+        return None
+
+    def _handle(self, r: TaskResult) -> None:
+        req = self._inflight.pop(r.key, None)
+        if req is None:
+            return  # not ours (a late duplicate); ignore
+        if req.exclusive:
+            self._exclusive_running = False
+        cost = spend_of(self.spec, r)
+        self.p.spend_usd += cost
+        if r.takeover_of:
+            self.takeovers.append({"key": r.key, "from": r.takeover_of})
+        if r.quarantined:
+            self.quarantined.append(r.quarantined)
+        st = r.status
+        if st == "done":
+            self.p.solved += 1
+            self.p.states += int(r.states or 0)
+            self._seconds_done.append(r.seconds)
+            self.solved_keys.append(r.key)
+        elif st == "already_done":
+            self.p.done_elsewhere += 1
+        elif st == "skipped":
+            self.p.skipped += 1
+            self.skipped_keys.append(r.key)
+        elif st == "too_large":
+            if req.tier == "default" and self.spec.compute.large is not None:
+                self.p.rerouted += 1
+                self._push(self._request(req.task, "large"))
+            else:  # nowhere to go (a backend answered too_large on a final tier)
+                self.p.skipped += 1
+                self.skipped_keys.append(r.key)
+        elif st == "claimed_elsewhere":
+            self._claimed[r.key] = (self.clock() + self.opt.recheck_claimed_s, req)
+        else:  # failed
+            if req.attempt < self.spec.compute.retries:
+                self.p.retries += 1
+                delay = min(self.opt.backoff_max_s, self.opt.backoff_s * (2**req.attempt))
+                nxt = replace(req, attempt=req.attempt + 1, exclusive=req.exclusive or r.oom)
+                self._push(nxt, self.clock() + delay)
+            else:
+                self.p.failed += 1
+                self.failures.append(
+                    {
+                        "key": r.key,
+                        "error": r.error,
+                        "attempts": req.attempt + 1,
+                        "oom": r.oom,
+                        "tier": req.tier,
+                    }
+                )
+
+    def _recheck_claimed(self) -> None:
+        now = self.clock()
+        due = [k for k, (t, _) in self._claimed.items() if t <= now]
+        if not due:
+            return
+        reqs = {k: self._claimed[k][1] for k in due}
+        states = self.backend.survey([r.task for r in reqs.values()])
+        for k, req in reqs.items():
+            s = states.get(k, "missing")
+            if s == "done":
+                del self._claimed[k]
+                self.p.done_elsewhere += 1
+            elif s == "claimed":
+                self._claimed[k] = (now + self.opt.recheck_claimed_s, req)
+            else:  # missing, stale or corrupt: ours to do now (a stale claim is taken over)
+                del self._claimed[k]
+                self._push(req)
+
+    def _emit(self) -> None:
+        self.p.elapsed_s = self.clock() - self._t0
+        self.p.in_flight = len(self._inflight)
+        self.p.waiting = len(self._claimed) + sum(1 for t, _, _ in self._ready if t > self.clock())
+        if self.on_progress is not None:
+            self.on_progress(self.p)
+
+    # -- manifest ------------------------------------------------------------------
+    def manifest(self, status: str, final: bool = False) -> dict[str, Any]:
+        p = self.p
+        spec = self.spec
+        return {
+            "run_id": self.run_id,
+            "status": status,
+            "job": {
+                "name": spec.name,
+                "path": str(spec.path) if spec.path else "",
+                "sha256": spec.sha256,
+            },
+            "backend": self.backend.name,
+            "forge_version": __version__,
+            "host": socket.gethostname(),
+            "pid": os.getpid(),
+            "started": self._wall0,
+            "ended": time.time() if final else None,
+            "limit": self.opt.limit,
+            "max_usd": self.max_usd,
+            "spend_usd": round(p.spend_usd, 6),
+            "prior_usd": round(p.prior_usd, 6),
+            "downgraded_to": p.downgraded_to,
+            "counts": {
+                "planned": p.planned,
+                "total_in_job": self.total_planned,
+                "already_done": p.already_done,
+                "solved": p.solved,
+                "done_elsewhere": p.done_elsewhere,
+                "skipped": p.skipped,
+                "failed": p.failed,
+                "retries": p.retries,
+                "rerouted": p.rerouted,
+                "takeovers": len(self.takeovers),
+                "quarantined": len(self.quarantined),
+                "remaining": p.remaining,
+            },
+            "states": p.states,
+            "solved": self.solved_keys,
+            "skipped": self.skipped_keys,
+            "failures": self.failures,
+            "takeovers": self.takeovers,
+            "quarantined": self.quarantined,
+        }
+
+    def _write_manifest(self, status: str, *, force: bool = False, final: bool = False) -> str:
+        now = self.clock()
+        if not force and now - self._last_manifest < self.opt.manifest_every_s:
+            return ""
+        self._last_manifest = now
+        try:
+            return self.backend.write_manifest(self.run_id, self.manifest(status, final))
+        except OSError:
+            return ""
+
+
+def prior_spend(manifests: Sequence[dict[str, Any]], *, exclude: str = "") -> float:
+    """What earlier runs of the job spent (their manifests' ``spend_usd``)."""
+    return sum(float(m.get("spend_usd") or 0.0) for m in manifests if m.get("run_id") != exclude)
