@@ -115,3 +115,107 @@ def plan(job: str, backend: str | None, out: str, as_json: bool) -> None:
         click.echo(json.dumps(result.to_json(), indent=2))
     else:
         click.echo(result.render())
+
+
+# --- run / status (runner.backends, runner.store) -------------------------------------
+
+
+@main.command()
+@click.argument("job", type=click.Path(path_type=str))
+@click.option(
+    "--backend",
+    type=click.Choice(["local", "modal"]),
+    default="local",
+    show_default=True,
+    help="Where to solve: this machine, or Modal's GPUs.",
+)
+@click.option(
+    "--out",
+    "out",
+    type=click.Path(file_okay=False, path_type=str),
+    default=None,
+    help="The store folder (default: the current directory); shards go to OUT/<output.root>.",
+)
+@click.option("--limit", type=click.IntRange(min=0), default=None, help="Do at most N of the missing shards.")
+@click.option(
+    "--max-usd",
+    type=click.FloatRange(min=0, min_open=True),
+    default=None,
+    help="Budget cap for the job's spend, replacing budget.max_usd.",
+)
+def run(job: str, backend: str, out: str | None, limit: int | None, max_usd: float | None) -> None:
+    """Run what is missing of a job: claim, solve, write and record each shard.
+
+    Finished shards are skipped, so a rerun only does what is missing (a crashed
+    run's leftovers are taken over). Shows a progress bar (done, skipped, failed,
+    shards/min, states/s, ETA, spend) and a summary. Stops dispatching once the
+    job's spend plus the work in flight reaches the budget. Ctrl+C stops the
+    workers and releases their claims.
+
+    Exit codes: 0 all planned shards exist, 1 some failed, 3 stopped by the
+    budget, 130 interrupted.
+
+    \b
+    Example:
+      forge run jobs/smoke.yaml
+      forge run jobs/valtest.yaml --backend modal --limit 20 --max-usd 5
+      forge run jobs/smoke.yaml --out /data/forge
+    """
+    from runner.backends.base import BackendError
+    from runner.backends.jobrun import run_job
+    from runner.spec.errors import SpecErrors
+
+    try:
+        summary = run_job(job, backend=backend, out=out, limit=limit, max_usd=max_usd)
+    except SpecErrors as e:
+        for err in e.errors:
+            click.echo(str(err), err=True)
+        raise SystemExit(1) from None
+    except BackendError as e:
+        click.echo(f"error: {e}", err=True)
+        raise SystemExit(1) from None
+    raise SystemExit(summary.exit_code)
+
+
+@main.command()
+@click.argument("job", type=click.Path(path_type=str))
+@click.option(
+    "--out",
+    "out",
+    type=click.Path(file_okay=False, path_type=str),
+    default=None,
+    help="The store folder (default: the current directory).",
+)
+@click.option("--json", "as_json", is_flag=True, help="Print the status as JSON.")
+def status(job: str, out: str | None, as_json: bool) -> None:
+    """Say where a job stands, per split, from the files in its store.
+
+    Columns: done, missing, claimed (a live run holds it), stale (its claimer
+    is gone; the next run takes it over), failed (the last run gave up on it),
+    corrupt (a file under the final name fails the quick check; the next run
+    redoes it), skipped (over max_states). Also the spend so far.
+
+    \b
+    Example:
+      forge status jobs/smoke.yaml
+      forge status jobs/valtest.yaml --out /data/forge --json
+    """
+    import json
+
+    from runner.backends.progress import make_console
+    from runner.spec.errors import SpecErrors
+    from runner.store.status import job_status, status_lines, status_table
+
+    try:
+        st = job_status(job, out)
+    except SpecErrors as e:
+        for err in e.errors:
+            click.echo(str(err), err=True)
+        raise SystemExit(1) from None
+    if as_json:
+        click.echo(json.dumps(st.to_json(), indent=2))
+        return
+    console = make_console()
+    console.print(status_table(st))
+    for line in status_lines(st):
+        console.print(line)
