@@ -79,6 +79,11 @@ class Parsed:
             p = p[:-1]
 
 
+_PLAIN_TAGS = frozenset(
+    f"tag:yaml.org,2002:{t}" for t in ("str", "int", "float", "bool", "null", "seq", "map")
+)
+
+
 def _mark(node: Node) -> tuple[int, int]:
     return node.start_mark.line + 1, node.start_mark.column + 1
 
@@ -102,6 +107,10 @@ class _Builder:
             raise _TooLarge(node)
         if id(node) in self.active:
             self.error(node, path, "recursive alias")
+            return None
+        if node.tag not in _PLAIN_TAGS:
+            # Tags would let a file build arbitrary objects (or sets, dates, bytes).
+            self.error(node, path, f"YAML tag {node.tag!r} is not allowed in spec files")
             return None
         if isinstance(node, ScalarNode):
             value = self.loader.construct_object(node, deep=True)

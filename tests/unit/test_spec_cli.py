@@ -1,0 +1,101 @@
+"""``forge validate`` and ``forge plan`` through click."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from click.testing import CliRunner
+
+from runner.cli import main
+
+ROOT = Path(__file__).resolve().parents[2]
+INVALID = ROOT / "tests" / "specs" / "invalid"
+
+
+def invoke(*args: str) -> tuple[int, str, str]:
+    r = CliRunner().invoke(main, list(args))
+    assert r.exception is None or isinstance(r.exception, SystemExit), r.exception
+    return r.exit_code, r.stdout, r.stderr
+
+
+def test_validate_jobs_folder_passes() -> None:
+    code, out, _ = invoke("validate", str(ROOT / "jobs"))
+    assert code == 0
+    assert out.count("ok  ") == 4 and "4 valid" in out
+
+
+def test_validate_reports_file_line_and_path_and_exits_1() -> None:
+    bad = INVALID / "typo-key.yaml"
+    code, out, err = invoke("validate", str(ROOT / "jobs" / "smoke.yaml"), str(bad))
+    assert code == 1
+    assert f"{bad}:6:3: $.compute.gpus: unknown key 'gpus'; did you mean 'gpu'?" in out
+    assert "1 invalid (1 error(s))" in err
+    assert "Traceback" not in out + err
+
+
+def test_validate_json() -> None:
+    code, out, _ = invoke(
+        "validate",
+        "--json",
+        str(INVALID / "split-overlap.yaml"),
+        str(ROOT / "jobs" / "valtest.yaml"),
+    )
+    assert code == 1
+    doc = json.loads(out)
+    assert doc["valid"] is False
+    bad, good = doc["files"]
+    assert good == {
+        "file": str(ROOT / "jobs" / "valtest.yaml"),
+        "valid": True,
+        "kind": "oracle",
+        "name": "valtest",
+        "errors": [],
+    }
+    (e,) = bad["errors"]
+    assert (e["line"], e["col"], e["path"]) == (7, 3, "$.splits.val") and "overlaps" in e["message"]
+
+
+def test_validate_needs_a_path() -> None:
+    code, _, err = invoke("validate")
+    assert code == 2 and "Missing argument" in err
+
+
+def test_plan_valtest_text() -> None:
+    code, out, _ = invoke("plan", str(ROOT / "jobs" / "valtest.yaml"))
+    assert code == 0
+    lines = out.splitlines()
+    assert any(ln.split()[:2] == ["val", "500"] for ln in lines)
+    assert any(ln.split()[:2] == ["test", "500"] for ln in lines)
+    assert any(ln.split()[:2] == ["total", "1,000"] for ln in lines)
+    for gpu in ("H200", "H100", "local"):
+        row = next(ln for ln in lines if ln.startswith(gpu + " "))
+        assert "$" in row
+
+
+def test_plan_json_counts_existing_shards_under_out(tmp_path: Path) -> None:
+    f = tmp_path / "shards" / "smoke" / "train" / "seed_00000001_decl_1.parquet"
+    f.parent.mkdir(parents=True)
+    f.write_bytes(b"x")
+    code, out, _ = invoke(
+        "plan",
+        str(ROOT / "jobs" / "smoke.yaml"),
+        "--backend",
+        "local",
+        "--out",
+        str(tmp_path),
+        "--json",
+    )
+    assert code == 0
+    doc = json.loads(out)
+    assert doc["shards"]["done"] == 1 and doc["shards"]["todo"] == doc["shards"]["total"] - 1
+    assert [e["gpu"] for e in doc["estimate"]] == ["local"]
+    assert doc["budget_usd"] == 1.0
+
+
+def test_plan_of_a_bad_file_prints_errors_and_exits_1() -> None:
+    code, out, err = invoke("plan", str(INVALID / "yaml-syntax.yaml"))
+    assert code == 1 and out == ""
+    assert f"{INVALID / 'yaml-syntax.yaml'}:6:" in err and "YAML syntax error" in err
+    code, _, err = invoke("plan", str(ROOT / "jobs" / "sweep.yaml"))
+    assert code == 1 and "this is a sweep file" in err

@@ -1,0 +1,312 @@
+"""The loader: YAML positions, schema shipping, defaults, dataclasses and the sweep half."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import jsonschema
+import pytest
+
+from runner.spec.errors import SpecErrors, format_path
+from runner.spec.load import check_file, check_paths, load, load_job, load_sweep, schema
+from runner.spec.model import JobSpec, ParamRange, SweepSpec, expand_trials
+from runner.spec.yamlpos import parse_yaml
+
+ROOT = Path(__file__).resolve().parents[2]
+VALID = ROOT / "tests" / "specs" / "valid"
+MINIMAL = """\
+version: 1
+name: t
+kind: oracle
+deals: {mode: standard, base_seeds: {list: [1]}}
+budget: {max_usd: 1}
+"""
+
+
+def write(tmp_path: Path, text: str, name: str = "job.yaml") -> Path:
+    p = tmp_path / name
+    p.write_text(text)
+    return p
+
+
+# --- schemas -----------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("name", ["job.schema.json", "sweep.schema.json"])
+def test_packaged_schema_mirrors_repo_schema_and_is_valid(name: str) -> None:
+    repo = (ROOT / "schemas" / name).read_text()
+    packaged = (ROOT / "runner" / "schemas" / name).read_text()
+    assert packaged == repo, f"copy schemas/{name} to runner/schemas/{name}"
+    doc = json.loads(repo)
+    jsonschema.Draft202012Validator.check_schema(doc)
+    assert doc["$schema"] == "https://json-schema.org/draft/2020-12/schema"
+
+
+def _objects(node: object, path: str = "$") -> list[tuple[str, dict]]:
+    out = []
+    if isinstance(node, dict):
+        if "properties" in node:
+            out.append((path, node))
+        for k, v in node.items():
+            out.extend(_objects(v, f"{path}/{k}"))
+    elif isinstance(node, list):
+        for i, v in enumerate(node):
+            out.extend(_objects(v, f"{path}/{i}"))
+    return out
+
+
+@pytest.mark.parametrize("kind", ["oracle", "sweep"])
+def test_every_object_in_schema_forbids_unknown_keys(kind: str) -> None:
+    for where, node in _objects(schema(kind)):
+        if where.endswith("/then") or where.endswith("/if"):
+            continue  # these refine an object already closed by its $ref or parent
+        assert node.get("additionalProperties") is False, where
+
+
+def test_schema_defaults_match_what_the_loader_fills_in(tmp_path: Path) -> None:
+    spec = load_job(write(tmp_path, MINIMAL))
+    props = schema("oracle")["properties"]
+    c = props["compute"]["properties"]
+    assert spec.compute.gpu == (c["gpu"]["default"],)
+    for key in ("concurrency", "max_containers", "timeout_s", "retries", "max_states", "workers"):
+        assert getattr(spec.compute, key) == c[key]["default"], key
+    o = props["output"]["properties"]
+    assert spec.output.root == o["root"]["default"].replace("{name}", spec.name)
+    assert spec.output.volume == o["volume"]["default"]
+    assert spec.output.commit.policy == o["commit"]["default"]
+    assert spec.output.compression == o["compression"]["default"]
+    assert spec.budget.on_exceed == props["budget"]["properties"]["on_exceed"]["default"]
+    assert spec.deals.decl == props["deals"]["properties"]["decl"]["default"]
+    assert [(s.name, s.lo, s.hi) for s in spec.splits] == [
+        ("train", 0, 900),
+        ("val", 900, 950),
+        ("test", 950, 1000),
+    ]
+
+
+# --- YAML ----------------------------------------------------------------------------
+
+
+def test_yaml_follows_the_core_schema_not_yaml_1_1() -> None:
+    p = parse_yaml(
+        "a: 3e-4\nb: no\nc: on\nd: 0755\ne: 2024-01-01\nf: 1_000\ng: 0x1f\nh: True\n", "x"
+    )
+    assert p.errors == []
+    assert p.data == {
+        "a": 3e-4,
+        "b": "no",
+        "c": "on",
+        "d": 755,
+        "e": "2024-01-01",
+        "f": 1000,
+        "g": 31,
+        "h": True,
+    }
+
+
+def test_yaml_positions_point_at_keys_and_items() -> None:
+    p = parse_yaml("a:\n  b: [1, 2]\n  c:\n    - x\n", "x")
+    assert p.positions[("a",)] == (1, 1)
+    assert p.positions[("a", "b")] == (2, 3)
+    assert p.positions[("a", "b", 1)] == (2, 10)
+    assert p.positions[("a", "c", 0)] == (4, 7)
+    assert p.where(("a", "b", 7, "zz")) == (2, 3)  # nearest written ancestor
+
+
+def test_yaml_keys_stay_strings_as_written() -> None:
+    p = parse_yaml("1: a\ntrue: b\nnull: c\n", "x")
+    assert p.data == {"1": "a", "true": "b", "null": "c"}
+
+
+def test_alias_bomb_is_an_error_not_a_hang() -> None:
+    lines = ["a0: &a0 [x, x, x, x, x, x, x, x, x, x]"]
+    for i in range(1, 9):
+        lines.append(f"a{i}: &a{i} [" + ", ".join([f"*a{i - 1}"] * 10) + "]")
+    p = parse_yaml("\n".join(lines), "x")
+    assert p.data is None and "too large" in p.errors[0].message
+
+
+def test_python_tags_are_refused(tmp_path: Path) -> None:
+    text = "a: !!python/object/apply:os.system ['true']\nb: !!binary aGk=\nc: !foo x\n"
+    spec, errors = check_file(write(tmp_path, text))
+    assert spec is None
+    tagged = [e for e in errors if "tag" in e.message]
+    assert [(e.path, e.line) for e in tagged] == [("$.a", 1), ("$.b", 2), ("$.c", 3)]
+
+
+def test_format_path() -> None:
+    assert format_path(()) == "$"
+    assert format_path(("compute", "gpu", 1)) == "$.compute.gpu[1]"
+    assert format_path(("pricing", "a b")) == "$.pricing['a b']"
+
+
+# --- the pipeline --------------------------------------------------------------------
+
+
+def test_full_file_becomes_the_expected_dataclass() -> None:
+    spec = load_job(VALID / "full.yaml")
+    assert spec.name == "full-0" and spec.kind == "oracle"
+    d = spec.deals
+    assert d.mode == "marginalized"
+    assert (d.base_seeds.start, d.base_seeds.stop, len(d.base_seeds)) == (100, 4100, 4000)
+    assert d.opp_seeds is not None and list(d.opp_seeds) == [3, 1, 4]
+    assert d.decl == (5, 9, 7, 8)  # name, id, alias, name in another case
+    assert [s.name for s in spec.splits] == ["fit", "tune", "hold_out"]
+    c = spec.compute
+    assert c.gpu == ("H100!", "A100-40GB", "L40S")
+    assert (c.concurrency, c.max_containers, c.timeout_s, c.retries, c.workers) == (
+        4,
+        32,
+        1200,
+        0,
+        2,
+    )
+    assert c.max_states == 100_000_000
+    assert c.large is not None and c.large.gpu == ("H200",) and c.large.max_states == 900_000_000
+    assert spec.output.root == "data/full-0/v1"
+    assert (spec.output.commit.policy, spec.output.commit.every) == ("every_seconds", 30.5)
+    assert spec.output.compression == "lz4" and spec.output.volume == "my.volume_1"
+    b = spec.budget
+    assert (b.max_usd, b.on_exceed, b.downgrade_gpu, b.downgrade_at) == (
+        1000.0,
+        "downgrade",
+        "L4",
+        0.75,
+    )
+    prices = dict(spec.pricing)
+    assert prices["H100!"] == 3.5 and prices["A100-40GB"] == 1.8 and prices["local"] == 0.05
+    assert prices["H200"] == 4.54  # untouched built-in
+    assert len(spec.sha256) == 64
+    with pytest.raises(AttributeError):
+        spec.name = "x"  # type: ignore[misc]
+
+
+def test_opp_seeds_int_means_zero_to_n(tmp_path: Path) -> None:
+    text = MINIMAL.replace("mode: standard", "mode: marginalized, opp_seeds: 3")
+    spec = load_job(write(tmp_path, text))
+    assert spec.deals.opp_seeds is not None and list(spec.deals.opp_seeds) == [0, 1, 2]
+
+
+def test_all_errors_are_reported_not_just_the_first(tmp_path: Path) -> None:
+    text = MINIMAL.replace(
+        "budget: {max_usd: 1}", "budget: {max_usd: 0}\ncompute: {gpu: T9, retries: 11}\nextra: 1"
+    )
+    with pytest.raises(SpecErrors) as e:
+        load_job(write(tmp_path, text))
+    paths = sorted(err.path for err in e.value.errors)
+    assert paths == ["$.budget.max_usd", "$.compute.gpu", "$.compute.retries", "$.extra"]
+    assert all(err.line is not None for err in e.value.errors)
+
+
+def test_semantic_checks_still_run_beside_schema_errors(tmp_path: Path) -> None:
+    # A typo in compute must not hide an overlap in splits.
+    text = MINIMAL + "compute: {gpus: T4}\nsplits: {a: [0, 600], b: [500, 1000]}\n"
+    _, errors = check_file(write(tmp_path, text))
+    assert sorted(e.path for e in errors) == ["$.compute.gpus", "$.splits.b"]
+
+
+def test_load_dispatches_on_kind_and_load_job_refuses_a_sweep() -> None:
+    assert isinstance(load(VALID / "minimal.yaml"), JobSpec)
+    assert isinstance(load(VALID / "sweep-grid.yaml"), SweepSpec)
+    with pytest.raises(SpecErrors, match="this is a sweep file"):
+        load_job(VALID / "sweep-grid.yaml")
+    with pytest.raises(SpecErrors, match="this is a oracle file"):
+        load_sweep(VALID / "minimal.yaml")
+
+
+def test_unreadable_and_non_utf8_files(tmp_path: Path) -> None:
+    _, errors = check_file(tmp_path / "missing.yaml")
+    assert "cannot read" in errors[0].message
+    bad = tmp_path / "latin1.yaml"
+    bad.write_bytes(b"name: caf\xe9\n")
+    _, errors = check_file(bad)
+    assert "not UTF-8" in errors[0].message
+
+
+def test_check_paths_walks_folders_and_flags_missing_paths(tmp_path: Path) -> None:
+    write(tmp_path, MINIMAL, "a.yaml")
+    (tmp_path / "sub").mkdir()
+    write(tmp_path / "sub", MINIMAL.replace("name: t", "name: Bad"), "b.yml")
+    write(tmp_path, "not yaml, ignored", "notes.txt")
+    (tmp_path / ".hidden").mkdir()
+    write(tmp_path / ".hidden", "x: [", "c.yaml")
+    (tmp_path / "empty").mkdir()
+    reports = check_paths([tmp_path, tmp_path / "nope.yaml", tmp_path / "empty"])
+    by_name = {Path(r.file).name: r for r in reports}
+    assert set(by_name) == {"a.yaml", "b.yml", "nope.yaml", "empty"}
+    assert by_name["a.yaml"].ok and not by_name["b.yml"].ok
+    assert "no such file" in by_name["nope.yaml"].errors[0].message
+    assert "no job or sweep files" in by_name["empty"].errors[0].message
+
+
+def test_repo_job_files_are_valid() -> None:
+    reports = check_paths([ROOT / "jobs"])
+    assert {Path(r.file).name for r in reports} >= {
+        "valtest.yaml",
+        "train.yaml",
+        "smoke.yaml",
+        "sweep.yaml",
+    }
+    assert all(r.ok for r in reports), [str(e) for r in reports for e in r.errors]
+    for r in reports:
+        first = Path(r.file).read_text().splitlines()[0]
+        kind = "sweep" if r.spec is not None and r.spec.kind == "sweep" else "job"
+        assert first == f"# yaml-language-server: $schema=../schemas/{kind}.schema.json"
+
+
+def test_smoke_job_has_train_and_val_deals() -> None:
+    spec = load_job(ROOT / "jobs" / "smoke.yaml")
+    assert spec.deals.mode == "standard"
+    splits = {spec.split_of(s) for s in spec.deals.base_seeds}
+    assert {"train", "val"} <= splits
+    assert {0, 1} <= set(spec.deals.base_seeds)
+
+
+# --- sweeps --------------------------------------------------------------------------
+
+
+def test_sweep_loads_its_job_relative_to_the_sweep_file() -> None:
+    s = load_sweep(VALID / "sweep-grid.yaml")
+    assert s.data.job.name == "minimal"
+    assert s.data.job_path == (VALID / "minimal.yaml").resolve()
+    assert (s.data.train_split, s.data.val_split) == ("train", "val")
+    assert (s.data.max_train_rows, s.data.max_val_rows) == (2_000_000, 200_000)
+    assert (s.train.steps, s.train.eval_every, s.train.seed) == (2000, 500, 0)
+    assert (s.objective.metric, s.objective.goal) == ("val_accuracy", "max")
+    assert s.compute.gpu == ("T4",) and s.compute.max_containers == 9
+    assert s.budget.max_usd == 10
+
+
+def test_grid_trials_are_the_product_last_parameter_fastest() -> None:
+    trials = load_sweep(VALID / "sweep-grid.yaml").trials()
+    assert len(trials) == 8
+    assert trials[0] == {"lr": 3e-4, "batch_size": 4096, "hidden": 256}
+    assert trials[1] == {"lr": 3e-4, "batch_size": 4096, "hidden": 512}
+    assert trials[-1] == {"lr": 1e-3, "batch_size": 8192, "hidden": 512}
+    assert len({tuple(t.values()) for t in trials}) == 8
+
+
+def test_random_trials_are_reproducible_and_respect_ranges() -> None:
+    s = load_sweep(VALID / "sweep-random.yaml")
+    trials = s.trials()
+    assert trials == load_sweep(VALID / "sweep-random.yaml").trials()
+    assert len(trials) == 5
+    for t in trials:
+        assert 1e-4 <= t["lr"] <= 1e-2
+        assert isinstance(t["hidden"], int) and 64 <= t["hidden"] <= 512
+        assert 0.0 <= t["dropout"] <= 0.5 and isinstance(t["dropout"], float)
+        assert t["layers"] in (2, 3, 4) and t["weight_decay"] in (0, 1e-4)
+    assert len({t["lr"] for t in trials}) == 5
+    assert s.objective.goal == "min"  # q_gap's natural goal
+    other = expand_trials(s.search, seed=s.train.seed + 1)
+    assert other != trials
+
+
+def test_log_range_samples_spread_over_decades() -> None:
+    import random
+
+    r = ParamRange(1e-5, 1e-1, log=True)
+    rng = random.Random(0)
+    xs = [r.sample(rng) for _ in range(400)]
+    assert sum(x < 1e-3 for x in xs) > 100  # a linear draw would put ~1% there

@@ -1,0 +1,202 @@
+"""Planning: shard tasks, counts per split, what exists already, the cost estimate."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from runner.spec.load import load_job
+from runner.spec.model import SeedSet, Split
+from runner.spec.plan import (
+    _count_residues,
+    count_by_split,
+    existing_shards,
+    iter_tasks,
+    make_plan,
+    shard_dir,
+    tasks,
+)
+
+ROOT = Path(__file__).resolve().parents[2]
+JOBS = ROOT / "jobs"
+
+
+def job(tmp_path: Path, deals: str, extra: str = "") -> Path:
+    p = tmp_path / "job.yaml"
+    p.write_text(
+        f"version: 1\nname: t\nkind: oracle\ndeals: {deals}\nbudget: {{max_usd: 5}}\n{extra}"
+    )
+    return p
+
+
+def test_valtest_plans_1000_shards_half_val_half_test() -> None:
+    spec = load_job(JOBS / "valtest.yaml")
+    assert count_by_split(spec) == {"val": 500, "test": 500}
+    ts = tasks(spec)
+    assert len(ts) == 1000 and len(set(ts)) == 1000
+    assert ts[0].split == "val" and ts[-1].split == "test"
+    assert all(t.decl_id == t.base_seed % 10 for t in ts)
+    assert {t.opp_seed for t in ts} == set(range(10))
+    assert ts[0].relpath == "val/seed_00000900_opp0_decl_0.parquet"
+
+
+def test_train_and_smoke_counts() -> None:
+    assert count_by_split(load_job(JOBS / "train.yaml")) == {"train": 9000}
+    smoke = load_job(JOBS / "smoke.yaml")
+    by = count_by_split(smoke)
+    assert by["train"] >= 1 and by["val"] >= 1
+    assert [t.filename for t in tasks(smoke)][:2] == [
+        "seed_00000000_decl_0.parquet",
+        "seed_00000001_decl_1.parquet",
+    ]
+
+
+def test_task_order_is_split_then_base_then_opp_then_decl(tmp_path: Path) -> None:
+    spec = load_job(
+        job(
+            tmp_path,
+            "{mode: marginalized, base_seeds: {list: [950, 3, 2]}, opp_seeds: {list: [7, 5]}, decl: [nt, 0]}",
+        )
+    )
+    got = [(t.split, t.base_seed, t.opp_seed, t.decl_id) for t in iter_tasks(spec)]
+    assert got[:4] == [
+        ("train", 3, 7, 9),
+        ("train", 3, 7, 0),
+        ("train", 3, 5, 9),
+        ("train", 3, 5, 0),
+    ]
+    assert got[4][1] == 2 and got[-1] == ("test", 950, 5, 0)
+    assert len(got) == 12
+
+
+@settings(max_examples=200, deadline=None)
+@given(
+    start=st.integers(0, 5000),
+    length=st.integers(0, 3000),
+    lo=st.integers(0, 999),
+    width=st.integers(1, 1000),
+)
+def test_range_counts_match_enumeration(start: int, length: int, lo: int, width: int) -> None:
+    hi = min(1000, lo + width)
+    seeds = SeedSet(start=start, stop=start + length)
+    assert _count_residues(seeds, lo, hi) == sum(1 for s in seeds if lo <= s % 1000 < hi)
+
+
+@settings(max_examples=50, deadline=None)
+@given(seeds=st.lists(st.integers(0, 2**32 - 1), min_size=1, max_size=50, unique=True))
+def test_count_by_split_matches_tasks_for_lists(seeds: list[int]) -> None:
+    from runner.spec.model import Budget, Compute, Deals, JobSpec, Output
+
+    spec = JobSpec(
+        version=1,
+        name="t",
+        kind="oracle",
+        deals=Deals("standard", SeedSet(values=tuple(seeds)), None, "auto"),
+        splits=(Split("a", 0, 333), Split("b", 333, 1000)),
+        compute=Compute(gpu=("T4",)),
+        output=Output(root="shards/t"),
+        budget=Budget(max_usd=1),
+        pricing=(("T4", 0.59), ("local", 0.0)),
+    )
+    by = count_by_split(spec)
+    ts = tasks(spec)
+    assert sum(by.values()) == len(ts) == len(seeds)
+    assert by["a"] == sum(1 for t in ts if t.split == "a")
+
+
+def test_existing_shards_counts_only_final_parquet_names(tmp_path: Path) -> None:
+    spec = load_job(JOBS / "valtest.yaml")
+    root = shard_dir(spec, tmp_path)
+    assert root == tmp_path / "shards" / "valtest"
+    ts = tasks(spec)
+    for t in ts[:3] + ts[-2:]:
+        (root / t.relpath).parent.mkdir(parents=True, exist_ok=True)
+        (root / t.relpath).write_bytes(b"x")
+    # in-flight and foreign files are not finished shards
+    (root / "val" / (ts[3].filename + ".tmp")).write_bytes(b"x")
+    (root / "val" / ts[4].filename.replace(".parquet", ".lock")).write_bytes(b"x")
+    (root / "val" / "stranger.parquet").mkdir()
+    found = existing_shards(root, ["val", "test", "absent"])
+    assert {t.relpath for t in ts[:3] + ts[-2:]} <= found
+    assert ts[3].relpath not in found and ts[4].relpath not in found
+
+    p = make_plan(spec, store_dir=tmp_path)
+    assert (p.total, p.done, p.todo) == (1000, 5, 995)
+    assert p.done_by_split == {"val": 3, "test": 2}
+    assert p.todo_by_split == {"val": 497, "test": 498}
+
+
+def test_plan_json_shape_and_estimates_per_gpu(tmp_path: Path) -> None:
+    spec = load_job(JOBS / "valtest.yaml")
+    doc = make_plan(spec, store_dir=tmp_path).to_json()
+    assert doc["shards"]["total"] == 1000
+    assert doc["shards"]["by_split"] == {"val": 500, "test": 500}
+    assert (doc["shards"]["done"], doc["shards"]["todo"]) == (0, 1000)
+    assert doc["budget_usd"] == 25.0
+    gpus = [e["gpu"] for e in doc["estimate"]]
+    assert gpus == ["local", "H200", "H100"]
+    h200, h100 = doc["estimate"][1], doc["estimate"][2]
+    assert h200["usd"] > 0 and h200["seconds"] > 0
+    # same time model, different price: the cost ratio is the price ratio
+    assert abs(h200["usd"] / h200["seconds"] - 4.54 / 3600) < 1e-6
+    assert h100["parallel"] == spec.compute.max_containers * spec.compute.concurrency
+    modal = make_plan(spec, backend="modal").to_json()
+    assert [e["gpu"] for e in modal["estimate"]] == ["H200", "H100"]
+
+
+def test_local_backend_uses_local_price_and_workers(tmp_path: Path) -> None:
+    p = job(
+        tmp_path,
+        "{mode: standard, base_seeds: {start: 0, stop: 40}}",
+        "compute: {workers: 4}\npricing: {local: 0.36}\n",
+    )
+    plan = make_plan(load_job(p), backend="local")
+    (e,) = plan.estimates
+    assert e.gpu == "local" and e.parallel == 4
+    assert abs(e.usd - e.seconds * 0.36 / 3600) < 1e-9
+    assert e.wall_s == 10 * e.seconds_per_shard  # 40 shards, 4 at a time
+
+
+def test_over_budget_warns(tmp_path: Path) -> None:
+    p = job(
+        tmp_path,
+        "{mode: marginalized, base_seeds: {start: 0, stop: 900}, opp_seeds: 10}",
+        "compute: {gpu: B200}\n",
+    )
+    plan = make_plan(load_job(p), backend="modal")
+    assert plan.over_budget
+    assert any("exceeds budget.max_usd $5.00" in w for w in plan.warnings)
+    assert "WARNING" in plan.render() and "over budget" in plan.render()
+    cheap = make_plan(load_job(JOBS / "smoke.yaml"), backend="modal")
+    assert not cheap.over_budget and not cheap.warnings
+
+
+def test_measured_rates_replace_the_model(tmp_path: Path) -> None:
+    spec = load_job(JOBS / "valtest.yaml")
+    base = make_plan(spec, backend="modal")
+    measured = make_plan(
+        spec, backend="modal", seconds_per_state={"H200": 1e-6}, states_per_shard=10e6
+    )
+    h200 = measured.estimates[0]
+    assert h200.measured and h200.seconds_per_shard == 10.0 and h200.seconds == 10_000.0
+    assert not measured.estimates[1].measured
+    assert base.estimates[0].seconds != h200.seconds
+
+
+def test_plan_extra_is_merged_into_json() -> None:
+    plan = make_plan(load_job(JOBS / "smoke.yaml"), backend="modal")
+    plan.extra["modal"] = {"app": "forge-smoke"}
+    assert plan.to_json()["modal"] == {"app": "forge-smoke"}
+
+
+def test_nothing_to_do_when_every_shard_exists(tmp_path: Path) -> None:
+    spec = load_job(JOBS / "smoke.yaml")
+    for t in tasks(spec):
+        f = shard_dir(spec, tmp_path) / t.relpath
+        f.parent.mkdir(parents=True, exist_ok=True)
+        f.write_bytes(b"x")
+    plan = make_plan(spec, store_dir=tmp_path)
+    assert plan.todo == 0 and "nothing to do" in plan.render()
+    assert all(e.usd == 0 for e in plan.estimates)
