@@ -35,6 +35,7 @@ import numpy as np  # noqa: E402
 
 from runner.oracle.context import (  # noqa: E402
     MASK_RANK,
+    POPCOUNT,
     MASKS_BY_COUNT,
     NTH_BIT,
     SLOT_OF,
@@ -48,6 +49,34 @@ _BIG = 1000  # beyond any value, for masked max/min
 _NONE7 = (7 << 32) | (7 << 35) | (7 << 38)  # all three play fields "none"
 
 Hands = tuple[tuple[int, ...], ...]
+
+
+def _seat3_offsets() -> np.ndarray:
+    """T[plays, leader, m3]: how many well-formed mask quads have a smaller seat-3 mask.
+
+    For a fixed (plays, leader), seat s holds r - played(s) tiles, where r is the number
+    each seat held at the trick's start; this counts the quads with m3' < m3.
+    """
+    def c7(k: int) -> int:
+        return comb(7, k) if 0 <= k <= 7 else 0
+
+    table = np.zeros((4, 4, 128), np.int64)
+    for plays in range(4):
+        for leader in range(4):
+            played = [(s - leader) % 4 < plays for s in range(4)]
+            acc = 0
+            for m3 in range(128):
+                table[plays, leader, m3] = acc
+                r = int(POPCOUNT[m3]) + played[3]
+                acc += c7(r - played[0]) * c7(r - played[1]) * c7(r - played[2])
+    return table
+
+
+_SEAT3_OFFSET = _seat3_offsets()
+_COMB_OF_MASK = np.array([comb(7, int(p)) for p in POPCOUNT], np.int64)
+_INDEX_BITS = 29  # rows a packed sort can carry (2**29 > 536 million)
+
+
 
 
 @dataclass
@@ -76,8 +105,21 @@ def default_leaf_budget() -> int:
     return (1 << 21) if jax.devices()[0].platform == "cpu" else (1 << 26)
 
 
-def chunk_size(r: int, leaf_budget: int) -> int:
-    return max(1, leaf_budget // r**4)
+def _bucket(n: int) -> int:
+    """Round up to 2**k or 1.5 * 2**k, so chunk shapes (and compiles) repeat across deals."""
+    p = 1
+    while p < n:
+        if p * 3 // 2 >= n and p >= 2:
+            return p * 3 // 2
+        p *= 2
+    return p
+
+
+def chunk_size(r: int, leaf_budget: int, n: int) -> int:
+    """Boundaries per chunk for ``n`` boundaries with ``r`` tiles left: few, similar chunks."""
+    cap = max(1, leaf_budget // r**4)
+    n_chunks = -(-max(n, 1) // cap)
+    return min(cap, _bucket(-(-max(n, 1) // n_chunks)))
 
 
 # ---------------------------------------------------------------- the trick tree
@@ -168,88 +210,100 @@ def _forward_chunk(ctx, bidx, valid, reach, *, r: int):  # type: ignore[no-untyp
     return reach.at[target].set(True, mode="drop")
 
 
-def _opt(values: jax.Array, legal: jax.Array, maximize: jax.Array) -> jax.Array:
-    """Max (team 0 to move) or min (team 1) over the last axis, legal entries only."""
-    hi = jnp.max(jnp.where(legal, values, -_BIG), axis=-1)
-    lo = jnp.min(jnp.where(legal, values, _BIG), axis=-1)
-    return jnp.where(maximize, hi, lo)
+def _opt(values: jax.Array, legal: jax.Array, sign: jax.Array) -> jax.Array:
+    """Max for team 0 to move (sign +1), min for team 1 (sign -1), over legal moves on the last axis."""
+    best = jnp.max(jnp.where(legal, values * sign, -127), axis=-1, keepdims=True) * sign
+    return best[..., 0]
 
 
-def _local_q(slot_values: jax.Array, legal: jax.Array, mask: jax.Array, r: int) -> jax.Array:
-    """Reorder per-slot move values (..., r) into the mover's local indices (..., 7)."""
-    v = jnp.where(legal, slot_values, ILLEGAL)
-    pad = jnp.full(v.shape[:-1] + (8 - r,), ILLEGAL, v.dtype)
-    v = jnp.concatenate([v, pad], axis=-1)  # slot 7 (and r..7) read as illegal
-    idx = jnp.asarray(SLOT_OF)[mask][:, :7]  # (nb, 7)
-    idx = idx.reshape(idx.shape[:1] + (1,) * (v.ndim - 2) + (7,))
-    idx = jnp.broadcast_to(idx, v.shape[:-1] + (7,))
-    return jnp.take_along_axis(v, idx, axis=-1).astype(jnp.int8)
+def _rows(v: jax.Array, slot_values: jax.Array, legal: jax.Array, x: jax.Array) -> jax.Array:
+    """Rows of 8 int8: Q in the mover's local order (illegal = -128), then V.
+
+    ``slot_values``/``legal`` are (..., r) over the mover's hand slots and ``x`` (nb, r) maps a
+    slot to its local index; a compare-and-select over (7, r) beats a gather on every backend.
+    """
+    sel = x.reshape(x.shape[:1] + (1,) * (slot_values.ndim - 2) + (1, x.shape[-1]))
+    hit = (sel == jnp.arange(7, dtype=x.dtype)[:, None]) & legal[..., None, :]
+    q = jnp.max(jnp.where(hit, slot_values[..., None, :], ILLEGAL), axis=-1)  # (..., 7)
+    return jnp.concatenate([q, v[..., None]], axis=-1).astype(jnp.int8)
+
+
+def _order_keys(t: dict[str, jax.Array], states: list[jax.Array], r: int) -> list[jax.Array]:
+    """Each state's 35-bit order key: its 13 bits above the masks, then the rank of its mask
+    quad among the quads its (plays, leader) allows (< 2**22). Sorting these sorts states."""
+    mrel, seats, bit, leader = t["mrel"], t["seats"], t["bit"], t["leader"]
+    nb = mrel.shape[0]
+    mrank = jnp.asarray(MASK_RANK).astype(jnp.int64)
+    seat3 = jnp.asarray(_SEAT3_OFFSET)
+    after = mrel[:, :, None] ^ bit  # (nb, 4, r): a position's mask once the slot is played
+    pos_of_seat = (jnp.arange(4)[None, :] - leader[:, None]) % 4  # (nb, 4)
+    out = []
+    for p in range(4):
+        size = jnp.where(pos_of_seat < p, comb(7, r - 1), comb(7, r)).astype(jnp.int64)
+        w_seat = jnp.stack(
+            [jnp.ones(nb, jnp.int64), size[:, 0], size[:, 0] * size[:, 1], jnp.zeros(nb, jnp.int64)],
+            axis=1,
+        )
+        w_pos = jnp.take_along_axis(w_seat, seats, axis=1)  # (nb, 4)
+        shape = (nb,) + (r,) * p
+        total = jnp.zeros(shape, jnp.int64)
+        for q in range(4):
+            is3 = seats[:, q] == 3
+            if q < p:
+                m = after[:, q]  # (nb, r)
+                c = jnp.where(is3[:, None], seat3[p, leader[:, None], m], mrank[m] * w_pos[:, q, None])
+                c = c.reshape((nb,) + (1,) * q + (r,) + (1,) * (p - q - 1))
+            else:
+                m = mrel[:, q]
+                c = jnp.where(is3, seat3[p, leader, m], mrank[m] * w_pos[:, q])
+                c = c.reshape((nb,) + (1,) * p)
+            total = total + c
+        out.append(((states[p] >> 28) << 22) + total)
+    return out
 
 
 @partial(jax.jit, static_argnames=("r",))
-def _backward_chunk(ctx, bidx, valid, v_next, *, r: int):  # type: ignore[no-untyped-def]
+def _backward_chunk(ctx, bidx, v_next, *, r: int):  # type: ignore[no-untyped-def]
     """V and Q of every state in this chunk's tricks, given V of the next boundaries.
 
-    Returns V of the boundaries and the chunk's rows (keys, V, Q, valid), flattened in the
-    order boundary, plays 1, plays 2, plays 3.
+    Returns V of the boundaries and, for plays 0, 1, 2, 3, the packed states, the rows of
+    Q and V (see ``_rows``) and, for plays 2 and 3, which slots are legal states.
     """
     t = _tree(ctx, bidx, r)
     legal, reward, child = _leaves(t, r)
     nb = bidx.shape[0]
-    leaf = reward + v_next[child]
-    team0 = (t["seats"] % 2 == 0).reshape(nb, 4, 1, 1, 1)  # mover of position p is team 0
+    leaf = (reward + v_next[child]).astype(jnp.int8)
+    sign = jnp.where(t["seats"] % 2 == 0, 1, -1).astype(jnp.int8)  # (nb, 4) by position
+    sg = [sign[:, p].reshape((nb,) + (1,) * (p + 1)) for p in range(4)]
     l1, l2, l3 = t["legal1"], t["legal2"], t["legal3"]
-    v3 = _opt(leaf, l3[:, :, None, None, :], team0[:, 3, :, :])  # (nb, a, b, c)
-    v2 = _opt(v3, l2[:, :, None, :], team0[:, 2, :, :, 0])  # (nb, a, b)
-    v1 = _opt(v2, l1, team0[:, 1, :, 0, 0])  # (nb, a)
-    v0 = _opt(v1, jnp.ones_like(v1, bool), team0[:, 0, 0, 0, 0])  # (nb,)
+    l3b, l2b = l3[:, :, None, None, :], l2[:, :, None, :]
+    v3 = _opt(leaf, l3b, sg[3])  # (nb, a, b, c)
+    v2 = _opt(v3, l2b, sg[2])  # (nb, a, b)
+    v1 = _opt(v2, l1, sg[1])  # (nb, a)
+    v0 = _opt(v1, jnp.ones_like(l1[:, :, 0]), sg[0])  # (nb,)
 
-    mrel, x, bit, seats = t["mrel"], t["x"], t["bit"], t["seats"]
-    q0 = _local_q(v1, jnp.ones_like(v1, bool), mrel[:, 0], r)  # (nb, 7)
-    q1 = _local_q(v2, l1, mrel[:, 1], r)  # (nb, a, 7)
-    q2 = _local_q(v3, l2[:, :, None, :], mrel[:, 2], r)  # (nb, a, b, 7)
-    q3 = _local_q(leaf, l3[:, :, None, None, :], mrel[:, 3], r)  # (nb, a, b, c, 7)
+    x = t["x"]
+    q0 = _rows(v0, v1, jnp.ones_like(l1[:, :, 0]), x[:, 0])  # (nb, 8)
+    q1 = _rows(v1, v2, l1, x[:, 1])  # (nb, a, 8)
+    q2 = _rows(v2, v3, l2b, x[:, 2])  # (nb, a, b, 8)
+    q3 = _rows(v3, leaf, l3b, x[:, 3])  # (nb, a, b, c, 8)
 
     m = t["masks"].astype(jnp.int64)
     base = m[:, 0] | (m[:, 1] << 7) | (m[:, 2] << 14) | (m[:, 3] << 21)
     base = base | (t["leader"].astype(jnp.int64) << 28)
-    # a played tile's bit, at its seat's place in the packed masks
-    bv = bit.astype(jnp.int64) << (7 * seats.astype(jnp.int64))[:, :, None]  # (nb, 4, r)
+    # a played tile's bit at its seat's place in the packed masks, and in its play field
+    bv = t["bit"].astype(jnp.int64) << (7 * t["seats"].astype(jnp.int64))[:, :, None]
     xf = x.astype(jnp.int64)
-    s1 = (
-        base[:, None] - bv[:, 0] + (1 << 30) + (xf[:, 0] << 32) + ((7 << 35) | (7 << 38))
-    )  # (nb, a)
-    s2 = (
-        base[:, None, None]
-        - bv[:, 0][:, :, None]
-        - bv[:, 1][:, None, :]
-        + (2 << 30)
-        + (xf[:, 0] << 32)[:, :, None]
-        + (xf[:, 1] << 35)[:, None, :]
-        + (7 << 38)
-    )  # (nb, a, b)
-    s3 = (
-        s2[:, :, :, None]
-        - bv[:, 2][:, None, None, :]
-        + (1 << 30)
-        + (xf[:, 2] << 38)[:, None, None, :]
-        - (7 << 38)
-    )  # (nb, a, b, c)
+    d0 = (xf[:, 0] << 32) - bv[:, 0] + (1 << 30) - (7 << 32)  # (nb, a)
+    d1 = (xf[:, 1] << 35) - bv[:, 1] + (1 << 30) - (7 << 35)  # (nb, b)
+    d2 = (xf[:, 2] << 38) - bv[:, 2] + (1 << 30) - (7 << 38)  # (nb, c)
     s0 = base + _NONE7
-
-    ok0 = valid
-    ok1 = jnp.broadcast_to(valid[:, None], (nb, r))
-    ok2 = l1 & valid[:, None, None]
-    ok3 = ok2[:, :, :, None] & l2[:, :, None, :]
-    keys = jnp.concatenate([s0, s1.reshape(-1), s2.reshape(-1), s3.reshape(-1)])
-    vals = jnp.concatenate(
-        [v0, v1.reshape(-1), v2.reshape(-1), v3.reshape(-1)]
-    ).astype(jnp.int8)
-    qs = jnp.concatenate(
-        [q0, q1.reshape(-1, 7), q2.reshape(-1, 7), q3.reshape(-1, 7)]
-    )
-    oks = jnp.concatenate([ok0, ok1.reshape(-1), ok2.reshape(-1), ok3.reshape(-1)])
-    return v0, keys, vals, qs, oks
+    s1 = s0[:, None] + d0
+    s2 = s1[:, :, None] + d1[:, None, :]
+    s3 = s2[:, :, :, None] + d2[:, None, None, :]
+    ok3 = l1[:, :, :, None] & l2b
+    order = _order_keys(t, [s0, s1, s2, s3], r)
+    return v0, (s0, s1, s2, s3), tuple(order), (q0, q1, q2, q3), (l1, ok3)
 
 
 @jax.jit
@@ -260,17 +314,51 @@ def _scatter_v(v_dense, bidx, valid, v0):  # type: ignore[no-untyped-def]
 # ---------------------------------------------------------------- driver
 
 
-def _chunks(bidx: np.ndarray, size: int) -> list[tuple[jax.Array, jax.Array]]:
-    """Split boundary indices into fixed-size chunks; the last is padded and masked."""
+def _chunks(bidx: np.ndarray, size: int) -> list[tuple[jax.Array, jax.Array, int]]:
+    """Split boundary indices into fixed-size chunks; the last is padded (its first index
+    repeated) and masked. Returns (indices, valid mask, number valid)."""
     out = []
     for start in range(0, len(bidx), size):
         part = bidx[start : start + size]
-        valid = np.ones(size, bool)
-        if len(part) < size:
-            valid[len(part) :] = False
-            part = np.concatenate([part, np.zeros(size - len(part), part.dtype)])
-        out.append((jnp.asarray(part, jnp.int32), jnp.asarray(valid)))
+        n_valid = len(part)
+        valid = np.arange(size) < n_valid
+        if n_valid < size:
+            part = np.concatenate([part, np.full(size - n_valid, part[0], part.dtype)])
+        out.append((jnp.asarray(part, jnp.int32), jnp.asarray(valid), n_valid))
     return out
+
+
+def _collect(parts, keys, order, rows, oks, n_valid: int) -> None:  # type: ignore[no-untyped-def]
+    """Copy a chunk's legal rows to the host, dropping the padding boundaries."""
+    l1, ok3 = (np.asarray(a)[:n_valid] for a in oks)
+    for p, cols in enumerate(zip(keys, order, rows, strict=True)):
+        k, o, q = (np.asarray(c)[:n_valid] for c in cols)
+        q = q.view(np.int64)[..., 0]
+        if p >= 2:
+            ok = l1 if p == 2 else ok3
+            k, o, q = k[ok], o[ok], q[ok]
+        for dest, col in zip(parts, (k, o, q), strict=True):
+            dest.append(col.ravel())
+
+
+def sort_rows(
+    keys: np.ndarray, order: np.ndarray, payload: np.ndarray
+) -> tuple[np.ndarray, np.ndarray]:
+    """Sort packed states (with an 8-byte payload each) on the host.
+
+    ``order`` holds each state's 35-bit order key (``_order_keys``); with the row index in
+    the low 29 bits a single uint64 sort orders everything, many times faster than an
+    argsort of int64 on a CPU.
+    """
+    n = len(keys)
+    if n >= 1 << _INDEX_BITS:
+        perm = np.argsort(keys)
+        return keys[perm], payload[perm]
+    packed = (order << _INDEX_BITS).view(np.uint64)
+    packed |= np.arange(n, dtype=np.uint64)
+    packed.sort()
+    idx = (packed & np.uint64((1 << _INDEX_BITS) - 1)).view(np.int64)
+    return keys[idx], payload[idx]
 
 
 def solve_deal(
@@ -292,7 +380,7 @@ def _solve(hands: Hands, decl_id: int, ctx_np: DealContext, leaf_budget: int) ->
     for t in range(7):
         r = 7 - t
         reach = jnp.zeros(n_boundaries(r - 1), bool)
-        for bidx, valid in _chunks(bounds[t], chunk_size(r, leaf_budget)):
+        for bidx, valid, _ in _chunks(bounds[t], chunk_size(r, leaf_budget, len(bounds[t]))):
             reach = _forward_chunk(ctx, bidx, valid, reach, r=r)
         bounds.append(np.flatnonzero(np.asarray(reach)).astype(np.int32))
     timings["enumerate"] = time.perf_counter() - t0
@@ -300,31 +388,33 @@ def _solve(hands: Hands, decl_id: int, ctx_np: DealContext, leaf_budget: int) ->
     # backward: values trick by trick, emitting each trick's rows
     t0 = time.perf_counter()
     terminal = bounds[7]  # leaders of the final states
-    v_next = jnp.zeros(n_boundaries(0), jnp.int32)
-    parts_k = [(terminal.astype(np.int64) << 28) + _NONE7]
-    parts_v = [np.zeros(len(terminal), np.int8)]
-    parts_q = [np.full((len(terminal), 7), ILLEGAL, np.int8)]
+    v_next = jnp.zeros(n_boundaries(0), jnp.int8)
+    term_keys = (terminal.astype(np.int64) << 28) + _NONE7
+    term_rows = np.full((len(terminal), 8), ILLEGAL, np.int8)
+    term_rows[:, 7] = 0
+    # a final state's order key: masks all empty rank first among their (plays 0, leader)
+    parts: tuple[list[np.ndarray], ...] = (
+        [term_keys],
+        [(term_keys >> 28) << 22],
+        [term_rows.view(np.int64).ravel()],
+    )
     root = 0
     for t in range(6, -1, -1):
         r = 7 - t
-        v_dense = jnp.zeros(n_boundaries(r), jnp.int32)
-        for bidx, valid in _chunks(bounds[t], chunk_size(r, leaf_budget)):
-            v0, keys, vals, qs, oks = _backward_chunk(ctx, bidx, valid, v_next, r=r)
+        v_dense = jnp.zeros(n_boundaries(r), jnp.int8)
+        for bidx, valid, n_valid in _chunks(bounds[t], chunk_size(r, leaf_budget, len(bounds[t]))):
+            v0, keys, order, rows, oks = _backward_chunk(ctx, bidx, v_next, r=r)
             v_dense = _scatter_v(v_dense, bidx, valid, v0)
-            ok = np.asarray(oks)
-            parts_k.append(np.asarray(keys)[ok])
-            parts_v.append(np.asarray(vals)[ok])
-            parts_q.append(np.asarray(qs)[ok])
+            _collect(parts, keys, order, rows, oks, n_valid)
             if t == 0:
                 root = int(np.asarray(v0)[0])
         v_next = v_dense
     timings["values"] = time.perf_counter() - t0
 
     t0 = time.perf_counter()
-    keys_all = np.concatenate(parts_k)
-    order = np.argsort(keys_all)
-    states = keys_all[order]
-    V = np.concatenate(parts_v)[order]
-    Q = np.concatenate(parts_q)[order]
+    states, rows64 = sort_rows(*(np.concatenate(p) for p in parts))
+    rows = rows64.view(np.int8).reshape(-1, 8)
+    V = np.ascontiguousarray(rows[:, 7])
+    Q = np.ascontiguousarray(rows[:, :7])
     timings["sort"] = time.perf_counter() - t0
     return Solution(hands, decl_id, states, V, Q, root, timings, device_name())
