@@ -153,7 +153,7 @@ class TaskRun:
         task, store = self.task, self.store
         chk = store.check(task)
         if chk.state == "unrecorded":
-            store.recover_record(task)
+            chk.record = store.recover_record(task)
         if chk.state in ("done", "unrecorded"):
             return self._end("already_done", record=chk.record)
         if chk.state == "skipped" and chk.record is not None:
@@ -172,7 +172,7 @@ class TaskRun:
         chk = store.check(task)
         if chk.state in ("done", "unrecorded"):
             if chk.state == "unrecorded":
-                store.recover_record(task)
+                chk.record = store.recover_record(task)
             return self._end("already_done", record=chk.record)
         if chk.state == "corrupt":
             aside = store.quarantine(task, chk.why)
