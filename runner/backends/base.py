@@ -114,6 +114,15 @@ class Backend(abc.ABC):
         """The job's earlier run manifests (their spend counts against the budget)."""
         return []
 
+    def unpersisted(self, keys: Sequence[str]) -> list[str]:
+        """Of ``keys`` (shards this run reported done), those not durably in the store.
+
+        Called once the run has nothing else to do; the orchestrator runs the
+        returned shards again. Local writes are durable when reported (empty
+        answer); a Modal container's exit commit can fail with only a log line.
+        """
+        return []
+
     def price_name(self, gpu: tuple[str, ...]) -> str:
         """The price-table name used to estimate an attempt that asks for ``gpu``."""
         return gpu[0] if gpu else self.name

@@ -32,7 +32,7 @@ import queue
 import sys
 import threading
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Collection, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import PurePosixPath
 from typing import Any
@@ -40,11 +40,11 @@ from typing import Any
 import modal
 from modal.types import FileEntryType
 
-from runner.backends.base import Backend, RunContext, SurveyState, TaskRequest, Tier
+from runner.backends.base import Backend, BackendError, RunContext, SurveyState, TaskRequest, Tier
 from runner.backends.modal_claims import DictClaims
 from runner.backends.task import TaskResult, is_oom
 from runner.spec.model import JobSpec, ShardTask
-from runner.store.claims import is_stale, this_host
+from runner.store.claims import is_stale, same_claim, this_host
 from runner.store.shards import RECORD_SUFFIX, RUNS_DIR
 
 MOUNT = "/forge"  # where the output volume is mounted in every container
@@ -75,7 +75,7 @@ ENV_CLAIMS = "FORGE_CLAIMS"  # "local": lock files under the store root
 CREDENTIALS_MESSAGE = 'Modal credentials not found: run "modal token new" or set MODAL_TOKEN_ID and MODAL_TOKEN_SECRET'
 
 
-class ModalUserError(Exception):
+class ModalUserError(BackendError):
     """A problem the user can fix (credentials, names, limits): one line, exit 2."""
 
     exit_code = 2
@@ -355,6 +355,22 @@ def plan_json(spec: JobSpec) -> dict[str, Any]:
     return {"modal": describe(compile_job(spec))}
 
 
+def plan_lines(doc: dict[str, Any]) -> list[str]:
+    """``plan_json``'s ``modal`` section as text, for ``forge plan --backend modal``."""
+    m = doc["modal"]
+    lines = [
+        f"Modal app {m['app']}: volume {m['volume']} at {m['mount']} (store {m['root']}), "
+        f"claims in Dict {m['claims']}"
+    ]
+    for f in m["functions"]:
+        lines.append(
+            f"  {f['name']:16s} {f['tier']:5s} gpu {','.join(f['gpu'])}; "
+            f"{f['max_inputs']} input(s) x {f['max_containers']} container(s), "
+            f"timeout {f['timeout']}s, {f['retries']} retries"
+        )
+    return lines
+
+
 # Inside the container ------------------------------------------------------------------------
 
 
@@ -581,6 +597,52 @@ def orchestrate(
 # The volume, seen from outside a container ------------------------------------------------------
 
 
+def classify(
+    tasks: Sequence[ShardTask],
+    files: Collection[str],
+    claims: Mapping[str, dict[str, Any]],
+    records: Mapping[str, dict[str, Any]],
+    *,
+    now: float,
+    timeout_s: float,
+    trust_records: bool = False,
+) -> dict[str, SurveyState]:
+    """Each task's state from the volume's file names, the Dict's claims and records.
+
+    Done: the shard and its record are on the volume, or (``trust_records``)
+    the Dict has a done record: another run's container wrote it and its
+    commit is seconds away; that run checks its own commits. A run's first
+    survey trusts only the volume. Claimed or
+    stale: a claim is held. Skipped: the record says so. Anything else is
+    missing, including a shard without a record: a task will check that file in
+    a container and write the record.
+    """
+    out: dict[str, SurveyState] = {}
+    for t in tasks:
+        on_volume = t.relpath in files and f"{t.key}{RECORD_SUFFIX}" in files
+        status = (records.get(t.key) or {}).get("status")
+        if on_volume or (trust_records and status == "done"):
+            out[t.key] = "done"
+        elif t.key in claims:
+            stale = is_stale(claims[t.key], now, timeout_s, this_host())
+            out[t.key] = "stale" if stale else "claimed"
+        elif status == "skipped":
+            out[t.key] = "skipped"
+        else:
+            out[t.key] = "missing"
+    return out
+
+
+def release_run_claims(claims: DictClaims, run_id: str) -> int:
+    """Delete the claims a run holds (once none of its containers runs); how many."""
+    n = 0
+    for key, held in claims.claims().items():
+        if held.get("run_id") == run_id and same_claim(claims.get(key), held):
+            claims.delete(key)
+            n += 1
+    return n
+
+
 def claim_timeout_s(spec: JobSpec) -> float:
     """Age after which a claim is stale: the longest task timeout of the job."""
     timeout = spec.compute.timeout_s
@@ -618,6 +680,12 @@ class VolumeView:
             if entry.type == FileEntryType.FILE and path.startswith(prefix):
                 out[path[len(prefix) :]] = int(entry.size)
         return out
+
+    def exists(self, rel: str) -> bool:
+        try:
+            return any(e.type == FileEntryType.FILE for e in self.volume.listdir(self.path(rel)))
+        except modal.exception.NotFoundError:
+            return False
 
     def read(self, rel: str) -> bytes:
         return b"".join(self.volume.read_file(self.path(rel)))
@@ -700,6 +768,8 @@ class ModalBackend(Backend):
         self._run_cm: Any = None
         self._results: queue.Queue[TaskResult] = queue.Queue()
         self._pending: dict[str, TaskRequest] = {}
+        self._tasks: dict[str, ShardTask] = {}  # every task submitted in this run
+        self._surveyed = False  # the first survey trusts only the volume (see classify)
         self._lock = threading.Lock()
         self._problem: ModalUserError | None = None
         self._last_manifest = -1e9
@@ -708,6 +778,19 @@ class ModalBackend(Backend):
         self.view = VolumeView(self.spec, self.job.volume)
 
     # -- lifecycle -----------------------------------------------------------------------
+    def _fatal(self, e: BaseException) -> BaseException:
+        """Stop what this run started before an error leaves the orchestrator; the error to raise.
+
+        The shared loop stops the backend on Ctrl+C only; any other error (the
+        workspace's spend limit, lost credentials) must not leave GPUs running.
+        """
+        if not self._stopped and (self._run_cm is not None or self._remote is not None):
+            try:
+                self.stop(interrupted=True)
+            except Exception as stop_error:
+                self.say(f"warning: stopping the Modal app failed: {stop_error}; run forge stop")
+        return user_error(e) or e
+
     def start(self) -> None:
         if self._remote is not None:
             return
@@ -791,6 +874,7 @@ class ModalBackend(Backend):
         with self._lock:
             for req in wave:
                 self._pending[req.task.key] = req
+                self._tasks[req.task.key] = req.task
         for name, reqs in groups.items():
             threading.Thread(
                 target=self._run_wave, args=(name, reqs), name=f"forge-{name}", daemon=True
@@ -865,43 +949,88 @@ class ModalBackend(Backend):
         except queue.Empty:
             pass
         if self._problem is not None:
-            raise self._problem
+            raise self._fatal(self._problem)
         return out
 
     # -- the store on the volume -----------------------------------------------------------------
     def _claims(self) -> DictClaims:
         return DictClaims(self.job.claims)
 
+    SURVEY_ONE_BY_ONE = 16  # below this many tasks, ask per file instead of listing the job
+
     def survey(self, tasks: Sequence[ShardTask]) -> dict[str, SurveyState]:
-        files = self.view.files()
+        try:
+            return self._survey(tasks)
+        except Exception as e:
+            raise self._fatal(e) from e
+
+    def _survey(self, tasks: Sequence[ShardTask]) -> dict[str, SurveyState]:
+        trust, self._surveyed = self._surveyed, True
         claims = self._claims()
-        held = set(claims.keys())
-        now = time.time()
-        out: dict[str, SurveyState] = {}
-        for t in tasks:
-            shard = t.relpath in files
-            record = f"{t.key}{RECORD_SUFFIX}" in files
-            if shard and record:
-                out[t.key] = "done"
-            elif t.key in held:
-                claim = claims.get(t.key)
-                if claim is None:
-                    out[t.key] = "missing"
-                else:
-                    stale = is_stale(claim, now, claim_timeout_s(self.spec), this_host())
-                    out[t.key] = "stale" if stale else "claimed"
-            elif record and not shard:
-                rec = claims.get_record(t.key) or self.view.read_json(f"{t.key}{RECORD_SUFFIX}")
-                skipped = rec is not None and rec.get("status") == "skipped"
-                out[t.key] = "skipped" if skipped else "missing"
-            else:
-                # No shard, or a shard without its record: a task checks the file
-                # (and writes the record) in a container.
-                out[t.key] = "missing"
-        return out
+        files: Collection[str]
+        if len(tasks) <= self.SURVEY_ONE_BY_ONE:  # the orchestrator rechecking a few shards
+            names = [t.relpath for t in tasks] + [f"{t.key}{RECORD_SUFFIX}" for t in tasks]
+            files = {n for n in names if self.view.exists(n)}
+            held = {t.key: c for t in tasks if (c := claims.get(t.key)) is not None}
+            records = {t.key: r for t in tasks if (r := claims.get_record(t.key)) is not None}
+        else:
+            files = self.view.files()
+            held = claims.claims()
+            records = claims.records()
+        for t in tasks:  # a record file whose Dict entry expired: is it a skip?
+            name = f"{t.key}{RECORD_SUFFIX}"
+            if t.key not in records and name in files and t.relpath not in files:
+                rec = self.view.read_json(name)
+                if rec is not None:
+                    records[t.key] = rec
+        return classify(
+            tasks,
+            files,
+            held,
+            records,
+            now=time.time(),
+            timeout_s=claim_timeout_s(self.spec),
+            trust_records=trust,
+        )
 
     def manifests(self) -> list[dict[str, Any]]:
-        return self.view.manifests()
+        try:
+            return self.view.manifests()
+        except modal.exception.NotFoundError:
+            return []  # the volume does not exist yet: no earlier runs
+        except Exception as e:
+            raise self._fatal(e) from e
+
+    PERSIST_GRACE_S = 150.0  # containers commit every few seconds, and at exit (idle 60 s)
+    PERSIST_POLL_S = 5.0
+
+    def unpersisted(self, keys: Sequence[str]) -> list[str]:
+        """Keys reported done whose shard or record is still not on the volume.
+
+        Containers commit in the background and when they exit, and a failed
+        exit commit only logs a line; so a run ends by checking the volume
+        against what was reported done, giving idle containers time to exit and
+        commit. What is still missing after that must be solved again.
+        """
+        tasks = {k: self._tasks[k] for k in keys if k in self._tasks}
+        deadline = time.monotonic() + self.PERSIST_GRACE_S
+        waited = False
+        while True:
+            files = self.view.files()
+            missing = [
+                k
+                for k, t in tasks.items()
+                if t.relpath not in files or f"{t.key}{RECORD_SUFFIX}" not in files
+            ]
+            if not missing or time.monotonic() >= deadline:
+                return missing
+            if not waited:
+                waited = True
+                self.say(
+                    f"Waiting for {len(missing)} finished shard(s) to reach volume "
+                    f"{self.spec.output.volume} (containers commit when they exit) ..."
+                )
+            time.sleep(self.PERSIST_POLL_S)
 
     def write_manifest(self, run_id: str, manifest: dict[str, Any]) -> str:
         now = time.monotonic()
@@ -930,11 +1059,7 @@ class ModalBackend(Backend):
     def _release_own_claims(self) -> None:
         """After the app stopped, no container of this run holds a shard: free their claims."""
         try:
-            claims = self._claims()
-            for key in claims.keys():  # noqa: SIM118 (a claim table, not a dict)
-                held = claims.get(key)
-                if held is not None and held.get("run_id") == self.run_id:
-                    claims.delete(key)
+            release_run_claims(self._claims(), self.run_id)
         except Exception as e:
             self.say(
                 f"warning: could not release this run's claims ({e}); they go stale after the task timeout"

@@ -45,6 +45,8 @@ class DictLike(Protocol):
 
     def keys(self) -> Iterator[Any]: ...
 
+    def items(self) -> Iterator[tuple[Any, Any]]: ...
+
 
 class DictClaims:
     """``ClaimTable`` over a dict with an atomic put-if-absent (a ``modal.Dict``).
@@ -96,15 +98,25 @@ class DictClaims:
         value = self.d.get(RECORD_PREFIX + key, None)
         return dict(value) if isinstance(value, dict) else None
 
+    def _with_prefix(self, prefix: str) -> dict[str, dict[str, Any]]:
+        # One streamed listing, not one request per key: a job has thousands of records.
+        return {
+            k[len(prefix) :]: dict(v) if isinstance(v, dict) else {}
+            for k, v in self.d.items()
+            if isinstance(k, str) and k.startswith(prefix)
+        }
+
     def records(self) -> dict[str, dict[str, Any]]:
-        """Every record, by task key (one Dict read per record: for status and reports)."""
-        out: dict[str, dict[str, Any]] = {}
-        for k in list(self.d.keys()):
-            if isinstance(k, str) and k.startswith(RECORD_PREFIX):
-                value = self.d.get(k, None)
-                if isinstance(value, dict):
-                    out[k[len(RECORD_PREFIX) :]] = dict(value)
-        return out
+        """Every record, by task key."""
+        return self._with_prefix(RECORD_PREFIX)
+
+    def claims(self) -> dict[str, Claim]:
+        """Every live or stale claim, by task key."""
+        return {
+            k: dict(v)
+            for k, v in self.d.items()
+            if isinstance(k, str) and not k.startswith(_PREFIXES) and isinstance(v, dict)
+        }
 
     def add_app(self, app_id: str, info: dict[str, Any]) -> None:
         self.d[APP_PREFIX + app_id] = dict(info)
@@ -113,9 +125,5 @@ class DictClaims:
         self.d.pop(APP_PREFIX + app_id, None)
 
     def apps(self) -> dict[str, dict[str, Any]]:
-        out: dict[str, dict[str, Any]] = {}
-        for k in list(self.d.keys()):
-            if isinstance(k, str) and k.startswith(APP_PREFIX):
-                value = self.d.get(k, None)
-                out[k[len(APP_PREFIX) :]] = dict(value) if isinstance(value, dict) else {}
-        return out
+        """Apps started for this job and not yet known to be stopped, by app id."""
+        return self._with_prefix(APP_PREFIX)

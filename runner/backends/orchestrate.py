@@ -171,6 +171,8 @@ class Orchestrator:
         self._seconds_done: list[float] = []
         self.failures: list[dict[str, Any]] = []
         self.solved_keys: list[str] = []
+        self.notes: list[str] = []
+        self._persist_rounds = 0
         self.skipped_keys: list[str] = []
         self.takeovers: list[dict[str, Any]] = []
         self.quarantined: list[str] = []
@@ -266,7 +268,7 @@ class Orchestrator:
                 self._push(self._request(t))
             self._write_manifest("running", force=True)
             self._emit()
-            while self._ready or self._claimed or self._inflight:
+            while self._ready or self._claimed or self._inflight or self._redo_unpersisted():
                 self._dispatch()
                 if not self._inflight:
                     if self.p.budget_hit and self._ready:
@@ -309,7 +311,31 @@ class Orchestrator:
             started=self._wall0,
             ended=time.time(),
             total_planned=self.total_planned,
+            notes=self.notes,
         )
+
+    MAX_PERSIST_ROUNDS = 2
+
+    def _redo_unpersisted(self) -> bool:
+        """At the end: queue again the shards the store lost (see ``Backend.unpersisted``).
+
+        True if something was queued, so the loop goes on. Bounded: a store that
+        keeps losing shards ends the run with them missing, not in a loop.
+        """
+        if self._persist_rounds >= self.MAX_PERSIST_ROUNDS or self.stopped_by or not self.solved_keys:
+            return False
+        self._persist_rounds += 1
+        lost = set(self.backend.unpersisted(list(self.solved_keys)))
+        if not lost:
+            return False
+        by_key = {t.key: t for t in self.tasks}
+        for key in lost:
+            if key in by_key:
+                self.solved_keys.remove(key)
+                self.p.solved -= 1
+                self._push(self._request(by_key[key]))
+        self.notes.append(f"{len(lost)} shard(s) reported done were not in the store at the end; solved again")
+        return bool(self._ready)
 
     def _next_wakeup(self) -> float:
         times = [t for t, _, _ in self._ready[:1]] + [t for t, _ in self._claimed.values()]

@@ -1,0 +1,408 @@
+"""Around a Modal run: detach, stop, status, download, cost (one function per command).
+
+Every function here needs Modal credentials and checks for them first, before
+any network call (``require_credentials``); ``forge plan`` and ``forge
+validate`` never come here.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+import modal
+
+from runner.backends.modal import (
+    TAG_JOB,
+    TAG_RUN,
+    ModalUserError,
+    VolumeView,
+    app_name,
+    claim_timeout_s,
+    claims_name,
+    compile_job,
+    release_run_claims,
+    require_credentials,
+    user_error,
+)
+from runner.backends.modal_claims import DictClaims
+from runner.spec.model import JobSpec, ShardTask
+from runner.store.claims import is_stale, this_host
+from runner.store.shards import RECORD_SUFFIX, STATUS_COLUMNS, KeyStatus, StoreStatus
+
+
+@contextlib.contextmanager
+def _modal_errors() -> Any:
+    """Turn the Modal errors a user must act on into one-line ModalUserErrors."""
+    try:
+        yield
+    except ModalUserError:
+        raise
+    except Exception as e:
+        problem = user_error(e)
+        if problem is not None:
+            raise problem from e
+        raise
+
+
+def _volume(spec: JobSpec) -> VolumeView:
+    # No create_if_missing: looking must not create an empty volume.
+    return VolumeView(spec, modal.Volume.from_name(spec.output.volume))
+
+
+def _claims(spec: JobSpec) -> DictClaims:
+    return DictClaims(modal.Dict.from_name(claims_name(spec)))
+
+
+def _or_empty(fn: Callable[[], Any], empty: Any) -> Any:
+    """``fn()``, or ``empty`` when the volume or Dict does not exist yet (never ran)."""
+    try:
+        return fn()
+    except modal.exception.NotFoundError:
+        return empty
+
+
+# forge run --detach ----------------------------------------------------------------------------
+
+
+def run_detached(
+    spec: JobSpec,
+    tasks: Sequence[ShardTask],
+    *,
+    run_id: str,
+    limit: int | None = None,
+    max_usd: float | None = None,
+) -> list[str]:
+    """Start the job's app detached, with the orchestrator itself running on Modal.
+
+    Returns the lines that tell the user how to follow and stop it.
+    """
+    require_credentials()
+    job = compile_job(spec, run_id)
+    with _modal_errors(), job.app.run(detach=True):
+        app_id = job.app.app_id or ""
+        functions = {name: fn for name, fn in job.functions.items()}
+        options = {"limit": limit, "max_usd": max_usd, "app_id": app_id}
+        DictClaims(job.claims).add_app(
+            app_id, {"run_id": run_id, "started": time.time(), "detached": True}
+        )
+        job.orchestrator.spawn(spec, run_id, list(tasks), functions, options)
+    return [
+        f"Detached: {app_name(spec)} runs on Modal as app {app_id} (run {run_id}); "
+        "closing this terminal does not stop it.",
+        f"  follow:  modal app logs {app_id}",
+        f"  status:  forge status {spec.path or spec.name} --backend modal",
+        f"  stop:    forge stop {spec.path or spec.name}",
+    ]
+
+
+# forge stop ------------------------------------------------------------------------------------
+
+
+def stop_job(spec: JobSpec) -> list[str]:
+    """Stop every app this job started (attached or detached) and free their claims."""
+    require_credentials()
+    lines: list[str] = []
+    with _modal_errors():
+        claims = _claims(spec)
+        apps = _or_empty(claims.apps, {})
+        if not apps:
+            return [
+                f"No running Modal app of job {spec.name!r} ({app_name(spec)}): nothing to stop."
+            ]
+        for app_id, info in sorted(apps.items()):
+            run = info.get("run_id", "?")
+            try:
+                modal.App.lookup(app_id).stop()
+                lines.append(f"Stopped {app_name(spec)} app {app_id} (run {run}).")
+            except modal.exception.NotFoundError:
+                lines.append(f"App {app_id} (run {run}) was already gone.")
+            freed = release_run_claims(claims, str(run))
+            if freed:
+                lines.append(f"  released {freed} claim(s) its containers held")
+            claims.remove_app(app_id)
+    return lines
+
+
+# forge status --backend modal -------------------------------------------------------------------
+
+
+def modal_status(spec: JobSpec, tasks: Sequence[ShardTask]) -> StoreStatus:
+    """Per split: done, missing, claimed, stale, failed, skipped; spend so far.
+
+    Reads the volume's file list, the run manifests and the Dict's claims and
+    records (no shard file is opened, so ``corrupt`` is not judged here: a run's
+    tasks check each file before trusting it).
+    """
+    require_credentials()
+    with _modal_errors():
+        view = _volume(spec)
+        files = _or_empty(view.files, {})
+        manifests = _or_empty(view.manifests, [])
+        claims = _claims(spec)
+        held = _or_empty(claims.claims, {})
+        records = _or_empty(claims.records, {})
+    failed_last: dict[str, str] = {}
+    for m in manifests:  # a later run's outcome replaces an earlier one's
+        for f in m.get("failures", []):
+            failed_last[str(f.get("key"))] = str(f.get("error", ""))
+        for k in m.get("solved", []):
+            failed_last.pop(str(k), None)
+    st = StoreStatus(root=view.where(), runs=len(manifests))
+    st.runs_usd = sum(float(m.get("spend_usd") or 0.0) for m in manifests)
+    now, timeout = time.time(), claim_timeout_s(spec)
+    for t in tasks:
+        counts = st.splits.setdefault(t.split, dict.fromkeys(STATUS_COLUMNS, 0))
+        rec = records.get(t.key) or {}
+        on_volume = t.relpath in files and f"{t.key}{RECORD_SUFFIX}" in files
+        why = ""
+        if on_volume:
+            state = "done"
+            st.spend_usd += float(rec.get("usd") or 0.0)
+        elif t.key in held:
+            claim = held[t.key]
+            state = "stale" if is_stale(claim, now, timeout, this_host()) else "claimed"
+            why = f"run {claim.get('run_id', '?')} on {claim.get('host', '?')}"
+        elif rec.get("status") == "done":
+            state, why = "claimed", "finished, waiting for its volume commit"
+        elif rec.get("status") == "skipped":
+            state, why = "skipped", str(rec.get("reason", ""))
+        elif t.key in failed_last:
+            state, why = "failed", failed_last[t.key]
+        else:
+            state = "missing"
+        counts[state] = counts.get(state, 0) + 1
+        st.details.append(KeyStatus(t.key, t.split, state, why))
+    return st
+
+
+# forge download ---------------------------------------------------------------------------------
+
+
+@dataclass
+class DownloadReport:
+    to: str
+    copied: list[str] = field(default_factory=list)
+    identical: list[str] = field(default_factory=list)  # present locally, same content: skipped
+    conflicts: list[str] = field(default_factory=list)  # present locally, different: kept
+    bytes: int = 0
+
+    def lines(self) -> list[str]:
+        out = [
+            f"{len(self.copied)} file(s) copied ({self.bytes / 1e6:,.1f} MB), "
+            f"{len(self.identical)} already present and identical, into {self.to}"
+        ]
+        if self.conflicts:
+            out.append(
+                f"{len(self.conflicts)} local file(s) differ from the volume and were kept "
+                "(move them away to download the volume's copy):"
+            )
+            out += [f"  {c}" for c in self.conflicts[:20]]
+            if len(self.conflicts) > 20:
+                out.append(f"  ... and {len(self.conflicts) - 20} more")
+        return out
+
+
+ProgressFn = Callable[[int, int, str], None]  # (bytes done, bytes total, current file)
+
+
+def _wanted(rel: str, split: str | None) -> bool:
+    parts = rel.split("/")
+    if len(parts) != 2 or parts[0].startswith("_"):
+        return False  # run manifests and anything that is not <split>/<file>
+    if split is not None and parts[0] != split:
+        return False
+    name = parts[1]
+    return name.endswith(".parquet") or (name.endswith(RECORD_SUFFIX) and ".tmp" not in name)
+
+
+def _same_shard(local: Path, record: dict[str, Any] | None) -> bool:
+    """A local shard is the volume's when its footer digests equal the volume's record."""
+    if record is None:
+        return False
+    from runner.oracle.shard import read_shard_meta
+
+    try:
+        meta = read_shard_meta(local)
+    except Exception:
+        return False
+    keys = ("h_states", "h_v", "h_q")
+    return all(record.get(k) and meta.get(k) == record.get(k) for k in keys)
+
+
+def download(
+    spec: JobSpec,
+    to: str | os.PathLike[str],
+    *,
+    split: str | None = None,
+    progress: ProgressFn | None = None,
+) -> DownloadReport:
+    """Copy the job's shards and records from its volume into ``to/<split>/``.
+
+    A file already there is skipped when identical (records: same bytes;
+    shards: same size and the same table digests as the volume's record) and
+    kept, untouched, when it differs. Files land through a temporary name, so an
+    interrupted download never leaves a partial shard under a final name.
+    """
+    require_credentials()
+    dest = Path(to)
+    report = DownloadReport(to=str(dest))
+    with _modal_errors():
+        view = _volume(spec)
+        files = _or_empty(view.files, {})
+        if split is not None and not any(r.startswith(f"{split}/") for r in files):
+            known = sorted({r.split("/")[0] for r in files if "/" in r and not r.startswith("_")})
+            raise ModalUserError(
+                f"no split {split!r} on volume {view.where()}"
+                + (f" (found: {', '.join(known)})" if known else " (nothing is there yet)")
+            )
+        wanted = sorted(
+            (r for r in files if _wanted(r, split)), key=lambda r: (not r.endswith(".json"), r)
+        )
+        total = sum(files[r] for r in wanted)
+        done = 0
+        records: dict[str, dict[str, Any]] = {}
+        for rel in wanted:
+            size = files[rel]
+            local = dest / rel
+            data: bytes | None = None
+            if rel.endswith(RECORD_SUFFIX):
+                data = view.read(rel)
+                with contextlib.suppress(ValueError):
+                    obj = json.loads(data)
+                    if isinstance(obj, dict):
+                        records[rel.removesuffix(RECORD_SUFFIX)] = obj
+            if local.exists():
+                if data is not None:
+                    same = local.read_bytes() == data
+                else:
+                    rec = records.get(rel.removesuffix(".parquet"))
+                    same = local.stat().st_size == size and _same_shard(local, rec)
+                (report.identical if same else report.conflicts).append(rel)
+                done += size
+                if progress is not None:
+                    progress(done, total, rel)
+                continue
+            local.parent.mkdir(parents=True, exist_ok=True)
+            tmp = local.with_name(f"{local.name}.download-{os.getpid()}")
+            try:
+                with open(tmp, "wb") as f:
+                    if data is not None:
+                        f.write(data)
+                        done += len(data)
+                    else:
+                        for chunk in view.volume.read_file(view.path(rel)):
+                            f.write(chunk)
+                            done += len(chunk)
+                            if progress is not None:
+                                progress(done, total, rel)
+                os.replace(tmp, local)
+            finally:
+                tmp.unlink(missing_ok=True)
+            report.copied.append(rel)
+            report.bytes += size
+            if progress is not None:
+                progress(done, total, rel)
+    return report
+
+
+# forge cost -------------------------------------------------------------------------------------
+
+
+def cost_report(spec: JobSpec, *, days: int = 30) -> dict[str, Any]:
+    """forge's spend per run (from the run manifests) beside Modal's billing for the job's tag.
+
+    Modal's report covers whole hours up to the last full one and needs a plan
+    that includes billing reports; when it is not available the reason is given
+    and forge's numbers stand alone.
+    """
+    require_credentials()
+    with _modal_errors():
+        manifests = _or_empty(_volume(spec).manifests, [])
+    runs: dict[str, dict[str, Any]] = {}
+    for m in manifests:
+        rid = str(m.get("run_id", "?"))
+        runs[rid] = {
+            "run_id": rid,
+            "started": m.get("started"),
+            "status": m.get("status"),
+            "backend": m.get("backend"),
+            "forge_usd": round(float(m.get("spend_usd") or 0.0), 4),
+            "modal_usd": None,
+        }
+    since = datetime.now(UTC) - timedelta(days=days)
+    modal_side: dict[str, Any] = {"available": False, "total_usd": None, "note": ""}
+    try:
+        items = modal.Workspace.from_context().billing.report(
+            start=since, resolution="h", tag_names=[TAG_JOB, TAG_RUN]
+        )
+        total = 0.0
+        for item in items:
+            tags = dict(item.tags)
+            if tags.get(TAG_JOB) != spec.name:
+                continue
+            cost = float(item.cost)
+            total += cost
+            rid = tags.get(TAG_RUN, "?")
+            row = runs.setdefault(
+                rid,
+                {
+                    "run_id": rid,
+                    "started": None,
+                    "status": None,
+                    "backend": "modal",
+                    "forge_usd": None,
+                },
+            )
+            row["modal_usd"] = round(float(row.get("modal_usd") or 0.0) + cost, 4)
+        modal_side.update(available=True, total_usd=round(total, 4))
+        modal_side["note"] = (
+            f"Modal's billing for tag {TAG_JOB}={spec.name}, last {days} days, whole hours"
+        )
+    except Exception as e:
+        problem = user_error(e)
+        if isinstance(e, modal.exception.AuthError) and problem is not None:
+            raise problem from e
+        modal_side["note"] = (
+            "Modal's billing report is not available for this workspace "
+            f"({type(e).__name__}: {str(e).strip() or 'no detail'}); forge's estimate stands alone"
+        )
+    forge_total = sum(float(r["forge_usd"] or 0.0) for r in runs.values())
+    ordered = sorted(
+        runs.values(), key=lambda r: (r["started"] is None, r["started"] or 0.0, r["run_id"])
+    )
+    return {
+        "job": spec.name,
+        "app": app_name(spec),
+        "budget_usd": spec.budget.max_usd,
+        "forge_total_usd": round(forge_total, 4),
+        "modal": modal_side,
+        "runs": ordered,
+    }
+
+
+def cost_lines(report: dict[str, Any]) -> list[str]:
+    """``forge cost`` as text: one row per run, then the totals."""
+    lines = [f"{'run':34s} {'status':12s} {'forge $':>10s} {'modal $':>10s}"]
+    for r in report["runs"]:
+        forge = f"{r['forge_usd']:.4f}" if r.get("forge_usd") is not None else "-"
+        billed = f"{r['modal_usd']:.4f}" if r.get("modal_usd") is not None else "-"
+        lines.append(
+            f"{r['run_id']:34s} {str(r.get('status') or '-'):12s} {forge:>10s} {billed:>10s}"
+        )
+    m = report["modal"]
+    billed_total = f"${m['total_usd']:,.4f}" if m.get("available") else "n/a"
+    lines.append(
+        f"total: forge ${report['forge_total_usd']:,.4f}, Modal {billed_total} "
+        f"(budget ${report['budget_usd']:,.2f})"
+    )
+    if m.get("note"):
+        lines.append(m["note"])
+    return lines
