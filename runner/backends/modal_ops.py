@@ -189,12 +189,15 @@ def modal_status(spec: JobSpec, tasks: Sequence[ShardTask]) -> StoreStatus:
 @dataclass
 class DownloadReport:
     to: str
+    source: str = ""
     copied: list[str] = field(default_factory=list)
     identical: list[str] = field(default_factory=list)  # present locally, same content: skipped
     conflicts: list[str] = field(default_factory=list)  # present locally, different: kept
     bytes: int = 0
 
     def lines(self) -> list[str]:
+        if not (self.copied or self.identical or self.conflicts):
+            return [f"Nothing to download: no shards under {self.source} yet."]
         out = [
             f"{len(self.copied)} file(s) copied ({self.bytes / 1e6:,.1f} MB), "
             f"{len(self.identical)} already present and identical, into {self.to}"
@@ -257,12 +260,7 @@ def download(
     with _modal_errors():
         view = _volume(spec)
         files = _or_empty(view.files, {})
-        if split is not None and not any(r.startswith(f"{split}/") for r in files):
-            known = sorted({r.split("/")[0] for r in files if "/" in r and not r.startswith("_")})
-            raise ModalUserError(
-                f"no split {split!r} on volume {view.where()}"
-                + (f" (found: {', '.join(known)})" if known else " (nothing is there yet)")
-            )
+        report.source = view.where(split or "")
         wanted = sorted(
             (r for r in files if _wanted(r, split)), key=lambda r: (not r.endswith(".json"), r)
         )
@@ -406,3 +404,103 @@ def cost_lines(report: dict[str, Any]) -> list[str]:
     if m.get("note"):
         lines.append(m["note"])
     return lines
+
+
+# One function per CLI command (each checks credentials before reading anything) ------------------
+
+
+def _load(job: str | os.PathLike[str]) -> tuple[JobSpec, list[ShardTask]]:
+    from runner.spec.load import load_job
+    from runner.spec.plan import tasks as plan_tasks
+
+    spec = load_job(job)
+    return spec, plan_tasks(spec)
+
+
+def run_on_modal(
+    job: str | os.PathLike[str],
+    *,
+    detach: bool = False,
+    limit: int | None = None,
+    max_usd: float | None = None,
+    echo: Callable[[str], None] = print,
+) -> int:
+    """``forge run JOB --backend modal [--detach]``: the exit code.
+
+    Attached, the shared orchestrator runs here and drives the app (Ctrl+C stops
+    the app). Detached, it runs on Modal as the app's ``orchestrate`` function.
+    """
+    require_credentials()
+    if not detach:
+        from runner.backends.jobrun import run_job
+
+        return run_job(job, backend="modal", limit=limit, max_usd=max_usd).exit_code
+    from runner.backends.orchestrate import new_run_id
+
+    spec, tasks = _load(job)
+    for line in run_detached(spec, tasks, run_id=new_run_id(), limit=limit, max_usd=max_usd):
+        echo(line)
+    return 0
+
+
+def status_on_modal(job: str | os.PathLike[str]) -> StoreStatus:
+    """``forge status JOB --backend modal``."""
+    require_credentials()
+    spec, tasks = _load(job)
+    return modal_status(spec, tasks)
+
+
+def stop_on_modal(job: str | os.PathLike[str]) -> list[str]:
+    """``forge stop JOB``."""
+    require_credentials()
+    spec, _ = _load(job)
+    return stop_job(spec)
+
+
+def download_job(
+    job: str | os.PathLike[str],
+    to: str | os.PathLike[str],
+    *,
+    split: str | None = None,
+    show_progress: bool = True,
+) -> DownloadReport:
+    """``forge download JOB --to DIR [--split S]``, with a progress bar on stderr."""
+    require_credentials()
+    spec, _ = _load(job)
+    if split is not None and split not in {s.name for s in spec.splits}:
+        names = ", ".join(s.name for s in spec.splits)
+        raise ModalUserError(f"job {spec.name!r} has no split {split!r} (splits: {names})")
+    if not show_progress:
+        return download(spec, to, split=split)
+    from rich.console import Console
+    from rich.progress import (
+        BarColumn,
+        DownloadColumn,
+        Progress,
+        TextColumn,
+        TimeRemainingColumn,
+        TransferSpeedColumn,
+    )
+
+    with Progress(
+        TextColumn("{task.description}"),
+        BarColumn(),
+        DownloadColumn(),
+        TransferSpeedColumn(),
+        TimeRemainingColumn(),
+        console=Console(stderr=True),
+        transient=True,
+    ) as bar:
+        task = bar.add_task("download", total=None)
+
+        def progress(done: int, total: int, current: str) -> None:
+            bar.update(task, completed=done, total=total, description=current.split("/")[-1][:40])
+
+        return download(spec, to, split=split, progress=progress)
+
+
+def cost_of(job: str | os.PathLike[str], *, days: int = 30) -> dict[str, Any]:
+    """``forge cost JOB``."""
+    require_credentials()
+    spec, _ = _load(job)
+    return cost_report(spec, days=days)
