@@ -179,6 +179,15 @@ def parse_yaml(text: str, filename: str) -> Parsed:
 
 def _yaml_error(filename: str, e: yaml.MarkedYAMLError) -> SpecError:
     mark = e.problem_mark or e.context_mark
+    if e.context and e.context.startswith("expected a single document"):
+        line = mark.line + 1 if mark is not None else None
+        return SpecError(
+            filename,
+            line,
+            1,
+            "",
+            "YAML syntax error: a spec file holds one document; a second one starts here",
+        )
     parts = [p for p in (e.context, e.problem) if p]
     kind = "YAML error" if isinstance(e, yaml.constructor.ConstructorError) else "YAML syntax error"
     message = f"{kind}: " + ("; ".join(parts) if parts else str(e))

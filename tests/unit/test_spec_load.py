@@ -310,3 +310,13 @@ def test_log_range_samples_spread_over_decades() -> None:
     rng = random.Random(0)
     xs = [r.sample(rng) for _ in range(400)]
     assert sum(x < 1e-3 for x in xs) > 100  # a linear draw would put ~1% there
+
+
+def test_byte_order_mark_crlf_and_second_documents(tmp_path: Path) -> None:
+    crlf = tmp_path / "crlf.yaml"
+    crlf.write_bytes(b"\xef\xbb\xbf" + MINIMAL.replace("\n", "\r\n").encode())
+    assert load_job(crlf).name == "t"
+    _, errors = check_file(write(tmp_path, MINIMAL + "---\nname: u\n"))
+    assert [(e.line, e.message) for e in errors] == [
+        (6, "YAML syntax error: a spec file holds one document; a second one starts here")
+    ]
