@@ -124,6 +124,82 @@ def plan(job: str, backend: str | None, out: str, as_json: bool) -> None:
             click.echo("\n".join(plan_lines(modal_doc)))
 
 
+# --- sweep (runner.train) -----------------------------------------------------------
+
+
+@main.command()
+@click.argument("sweep_file", metavar="SWEEP", type=click.Path(path_type=str))
+@click.option(
+    "--backend",
+    type=click.Choice(["local", "modal"]),
+    default="local",
+    show_default=True,
+    help="local: this machine, trials one after another (or compute.workers processes); "
+    "modal: one GPU container per trial, up to compute.max_containers at once.",
+)
+@click.option(
+    "--data",
+    "data_dir",
+    type=click.Path(file_okay=False, path_type=str),
+    default=None,
+    help="Folder holding the data job's split folders (default: the job's output.root).",
+)
+@click.option(
+    "--out",
+    "out_dir",
+    type=click.Path(file_okay=False, path_type=str),
+    default=None,
+    help="Where records, checkpoints and results go (default: sweeps/<name>).",
+)
+def sweep(sweep_file: str, backend: str, data_dir: str | None, out_dir: str | None) -> None:
+    """Train one model per config of a sweep file on the data job's shards; rank them.
+
+    Every config is a trial. A finished trial is recorded (OUT/trials/ID.json, with
+    its checkpoint in OUT/checkpoints/) and skipped when the sweep runs again, so a
+    rerun only trains what is missing. The budget guard starts a trial only if its
+    worst case (the whole compute.timeout_s) fits in budget.max_usd. Ends with a
+    results table sorted by the objective, OUT/results.json and OUT/results.csv,
+    and the best config and its checkpoint. Exit 1 if a trial failed or the budget
+    stopped the sweep.
+
+    \b
+    Example:
+      forge sweep jobs/sweep.yaml
+      forge sweep jobs/sweep-gpu.yaml --backend modal
+      forge sweep jobs/sweep.yaml --data /data/shards/smoke --out /tmp/my-sweep
+    """
+    from rich.console import Console
+
+    from runner.backends.modal import ModalUserError
+    from runner.spec.errors import SpecErrors
+    from runner.spec.load import load_sweep
+    from runner.train.report import Reporter, print_outcome
+    from runner.train.sweep import SweepError, run_sweep
+
+    try:
+        spec = load_sweep(sweep_file)
+    except SpecErrors as e:
+        for err in e.errors:
+            click.echo(str(err), err=True)
+        raise SystemExit(1) from None
+    import sys
+
+    # logs and pipes get the full table instead of one squeezed to 80 columns
+    console = Console(highlight=False, width=None if sys.stdout.isatty() else 160)
+    try:
+        outcome = run_sweep(
+            spec, backend=backend, data_dir=data_dir, out_dir=out_dir, on_event=Reporter(console)
+        )
+    except SweepError as e:
+        click.echo(f"error: {e}", err=True)
+        raise SystemExit(1) from None
+    except ModalUserError as e:
+        click.echo(f"error: {e}", err=True)
+        raise SystemExit(e.exit_code) from None
+    print_outcome(console, outcome)
+    raise SystemExit(1 if outcome.failed or outcome.budget_stopped else 0)
+
+
 # --- run / status (runner.backends, runner.store) -------------------------------------
 
 
@@ -199,6 +275,9 @@ def run(
     except BackendError as e:
         click.echo(f"error: {e}", err=True)
         raise SystemExit(1) from None
+    except KeyboardInterrupt:  # before any worker started: nothing to clean up
+        click.echo("interrupted", err=True)
+        raise SystemExit(130) from None
     raise SystemExit(summary.exit_code)
 
 
@@ -358,3 +437,148 @@ def cost(job: str, days: int, as_json: bool) -> None:
     else:
         for line in cost_lines(report):
             click.echo(line)
+
+
+# --- solve / verify / bench (runner.oracle) -----------------------------------------
+
+
+def _decl_option(value: str) -> int | None:
+    """None for auto, else the declaration id; a bad name is a usage error."""
+    from runner.oracle.rules import decl_names, parse_decl
+
+    if value.lower() == "auto":
+        return None
+    try:
+        return parse_decl(value)
+    except ValueError:
+        names = ", ".join(["auto", *decl_names(), "0..9"])
+        raise click.BadParameter(f"unknown declaration {value!r}; use one of: {names}") from None
+
+
+@main.command()
+@click.option("--seed", type=click.IntRange(0, 2**32 - 1), required=True, help="Base seed of the deal.")
+@click.option(
+    "--opp-seed",
+    type=click.IntRange(0, 2**32 - 1),
+    default=None,
+    help="Opponent seed: solve the marginalized deal (seat 0 keeps its hand).",
+)
+@click.option(
+    "--decl",
+    default="auto",
+    show_default=True,
+    help="Declaration: id 0-9, name (blanks..sixes, doubles-trump, doubles-suit, notrump), "
+    "alias (nt, dt, ds, doubles, no-trump) or auto (seed % 10).",
+)
+@click.option("--out", type=click.Path(dir_okay=False, path_type=str), help="Write the shard here.")
+@click.option(
+    "--compression",
+    type=click.Choice(["zstd", "snappy", "lz4", "none"]),
+    default="zstd",
+    show_default=True,
+)
+@click.option("--force", is_flag=True, help="Replace --out if it already exists.")
+@click.option("--json", "as_json", is_flag=True, help="Print the result as JSON.")
+def solve(
+    seed: int,
+    opp_seed: int | None,
+    decl: str,
+    out: str | None,
+    compression: str,
+    force: bool,
+    as_json: bool,
+) -> None:
+    """Solve one deal exactly: hands, state count, root value, digests, time per phase.
+
+    \b
+    Example:
+      forge solve --seed 1
+      forge solve --seed 900 --opp-seed 3 --decl 0 --out x.parquet
+    """
+    import json
+    from pathlib import Path
+
+    from runner.oracle.report import solve_report, solve_and_write
+
+    decl_id = _decl_option(decl)
+    if out is not None and Path(out).exists() and not force:
+        raise click.UsageError(f"{out} already exists; pass --force to replace it")
+    doc = solve_and_write(seed, opp_seed, decl_id, out=out, compression=compression)
+    click.echo(json.dumps(doc, indent=2) if as_json else solve_report(doc))
+
+
+@main.command()
+@click.argument("paths", nargs=-1, required=True, type=click.Path(exists=True, path_type=str))
+@click.option("--json", "as_json", is_flag=True, help="Print one JSON report.")
+def verify(paths: tuple[str, ...], as_json: bool) -> None:
+    """Re-read shards and check them: schema, metadata, order, digests, V against Q, root.
+
+    PATHS are shard files or folders (searched recursively for *.parquet). Exit 1
+    if any shard fails, naming the file and what failed.
+
+    \b
+    Example:
+      forge verify x.parquet
+      forge verify shards/smoke/
+    """
+    import json
+
+    from runner.oracle.report import verify_paths
+
+    results = verify_paths(paths)
+    if as_json:
+        click.echo(json.dumps({"ok": all(not e for _, e in results), "files": [
+            {"path": p, "errors": e} for p, e in results]}, indent=2))
+    else:
+        for path, errors in results:
+            click.echo(f"ok    {path}" if not errors else f"FAIL  {path}: " + "; ".join(errors))
+        bad = sum(1 for _, e in results if e)
+        click.echo(f"{len(results)} shard(s) checked, {bad} failed", err=bool(bad))
+    if not results:
+        click.echo("no shards (*.parquet) found", err=True)
+    if not results or any(e for _, e in results):
+        raise SystemExit(1)
+
+
+@main.command()
+@click.option(
+    "--seeds",
+    default="0-9",
+    show_default=True,
+    help="Standard seeds to solve: 0-9 (inclusive), 0:10 (half-open) or 1,4,7.",
+)
+@click.option("--opp-seed", type=click.IntRange(0, 2**32 - 1), default=None,
+              help="Solve marginalized deals with this opponent seed.")
+@click.option(
+    "--compression",
+    "compressions",
+    multiple=True,
+    type=click.Choice(["zstd", "snappy", "lz4", "none"]),
+    help="Compressions to time the shard write with (repeatable; default all four).",
+)
+@click.option("--json", "json_path", type=click.Path(dir_okay=False, path_type=str),
+              help="Also write the figures to this JSON file.")
+@click.option("--no-warmup", is_flag=True, help="Count the first solve's compile too.")
+def bench(
+    seeds: str,
+    opp_seed: int | None,
+    compressions: tuple[str, ...],
+    json_path: str | None,
+    no_warmup: bool,
+) -> None:
+    """Solver throughput: per deal and in total, states/s, phases, write time, memory.
+
+    One warm-up solve pays the JIT compile first. Each shard is written once per
+    compression to a temporary folder and removed.
+
+    \b
+    Example:
+      forge bench
+      forge bench --seeds 0-39 --compression zstd --json bench.json
+    """
+    from runner.oracle.report import bench_command
+
+    try:
+        bench_command(seeds, opp_seed, compressions, json_path, warmup=not no_warmup)
+    except ValueError as exc:
+        raise click.BadParameter(str(exc), param_hint="--seeds") from None

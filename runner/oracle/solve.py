@@ -21,6 +21,7 @@ static shape: one compile per ``r`` serves every deal.
 
 from __future__ import annotations
 
+import os
 import time
 from dataclasses import dataclass, field
 from functools import partial
@@ -361,12 +362,33 @@ def sort_rows(
     return keys[idx], payload[idx]
 
 
+_cache_enabled = False
+
+
+def enable_compile_cache(path: str | None = None) -> str | None:
+    """Keep compiled kernels on disk so later processes skip the ~10 s compile.
+
+    The folder is ``path``, else ``$FORGE_JAX_CACHE``, else ``~/.cache/forge/jax``;
+    ``FORGE_JAX_CACHE=off`` disables it. Returns the folder used.
+    """
+    global _cache_enabled
+    folder = path or os.environ.get("FORGE_JAX_CACHE") or os.path.expanduser("~/.cache/forge/jax")
+    if folder == "off":
+        return None
+    if not _cache_enabled:
+        jax.config.update("jax_compilation_cache_dir", folder)
+        jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.0)
+        _cache_enabled = True
+    return folder
+
+
 def solve_deal(
     hands: Hands | list[list[int]], decl_id: int, *, leaf_budget: int | None = None
 ) -> Solution:
     """Solve one deal exactly: every reachable state, sorted, with V and Q."""
     hands = tuple(tuple(int(t) for t in h) for h in hands)
     ctx_np = make_context(hands, decl_id)
+    enable_compile_cache()
     return _solve(hands, decl_id, ctx_np, leaf_budget or default_leaf_budget())
 
 

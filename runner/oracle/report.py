@@ -1,0 +1,118 @@
+"""What ``forge solve``, ``forge verify`` and ``forge bench`` do and print (plain text, stdlib only,
+so the oracle stays importable on a bare GPU box)."""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+from runner.oracle.bench import DealBench, parse_seeds, run_bench
+from runner.oracle.deal import deal_hands, default_decl
+from runner.oracle.rules import DECL_NAMES, tile_name
+from runner.oracle.shard import COMPRESSIONS, table_digests, verify_shard, write_shard
+from runner.oracle.solve import solve_deal
+
+
+def solve_and_write(
+    seed: int, opp_seed: int | None, decl_id: int | None, *, out: str | None, compression: str
+) -> dict[str, Any]:
+    decl = default_decl(seed) if decl_id is None else decl_id
+    hands = deal_hands(seed, opp_seed)
+    t0 = time.perf_counter()
+    sol = solve_deal(hands, decl)
+    total = time.perf_counter() - t0
+    doc: dict[str, Any] = {
+        "seed": seed,
+        "opp_seed": opp_seed,
+        "decl_id": decl,
+        "decl": DECL_NAMES[decl],
+        "hands": [list(h) for h in hands],
+        "states": sol.n_states,
+        "root_value": sol.root_value,
+        **table_digests(sol.states, sol.V, sol.Q),
+        "device": sol.device,
+        "seconds": {**{k: round(v, 4) for k, v in sol.timings.items()}, "total": round(total, 4)},
+    }
+    if out is not None:
+        meta = write_shard(out, sol, base_seed=seed, opp_seed=opp_seed, compression=compression)
+        doc["out"] = str(out)
+        doc["seconds"]["write"] = float(meta["write_seconds"])
+    return doc
+
+
+def solve_report(doc: dict[str, Any]) -> str:
+    kind = "standard" if doc["opp_seed"] is None else f"marginalized, opp seed {doc['opp_seed']}"
+    lines = [f"deal: seed {doc['seed']} ({kind}), declaration {doc['decl_id']} ({doc['decl']})"]
+    for seat, hand in enumerate(doc["hands"]):
+        lines.append(f"  seat {seat}: " + " ".join(tile_name(t) for t in hand))
+    s = doc["seconds"]
+    rate = doc["states"] / s["total"] / 1e6 if s["total"] else 0.0
+    lines += [
+        f"states:     {doc['states']:,}",
+        f"root value: {doc['root_value']:+d} (team 0 minus team 1)",
+        f"digests:    h_states {doc['h_states']}  h_v {doc['h_v']}  h_q {doc['h_q']}",
+        f"device:     {doc['device']}",
+        "time:       " + "  ".join(f"{k} {v:.2f}s" for k, v in s.items()) + f"  ({rate:.2f} M states/s)",
+    ]
+    if "out" in doc:
+        lines.append(f"wrote:      {doc['out']}")
+    return "\n".join(lines)
+
+
+def verify_paths(paths: tuple[str, ...] | list[str]) -> list[tuple[str, list[str]]]:
+    files: list[Path] = []
+    for p in map(Path, paths):
+        files.extend(sorted(p.rglob("*.parquet")) if p.is_dir() else [p])
+    return [(str(f), verify_shard(f)) for f in files]
+
+
+def _deal_line(d: DealBench) -> str:
+    ph = " ".join(f"{k} {v:.2f}" for k, v in d.phases.items())
+    w = d.write_seconds.get("zstd", next(iter(d.write_seconds.values()), 0.0))
+    return (
+        f"{d.seed:>8} {d.decl_id:>4} {d.states:>12,} {d.root_value:>+5} {d.seconds:>8.2f} "
+        f"{d.states_per_s / 1e6:>9.2f}  {ph}  write {w:.2f}"
+    )
+
+
+def bench_command(
+    seeds_text: str,
+    opp_seed: int | None,
+    compressions: tuple[str, ...],
+    json_path: str | None,
+    *,
+    warmup: bool = True,
+) -> dict[str, Any]:
+    seeds = parse_seeds(seeds_text)
+    comps = compressions or COMPRESSIONS
+    print(f"{'seed':>8} {'decl':>4} {'states':>12} {'root':>5} {'solve s':>8} {'M st/s':>9}  phases (s)")
+    sys.stdout.flush()
+    report = run_bench(
+        seeds, opp_seed=opp_seed, compressions=tuple(comps), warmup=warmup,
+        progress=lambda d: print(_deal_line(d), flush=True),
+    )  # fmt: skip
+    doc = report.to_json()
+    print(
+        f"total: {doc['total_states']:,} states in {doc['solve_seconds']:.2f} s of solving = "
+        f"{doc['states_per_s'] / 1e6:.2f} M states/s on {doc['device']} (jax {doc['jax']}); "
+        f"warm-up {doc['warmup_seconds']:.1f} s"
+    )
+    print(
+        "shard write, s per million rows: "
+        + ", ".join(f"{c} {v:.3f}" for c, v in doc["write_seconds_per_million_rows"].items())
+    )
+    print(
+        f"peak memory: {doc['peak_bytes'] / 2**30:.2f} GiB ({doc['peak_kind']}), "
+        f"{doc['peak_bytes_per_state']:.0f} bytes per state of the largest deal"
+    )
+    if json_path:
+        tmp = f"{json_path}.tmp{os.getpid()}"
+        with open(tmp, "w") as fh:
+            json.dump(doc, fh, indent=2)
+        os.replace(tmp, json_path)
+        print(f"wrote {json_path}")
+    return doc
