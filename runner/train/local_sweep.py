@@ -28,7 +28,7 @@ def run_local(
     price = local_price(spec)
     timeout = float(spec.compute.timeout_s)
     worst = timeout * price / 3600.0
-    root = str(data.root)
+    root = data.root
     workers = max(1, spec.compute.workers)
 
     def stop_for_budget(rest: list[Trial]) -> None:

@@ -112,6 +112,11 @@ def init_params(cfg: TrainConfig, key: jax.Array) -> Any:
     return build_model(cfg).init(key, jnp.zeros((1, N_FEATURES), F32))
 
 
+def _init_state(cfg: TrainConfig, tx: optax.GradientTransformation, key: jax.Array) -> tuple[Any, Any]:
+    params = init_params(cfg, key)
+    return params, tx.init(params)
+
+
 def make_optimizer(cfg: TrainConfig) -> optax.GradientTransformation:
     warmup = min(cfg.warmup, cfg.steps)
     schedule = optax.warmup_cosine_decay_schedule(
@@ -181,8 +186,8 @@ def train(
     tx = make_optimizer(cfg)
     root = jax.random.key(cfg.seed)
     init_key, data_key, dropout_root = jax.random.split(root, 3)
-    params = init_params(cfg, init_key)
-    opt_state = tx.init(params)
+    # one compiled call instead of dozens of eagerly dispatched (and compiled) small ops
+    params, opt_state = jax.jit(lambda k: _init_state(cfg, tx, k))(init_key)
     chunk = _chunk_size(cfg)
     bsz = cfg.batch_size
 

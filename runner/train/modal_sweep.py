@@ -19,21 +19,32 @@ from __future__ import annotations
 
 import sys
 from dataclasses import dataclass
+from pathlib import PurePosixPath
 from typing import Any
 
 import modal
+import modal.exception
 
 from runner.backends.modal import (
     IMAGE_REQUIREMENTS,
     MOUNT,
     _check_name,
     _retries,
-    container_store_root,
     gpu_from_device,
     require_credentials,
+    volume_root,
 )
 from runner.spec.model import SweepSpec
-from runner.train.sweep import Budget, DataPlan, Event, SweepOutcome, Trial, payload, record_result
+from runner.train.sweep import (
+    Budget,
+    DataPlan,
+    Event,
+    SweepOutcome,
+    Trial,
+    payload,
+    pick_shards,
+    record_result,
+)
 from runner.train.trial import run_trial
 
 FUNCTION_NAME = "train_trial"
@@ -111,6 +122,33 @@ def worst_case_usd(spec: SweepSpec) -> float:
     return float(spec.compute.timeout_s) * dearest / 3600.0
 
 
+def resolve_volume_data(spec: SweepSpec, data_dir: str | None = None) -> DataPlan:
+    """The finished shards on the data job's volume: under ``data_dir`` (a folder inside the
+    volume) or by default the job's output root there. Needs credentials and Modal.
+
+    A shard is there only once complete (written under a temporary name, then renamed), so
+    listing the split folders is enough.
+    """
+    require_credentials()
+    job = spec.data.job
+    inside = PurePosixPath(data_dir.strip("/")) if data_dir else volume_root(job)
+    volume = modal.Volume.from_name(job.output.volume)
+    names: dict[str, set[str]] = {}
+    for split in (spec.data.train_split, spec.data.val_split):
+        try:
+            entries = volume.listdir(str(inside / split))
+        except modal.exception.NotFoundError:
+            entries = []
+        names[split] = {PurePosixPath(e.path).name for e in entries}
+    return pick_shards(
+        spec,
+        str(PurePosixPath(MOUNT) / inside),
+        lambda t: t.filename in names[t.split],
+        where=f"volume {job.output.volume}:/{inside}",
+        backend="modal",
+    )
+
+
 def run_modal(
     spec: SweepSpec,
     data: DataPlan,
@@ -123,7 +161,7 @@ def run_modal(
     compiled = compile_sweep(spec)
     prices = dict(spec.pricing)
     worst = worst_case_usd(spec)
-    root = container_store_root(spec.data.job)
+    root = data.root
     limit = time_limit_s(spec.compute.timeout_s)
     queue = list(todo)
     # leaving this block (Ctrl+C included) stops the app and its containers

@@ -28,7 +28,6 @@ from typing import Any
 from runner.spec import plan, pricing
 from runner.spec.model import JobSpec, ShardTask, SweepSpec
 from runner.store.shards import job_root
-from runner.train.data import DataError
 from runner.train.loop import TrainConfig, make_config
 
 BACKENDS = ("local", "modal")
@@ -46,7 +45,7 @@ class DataPlan:
     """The shards a sweep reads: relative paths below ``root``, finished ones only."""
 
     job_name: str
-    root: Path
+    root: str  # where run_trial finds them: a local folder, or a path inside a container
     train_split: str
     val_split: str
     train: tuple[str, ...]
@@ -123,28 +122,32 @@ def split_tasks(job: JobSpec, split: str) -> list[ShardTask]:
     return [t for t in plan.iter_tasks(job) if t.split == split]
 
 
-def resolve_data(spec: SweepSpec, data_dir: str | os.PathLike[str] | None = None) -> DataPlan:
-    """Find the finished shards of the data job's train and val splits.
+def pick_shards(
+    spec: SweepSpec,
+    root: str,
+    is_done: Callable[[ShardTask], bool],
+    *,
+    where: str,
+    backend: str = "local",
+) -> DataPlan:
+    """The finished shards of the data job's train and val splits (``is_done`` decides).
 
-    ``data_dir`` is the folder holding the job's split folders (its output root); by
-    default the job's own output root. Missing shards are left out (a note says how many);
-    a split with no finished shard at all is an error that says how to make them.
+    Missing shards are left out (the progress output says how many); a split with no
+    finished shard at all is an error that says how to make them.
     """
-    from runner.oracle.shard import quick_check
-
     job = spec.data.job
-    root = Path(data_dir) if data_dir is not None else job_root(job)
     job_file = _shown(spec.data.job_path)
     picked: dict[str, tuple[str, ...]] = {}
     planned: dict[str, int] = {}
     for split in (spec.data.train_split, spec.data.val_split):
         tasks = split_tasks(job, split)
         planned[split] = len(tasks)
-        done = tuple(t.relpath for t in tasks if (root / t.relpath).exists() and quick_check(root / t.relpath) is None)
+        done = tuple(t.relpath for t in tasks if is_done(t))
         if not done:
+            run = f"forge run {job_file}" + (" --backend modal" if backend == "modal" else "")
             raise SweepError(
-                f"no finished shards of split '{split}' of {job_file} under {root} "
-                f"({len(tasks)} planned): run `forge run {job_file}` first, or point --data at them"
+                f"no finished shards of split '{split}' of {job_file} in {where} "
+                f"({len(tasks)} planned): run `{run}` first, or point --data at them"
             )
         picked[split] = done
     return DataPlan(
@@ -159,6 +162,20 @@ def resolve_data(spec: SweepSpec, data_dir: str | os.PathLike[str] | None = None
         max_val_rows=spec.data.max_val_rows,
         seed=spec.train.seed,
     )
+
+
+def resolve_data(spec: SweepSpec, data_dir: str | os.PathLike[str] | None = None) -> DataPlan:
+    """The finished shards on this machine: under ``data_dir`` (the folder holding the
+    job's split folders) or by default the job's own output root."""
+    from runner.oracle.shard import quick_check
+
+    root = Path(data_dir) if data_dir is not None else job_root(spec.data.job)
+
+    def done(t: ShardTask) -> bool:
+        path = root / t.relpath
+        return path.is_file() and quick_check(path) is None
+
+    return pick_shards(spec, str(root), done, where=str(root))
 
 
 def _shown(path: Path) -> str:
@@ -416,10 +433,12 @@ def run_sweep(
     if backend not in BACKENDS:
         raise SweepError(f"unknown backend {backend!r}; choose one of {', '.join(BACKENDS)}")
     emit: Event = on_event or (lambda kind, info: None)
-    try:
+    if backend == "local":
         data = resolve_data(spec, data_dir)
-    except DataError as e:
-        raise SweepError(str(e)) from None
+    else:
+        from runner.train.modal_sweep import resolve_volume_data
+
+        data = resolve_volume_data(spec, None if data_dir is None else str(data_dir))
     out = Path(out_dir) if out_dir is not None else default_out_dir(spec)
     trials = expand(spec, data)
     records = read_records(out)

@@ -1,0 +1,142 @@
+"""``forge sweep`` end to end, as a user runs it: real processes, real shards, real files."""
+
+from __future__ import annotations
+
+import csv
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+FORGE = [shutil.which("forge", path=str(Path(sys.executable).parent)) or "forge"]
+
+SWEEP = """\
+version: 1
+name: tiny-sweep
+kind: sweep
+data: {{job: tiny.yaml, train_split: train, val_split: val}}
+search:
+  method: grid
+  parameters: {{lr: {lrs}, hidden: [16], layers: [1], batch_size: [64]}}
+train: {{steps: 200, eval_every: 100, seed: 0}}
+objective: {{metric: val_accuracy, goal: max}}
+compute: {{timeout_s: {timeout}}}
+budget: {{max_usd: {max_usd}}}
+{extra}"""
+
+
+def sweep_file(folder: Path, lrs: str = "[0.001, 0.01]", timeout: int = 600, max_usd: float = 1, extra: str = "") -> Path:
+    path = folder / "sweep.yaml"
+    path.write_text(SWEEP.format(lrs=lrs, timeout=timeout, max_usd=max_usd, extra=extra))
+    return path
+
+
+def forge(*args: str, cwd: Path) -> subprocess.CompletedProcess[str]:
+    env = dict(os.environ, COLUMNS="200")
+    return subprocess.run(
+        [*FORGE, *args], cwd=cwd, env=env, capture_output=True, text=True, timeout=600
+    )
+
+
+@pytest.fixture
+def project(sample_store: Path, tmp_path: Path) -> Path:
+    """A working folder with the tiny job, its shards under shards/tiny, and no results yet."""
+    shutil.copy(sample_store / "tiny.yaml", tmp_path / "tiny.yaml")
+    shutil.copytree(sample_store / "shards", tmp_path / "shards")
+    return tmp_path
+
+
+def _mtimes(folder: Path) -> dict[str, int]:
+    return {str(p.relative_to(folder)): p.stat().st_mtime_ns for p in sorted(folder.rglob("*")) if p.is_file()}
+
+
+def test_sweep_trains_ranks_and_resumes(project: Path) -> None:
+    sweep_file(project)
+    r = forge("sweep", "sweep.yaml", cwd=project)
+    assert r.returncode == 0, r.stdout + r.stderr
+    out = project / "sweeps" / "tiny-sweep"
+    results = json.loads((out / "results.json").read_text())
+    assert len(results) == 2
+    assert {json.dumps(t["params"], sort_keys=True) for t in results} == {
+        json.dumps({"batch_size": 64, "hidden": 16, "layers": 1, "lr": lr}, sort_keys=True)
+        for lr in (0.001, 0.01)
+    }
+    for t in results:
+        assert t["status"] == "finished"
+        for k in ("val_accuracy", "q_gap", "blunder_rate"):
+            assert isinstance(t["metrics"][k], float)
+        assert 0 <= t["metrics"]["val_accuracy"] <= 1 and t["metrics"]["q_gap"] >= 0
+        assert Path(project / t["checkpoint"]).stat().st_size > 0
+    acc = [t["metrics"]["val_accuracy"] for t in results]
+    assert acc == sorted(acc, reverse=True)  # best first
+    with (out / "results.csv").open() as fh:
+        rows = list(csv.DictReader(fh))
+    assert [row["trial_id"] for row in rows] == [t["trial_id"] for t in results]
+    assert rows[0]["rank"] == "1"
+    # the table, then the best config and its checkpoint, last
+    for t in results:
+        assert t["trial_id"] in r.stdout
+    lines = r.stdout.strip().splitlines()
+    assert lines[-2].startswith(f"best: trial {results[0]['trial_id']}")
+    assert lines[-1] == f"checkpoint: {results[0]['checkpoint']}"
+    assert "Traceback" not in r.stderr
+
+    # a rerun trains nothing and changes nothing
+    before = _mtimes(out)
+    again = forge("sweep", "sweep.yaml", cwd=project)
+    assert again.returncode == 0, again.stdout + again.stderr
+    assert "nothing to run" in again.stdout
+    assert _mtimes(out) == before
+    assert again.stdout.strip().splitlines()[-1] == lines[-1]
+
+    # one more value: only the new config trains
+    sweep_file(project, lrs="[0.001, 0.01, 0.003]")
+    more = forge("sweep", "sweep.yaml", cwd=project)
+    assert more.returncode == 0, more.stdout + more.stderr
+    assert "1 of 3 trials to run" in more.stdout and "(2 finished earlier)" in more.stdout
+    assert {p: m for p, m in _mtimes(out).items() if p.startswith("trials/")}.items() >= {
+        p: m for p, m in before.items() if p.startswith("trials/")
+    }.items()
+    assert len(json.loads((out / "results.json").read_text())) == 3
+
+
+def test_missing_shards_say_how_to_make_them(project: Path) -> None:
+    sweep_file(project)
+    shutil.rmtree(project / "shards" / "tiny" / "val")
+    r = forge("sweep", "sweep.yaml", cwd=project)
+    assert r.returncode == 1
+    assert "no finished shards of split 'val' of tiny.yaml" in r.stderr
+    assert "forge run tiny.yaml" in r.stderr
+    assert "Traceback" not in r.stderr
+    assert not (project / "sweeps").exists()
+
+
+def test_data_and_out_flags_and_the_budget_guard(project: Path, tmp_path_factory: pytest.TempPathFactory) -> None:
+    elsewhere = tmp_path_factory.mktemp("data")
+    shutil.move(project / "shards" / "tiny", elsewhere / "tiny")
+    # $1 per second locally: a trial's worst case (its 60 s timeout) is $60, over the $5 cap
+    sweep_file(project, timeout=60, max_usd=5, extra="pricing: {local: 3600}\n")
+    results = tmp_path_factory.mktemp("results")
+    r = forge("sweep", "sweep.yaml", "--data", str(elsewhere / "tiny"), "--out", str(results), cwd=project)
+    assert r.returncode == 1, r.stdout + r.stderr
+    assert "budget" in r.stdout and "2 trial(s) not started" in r.stdout
+    table = json.loads((results / "results.json").read_text())
+    assert [t["status"] for t in table] == ["budget", "budget"]
+    assert not (results / "checkpoints").exists()
+    assert not (project / "sweeps").exists()
+
+
+def test_modal_backend_without_credentials_fails_fast(project: Path, tmp_path: Path) -> None:
+    from runner.backends.modal import credentials_found
+
+    if credentials_found():
+        pytest.skip("Modal credentials are configured here; this checks their absence")
+    sweep_file(project)
+    r = forge("sweep", "sweep.yaml", "--backend", "modal", cwd=project)
+    assert r.returncode == 2
+    assert "Modal credentials not found" in r.stderr
+    assert "Traceback" not in r.stderr

@@ -1,0 +1,83 @@
+"""Shared fixtures. Each section belongs to one layer; keep additions in your own section."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+# CI checks the repository out with ../shared beside it (fixtures and specs)
+SHARED = REPO.parent / "shared"
+
+
+# --- training (runner/train) ------------------------------------------------------------
+
+# Rows of the full oracle table of standard seed 30, declaration 0 (ORACLE.md), drawn by
+# the reference oracle: real positions from every stage of a hand, without solving a deal.
+SAMPLE = SHARED / "fixtures" / "seed30_decl0_sample.jsonl"
+
+TINY_JOB = """\
+version: 1
+name: tiny
+kind: oracle
+deals:
+  mode: standard
+  base_seeds: {list: [30, 930]}   # 30 lands in train, 930 in val
+  decl: auto                      # 30 % 10 = 930 % 10 = 0, the sample's declaration
+output:
+  root: shards/tiny
+budget:
+  max_usd: 1
+"""
+
+
+def write_sample_shards(root: Path) -> Path:
+    """A tiny oracle job's store under ``root``: the sample's rows split into a train shard
+    (seed 30) and a val shard (planned as seed 930, holding seed 30's rows and deal in its
+    metadata, so rows and hands agree). Returns the job file (``root/tiny.yaml``)."""
+    import json
+    from types import SimpleNamespace
+
+    import numpy as np
+
+    from runner.oracle.deal import deal_hands
+    from runner.oracle.shard import write_shard
+
+    rows = [json.loads(line) for line in SAMPLE.read_text().splitlines() if line.strip()]
+    order = np.random.default_rng(0).permutation(len(rows))
+    cut = len(rows) * 4 // 5
+    for seed, split, picked in ((30, "train", order[:cut]), (930, "val", order[cut:])):
+        sel = sorted(picked, key=lambda i: rows[i]["state"])
+        sol = SimpleNamespace(
+            hands=deal_hands(30),
+            decl_id=0,
+            states=np.array([rows[i]["state"] for i in sel], np.int64),
+            V=np.array([rows[i]["V"] for i in sel], np.int8),
+            Q=np.array([rows[i]["q"] for i in sel], np.int8).reshape(-1, 7),
+            root_value=40,
+            device="reference",
+        )
+        path = root / "shards" / "tiny" / split / f"seed_{seed:08d}_decl_0.parquet"
+        write_shard(path, sol, base_seed=seed, opp_seed=None)
+    job = root / "tiny.yaml"
+    job.write_text(TINY_JOB)
+    return job
+
+
+@pytest.fixture(scope="session")
+def sample_rows() -> Path:
+    """The seed-30 sample (JSON lines of state, V, q)."""
+    if not SAMPLE.exists():
+        pytest.skip(f"fixture sample not found: {SAMPLE}")
+    return SAMPLE
+
+
+@pytest.fixture(scope="session")
+def sample_store(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A folder with ``tiny.yaml`` and its two shards under ``shards/tiny`` (read-only use)."""
+    if not SAMPLE.exists():
+        pytest.skip(f"fixture sample not found: {SAMPLE}")
+    root = tmp_path_factory.mktemp("sample_store")
+    write_sample_shards(root)
+    return root

@@ -1,0 +1,94 @@
+"""Reading training rows from shards: subsets, seeds, row groups, terminal rows, bad files."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+
+from runner.train.data import DataError, load_rows, shard_info
+from runner.train.features import split_states
+
+
+def _shards(store: Path) -> list[Path]:
+    return sorted((store / "shards" / "tiny").glob("*/*.parquet"))
+
+
+def _source(paths: list[Path]) -> dict[int, tuple[int, ...]]:
+    out: dict[int, tuple[int, ...]] = {}
+    for p in paths:
+        t = pq.read_table(p)
+        q = np.stack([t.column(f"q{i}").to_numpy() for i in range(7)], axis=1)
+        for s, row in zip(t.column("state").to_numpy(), q, strict=True):
+            out[int(s)] = tuple(int(v) for v in row)
+    return out
+
+
+def _loaded(ds) -> dict[int, tuple[int, ...]]:  # type: ignore[no-untyped-def]
+    states = (ds.hi.astype(np.int64) << 28) | ds.lo.astype(np.int64)
+    return {int(s): tuple(int(v) for v in row) for s, row in zip(states, ds.q, strict=True)}
+
+
+def test_all_rows_with_their_deal(sample_store: Path) -> None:
+    paths = _shards(sample_store)
+    ds = load_rows(paths, None, seed=0)
+    src = _source(paths)
+    terminal = sum(1 for q in src.values() if all(v == -128 for v in q))
+    assert len(ds) == len(src) - terminal and ds.source_rows == len(src)
+    assert _loaded(ds).items() <= src.items()
+    assert ds.hands.shape == (2, 4, 7) and ds.hands.dtype == np.int32
+    assert ds.decls.tolist() == [0, 0]
+    meta = json.loads(pq.read_schema(paths[0]).metadata[b"hands"])
+    assert ds.hands[0].tolist() == meta
+    assert set(np.unique(ds.shard).tolist()) == {0, 1}
+
+
+def test_subset_is_seeded_and_spread_over_row_groups(sample_store: Path, tmp_path: Path) -> None:
+    # the same rows re-written in row groups of 100, to read group by group
+    src_path = _shards(sample_store)[0]
+    table = pq.read_table(src_path)
+    small = tmp_path / "grouped.parquet"
+    pq.write_table(table, small, row_group_size=100)
+    assert pq.ParquetFile(small).metadata.num_row_groups > 10
+    a = load_rows([small], 500, seed=1)
+    b = load_rows([small], 500, seed=1)
+    c = load_rows([small], 500, seed=2)
+    assert 490 <= len(a) <= 500  # terminal rows drawn are dropped after drawing
+    assert np.array_equal(a.lo, b.lo) and np.array_equal(a.q, b.q)
+    assert not np.array_equal(a.lo, c.lo)
+    src = _source([small])
+    assert _loaded(a).items() <= src.items()
+    # drawn from the whole file, not its first groups
+    states = np.sort(table.column("state").to_numpy())
+    lo_a, hi_a = split_states(states)
+    drawn = (a.hi.astype(np.int64) << 28) | a.lo.astype(np.int64)
+    assert drawn.max() > states[int(0.9 * len(states))]
+    assert lo_a.dtype == np.int32 and hi_a.dtype == np.int32
+
+
+def test_row_budget_is_shared_by_size(sample_store: Path) -> None:
+    paths = _shards(sample_store)
+    ds = load_rows(paths, 1000, seed=0)
+    per = np.bincount(ds.shard, minlength=2)
+    rows = [pq.ParquetFile(p).metadata.num_rows for p in paths]
+    assert abs(per[0] / per.sum() - rows[0] / sum(rows)) < 0.1
+
+
+def test_bad_files_are_user_errors(tmp_path: Path, sample_store: Path) -> None:
+    junk = tmp_path / "junk.parquet"
+    junk.write_bytes(b"not parquet at all")
+    with pytest.raises(DataError, match="not a readable shard"):
+        shard_info(junk)
+    table = pq.read_table(_shards(sample_store)[0]).replace_schema_metadata({"decl_id": "0"})
+    nodeal = tmp_path / "nodeal.parquet"
+    pq.write_table(table, nodeal)
+    with pytest.raises(DataError, match="lacks the deal"):
+        shard_info(nodeal)
+    nocols = tmp_path / "nocols.parquet"
+    pq.write_table(pa.table({"state": pa.array([1], pa.int64())}), nocols)
+    with pytest.raises(DataError, match="no column q0"):
+        shard_info(nocols)

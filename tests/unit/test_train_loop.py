@@ -1,0 +1,77 @@
+"""The training loop: configs, float32 under x64, reproducibility, the time limit, checkpoints."""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+import jax
+import numpy as np
+import pytest
+
+from runner.train.data import Dataset, load_rows
+from runner.train.loop import (
+    TrainConfig,
+    _chunk_size,
+    make_config,
+    params_from_bytes,
+    params_to_bytes,
+    train,
+)
+
+
+@pytest.fixture(scope="module")
+def data(sample_store: Path) -> tuple[Dataset, Dataset]:
+    root = sample_store / "shards" / "tiny"
+    return (
+        load_rows(sorted((root / "train").glob("*.parquet")), None, 0),
+        load_rows(sorted((root / "val").glob("*.parquet")), None, 0),
+    )
+
+
+TINY = {"hidden": 16, "layers": 1, "batch_size": 64, "lr": 3e-3}
+
+
+def test_make_config_checks_names_and_values() -> None:
+    cfg = make_config({"lr": 1e-3, "batch_size": 512.0}, steps=100, eval_every=50, seed=3)
+    assert cfg.batch_size == 512 and isinstance(cfg.batch_size, int) and cfg.seed == 3
+    assert cfg.warmup == 5  # 5% of steps by default
+    with pytest.raises(ValueError, match="unknown hyperparameter momentum"):
+        make_config({"momentum": 0.9}, steps=10, eval_every=10, seed=0)
+    with pytest.raises(ValueError, match="dropout must be in"):
+        make_config({"dropout": 1.0}, steps=10, eval_every=10, seed=0)
+
+
+def test_chunks_land_on_evaluations() -> None:
+    for steps, every in ((2000, 500), (300, 100), (301, 100), (7, 7), (96, 64)):
+        cfg = TrainConfig(steps=steps, eval_every=every)
+        c = _chunk_size(cfg)
+        assert steps % c == 0 and every % c == 0 and c <= 32
+
+
+def test_training_is_float32_under_x64_and_reproducible(data: tuple[Dataset, Dataset]) -> None:
+    train_ds, val_ds = data
+    cfg = make_config(TINY, steps=8, eval_every=4, seed=0)
+    # the solver turns x64 on process-wide; nothing here may turn into float64
+    with jax.enable_x64(True):
+        a = train(cfg, train_ds, val_ds)
+    b = train(cfg, train_ds, val_ds)
+    dtypes = {leaf.dtype for leaf in jax.tree_util.tree_leaves(a.params)}
+    assert dtypes == {np.dtype("float32")}
+    assert [h["step"] for h in a.history] == [4.0, 8.0] and a.steps_done == 8
+    for k in ("val_accuracy", "q_gap", "blunder_rate", "val_loss", "train_loss"):
+        assert np.isfinite(a.metrics[k])
+    assert 0 <= a.metrics["val_accuracy"] <= 1 and a.metrics["q_gap"] >= 0
+    assert a.metrics == pytest.approx(b.metrics, rel=1e-5)
+    # the checkpoint round-trips
+    back = params_from_bytes(cfg, params_to_bytes(a.params))
+    for x, y in zip(jax.tree_util.tree_leaves(a.params), jax.tree_util.tree_leaves(back), strict=True):
+        np.testing.assert_array_equal(np.asarray(x), np.asarray(y))
+
+
+def test_a_passed_deadline_stops_early_but_keeps_the_trial(data: tuple[Dataset, Dataset]) -> None:
+    train_ds, val_ds = data
+    cfg = make_config(TINY, steps=64, eval_every=64, seed=0)
+    r = train(cfg, train_ds, val_ds, deadline=time.time() - 1)
+    assert r.stopped_early and r.steps_done < 64
+    assert len(r.history) == 1 and np.isfinite(r.metrics["val_accuracy"])
