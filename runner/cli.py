@@ -498,7 +498,7 @@ def solve(
     import json
     from pathlib import Path
 
-    from runner.oracle.report import solve_report, solve_and_write
+    from runner.oracle.report import solve_and_write, solve_report
 
     decl_id = _decl_option(decl)
     if out is not None and Path(out).exists() and not force:

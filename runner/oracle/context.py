@@ -67,13 +67,10 @@ for _r in range(8):
     MASKS_BY_COUNT.append(_ms)
 # NTH_BIT[m, a]: local index of the a-th set bit of m (7 when m has fewer bits)
 NTH_BIT = np.full((128, 8), 7, np.int32)
-# SLOT_OF[m, x]: position of bit x among the set bits of m (7 when x is not in m)
-SLOT_OF = np.full((128, 8), 7, np.int32)
 for _m in range(128):
     _bits = [x for x in range(7) if _m >> x & 1]
     for _a, _x in enumerate(_bits):
         NTH_BIT[_m, _a] = _x
-        SLOT_OF[_m, _x] = _a
 
 
 def n_boundaries(r: int) -> int:

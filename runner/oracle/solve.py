@@ -36,10 +36,9 @@ import numpy as np  # noqa: E402
 
 from runner.oracle.context import (  # noqa: E402
     MASK_RANK,
-    POPCOUNT,
     MASKS_BY_COUNT,
     NTH_BIT,
-    SLOT_OF,
+    POPCOUNT,
     DealContext,
     make_context,
     n_boundaries,
@@ -386,20 +385,52 @@ def solve_deal(
     hands: Hands | list[list[int]], decl_id: int, *, leaf_budget: int | None = None
 ) -> Solution:
     """Solve one deal exactly: every reachable state, sorted, with V and Q."""
+    return solve_position(hands, decl_id, leader=0, masks=(0x7F,) * 4, leaf_budget=leaf_budget)
+
+
+def boundary_index(leader: int, masks: tuple[int, ...] | list[int]) -> tuple[int, int]:
+    """(tricks played, dense index) of the trick-boundary state with these hand masks."""
+    r = int(POPCOUNT[masks[0]])
+    if any(int(POPCOUNT[m]) != r for m in masks) or not 0 <= leader < 4:
+        raise ValueError("at a trick boundary every seat holds the same number of tiles")
+    c = comb(7, r)
+    idx = leader
+    for s in (3, 2, 1, 0):
+        idx = idx * c + int(MASK_RANK[masks[s]])
+    return 7 - r, idx
+
+
+def solve_position(
+    hands: Hands | list[list[int]],
+    decl_id: int,
+    *,
+    leader: int,
+    masks: tuple[int, ...] | list[int],
+    leaf_budget: int | None = None,
+) -> Solution:
+    """Solve the game from a trick-boundary state (``masks``: each seat's 7-bit mask of local
+    indices still held, all of one size; ``leader`` to lead). ``solve_deal`` starts from the
+    initial state; a later start solves the rest of the hand (the states it can reach)."""
     hands = tuple(tuple(int(t) for t in h) for h in hands)
     ctx_np = make_context(hands, decl_id)
     enable_compile_cache()
-    return _solve(hands, decl_id, ctx_np, leaf_budget or default_leaf_budget())
+    start = boundary_index(leader, masks)
+    return _solve(hands, decl_id, ctx_np, leaf_budget or default_leaf_budget(), start)
 
 
-def _solve(hands: Hands, decl_id: int, ctx_np: DealContext, leaf_budget: int) -> Solution:
+def _solve(
+    hands: Hands, decl_id: int, ctx_np: DealContext, leaf_budget: int, start: tuple[int, int]
+) -> Solution:
     timings: dict[str, float] = {}
     ctx = tuple(jnp.asarray(a) for a in ctx_np.as_tuple())
+    t_start, b_start = start
 
     # forward: reachable boundaries of each trick (trick t has r = 7 - t tiles per hand)
     t0 = time.perf_counter()
-    bounds: list[np.ndarray] = [np.zeros(1, np.int32)]  # the initial state: leader 0, full hands
-    for t in range(7):
+    bounds: list[np.ndarray] = [np.zeros(0, np.int32)] * t_start + [
+        np.array([b_start], np.int32)
+    ]
+    for t in range(t_start, 7):
         r = 7 - t
         reach = jnp.zeros(n_boundaries(r - 1), bool)
         for bidx, valid, _ in _chunks(bounds[t], chunk_size(r, leaf_budget, len(bounds[t]))):
@@ -421,14 +452,14 @@ def _solve(hands: Hands, decl_id: int, ctx_np: DealContext, leaf_budget: int) ->
         [term_rows.view(np.int64).ravel()],
     )
     root = 0
-    for t in range(6, -1, -1):
+    for t in range(6, t_start - 1, -1):
         r = 7 - t
         v_dense = jnp.zeros(n_boundaries(r), jnp.int8)
         for bidx, valid, n_valid in _chunks(bounds[t], chunk_size(r, leaf_budget, len(bounds[t]))):
             v0, keys, order, rows, oks = _backward_chunk(ctx, bidx, v_next, r=r)
             v_dense = _scatter_v(v_dense, bidx, valid, v0)
             _collect(parts, keys, order, rows, oks, n_valid)
-            if t == 0:
+            if t == t_start:
                 root = int(np.asarray(v0)[0])
         v_next = v_dense
     timings["values"] = time.perf_counter() - t0
