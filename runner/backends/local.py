@@ -42,7 +42,7 @@ from runner.backends import task as task_mod
 from runner.backends.base import Backend, RunContext, SurveyState, TaskRequest, Tier
 from runner.backends.task import TaskResult, TaskRun, run_task
 from runner.spec.model import Commit, JobSpec, ShardTask
-from runner.store.claims import LocalClaims, is_stale, pid_alive, this_host
+from runner.store.claims import LocalClaims, clear_stale, is_stale, pid_alive, this_host
 from runner.store.shards import ShardStore, job_root
 
 LOCAL_GPU = "local"  # the price-table name of this machine
@@ -304,6 +304,9 @@ class LocalBackend(Backend):
             if chk.state == "unrecorded" and not live:
                 with contextlib.suppress(Exception):
                     self.store.recover_record(t)
+            if chk.state in ("done", "unrecorded") and claim is not None and not live:
+                # Its claimer died after finishing it: nobody else would remove the lock.
+                clear_stale(self.claims, t.key, claim, self.ctx.run_id)
             if chk.state in ("done", "unrecorded"):
                 out[t.key] = "done"
             elif chk.state == "skipped":

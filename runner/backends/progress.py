@@ -145,6 +145,8 @@ class RunDisplay:
         self.console.print(t)
         if s.manifest:
             self.console.print(f"manifest: {s.manifest}")
+        for note in s.notes:
+            self.console.print(f"note: {note}")
         for f in s.failures[:20]:
             first = (f.get("error") or "").splitlines()[0] if f.get("error") else "?"
             self.console.print(f"[red]failed[/red] {f['key']} after {f['attempts']} attempt(s): {first}")

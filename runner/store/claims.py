@@ -92,7 +92,12 @@ def pid_alive(pid: int) -> bool:
         return False
     except PermissionError:  # exists, owned by someone else
         return True
-    return True
+    # A killed process stays a zombie until it is reaped; it is not working on anything.
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return True
+    return stat.rsplit(")", 1)[-1].split()[:1] != ["Z"]
 
 
 def is_stale(
@@ -205,6 +210,19 @@ class LocalClaims:
         for p in self.root.rglob("*" + LOCK_SUFFIX):
             rel = p.relative_to(self.root).as_posix()
             yield rel.removesuffix(LOCK_SUFFIX)
+
+
+def clear_stale(claims: ClaimTable, key: str, stale: Claim, run_id: str = "cleanup") -> bool:
+    """Remove a stale claim (of a shard that is finished anyway); True if removed.
+
+    Goes through ``replace`` so that a claim somebody took over meanwhile is
+    left alone.
+    """
+    mine = make_claim(run_id, key)
+    if claims.replace(key, stale, mine):
+        claims.delete(key)
+        return True
+    return False
 
 
 def release(claims: ClaimTable, key: str, mine: Claim) -> bool:

@@ -139,3 +139,33 @@ def test_exactly_one_process_wins_a_race(tmp_path: Path) -> None:
     for p in procs:
         p.join()
     assert sum(wins) == 1
+
+
+def test_a_zombie_is_not_alive() -> None:
+    import subprocess
+    import sys
+
+    p = subprocess.Popen([sys.executable, "-c", "pass"])
+    deadline = time.monotonic() + 30
+    # Not reaped yet: the pid exists, as a zombie, until wait().
+    while Path(f"/proc/{p.pid}/stat").read_text().rsplit(")", 1)[-1].split()[0] != "Z":
+        assert time.monotonic() < deadline
+        time.sleep(0.01)
+    assert not pid_alive(p.pid)
+    p.wait()
+    assert not pid_alive(p.pid)
+    assert pid_alive(os.getpid())
+
+
+def test_clear_stale_removes_only_the_claim_it_saw(tmp_path: Path) -> None:
+    from runner.store.claims import clear_stale
+
+    claims = LocalClaims(tmp_path)
+    old = make_claim("dead", KEY, pid=_dead_pid())
+    claims.put_if_absent(KEY, old)
+    newer = make_claim("taker", KEY)
+    assert claims.replace(KEY, old, newer)
+    assert not clear_stale(claims, KEY, old)
+    assert same_claim(claims.get(KEY), newer)
+    assert clear_stale(claims, KEY, newer)
+    assert claims.get(KEY) is None

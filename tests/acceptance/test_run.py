@@ -1,0 +1,296 @@
+"""forge run / forge status end to end: real processes, real solves, real files.
+
+Deals are the smallest known (standard seed 30 with declaration 0: 3.8 M
+states; seed 1 with declaration 1: 5.2 M). The default suite runs two
+scenarios (run, rerun, repair of a truncated shard; a kill after the write);
+the other crash, concurrency, budget and Ctrl+C runs are marked slow.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from runner.oracle.shard import verify_shard
+
+FORGE = Path(sys.executable).with_name("forge")
+
+SMALL = {"train/seed_00000030_decl_0": 3_791_685, "train/seed_00000001_decl_1": 5_181_785}
+
+
+def write_job(d: Path, seeds: list[int], *, workers: int = 1, extra: str = "", max_usd: float = 1.0) -> Path:
+    job = d / "job.yaml"
+    job.write_text(
+        "version: 1\n"
+        "name: acc\n"
+        "kind: oracle\n"
+        "deals:\n"
+        "  mode: standard\n"
+        f"  base_seeds: {{list: {seeds}}}\n"
+        "  decl: auto\n"
+        "compute:\n"
+        f"  workers: {workers}\n"
+        "  retries: 0\n"
+        "budget:\n"
+        f"  max_usd: {max_usd}\n" + extra
+    )
+    return job
+
+
+def command(*args: str) -> list[str]:
+    if FORGE.exists():
+        return [str(FORGE), *args]
+    return [sys.executable, "-c", "from runner.cli import main; main()", *args]
+
+
+def clean_env(extra: dict[str, str] | None = None) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if k not in ("FORGE_FAULT", "FORGE_LOCAL_MODE")}
+    env.update(extra or {})
+    return env
+
+
+def forge(
+    *args: str, cwd: Path, env: dict[str, str] | None = None, timeout: float = 900
+) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        command(*args), cwd=cwd, env=clean_env(env), capture_output=True, text=True, timeout=timeout
+    )
+
+
+def start_forge(*args: str, cwd: Path) -> subprocess.Popen[str]:
+    return subprocess.Popen(
+        command(*args),
+        cwd=cwd,
+        env=clean_env(),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        start_new_session=True,
+    )
+
+
+def root(d: Path) -> Path:
+    return d / "shards" / "acc"
+
+
+def manifests(d: Path) -> list[dict[str, Any]]:
+    ms = [json.loads(p.read_text()) for p in (root(d) / "_runs").glob("*.json")]
+    return sorted(ms, key=lambda m: m["started"])
+
+
+def status(d: Path) -> dict[str, Any]:
+    r = forge("status", "job.yaml", "--json", cwd=d)
+    assert r.returncode == 0, r.stderr
+    return json.loads(r.stdout)
+
+
+def leftovers(d: Path) -> list[str]:
+    """Files that must not survive a finished run: claims, temporary and takeover files."""
+    return sorted(
+        p.relative_to(root(d)).as_posix()
+        for p in root(d).rglob("*")
+        if p.is_file() and (p.name.endswith(".lock") or ".tmp" in p.name or ".takeover-" in p.name)
+    )
+
+
+def assert_complete(d: Path, keys: list[str]) -> None:
+    """Every planned shard exists exactly once, verifies, has a record; nothing else is left."""
+    for key in keys:
+        path = root(d) / f"{key}.parquet"
+        assert verify_shard(path) == [], key
+        rec = json.loads((root(d) / f"{key}.json").read_text())
+        assert rec["status"] == "done" and rec["states"] == SMALL[key]
+    found = sorted(p.relative_to(root(d)).as_posix() for p in root(d).glob("*/*.parquet"))
+    assert found == sorted(f"{k}.parquet" for k in keys)
+    assert leftovers(d) == []
+
+
+def wait_for(cond: Any, timeout: float = 300.0) -> None:
+    t = time.monotonic() + timeout
+    while not cond():
+        if time.monotonic() > t:
+            raise AssertionError("timed out waiting")
+        time.sleep(0.1)
+
+
+# --- default suite ------------------------------------------------------------------
+
+
+def test_run_rerun_and_repair_of_a_truncated_shard(tmp_path: Path) -> None:
+    write_job(tmp_path, [30])
+    key = "train/seed_00000030_decl_0"
+    r = forge("run", "job.yaml", cwd=tmp_path)
+    assert r.returncode == 0, r.stdout + r.stderr
+    assert "All planned shards exist" in r.stdout
+    assert_complete(tmp_path, [key])
+    assert status(tmp_path)["totals"]["done"] == 1
+
+    # A rerun solves nothing.
+    shard = root(tmp_path) / f"{key}.parquet"
+    before = shard.stat().st_mtime_ns
+    r = forge("run", "job.yaml", cwd=tmp_path)
+    assert r.returncode == 0, r.stdout + r.stderr
+    assert shard.stat().st_mtime_ns == before
+    last = manifests(tmp_path)[-1]
+    assert last["counts"]["solved"] == 0 and last["counts"]["already_done"] == 1
+
+    # A truncated file under the final name: status says corrupt, run moves it aside and redoes it.
+    with open(shard, "r+b") as f:
+        f.truncate(shard.stat().st_size // 3)
+    st = status(tmp_path)
+    assert st["totals"]["corrupt"] == 1 and st["totals"]["done"] == 0
+    assert st["problems"][0]["key"] == key
+    r = forge("run", "job.yaml", cwd=tmp_path)
+    assert r.returncode == 0, r.stdout + r.stderr
+    assert "corrupt file was moved" in r.stdout
+    assert_complete(tmp_path, [key])
+    aside = list(shard.parent.glob(f"{shard.name}.corrupt-*"))
+    assert any(not p.name.endswith(".why") for p in aside)
+    assert manifests(tmp_path)[-1]["counts"]["quarantined"] == 1
+
+
+def test_kill_after_the_write_is_recovered_without_solving_again(tmp_path: Path) -> None:
+    write_job(tmp_path, [30])
+    key = "train/seed_00000030_decl_0"
+    r = forge("run", "job.yaml", cwd=tmp_path, env={"FORGE_FAULT": "after_write"})
+    assert r.returncode == -signal.SIGKILL, r.stdout + r.stderr
+    # Killed with the shard renamed into place, before its record, with its claim held.
+    assert (root(tmp_path) / f"{key}.parquet").exists()
+    assert not (root(tmp_path) / f"{key}.json").exists()
+    assert (root(tmp_path) / f"{key}.lock").exists()
+    assert status(tmp_path)["totals"]["done"] == 1
+    r = forge("run", "job.yaml", cwd=tmp_path)
+    assert r.returncode == 0, r.stdout + r.stderr
+    assert manifests(tmp_path)[-1]["counts"]["solved"] == 0
+    rec = json.loads((root(tmp_path) / f"{key}.json").read_text())
+    assert rec["recovered"] is True
+    assert_complete(tmp_path, [key])
+
+
+# --- slow: crashes, concurrency, budget, Ctrl+C, the GPU layout -------------------------
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("point", ["before_write", "during_write", "after_write"])
+def test_kill_at_each_point_then_rerun(tmp_path: Path, point: str) -> None:
+    write_job(tmp_path, [30, 1])
+    keys = list(SMALL)
+    r = forge("run", "job.yaml", cwd=tmp_path, env={"FORGE_FAULT": point})
+    assert r.returncode == -signal.SIGKILL, r.stdout + r.stderr
+    locks = list(root(tmp_path).rglob("*.lock"))
+    assert len(locks) == 1, "the dead run's claim is left behind"
+    tmps = [p for p in root(tmp_path).rglob("*") if ".tmp" in p.name]
+    assert bool(tmps) == (point == "during_write")
+    st = status(tmp_path)
+    assert st["totals"]["stale"] == (0 if point == "after_write" else 1)
+    r = forge("run", "job.yaml", cwd=tmp_path)
+    assert r.returncode == 0, r.stdout + r.stderr
+    assert_complete(tmp_path, keys)
+    last = manifests(tmp_path)[-1]
+    if point == "after_write":
+        assert last["counts"]["solved"] == 1 and last["counts"]["already_done"] == 1
+    else:
+        assert last["counts"]["solved"] == 2 and last["counts"]["takeovers"] == 1
+        assert "took over a stale claim" in r.stdout
+
+
+@pytest.mark.slow
+def test_external_kill_9_mid_solve_leaves_no_worker_and_rerun_finishes(tmp_path: Path) -> None:
+    write_job(tmp_path, [30])
+    p = start_forge("run", "job.yaml", cwd=tmp_path)
+    wait_for(lambda: any(root(tmp_path).rglob("*.lock")))
+    lock = next(root(tmp_path).rglob("*.lock"))
+    worker = json.loads(lock.read_text())["pid"]
+    os.kill(p.pid, signal.SIGKILL)
+    p.wait(30)
+
+    def gone() -> bool:
+        try:
+            os.kill(worker, 0)
+        except ProcessLookupError:
+            return True
+        # A zombie is gone too (nobody reaps it until its orphan is adopted).
+        try:
+            return Path(f"/proc/{worker}/stat").read_text().split(")")[1].split()[0] == "Z"
+        except OSError:
+            return True
+
+    wait_for(gone, 30)
+    r = forge("run", "job.yaml", cwd=tmp_path)
+    assert r.returncode == 0, r.stdout + r.stderr
+    assert_complete(tmp_path, ["train/seed_00000030_decl_0"])
+
+
+@pytest.mark.slow
+def test_two_runs_at_once_solve_each_shard_once(tmp_path: Path) -> None:
+    write_job(tmp_path, [30, 1])
+    a = start_forge("run", "job.yaml", cwd=tmp_path)
+    b = start_forge("run", "job.yaml", cwd=tmp_path)
+    out_a, _ = a.communicate(timeout=900)
+    out_b, _ = b.communicate(timeout=900)
+    assert a.returncode == 0 and b.returncode == 0, out_a + out_b
+    assert_complete(tmp_path, list(SMALL))
+    ms = manifests(tmp_path)
+    assert len(ms) == 2
+    solved = [k for m in ms for k in m["solved"]]
+    assert sorted(solved) == sorted(SMALL), "each shard solved by exactly one of the runs"
+    for m in ms:
+        for k in m["solved"]:
+            rec = json.loads((root(tmp_path) / f"{k}.json").read_text())
+            assert rec["run_id"] == m["run_id"]
+
+
+@pytest.mark.slow
+def test_budget_stops_the_run_and_a_larger_cap_finishes(tmp_path: Path) -> None:
+    # $360,000/h = $100 per second of solving: the first shard alone passes a $1 cap.
+    write_job(tmp_path, [30, 1], extra="pricing: {local: 360000}\n", max_usd=1)
+    r = forge("run", "job.yaml", cwd=tmp_path)
+    assert r.returncode == 3, r.stdout + r.stderr
+    assert "Stopped by the budget" in r.stdout
+    m = manifests(tmp_path)[-1]
+    assert m["status"] == "budget" and m["counts"]["solved"] == 1 and m["counts"]["remaining"] == 1
+    one = json.loads((root(tmp_path) / f"{m['solved'][0]}.json").read_text())
+    assert m["spend_usd"] >= 1 and m["spend_usd"] == pytest.approx(one["usd"], rel=0.05), "one wave beyond the cap, no more"
+    assert leftovers(tmp_path) == []
+    r = forge("run", "job.yaml", "--max-usd", "1000000", cwd=tmp_path)
+    assert r.returncode == 0, r.stdout + r.stderr
+    last = manifests(tmp_path)[-1]
+    assert last["counts"]["solved"] == 1 and last["prior_usd"] == pytest.approx(m["spend_usd"])
+    assert_complete(tmp_path, list(SMALL))
+    st = status(tmp_path)
+    assert st["spend_usd"] == pytest.approx(sum(x["spend_usd"] for x in manifests(tmp_path)), rel=0.05)
+
+
+@pytest.mark.slow
+def test_ctrl_c_stops_workers_and_releases_claims(tmp_path: Path) -> None:
+    write_job(tmp_path, [30])
+    p = start_forge("run", "job.yaml", cwd=tmp_path)
+    wait_for(lambda: any(root(tmp_path).rglob("*.lock")))
+    time.sleep(1.0)
+    os.killpg(p.pid, signal.SIGINT)  # what a terminal's Ctrl+C does: the whole process group
+    out, _ = p.communicate(timeout=60)
+    assert p.returncode == 130, out
+    assert "Interrupted" in out
+    assert leftovers(tmp_path) == []
+    assert not list(root(tmp_path).glob("*/*.parquet"))
+    assert manifests(tmp_path)[-1]["status"] == "interrupted"
+    assert status(tmp_path)["totals"]["missing"] == 1
+
+
+@pytest.mark.slow
+def test_pipeline_layout_solves_in_one_process_and_writes_in_others(tmp_path: Path) -> None:
+    write_job(tmp_path, [30, 1], workers=2)
+    r = forge("run", "job.yaml", cwd=tmp_path, env={"FORGE_LOCAL_MODE": "pipeline"})
+    assert r.returncode == 0, r.stdout + r.stderr
+    assert "1 solver + 2 writer processes" in r.stdout
+    assert_complete(tmp_path, list(SMALL))
+    pids = {json.loads((root(tmp_path) / f"{k}.json").read_text())["pid"] for k in SMALL}
+    assert len(pids) == 1, "one process solved both"
