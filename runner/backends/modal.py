@@ -474,13 +474,12 @@ def shard_claims(spec: JobSpec, store_root: str) -> Any:
     return DictClaims(modal.Dict.from_name(claims_name(spec)))
 
 
-def _forget_own_claim(claims: Any, key: str) -> None:
+def _forget_own_claim(claims: Any, key: str, input_id: str | None) -> None:
     """Drop a claim this very input made before Modal restarted it (a preemption).
 
     Modal restarts a preempted input on a new container, with the same input id;
     without this it would find its own claim live and wait for it to go stale.
     """
-    input_id = modal.current_input_id()
     if not input_id:
         return
     held = claims.get(key)
@@ -520,8 +519,9 @@ def solve_shard(request: TaskRequest, spec: JobSpec, run_id: str) -> TaskResult:
 
     root = shard_store_root(spec)
     store = _container_store(spec, root)
-    claims = _TaggedClaims(shard_claims(spec, root), modal.current_input_id())
-    _forget_own_claim(claims, request.task.key)
+    input_id = modal.current_input_id()
+    claims = _TaggedClaims(shard_claims(spec, root), input_id)
+    _forget_own_claim(claims, request.task.key, input_id)
     pricing = dict(spec.pricing)
     gpu = gpu_from_device(_device_kind(), tuple(request.gpu), pricing)
     result = run_task(
@@ -714,6 +714,41 @@ class VolumeView:
         return out
 
 
+def unanswered_results(
+    reqs: Sequence[TaskRequest], errors: Sequence[BaseException], spec: JobSpec, run_id: str
+) -> list[TaskResult]:
+    """Failed results for the inputs of a wave that came back as exceptions.
+
+    With ``order_outputs=False`` Modal does not say which input an exception
+    belongs to, so every unanswered input fails with the wave's errors. A
+    timed-out input was billed for its whole timeout: as many unanswered inputs
+    as there were timeouts are charged that, at the dearest GPU their function
+    could have run on, so the budget guard never under-counts.
+    """
+    text = "; ".join(dict.fromkeys(f"{type(e).__name__}: {e}" for e in errors)) or "no result"
+    timeouts = sum(isinstance(e, modal.exception.FunctionTimeoutError) for e in errors)
+    pricing = dict(spec.pricing)
+    out = []
+    for i, req in enumerate(reqs):
+        gpu = max(req.gpu, key=lambda g: pricing.get(g, 0.0)) if req.gpu else ""
+        secs = float(req.timeout_s) if i < timeouts else 0.0
+        out.append(
+            TaskResult(
+                key=req.task.key,
+                status="failed",
+                seconds=secs,
+                gpu=gpu,
+                usd=secs * pricing.get(gpu, 0.0) / 3600.0,
+                error=f"Modal: {text}"[:4000],
+                oom=is_oom(text),
+                tier=req.tier,
+                attempt=req.attempt,
+                run_id=run_id,
+            )
+        )
+    return out
+
+
 # The backend ------------------------------------------------------------------------------
 
 SPEND_LIMIT_MESSAGE = (
@@ -776,6 +811,7 @@ class ModalBackend(Backend):
         self._stopped = False
         self._variant = {v.name: v for v in self.job.variants}
         self.view = VolumeView(self.spec, self.job.volume)
+        self.claims_table = DictClaims(self.job.claims)
 
     # -- lifecycle -----------------------------------------------------------------------
     def _fatal(self, e: BaseException) -> BaseException:
@@ -825,16 +861,28 @@ class ModalBackend(Backend):
                 with contextlib.suppress(Exception):
                     self._claims().remove_app(self.app_id)
 
+    def app_stopper(self) -> None:
+        """Ask Modal to stop this run's app: the compiled app we run, or (detached) by id."""
+        if self._run_cm is not None:
+            self.job.app.stop()
+        elif self.app_id:
+            modal.App.lookup(self.app_id).stop()
+
     def stop_app(self) -> None:
         """Stop the job's app now (Ctrl+C, a budget stop): its containers end, no GPU keeps billing."""
         if not self.app_id:
             self.say("Interrupted before the Modal app started: nothing is running on Modal.")
             return
         self.say(f"Stopping Modal app {self.job.app.name} ({self.app_id}) ...")
-        if self._run_cm is not None:
-            self.job.app.stop()
-        else:
-            modal.App.lookup(self.app_id).stop()
+        try:
+            self.app_stopper()
+        except Exception as e:
+            where = self.spec.path or self.spec.name
+            self.say(
+                f"Could not stop Modal app {self.app_id} ({type(e).__name__}: {e}); "
+                f"an attached app ends when forge disconnects, a detached one with: forge stop {where}"
+            )
+            return
         self.say(
             f"Stopped Modal app {self.job.app.name} ({self.app_id}): no containers of this run are left running."
         )
@@ -881,6 +929,7 @@ class ModalBackend(Backend):
             ).start()
 
     def _run_wave(self, name: str, reqs: list[TaskRequest]) -> None:
+        """One ``map`` call over a wave; every request gets exactly one result."""
         answered: set[str] = set()
         errors: list[BaseException] = []
         try:
@@ -904,36 +953,10 @@ class ModalBackend(Backend):
             problem = user_error(err)
             if problem is not None and self._problem is None:
                 self._problem = problem
-        self._fail_unanswered([r for r in reqs if r.task.key not in answered], errors)
-
-    def _fail_unanswered(self, reqs: list[TaskRequest], errors: list[BaseException]) -> None:
-        """Inputs that came back as an exception, not a result (Modal does not say which).
-
-        A timed-out input was billed for its whole timeout: as many unanswered
-        inputs as there were timeouts are charged that, at the dearest GPU their
-        function could have run on, so the budget guard never under-counts.
-        """
-        text = "; ".join(dict.fromkeys(f"{type(e).__name__}: {e}" for e in errors)) or "no result"
-        timeouts = sum(isinstance(e, modal.exception.FunctionTimeoutError) for e in errors)
-        pricing = dict(self.spec.pricing)
-        for i, req in enumerate(reqs):
-            gpu = max(req.gpu, key=lambda g: pricing.get(g, 0.0)) if req.gpu else ""
-            secs = float(req.timeout_s) if i < timeouts else 0.0
-            self._deliver(
-                TaskResult(
-                    key=req.task.key,
-                    status="failed",
-                    seconds=secs,
-                    gpu=gpu,
-                    usd=secs * pricing.get(gpu, 0.0) / 3600.0,
-                    error=f"Modal: {text}"[:4000],
-                    oom=is_oom(text),
-                    tier=req.tier,
-                    attempt=req.attempt,
-                    run_id=self.run_id,
-                )
-            )
-            self._release_claim_of_run(req.task.key)
+        missing = [r for r in reqs if r.task.key not in answered]
+        for result in unanswered_results(missing, errors, self.spec, self.run_id):
+            self._release_claim_of_run(result.key)
+            self._deliver(result)
 
     def _deliver(self, r: TaskResult) -> None:
         with self._lock:
@@ -954,7 +977,7 @@ class ModalBackend(Backend):
 
     # -- the store on the volume -----------------------------------------------------------------
     def _claims(self) -> DictClaims:
-        return DictClaims(self.job.claims)
+        return self.claims_table
 
     SURVEY_ONE_BY_ONE = 16  # below this many tasks, ask per file instead of listing the job
 

@@ -1,0 +1,207 @@
+"""What the Modal backend decides by itself, offline.
+
+Ctrl+C stops the app and frees the run's claims; inputs that Modal answered with
+an exception still get a result each (with the spend a timeout cost); each
+request goes to the compiled function for its tier and GPUs. Credentials are a
+dummy pair so the backend can be built; nothing here talks to Modal.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import modal
+import pytest
+from test_modal_claims import LockedDict  # tests/unit is on sys.path (rootdir-less test modules)
+
+from runner.backends.base import Backend, RunContext, SurveyState, TaskRequest, Tier
+from runner.backends.modal import ModalBackend, unanswered_results
+from runner.backends.modal_claims import DictClaims
+from runner.backends.orchestrate import Orchestrator, RunOptions
+from runner.backends.task import TaskResult
+from runner.spec.load import load
+from runner.spec.model import JobSpec, ShardTask
+from runner.store.claims import make_claim
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+def job(name: str) -> JobSpec:
+    spec = load(REPO / name)
+    assert isinstance(spec, JobSpec)
+    return spec
+
+
+@pytest.fixture
+def dummy_token(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("MODAL_TOKEN_ID", "ak-offline-test")
+    monkeypatch.setenv("MODAL_TOKEN_SECRET", "as-offline-test")
+
+
+class ExitRecorder:
+    """Stands in for the ``app.run()`` context a started backend holds."""
+
+    def __init__(self, log: list[str]) -> None:
+        self.log = log
+
+    def __exit__(self, *exc: Any) -> None:
+        self.log.append("left the app")
+
+
+def started_backend(spec: JobSpec, log: list[str]) -> ModalBackend:
+    backend = ModalBackend(RunContext(spec, "run-1", options={"say": log.append}))
+    backend.claims_table = DictClaims(LockedDict())
+    backend._run_cm = ExitRecorder(log)  # what start() leaves: inside app.run()
+    backend.app_id = "ap-1"
+    backend.claims_table.add_app("ap-1", {"run_id": "run-1"})
+    return backend
+
+
+def test_ctrl_c_stops_the_app_then_frees_the_runs_claims(dummy_token: None) -> None:
+    log: list[str] = []
+    backend = started_backend(job("jobs/valtest.yaml"), log)
+    claims = backend.claims_table
+    claims.put_if_absent("val/a", make_claim("run-1", "val/a", host="c1"))
+    claims.put_if_absent("val/b", make_claim("run-other", "val/b", host="c2"))
+    backend.app_stopper = lambda: log.append("app.stop")  # type: ignore[method-assign]
+
+    backend.stop(interrupted=True)
+
+    assert log.index("app.stop") < log.index("left the app")
+    assert any(m.startswith("Stopping Modal app forge-valtest (ap-1)") for m in log)
+    assert any("no containers of this run are left running" in m for m in log)
+    assert claims.keys() == ["val/b"]  # another run's claim is not ours to free
+    assert claims.apps() == {}
+    backend.stop(interrupted=True)  # a second Ctrl+C: nothing more to do
+    assert log.count("app.stop") == 1
+
+
+def test_the_stopper_targets_the_compiled_app(dummy_token: None) -> None:
+    """Offline the app has no id, so Modal's own ``App.stop`` refuses locally: it is the one called."""
+    log: list[str] = []
+    backend = started_backend(job("jobs/valtest.yaml"), log)
+    with pytest.raises(modal.exception.InvalidError, match="App.stop"):
+        backend.app_stopper()
+
+
+def test_a_stop_that_fails_is_said_plainly(dummy_token: None) -> None:
+    log: list[str] = []
+    backend = started_backend(job("jobs/valtest.yaml"), log)
+    backend.stop(interrupted=True)  # the real stopper: refused offline, as shown above
+    said = " ".join(log)
+    assert (
+        "Could not stop Modal app ap-1" in said and "forge stop " in said and "valtest.yaml" in said
+    )
+    assert "left the app" in log
+
+
+def test_finished_run_does_not_stop_the_app_explicitly(dummy_token: None) -> None:
+    log: list[str] = []
+    backend = started_backend(job("jobs/valtest.yaml"), log)
+    backend.app_stopper = lambda: log.append("app.stop")  # type: ignore[method-assign]
+    backend.stop(interrupted=False)
+    assert "app.stop" not in log and "left the app" in log
+
+
+def test_requests_go_to_the_function_of_their_tier_and_gpus(dummy_token: None) -> None:
+    spec = job("tests/specs/valid/full.yaml")
+    backend = ModalBackend(RunContext(spec, "run-1"))
+    task = ShardTask("train", 1, 2, 3)
+    c = spec.compute
+    assert c.large is not None and c.concurrency > 1
+
+    def routed(**kw: Any) -> str:
+        return backend._variant_for(TaskRequest(task, **kw)).name
+
+    assert routed(gpu=tuple(c.gpu)) == "solve_main"
+    assert routed(gpu=tuple(c.gpu), exclusive=True) == "solve_main_solo"
+    assert routed(tier="large", gpu=tuple(c.large.gpu)) == "solve_large"
+    if spec.budget.downgrade_gpu:
+        assert routed(gpu=(spec.budget.downgrade_gpu,)) == "solve_downgrade"
+    with pytest.raises(ValueError, match="no compiled Modal function"):
+        routed(gpu=("B200", "T4"))
+    assert backend.capacity("default") == c.max_containers * c.concurrency
+    assert backend.capacity("large") == c.max_containers * c.large.concurrency
+
+
+def test_unanswered_inputs_fail_one_by_one_and_timeouts_are_charged() -> None:
+    spec = job("jobs/valtest.yaml")
+    reqs = [
+        TaskRequest(ShardTask("val", 900 + i, 1, 0), gpu=("H200", "H100"), timeout_s=900)
+        for i in range(3)
+    ]
+    errors: list[BaseException] = [
+        modal.exception.FunctionTimeoutError("Function timed out after 900s"),
+        modal.exception.RemoteError("container exited: out of memory"),
+    ]
+    results = unanswered_results(reqs, errors, spec, "run-1")
+    assert [r.key for r in results] == [r.task.key for r in reqs]
+    assert all(r.status == "failed" and r.oom for r in results)
+    assert all("FunctionTimeoutError" in r.error for r in results)
+    charged = [r for r in results if r.seconds > 0]
+    assert len(charged) == 1 and charged[0].seconds == 900 and charged[0].gpu == "H200"
+    assert charged[0].usd == pytest.approx(900 * spec.price_per_hour("H200") / 3600)
+
+
+class LosesOnce(Backend):
+    """A backend whose store loses one finished shard once (a failed exit commit)."""
+
+    name = "loses-once"
+
+    def __init__(self, spec: JobSpec, lost: str) -> None:
+        super().__init__(RunContext(spec, "run-1"))
+        self.lost = {lost}
+        self.submitted: list[str] = []
+        self._wave: list[TaskRequest] = []
+
+    def start(self) -> None: ...
+
+    def capacity(self, tier: Tier = "default") -> int:
+        return 4
+
+    def in_flight(self) -> int:
+        return len(self._wave)
+
+    def submit(self, wave: Sequence[TaskRequest]) -> None:
+        self._wave += wave
+        self.submitted += [r.task.key for r in wave]
+
+    def poll(self, timeout: float) -> list[TaskResult]:
+        out = [
+            TaskResult(r.task.key, "done", states=1, seconds=1.0, gpu="H100") for r in self._wave
+        ]
+        self._wave = []
+        return out
+
+    def survey(self, tasks: Sequence[ShardTask]) -> dict[str, SurveyState]:
+        return {t.key: "missing" for t in tasks}
+
+    def write_manifest(self, run_id: str, manifest: dict[str, Any]) -> str:
+        return ""
+
+    def stop(self, *, interrupted: bool) -> None: ...
+
+    def unpersisted(self, keys: Sequence[str]) -> list[str]:
+        lost, self.lost = [k for k in keys if k in self.lost], set()
+        return lost
+
+
+def test_a_shard_the_store_lost_is_solved_again() -> None:
+    spec = job("jobs/smoke.yaml")
+    from runner.spec.plan import tasks as plan_tasks
+
+    tasks = plan_tasks(spec)
+    lost = tasks[1].key
+    backend = LosesOnce(spec, lost)
+    orch = Orchestrator(
+        spec, backend, tasks, run_id="run-1", options=RunOptions(poll_s=0.0), sleep=lambda s: None
+    )
+    t0 = time.monotonic()
+    summary = orch.run()
+    assert time.monotonic() - t0 < 10
+    assert backend.submitted.count(lost) == 2
+    assert summary.progress.solved == len(tasks) and summary.exit_code == 0
+    assert any("not in the store" in n for n in summary.notes)
