@@ -48,6 +48,7 @@ from runner.store.claims import is_stale, same_claim, this_host
 from runner.store.shards import RECORD_SUFFIX, RUNS_DIR
 
 MOUNT = "/forge"  # where the output volume is mounted in every container
+JAX_CACHE = f"{MOUNT}/.cache/jax"  # outside every job's output root
 TIERS = ("main", "large")
 FUNCTION_NAMES = {"main": "solve_main", "large": "solve_large"}
 ORCHESTRATOR_NAME = "orchestrate"
@@ -207,7 +208,8 @@ def build_image() -> modal.Image:
     return (
         modal.Image.debian_slim(python_version=python)
         .pip_install(*IMAGE_REQUIREMENTS)
-        .env({"XLA_PYTHON_CLIENT_PREALLOCATE": "false"})
+        # Compiled solver kernels kept on the volume: a new container skips the compile.
+        .env({"XLA_PYTHON_CLIENT_PREALLOCATE": "false", "FORGE_JAX_CACHE": JAX_CACHE})
         .add_local_python_source("runner", ignore=~keep)
     )
 
@@ -612,10 +614,10 @@ def classify(
     Done: the shard and its record are on the volume, or (``trust_records``)
     the Dict has a done record: another run's container wrote it and its
     commit is seconds away; that run checks its own commits. A run's first
-    survey trusts only the volume. Claimed or
-    stale: a claim is held. Skipped: the record says so. Anything else is
-    missing, including a shard without a record: a task will check that file in
-    a container and write the record.
+    survey trusts only the volume, since a record alone may be a lost commit.
+    Claimed or stale: a claim is held. Skipped: the record says so. Anything
+    else is missing, including a shard without a record: a task will check
+    that file in a container and write the record.
     """
     out: dict[str, SurveyState] = {}
     for t in tasks:
@@ -830,6 +832,9 @@ class ModalBackend(Backend):
     def start(self) -> None:
         if self._remote is not None:
             return
+        self.say(
+            f"Starting Modal app {self.job.app.name} (the first run builds its image: a few minutes) ..."
+        )
         cm = self.job.app.run()
         try:
             cm.__enter__()
