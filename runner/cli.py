@@ -582,3 +582,7 @@ def bench(
         bench_command(seeds, opp_seed, compressions, json_path, warmup=not no_warmup)
     except ValueError as exc:
         raise click.BadParameter(str(exc), param_hint="--seeds") from None
+
+
+if __name__ == "__main__":
+    main()

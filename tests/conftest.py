@@ -81,3 +81,14 @@ def sample_store(tmp_path_factory: pytest.TempPathFactory) -> Path:
     root = tmp_path_factory.mktemp("sample_store")
     write_sample_shards(root)
     return root
+
+
+# --- oracle (runner/oracle) ---------------------------------------------------------------
+
+@pytest.fixture(scope="session")
+def seed30_solution():  # type: ignore[no-untyped-def]
+    """The full solved table of standard seed 30, declaration 0 (3.79 M states)."""
+    from runner.oracle.deal import deal_hands
+    from runner.oracle.solve import solve_deal
+
+    return solve_deal(deal_hands(30), 0)

@@ -119,7 +119,8 @@ def chunk_size(r: int, leaf_budget: int, n: int) -> int:
     """Boundaries per chunk for ``n`` boundaries with ``r`` tiles left: few, similar chunks."""
     cap = max(1, leaf_budget // r**4)
     n_chunks = -(-max(n, 1) // cap)
-    return min(cap, _bucket(-(-max(n, 1) // n_chunks)))
+    # at least 64: tiny tricks then share one compiled shape instead of one per size
+    return min(cap, max(64, _bucket(-(-max(n, 1) // n_chunks))))
 
 
 # ---------------------------------------------------------------- the trick tree

@@ -1,0 +1,121 @@
+"""Shards: the solved table of a real deal, the reference sample, the writer and the verifier."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pyarrow.parquet as pq
+import pytest
+
+from runner.oracle.deal import deal_hands
+from runner.oracle.shard import (
+    INITIAL_STATE,
+    quick_check,
+    read_shard,
+    read_shard_meta,
+    shard_filename,
+    table_digests,
+    verify_shard,
+    write_shard,
+)
+
+
+def test_seed30_matches_every_reference_sample_row(seed30_solution, sample_rows) -> None:  # type: ignore[no-untyped-def]
+    sol = seed30_solution
+    assert sol.n_states == 3_791_685
+    assert sol.root_value == 40
+    rows = [json.loads(line) for line in sample_rows.read_text().splitlines() if line.strip()]
+    states = np.array([r["state"] for r in rows], np.int64)
+    idx = np.searchsorted(sol.states, states)
+    assert np.all(sol.states[idx] == states), "sample states missing from the table"
+    assert sol.V[idx].tolist() == [r["V"] for r in rows]
+    assert sol.Q[idx].tolist() == [r["q"] for r in rows]
+
+
+def test_table_is_sorted_unique_and_starts_at_the_initial_state(seed30_solution) -> None:  # type: ignore[no-untyped-def]
+    sol = seed30_solution
+    assert np.all(np.diff(sol.states) > 0)
+    i = int(np.searchsorted(sol.states, INITIAL_STATE))
+    assert sol.states[i] == INITIAL_STATE and sol.V[i] == sol.root_value
+
+
+@pytest.fixture(scope="module")
+def shard30(seed30_solution, tmp_path_factory) -> Path:  # type: ignore[no-untyped-def]
+    path = tmp_path_factory.mktemp("shard") / shard_filename(30, None, 0)
+    write_shard(path, seed30_solution, base_seed=30, opp_seed=None, compression="zstd")
+    return path
+
+
+def test_round_trip_keeps_table_and_metadata(seed30_solution, shard30: Path) -> None:  # type: ignore[no-untyped-def]
+    data = read_shard(shard30)
+    assert np.array_equal(data.states, seed30_solution.states)
+    assert np.array_equal(data.V, seed30_solution.V)
+    assert np.array_equal(data.Q, seed30_solution.Q)
+    meta = read_shard_meta(shard30)
+    assert meta["seed"] == "30" and meta["decl_id"] == "0" and meta["opp_seed"] == ""
+    assert json.loads(meta["hands"]) == [list(h) for h in deal_hands(30)]
+    assert meta["states"] == "3791685" and meta["root_value"] == "40"
+    assert {k: meta[k] for k in ("h_states", "h_v", "h_q")} == table_digests(
+        seed30_solution.states, seed30_solution.V, seed30_solution.Q
+    )
+    schema = pq.read_schema(shard30)
+    assert schema.names == ["state", "V", *[f"q{i}" for i in range(7)]]
+    assert str(schema.field("state").type) == "int64" and str(schema.field("q6").type) == "int8"
+    assert verify_shard(shard30) == [] and quick_check(shard30) is None
+    assert not list(shard30.parent.glob("*.tmp")), "temporary file left behind"
+
+
+def _rewrite(src: Path, dst: Path, edit) -> Path:  # type: ignore[no-untyped-def]
+    table = pq.read_table(src)
+    pq.write_table(edit(table), dst)
+    return dst
+
+
+def test_verify_names_what_is_wrong(shard30: Path, tmp_path: Path) -> None:
+    import pyarrow as pa
+
+    def flip_v(t: pa.Table) -> pa.Table:
+        v = t.column("V").to_numpy().copy()
+        v[12345] += 1
+        return t.set_column(1, "V", pa.array(v, pa.int8())).replace_schema_metadata(t.schema.metadata)
+
+    errors = verify_shard(_rewrite(shard30, tmp_path / "v.parquet", flip_v))
+    assert any("digest h_v" in e for e in errors)
+    assert any("best legal Q" in e for e in errors)
+
+    def drop_rows(t: pa.Table) -> pa.Table:
+        return t.slice(0, 1000)
+
+    bad = _rewrite(shard30, tmp_path / "short.parquet", drop_rows)
+    assert "rows but metadata says" in (quick_check(bad) or "")
+    assert any("rows but metadata says" in e for e in verify_shard(bad))
+
+    def wrong_hands(t: pa.Table) -> pa.Table:
+        meta = dict(t.schema.metadata)
+        meta[b"seed"] = b"31"
+        return t.replace_schema_metadata(meta)
+
+    assert any("hands" in e for e in verify_shard(_rewrite(shard30, tmp_path / "h.parquet", wrong_hands)))
+
+
+def test_truncated_file_is_unreadable(shard30: Path, tmp_path: Path) -> None:
+    cut = tmp_path / "cut.parquet"
+    cut.write_bytes(shard30.read_bytes()[: shard30.stat().st_size // 2])
+    assert quick_check(cut) is not None
+    assert verify_shard(cut)[0].startswith("unreadable")
+
+
+@pytest.mark.parametrize("compression", ["snappy", "lz4", "none"])
+def test_other_compressions_read_back(seed30_solution, tmp_path: Path, compression: str) -> None:  # type: ignore[no-untyped-def]
+    path = tmp_path / "x.parquet"
+    meta = write_shard(path, seed30_solution, base_seed=30, opp_seed=None, compression=compression)
+    assert meta["compression"] == compression
+    assert quick_check(path) is None
+    assert read_shard_meta(path)["h_q"] == meta["h_q"]
+
+
+def test_file_names() -> None:
+    assert shard_filename(7, None, 3) == "seed_00000007_decl_3.parquet"
+    assert shard_filename(900, 4, 0) == "seed_00000900_opp4_decl_0.parquet"
