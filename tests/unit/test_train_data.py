@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -10,8 +11,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from runner.train.data import DataError, load_rows, shard_info
-from runner.train.features import split_states
+from runner.train.data import MIN_ROWS_PER_SHARD, DataError, load_rows, shard_info
 
 
 def _shards(store: Path) -> list[Path]:
@@ -47,30 +47,33 @@ def test_all_rows_with_their_deal(sample_store: Path) -> None:
     assert set(np.unique(ds.shard).tolist()) == {0, 1}
 
 
-def test_subset_is_seeded_and_spread_over_row_groups(sample_store: Path, tmp_path: Path) -> None:
-    # the same rows re-written in row groups of 100, to read group by group
-    src_path = _shards(sample_store)[0]
-    table = pq.read_table(src_path)
+def test_subset_is_seeded_and_read_from_a_few_row_groups(sample_store: Path, tmp_path: Path) -> None:
+    # the same rows re-written in row groups of 100, to see which groups are read
+    table = pq.read_table(_shards(sample_store)[0])
     small = tmp_path / "grouped.parquet"
     pq.write_table(table, small, row_group_size=100)
-    assert pq.ParquetFile(small).metadata.num_row_groups > 10
+    assert pq.ParquetFile(small).metadata.num_row_groups == 24
+    states = table.column("state").to_numpy()  # sorted: row group g holds rows 100g..100g+99
+
+    def groups_of(ds) -> set[int]:  # type: ignore[no-untyped-def]
+        drawn = (ds.hi.astype(np.int64) << 28) | ds.lo.astype(np.int64)
+        return set((np.searchsorted(states, drawn) // 100).tolist())
+
     a = load_rows([small], 500, seed=1)
     b = load_rows([small], 500, seed=1)
     c = load_rows([small], 500, seed=2)
     assert 490 <= len(a) <= 500  # terminal rows drawn are dropped after drawing
     assert np.array_equal(a.lo, b.lo) and np.array_equal(a.q, b.q)
     assert not np.array_equal(a.lo, c.lo)
-    src = _source([small])
-    assert _loaded(a).items() <= src.items()
-    # drawn from the whole file, not its first groups
-    states = np.sort(table.column("state").to_numpy())
-    lo_a, hi_a = split_states(states)
-    drawn = (a.hi.astype(np.int64) << 28) | a.lo.astype(np.int64)
-    assert drawn.max() > states[int(0.9 * len(states))]
-    assert lo_a.dtype == np.int32 and hi_a.dtype == np.int32
+    assert _loaded(a).items() <= _source([small]).items()
+    assert len(groups_of(a)) == 20  # 4 x 500 rows to draw from: 20 groups of 100
+    few = load_rows([small], 50, seed=1)
+    assert len(groups_of(few)) == 2 and len(few) >= 48
+    assert groups_of(few) != groups_of(load_rows([small], 50, seed=3))
 
 
-def test_row_budget_is_shared_by_size(sample_store: Path) -> None:
+def test_row_budget_is_shared_by_size(sample_store: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr("runner.train.data.MIN_ROWS_PER_SHARD", 100)
     paths = _shards(sample_store)
     ds = load_rows(paths, 1000, seed=0)
     per = np.bincount(ds.shard, minlength=2)
@@ -92,3 +95,15 @@ def test_bad_files_are_user_errors(tmp_path: Path, sample_store: Path) -> None:
     pq.write_table(pa.table({"state": pa.array([1], pa.int64())}), nocols)
     with pytest.raises(DataError, match="no column q0"):
         shard_info(nocols)
+
+
+def test_many_shards_for_few_rows_reads_a_subset_of_them(sample_store: Path, tmp_path: Path) -> None:
+    src = _shards(sample_store)[0]
+    copies = []
+    for i in range(6):
+        copies.append(tmp_path / f"copy{i}.parquet")
+        shutil.copy(src, copies[-1])
+    ds = load_rows(copies, 2 * MIN_ROWS_PER_SHARD, seed=0)  # at most 2 shards are worth reading
+    assert ds.hands.shape == (2, 4, 7) and set(np.unique(ds.shard).tolist()) == {0, 1}
+    assert ds.source_rows == 2 * pq.ParquetFile(src).metadata.num_rows
+    assert load_rows(copies, None, seed=0).hands.shape == (6, 4, 7)
