@@ -48,6 +48,7 @@ from runner.store.shards import ShardStore, job_root
 LOCAL_GPU = "local"  # the price-table name of this machine
 MODE_ENV = "FORGE_LOCAL_MODE"
 STOP_GRACE_S = 5.0
+MAX_DEATHS_PER_WORKER = 3
 
 
 def gpu_visible() -> bool:
@@ -238,6 +239,8 @@ class LocalBackend(Backend):
         self._to_write: deque[str] = deque()  # pipeline: solved, waiting for a writer
         self._out: list[TaskResult] = []
         self._started = False
+        self._deaths = 0
+        self._broken: str | None = None
 
     # -- Backend ------------------------------------------------------------------
     def describe(self) -> str:
@@ -288,6 +291,8 @@ class LocalBackend(Backend):
         self._collect()
         self._reap()
         self._check_timeouts()
+        if self._broken is not None:
+            self._give_up(self._broken)
         self._assign()
         out, self._out = self._out, []
         return out
@@ -457,6 +462,7 @@ class LocalBackend(Backend):
                 continue
             code = w.proc.exitcode
             self._workers.remove(w)
+            self._deaths += 1
             with contextlib.suppress(OSError):
                 w.conn.close()
             for key in w.keys:
@@ -467,7 +473,21 @@ class LocalBackend(Backend):
                 killed = code is not None and code < 0 and -code == signal.SIGKILL
                 why = f"worker process died ({'SIGKILL, probably out of memory' if killed else f'exit code {code}'})"
                 self._out.append(self._failure(job, why, oom=killed))
+            if self._deaths > MAX_DEATHS_PER_WORKER * (self.n_workers + 1):
+                # Workers that die on their own start (a broken install, no memory)
+                # would be respawned forever: fail what is waiting instead.
+                self._broken = f"worker processes keep dying (last exit code {code})"
+                continue
             self._spawn(w.role)
+
+    def _give_up(self, why: str) -> None:
+        for key in list(self._queue) + list(self._to_write):
+            job = self._jobs.pop(key, None)
+            if job is not None:
+                self._abandon(job)
+                self._out.append(self._failure(job, why))
+        self._queue.clear()
+        self._to_write.clear()
 
     def _check_timeouts(self) -> None:
         now = time.monotonic()

@@ -210,7 +210,8 @@ def test_external_kill_9_mid_solve_leaves_no_worker_and_rerun_finishes(tmp_path:
     lock = next(root(tmp_path).rglob("*.lock"))
     worker = json.loads(lock.read_text())["pid"]
     os.kill(p.pid, signal.SIGKILL)
-    p.wait(30)
+    p.communicate(timeout=30)
+    assert p.returncode == -signal.SIGKILL
 
     def gone() -> bool:
         try:
