@@ -202,13 +202,19 @@ def _leaves(t: dict[str, jax.Array], r: int) -> tuple[jax.Array, jax.Array, jax.
 
 
 @partial(jax.jit, static_argnames=("r",))
-def _forward_chunk(ctx, bidx, valid, reach, *, r: int):  # type: ignore[no-untyped-def]
-    """Mark the next trick's boundaries reached from this chunk's valid boundaries."""
+def _forward_chunk(ctx, bidx, valid, reach, rows, *, r: int):  # type: ignore[no-untyped-def]
+    """Mark the next trick's boundaries reached from this chunk's valid boundaries, and add
+    the number of states in the chunk's tricks to ``rows``."""
     t = _tree(ctx, bidx, r)
     legal, _, child = _leaves(t, r)
     ok = legal & valid[:, None, None, None, None]
     target = jnp.where(ok, child, reach.shape[0]).reshape(-1)
-    return reach.at[target].set(True, mode="drop")
+    # plays 0 and 1: 1 + r states; plays 2: legal (a, b); plays 3: legal (a, b) x legal (a, c)
+    n1 = t["legal1"].sum(axis=2, dtype=jnp.int64)  # (nb, a)
+    n2 = t["legal2"].sum(axis=2, dtype=jnp.int64)
+    per = 1 + r + n1.sum(axis=1) + (n1 * n2).sum(axis=1)
+    rows = rows + jnp.where(valid, per, 0).sum()
+    return reach.at[target].set(True, mode="drop"), rows
 
 
 def _opt(values: jax.Array, legal: jax.Array, sign: jax.Array) -> jax.Array:
@@ -263,8 +269,7 @@ def _order_keys(t: dict[str, jax.Array], states: list[jax.Array], r: int) -> lis
     return out
 
 
-@partial(jax.jit, static_argnames=("r",))
-def _backward_chunk(ctx, bidx, v_next, *, r: int):  # type: ignore[no-untyped-def]
+def _backward_rows(ctx, bidx, v_next, r: int):  # type: ignore[no-untyped-def]
     """V and Q of every state in this chunk's tricks, given V of the next boundaries.
 
     Returns V of the boundaries and, for plays 0, 1, 2, 3, the packed states, the rows of
@@ -305,6 +310,40 @@ def _backward_chunk(ctx, bidx, v_next, *, r: int):  # type: ignore[no-untyped-de
     ok3 = l1[:, :, :, None] & l2b
     order = _order_keys(t, [s0, s1, s2, s3], r)
     return v0, (s0, s1, s2, s3), tuple(order), (q0, q1, q2, q3), (l1, ok3)
+
+
+_backward_chunk = jax.jit(_backward_rows, static_argnames=("r",))
+
+
+@partial(jax.jit, static_argnames=("r",), donate_argnums=(3,))
+def _backward_append(ctx, bidx, v_next, bufs, offset, n_valid, *, r: int):  # type: ignore[no-untyped-def]
+    """``_backward_rows``, then append the chunk's legal rows to device buffers at ``offset``
+    (the accelerator path: nothing leaves the device until the table is sorted)."""
+    v0, keys, order, rows, (l1, ok3) = _backward_rows(ctx, bidx, v_next, r)
+    nb = bidx.shape[0]
+    live = jnp.arange(nb) < n_valid
+    oks = [live, jnp.broadcast_to(live[:, None], (nb, r)), l1 & live[:, None, None],
+           ok3 & live[:, None, None, None]]  # fmt: skip
+    ok = jnp.concatenate([m.reshape(-1) for m in oks])
+    k = jnp.concatenate([x.reshape(-1) for x in keys])
+    o = jnp.concatenate([x.reshape(-1) for x in order])
+    q = jnp.concatenate([jax.lax.bitcast_convert_type(x, jnp.int64).reshape(-1) for x in rows])
+    size = bufs[0].shape[0]
+    pos = jnp.where(ok, offset + jnp.cumsum(ok, dtype=jnp.int64) - 1, size)
+    bufs = tuple(b.at[pos].set(v, mode="drop") for b, v in zip(bufs, (k, o, q), strict=True))
+    return v0, bufs, offset + ok.sum(dtype=jnp.int64)
+
+
+@jax.jit
+def _sort_device(states, order, payload):  # type: ignore[no-untyped-def]
+    """Sort the device buffers by order key (padding carries the largest key)."""
+    n = states.shape[0]
+    if n < 1 << _INDEX_BITS:
+        packed = (order << _INDEX_BITS).astype(jnp.uint64) | jnp.arange(n, dtype=jnp.uint64)
+        idx = (jnp.sort(packed) & jnp.uint64((1 << _INDEX_BITS) - 1)).astype(jnp.int64)
+    else:
+        _, idx = jax.lax.sort((order.astype(jnp.uint64), jnp.arange(n, dtype=jnp.uint32)), num_keys=1)
+    return states[idx], payload[idx]
 
 
 @jax.jit
@@ -382,11 +421,26 @@ def enable_compile_cache(path: str | None = None) -> str | None:
     return folder
 
 
+def default_assembly() -> str:
+    """Where rows are gathered and sorted: on the host for a CPU (numpy's sort is far faster
+    than XLA's there), on the device for an accelerator. ``$FORGE_ASSEMBLY`` overrides."""
+    env = os.environ.get("FORGE_ASSEMBLY")
+    if env in ("host", "device"):
+        return env
+    return "host" if jax.devices()[0].platform == "cpu" else "device"
+
+
 def solve_deal(
-    hands: Hands | list[list[int]], decl_id: int, *, leaf_budget: int | None = None
+    hands: Hands | list[list[int]],
+    decl_id: int,
+    *,
+    leaf_budget: int | None = None,
+    assembly: str | None = None,
 ) -> Solution:
     """Solve one deal exactly: every reachable state, sorted, with V and Q."""
-    return solve_position(hands, decl_id, leader=0, masks=(0x7F,) * 4, leaf_budget=leaf_budget)
+    return solve_position(
+        hands, decl_id, leader=0, masks=(0x7F,) * 4, leaf_budget=leaf_budget, assembly=assembly
+    )
 
 
 def boundary_index(leader: int, masks: tuple[int, ...] | list[int]) -> tuple[int, int]:
@@ -408,6 +462,7 @@ def solve_position(
     leader: int,
     masks: tuple[int, ...] | list[int],
     leaf_budget: int | None = None,
+    assembly: str | None = None,
 ) -> Solution:
     """Solve the game from a trick-boundary state (``masks``: each seat's 7-bit mask of local
     indices still held, all of one size; ``leader`` to lead). ``solve_deal`` starts from the
@@ -416,11 +471,19 @@ def solve_position(
     ctx_np = make_context(hands, decl_id)
     enable_compile_cache()
     start = boundary_index(leader, masks)
-    return _solve(hands, decl_id, ctx_np, leaf_budget or default_leaf_budget(), start)
+    assembly = assembly or default_assembly()
+    if assembly not in ("host", "device"):
+        raise ValueError("assembly must be 'host' or 'device'")
+    return _solve(hands, decl_id, ctx_np, leaf_budget or default_leaf_budget(), start, assembly)
 
 
 def _solve(
-    hands: Hands, decl_id: int, ctx_np: DealContext, leaf_budget: int, start: tuple[int, int]
+    hands: Hands,
+    decl_id: int,
+    ctx_np: DealContext,
+    leaf_budget: int,
+    start: tuple[int, int],
+    assembly: str,
 ) -> Solution:
     timings: dict[str, float] = {}
     ctx = tuple(jnp.asarray(a) for a in ctx_np.as_tuple())
@@ -431,27 +494,22 @@ def _solve(
     bounds: list[np.ndarray] = [np.zeros(0, np.int32)] * t_start + [
         np.array([b_start], np.int32)
     ]
+    n_rows = jnp.zeros((), jnp.int64)
     for t in range(t_start, 7):
         r = 7 - t
         reach = jnp.zeros(n_boundaries(r - 1), bool)
         for bidx, valid, _ in _chunks(bounds[t], chunk_size(r, leaf_budget, len(bounds[t]))):
-            reach = _forward_chunk(ctx, bidx, valid, reach, r=r)
+            reach, n_rows = _forward_chunk(ctx, bidx, valid, reach, n_rows, r=r)
         bounds.append(np.flatnonzero(np.asarray(reach)).astype(np.int32))
+    n_states = int(n_rows) + len(bounds[7])
     timings["enumerate"] = time.perf_counter() - t0
+    if assembly == "device":
+        return _solve_device(hands, decl_id, ctx, bounds, t_start, n_states, leaf_budget, timings)
 
     # backward: values trick by trick, emitting each trick's rows
     t0 = time.perf_counter()
-    terminal = bounds[7]  # leaders of the final states
     v_next = jnp.zeros(n_boundaries(0), jnp.int8)
-    term_keys = (terminal.astype(np.int64) << 28) + _NONE7
-    term_rows = np.full((len(terminal), 8), ILLEGAL, np.int8)
-    term_rows[:, 7] = 0
-    # a final state's order key: masks all empty rank first among their (plays 0, leader)
-    parts: tuple[list[np.ndarray], ...] = (
-        [term_keys],
-        [(term_keys >> 28) << 22],
-        [term_rows.view(np.int64).ravel()],
-    )
+    parts: tuple[list[np.ndarray], ...] = tuple([col] for col in _terminal_rows(bounds[7]))
     root = 0
     for t in range(6, t_start - 1, -1):
         r = 7 - t
@@ -467,8 +525,65 @@ def _solve(
 
     t0 = time.perf_counter()
     states, rows64 = sort_rows(*(np.concatenate(p) for p in parts))
-    rows = rows64.view(np.int8).reshape(-1, 8)
-    V = np.ascontiguousarray(rows[:, 7])
-    Q = np.ascontiguousarray(rows[:, :7])
+    V, Q = _split_rows(rows64)
     timings["sort"] = time.perf_counter() - t0
+    return Solution(hands, decl_id, states, V, Q, root, timings, device_name())
+
+
+def _split_rows(rows64: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    rows = rows64.view(np.int8).reshape(-1, 8)
+    return np.ascontiguousarray(rows[:, 7]), np.ascontiguousarray(rows[:, :7])
+
+
+def _terminal_rows(terminal: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Packed state, order key and payload of the final states (one per last-trick winner)."""
+    keys = (terminal.astype(np.int64) << 28) + _NONE7
+    rows = np.full((len(terminal), 8), ILLEGAL, np.int8)
+    rows[:, 7] = 0
+    # all masks empty: the first quad of its (plays 0, leader), so rank 0
+    return keys, (keys >> 28) << 22, rows.view(np.int64).ravel()
+
+
+def _solve_device(  # type: ignore[no-untyped-def]
+    hands: Hands,
+    decl_id: int,
+    ctx,
+    bounds: list[np.ndarray],
+    t_start: int,
+    n_states: int,
+    leaf_budget: int,
+    timings: dict[str, float],
+) -> Solution:
+    """The backward pass with rows kept in device buffers, sorted on the device."""
+    t0 = time.perf_counter()
+    size = _bucket(n_states)  # padded, so buffer shapes repeat across deals
+    term = _terminal_rows(bounds[7])
+    pad_order = (1 << 35) - 1  # above every order key: padding sorts last
+    bufs = tuple(
+        jnp.asarray(np.concatenate([col, np.full(size - len(col), fill, np.int64)]))
+        for col, fill in zip(term, (0, pad_order, 0), strict=True)
+    )
+    offset = jnp.asarray(len(bounds[7]), jnp.int64)
+    v_next = jnp.zeros(n_boundaries(0), jnp.int8)
+    root_v = None
+    for t in range(6, t_start - 1, -1):
+        r = 7 - t
+        v_dense = jnp.zeros(n_boundaries(r), jnp.int8)
+        for bidx, valid, n_valid in _chunks(bounds[t], chunk_size(r, leaf_budget, len(bounds[t]))):
+            v0, bufs, offset = _backward_append(ctx, bidx, v_next, bufs, offset, n_valid, r=r)
+            v_dense = _scatter_v(v_dense, bidx, valid, v0)
+            if t == t_start:
+                root_v = v0
+        v_next = v_dense
+    jax.block_until_ready(bufs)
+    timings["values"] = time.perf_counter() - t0
+    if int(offset) != n_states:
+        raise AssertionError(f"counted {n_states} states but emitted {int(offset)}")
+
+    t0 = time.perf_counter()
+    states_d, rows_d = _sort_device(*bufs)
+    states = np.asarray(states_d[:n_states])
+    V, Q = _split_rows(np.asarray(rows_d[:n_states]))
+    timings["sort"] = time.perf_counter() - t0
+    root = int(np.asarray(root_v)[0]) if root_v is not None else 0
     return Solution(hands, decl_id, states, V, Q, root, timings, device_name())
