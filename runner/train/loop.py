@@ -118,18 +118,24 @@ def _init_state(cfg: TrainConfig, tx: optax.GradientTransformation, key: jax.Arr
 
 
 def make_optimizer(cfg: TrainConfig) -> optax.GradientTransformation:
-    warmup = min(cfg.warmup, cfg.steps)
-    schedule = optax.warmup_cosine_decay_schedule(
-        init_value=0.0,
-        peak_value=cfg.lr,
-        warmup_steps=warmup,
-        decay_steps=max(cfg.steps, warmup + 1),
-        end_value=cfg.lr * 0.01,
-    )
+    """AdamW without its learning rate: the loop scales updates by :func:`learning_rate`,
+    whose horizon is an argument, so a trial that must end early can still anneal."""
     return optax.chain(
         optax.clip_by_global_norm(1.0),
-        optax.adamw(schedule, weight_decay=cfg.weight_decay),
+        optax.scale_by_adam(),
+        optax.add_decayed_weights(cfg.weight_decay),
     )
+
+
+def learning_rate(cfg: TrainConfig, step: jax.Array, total: jax.Array) -> jax.Array:
+    """Linear warm-up to ``cfg.lr``, then cosine decay to 1% of it at step ``total``."""
+    step = step.astype(F32)
+    total = total.astype(F32)
+    warmup = jnp.minimum(jnp.float32(cfg.warmup), total)
+    warm = (step + 1.0) / jnp.maximum(warmup, 1.0)
+    frac = jnp.clip((step - warmup) / jnp.maximum(total - warmup, 1.0), 0.0, 1.0)
+    cos = 0.01 + 0.99 * 0.5 * (1.0 + jnp.cos(jnp.pi * frac))
+    return (cfg.lr * jnp.where(step < warmup, warm, cos)).astype(F32)
 
 
 def _scores(model: PolicyValueNet, params: Any, lo, hi, q, shard, hands, decls, dropout_key=None):  # type: ignore[no-untyped-def]
@@ -173,15 +179,17 @@ def train(
     *,
     deadline: float | None = None,
     on_eval: Callable[[dict[str, float]], None] | None = None,
+    clock: Callable[[], float] = time.time,
 ) -> TrainResult:
     """Train one config; evaluate on ``val_ds`` every ``eval_every`` steps and at the end.
 
-    ``deadline`` (a ``time.time()``) stops training early at the next device call after it,
-    still evaluating and returning the params, so a time limit never loses a trial.
+    ``deadline`` (a ``time.time()``): once the pace of training is known, the run shortens
+    itself (fewer steps, the learning rate annealed over them) so it ends, evaluated, before
+    the deadline; a time limit never loses a trial, only steps.
     """
     if len(train_ds) == 0 or len(val_ds) == 0:
         raise ValueError("training needs at least one train row and one val row")
-    t0 = time.time()
+    t0 = clock()
     model = build_model(cfg)
     tx = make_optimizer(cfg)
     root = jax.random.key(cfg.seed)
@@ -197,7 +205,7 @@ def train(
         return jnp.mean(ce) + cfg.value_weight * jnp.mean(v)
 
     @jax.jit
-    def run_chunk(p, s, start, data):  # type: ignore[no-untyped-def]
+    def run_chunk(p, s, start, total, data):  # type: ignore[no-untyped-def]
         lo, hi, q, shard, hands, decls = data
 
         def one_step(i, carry):  # type: ignore[no-untyped-def]
@@ -209,8 +217,9 @@ def train(
                 p, lo[idx], hi[idx], q[idx], shard[idx], hands, decls, dkey
             )
             updates, s = tx.update(grads, s, p)
-            # schedules may compute in float64 when x64 is on; keep params in their own dtype
-            updates = jax.tree_util.tree_map(lambda u, w: u.astype(w.dtype), updates, p)
+            lr = learning_rate(cfg, i, total)
+            # cast back: under x64 a stray float64 would otherwise leak into the params
+            updates = jax.tree_util.tree_map(lambda u, w: (-lr * u).astype(w.dtype), updates, p)
             return optax.apply_updates(p, updates), s, loss_sum + loss.astype(F32)
 
         p, s, loss_sum = jax.lax.fori_loop(start, start + chunk, one_step, (p, s, jnp.zeros((), F32)))
@@ -247,24 +256,35 @@ def train(
 
     train_dev = tuple(jnp.asarray(a) for a in train_ds.arrays())
     history: list[dict[str, float]] = []
-    last_loss = float("nan")
     step = 0
-    stopped = False
-    while step < cfg.steps:
-        params, opt_state, loss = run_chunk(params, opt_state, jnp.int32(step), train_dev)
+    total = cfg.steps  # shrinks (never grows) when the rest would not fit before the deadline
+    pace: float | None = None  # seconds per step, from whole loop turns (evals left out)
+    eval_s = 0.0  # the longest evaluation so far
+    turn_start: float | None = None
+    turn_eval = 0.0
+    while step < total:
+        now = clock()
+        if turn_start is not None and step >= 2 * chunk:  # the first turn compiled: skip it
+            pace = (now - turn_start - turn_eval) / chunk
+        turn_start, turn_eval = now, 0.0
+        if deadline is not None and pace is not None:
+            left = deadline - now - 2 * eval_s
+            fits = step + int(max(0.0, left) / max(pace, 1e-9)) // chunk * chunk
+            total = max(step + chunk, min(total, fits))
+        params, opt_state, loss = run_chunk(params, opt_state, jnp.int32(step), jnp.int32(total), train_dev)
+        loss.block_until_ready()
         step += chunk
-        at_eval = step % cfg.eval_every == 0 or step == cfg.steps
-        late = deadline is not None and time.time() > deadline
-        if at_eval or late:
-            last_loss = float(loss)
-            m = {"step": float(step), "train_loss": last_loss, **evaluate(params)}
-            m["seconds"] = time.time() - t0
+        if deadline is not None and clock() > deadline:
+            total = step
+        if step % cfg.eval_every == 0 or step == total:
+            t_eval = clock()
+            m = {"step": float(step), "train_loss": float(loss), **evaluate(params)}
+            turn_eval = clock() - t_eval
+            eval_s = max(eval_s, turn_eval)
+            m["seconds"] = clock() - t0
             history.append(m)
             if on_eval is not None:
                 on_eval(m)
-        if late and step < cfg.steps:
-            stopped = True
-            break
     final = dict(history[-1])
     final.pop("step", None)
     final.pop("seconds", None)
@@ -273,8 +293,8 @@ def train(
         metrics=final,
         history=history,
         steps_done=step,
-        stopped_early=stopped,
-        seconds=time.time() - t0,
+        stopped_early=step < cfg.steps,
+        seconds=clock() - t0,
         device=str(jax.devices()[0].device_kind),
     )
 

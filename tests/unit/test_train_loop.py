@@ -69,6 +69,21 @@ def test_training_is_float32_under_x64_and_reproducible(data: tuple[Dataset, Dat
         np.testing.assert_array_equal(np.asarray(x), np.asarray(y))
 
 
+def test_a_run_that_cannot_finish_in_time_shortens_itself(data: tuple[Dataset, Dataset]) -> None:
+    train_ds, val_ds = data
+    cfg = make_config(TINY, steps=400, eval_every=100, seed=0)
+    assert _chunk_size(cfg) == 25
+    ticks = iter(range(10**6))
+
+    def clock() -> float:  # every reading of the clock takes a second: 16 steps fit in 10 s
+        return float(next(ticks))
+
+    r = train(cfg, train_ds, val_ds, deadline=60.0, clock=clock)
+    assert r.stopped_early and 25 < r.steps_done < 400 and r.steps_done % 25 == 0
+    assert r.history[-1]["step"] == r.steps_done and r.history[-1]["seconds"] <= 60
+    assert np.isfinite(r.metrics["val_accuracy"])
+
+
 def test_a_passed_deadline_stops_early_but_keeps_the_trial(data: tuple[Dataset, Dataset]) -> None:
     train_ds, val_ds = data
     cfg = make_config(TINY, steps=64, eval_every=64, seed=0)
