@@ -11,7 +11,7 @@ import contextlib
 import json
 import os
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Collection, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -149,15 +149,31 @@ def modal_status(spec: JobSpec, tasks: Sequence[ShardTask]) -> StoreStatus:
         claims = _claims(spec)
         held = _or_empty(claims.claims, {})
         records = _or_empty(claims.records, {})
+    return status_from(spec, tasks, files, held, records, manifests, where=view.where())
+
+
+def status_from(
+    spec: JobSpec,
+    tasks: Sequence[ShardTask],
+    files: Collection[str],
+    claims: Mapping[str, dict[str, Any]],
+    records: Mapping[str, dict[str, Any]],
+    manifests: Sequence[dict[str, Any]],
+    *,
+    where: str = "",
+    now: float | None = None,
+) -> StoreStatus:
+    """The status table from what the volume and the Dict hold (no Modal call here)."""
     failed_last: dict[str, str] = {}
     for m in manifests:  # a later run's outcome replaces an earlier one's
         for f in m.get("failures", []):
             failed_last[str(f.get("key"))] = str(f.get("error", ""))
         for k in m.get("solved", []):
             failed_last.pop(str(k), None)
-    st = StoreStatus(root=view.where(), runs=len(manifests))
+    st = StoreStatus(root=where, runs=len(manifests))
     st.runs_usd = sum(float(m.get("spend_usd") or 0.0) for m in manifests)
-    now, timeout = time.time(), claim_timeout_s(spec)
+    t_now = time.time() if now is None else now
+    timeout = claim_timeout_s(spec)
     for t in tasks:
         counts = st.splits.setdefault(t.split, dict.fromkeys(STATUS_COLUMNS, 0))
         rec = records.get(t.key) or {}
@@ -166,12 +182,12 @@ def modal_status(spec: JobSpec, tasks: Sequence[ShardTask]) -> StoreStatus:
         if on_volume:
             state = "done"
             st.spend_usd += float(rec.get("usd") or 0.0)
-        elif t.key in held:
-            claim = held[t.key]
-            state = "stale" if is_stale(claim, now, timeout, this_host()) else "claimed"
+        elif t.key in claims:
+            claim = claims[t.key]
+            state = "stale" if is_stale(claim, t_now, timeout, this_host()) else "claimed"
             why = f"run {claim.get('run_id', '?')} on {claim.get('host', '?')}"
         elif rec.get("status") == "done":
-            state, why = "claimed", "finished, waiting for its volume commit"
+            state, why = "claimed", "finished; its volume commit is pending"
         elif rec.get("status") == "skipped":
             state, why = "skipped", str(rec.get("reason", ""))
         elif t.key in failed_last:

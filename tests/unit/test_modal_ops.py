@@ -1,0 +1,118 @@
+"""The decisions behind status, download and cost, on what the volume and the Dict hold.
+
+The Modal calls only gather file names, claims, records and manifests; what
+forge makes of them is tested here on plain data and real shard files.
+"""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+from runner.backends.modal_ops import (
+    DownloadReport,
+    _same_shard,
+    _wanted,
+    cost_lines,
+    status_from,
+)
+from runner.oracle.shard import read_shard_meta
+from runner.spec.load import load_job
+from runner.spec.plan import tasks as plan_tasks
+from runner.store.claims import make_claim
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+def test_status_from_volume_dict_and_manifests() -> None:
+    spec = load_job(REPO / "jobs/smoke.yaml")
+    tasks = plan_tasks(spec)
+    assert len(tasks) >= 3
+    a, b, c = tasks[:3]
+    files = {a.relpath, f"{a.key}.json"}
+    now = time.time()
+    claims = {b.key: make_claim("run-2", b.key, host="container-9", now=now)}
+    records = {a.key: {"status": "done", "usd": 0.25}}
+    manifests = [
+        {
+            "run_id": "run-1",
+            "spend_usd": 0.5,
+            "failures": [{"key": c.key, "error": "boom"}],
+            "solved": [a.key],
+        },
+    ]
+    st = status_from(
+        spec, tasks, files, claims, records, manifests, where="vol:/shards/smoke", now=now
+    )
+    by_key = {d.key: d for d in st.details}
+    assert by_key[a.key].state == "done"
+    assert by_key[b.key].state == "claimed" and "run-2" in by_key[b.key].why
+    assert by_key[c.key].state == "failed" and by_key[c.key].why == "boom"
+    assert st.spend_usd == 0.25 and st.runs_usd == 0.5 and st.runs == 1
+    assert sum(st.totals().values()) == len(tasks)
+
+    # A later run that solved it clears the failure; a stale claim shows as stale.
+    manifests.append({"run_id": "run-3", "spend_usd": 0.1, "solved": [c.key]})
+    claims[b.key] = make_claim("run-2", b.key, host="container-9", now=now - 10 * 3600)
+    st = status_from(spec, tasks, files, claims, records, manifests, now=now)
+    by_key = {d.key: d for d in st.details}
+    assert by_key[c.key].state == "missing"
+    assert by_key[b.key].state == "stale"
+
+
+def test_download_takes_shards_and_records_only() -> None:
+    assert _wanted("val/seed_00000900_opp1_decl_0.parquet", None)
+    assert _wanted("val/seed_00000900_opp1_decl_0.json", "val")
+    assert not _wanted("val/seed_00000900_opp1_decl_0.parquet", "test")
+    assert not _wanted("_runs/20260101T000000Z-abc.json", None)
+    assert not _wanted("val/seed_00000900_opp1_decl_0.parquet.tmp-1a2b", None)
+    assert not _wanted("val/seed_00000900_opp1_decl_0.parquet.corrupt-20260101T000000Z", None)
+    assert not _wanted("val/seed_00000900_opp1_decl_0.json.tmp-77", None)
+    assert not _wanted(".cache/jax/kernel-abc", None)
+
+
+def test_a_local_shard_is_identical_when_its_digests_match(sample_store: Path) -> None:
+    shard = next((sample_store / "shards" / "tiny" / "train").glob("*.parquet"))
+    meta = read_shard_meta(shard)
+    record = {k: meta[k] for k in ("h_states", "h_v", "h_q")}
+    assert _same_shard(shard, record)
+    assert not _same_shard(shard, {**record, "h_q": "0" * 16})
+    assert not _same_shard(shard, None)
+    broken = shard.parent / "broken.parquet"
+    broken.write_bytes(b"not parquet")
+    try:
+        assert not _same_shard(broken, record)
+    finally:
+        broken.unlink()
+
+
+def test_download_report_lines() -> None:
+    assert DownloadReport(to="d", source="vol:/shards/x/val").lines() == [
+        "Nothing to download: no shards under vol:/shards/x/val yet."
+    ]
+    r = DownloadReport(
+        to="d", copied=["val/a.parquet"], identical=["val/b.parquet"], bytes=2_000_000
+    )
+    r.conflicts = ["val/c.parquet"]
+    text = "\n".join(r.lines())
+    assert "1 file(s) copied (2.0 MB), 1 already present and identical" in text
+    assert "1 local file(s) differ" in text and "val/c.parquet" in text
+
+
+def test_cost_lines_show_both_sides_or_say_why_not() -> None:
+    report = {
+        "budget_usd": 25.0,
+        "forge_total_usd": 1.5,
+        "modal": {
+            "available": False,
+            "total_usd": None,
+            "note": "not available (PermissionDeniedError)",
+        },
+        "runs": [{"run_id": "r1", "status": "finished", "forge_usd": 1.5, "modal_usd": None}],
+    }
+    lines = cost_lines(report)
+    assert any(line.startswith("r1") and "1.5000" in line for line in lines)
+    assert "Modal n/a" in lines[-2] and "not available" in lines[-1]
+    report["modal"] = {"available": True, "total_usd": 1.62, "note": ""}
+    report["runs"][0]["modal_usd"] = 1.62
+    assert "Modal $1.6200" in cost_lines(report)[-1]
