@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import math
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field, fields
 from typing import Any, cast
 
@@ -20,7 +20,7 @@ import numpy as np
 import optax
 
 from runner.train.data import Dataset
-from runner.train.features import N_FEATURES, features
+from runner.train.features import N_FEATURES, features, split_states
 from runner.train.metrics import ILLEGAL, move_sums, mover_q, summarize
 from runner.train.model import PolicyValueNet
 
@@ -297,6 +297,31 @@ def train(
         seconds=clock() - t0,
         device=str(jax.devices()[0].device_kind),
     )
+
+
+def move_scores(
+    cfg: TrainConfig,
+    params: Any,
+    states: np.ndarray,
+    legal: np.ndarray,
+    hands: Sequence[Sequence[int]],
+    decl_id: int,
+) -> np.ndarray:
+    """The model's scores (N, 7) for the mover's local slots of packed ``states`` of one deal;
+    its move is the best-scoring legal slot. ``legal`` (N, 7) bool marks the legal slots."""
+    lo, hi = split_states(states)
+    q = np.where(np.asarray(legal, bool), 0, ILLEGAL).astype(np.int8)
+    model = build_model(cfg)
+    logits, _, _ = jax.jit(lambda p, *a: _scores(model, p, *a))(
+        params,
+        jnp.asarray(lo),
+        jnp.asarray(hi),
+        jnp.asarray(q),
+        jnp.zeros(len(lo), jnp.int32),
+        jnp.asarray(np.array([hands], np.int32).reshape(1, 4, 7)),
+        jnp.asarray(np.array([decl_id], np.int32)),
+    )
+    return np.asarray(logits)
 
 
 def params_to_bytes(params: Any) -> bytes:

@@ -28,7 +28,7 @@ from typing import Any
 from runner.spec import plan, pricing
 from runner.spec.model import JobSpec, ShardTask, SweepSpec
 from runner.store.shards import job_root
-from runner.train.loop import TrainConfig, make_config
+from runner.train.loop import TrainConfig, config_from_dict, make_config, params_from_bytes
 
 BACKENDS = ("local", "modal")
 REPORTED = ("val_accuracy", "q_gap", "blunder_rate")
@@ -492,6 +492,14 @@ def record_result(
     outcome.ran.append(trial.trial_id)
     emit("trial_done", {"trial": trial, "record": rec})
     return rec
+
+
+def load_trial(out_dir: str | os.PathLike[str], tid: str) -> tuple[TrainConfig, Any]:
+    """A finished trial's config and trained params, from its record and checkpoint."""
+    out = Path(out_dir)
+    rec = json.loads(record_path(out, tid).read_text())
+    cfg = config_from_dict(rec["config"])
+    return cfg, params_from_bytes(cfg, checkpoint_path(out, tid).read_bytes())
 
 
 def params_text(params: dict[str, Any]) -> str:

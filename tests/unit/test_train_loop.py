@@ -14,6 +14,7 @@ from runner.train.loop import (
     TrainConfig,
     _chunk_size,
     make_config,
+    move_scores,
     params_from_bytes,
     params_to_bytes,
     train,
@@ -63,10 +64,19 @@ def test_training_is_float32_under_x64_and_reproducible(data: tuple[Dataset, Dat
         assert np.isfinite(a.metrics[k])
     assert 0 <= a.metrics["val_accuracy"] <= 1 and a.metrics["q_gap"] >= 0
     assert a.metrics == pytest.approx(b.metrics, rel=1e-5)
-    # the checkpoint round-trips
+    # the checkpoint round-trips, and playing its moves scores what training reported
     back = params_from_bytes(cfg, params_to_bytes(a.params))
     for x, y in zip(jax.tree_util.tree_leaves(a.params), jax.tree_util.tree_leaves(back), strict=True):
         np.testing.assert_array_equal(np.asarray(x), np.asarray(y))
+    states = (val_ds.hi.astype(np.int64) << 28) | val_ds.lo.astype(np.int64)
+    legal = val_ds.q != -128
+    scores = move_scores(cfg, back, states, legal, val_ds.hands[0].tolist(), int(val_ds.decls[0]))
+    chosen = np.argmax(np.where(legal, scores, -np.inf), axis=1)
+    mover = ((val_ds.hi & 3) + ((val_ds.hi >> 2) & 3)) % 4
+    qm = np.where(mover[:, None] % 2 == 0, 1, -1) * val_ds.q.astype(np.int32)
+    best = np.where(legal, qm, -999).max(axis=1)
+    accuracy = float(np.mean(qm[np.arange(len(qm)), chosen] == best))
+    assert accuracy == pytest.approx(a.metrics["val_accuracy"], abs=1e-6)
 
 
 def test_a_run_that_cannot_finish_in_time_shortens_itself(data: tuple[Dataset, Dataset]) -> None:
