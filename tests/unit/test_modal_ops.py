@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import time
 from pathlib import Path
+from typing import Any
 
 from runner.backends.modal_ops import (
     DownloadReport,
@@ -100,7 +101,7 @@ def test_download_report_lines() -> None:
 
 
 def test_cost_lines_show_both_sides_or_say_why_not() -> None:
-    report = {
+    report: dict[str, Any] = {
         "budget_usd": 25.0,
         "forge_total_usd": 1.5,
         "modal": {
