@@ -249,9 +249,12 @@ class LocalBackend(Backend):
         return f"local: {self.n_workers} worker process{'es' if self.n_workers > 1 else ''}, store {self.root}"
 
     def start(self) -> None:
+        self.root.mkdir(parents=True, exist_ok=True)
+
+    def _start_workers(self) -> None:
+        # Lazily, on the first submit: a rerun with nothing to do starts no process.
         if self._started:
             return
-        self.root.mkdir(parents=True, exist_ok=True)
         if self.mode == "pipeline":
             self._spawn("solver")
             for _ in range(self.n_workers):
@@ -275,6 +278,7 @@ class LocalBackend(Backend):
         return LOCAL_GPU
 
     def submit(self, wave: Sequence[TaskRequest]) -> None:
+        self._start_workers()
         now = time.monotonic()
         for req in wave:
             self._jobs[req.task.key] = _Job(req, now)

@@ -9,7 +9,6 @@ from __future__ import annotations
 import time
 from typing import Any
 
-from rich import box
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn
 from rich.table import Table
@@ -122,7 +121,8 @@ class RunDisplay:
             title=f"forge run {s.run_id} ({s.backend})",
             show_header=False,
             title_justify="left",
-            box=box.SIMPLE,
+            box=None,
+            padding=(0, 2),
         )
         t.add_column("what")
         t.add_column("value", justify="right")
@@ -161,5 +161,7 @@ class RunDisplay:
                 f"[yellow]Interrupted:[/yellow] workers stopped, their claims released; "
                 f"{p.remaining} shard(s) not done. Run again to continue."
             )
+        elif s.exit_code == 0 and p.solved == 0 and p.planned == p.already_done:
+            self.console.print(f"[green]Nothing to do: all {p.planned} planned shards exist.[/green]")
         elif s.exit_code == 0:
             self.console.print("[green]All planned shards exist.[/green]")
