@@ -876,7 +876,12 @@ class ModalBackend(Backend):
     def stop_app(self) -> None:
         """Stop the job's app now (Ctrl+C, a budget stop): its containers end, no GPU keeps billing."""
         if not self.app_id:
-            self.say("Interrupted before the Modal app started: nothing is running on Modal.")
+            # Interrupted while app.run() was still setting up: Modal's own handler
+            # disconnects, which ends an app that never got to run anything.
+            self.say(
+                f"Interrupted while Modal app {self.job.app.name} was starting: "
+                "no shard had started, Modal ends the app as forge disconnects."
+            )
             return
         self.say(f"Stopping Modal app {self.job.app.name} ({self.app_id}) ...")
         try:
