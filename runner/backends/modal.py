@@ -510,6 +510,21 @@ class _TaggedClaims:
         return getattr(self.inner, name)
 
 
+_CONTAINER_T0 = time.time()  # this module loads when the container starts
+_startup_lock = threading.Lock()
+_startup_charged = False
+
+
+def _startup_seconds() -> float:
+    """Seconds from container start to now, once per container (0 after, and outside Modal)."""
+    global _startup_charged
+    with _startup_lock:
+        if _startup_charged or not _in_modal():
+            return 0.0
+        _startup_charged = True
+        return max(0.0, time.time() - _CONTAINER_T0)
+
+
 def solve_shard(request: TaskRequest, spec: JobSpec, run_id: str) -> TaskResult:
     """The body of every ``solve_*`` function: one shard, through the local backend's ``run_task``.
 
@@ -525,7 +540,8 @@ def solve_shard(request: TaskRequest, spec: JobSpec, run_id: str) -> TaskResult:
     claims = _TaggedClaims(shard_claims(spec, root), input_id)
     _forget_own_claim(claims, request.task.key, input_id)
     pricing = dict(spec.pricing)
-    gpu = gpu_from_device(_device_kind(), tuple(request.gpu), pricing)
+    gpu = gpu_from_device(_device_kind(), tuple(request.gpu), pricing)  # the first jax call
+    startup = _startup_seconds()  # up to the task: its own seconds are counted by run_task
     result = run_task(
         request.task,
         store,
@@ -540,6 +556,12 @@ def solve_shard(request: TaskRequest, spec: JobSpec, run_id: str) -> TaskResult:
         tier=request.tier,
         attempt=request.attempt,
     )
+    if startup:
+        # Modal bills a container from its start: its first input carries the
+        # start-up (image, imports, compile), so the budget guard counts it.
+        result.seconds += startup
+        result.usd += startup * float(pricing.get(gpu, 0.0)) / 3600.0
+        result.timings["container_start"] = startup
     if result.status in ("done", "skipped", "already_done"):
         record = store.read_record(request.task)
         if record is not None and hasattr(claims, "put_record"):
