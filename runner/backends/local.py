@@ -76,8 +76,15 @@ def _die_with_parent(parent: int) -> None:
         os._exit(1)
 
 
+SHM_MIN_FREE = 8 << 30  # a few solved tables in flight; containers often give /dev/shm 64 MB
+
+
 def _shm_dir(run_id: str) -> Path:
-    base = Path("/dev/shm") if os.path.isdir("/dev/shm") else Path(tempfile.gettempdir())
+    """Where solved tables wait for a writer: RAM (/dev/shm) when it has room, else /tmp."""
+    base = Path(tempfile.gettempdir())
+    with contextlib.suppress(OSError):
+        if shutil.disk_usage("/dev/shm").free >= SHM_MIN_FREE:
+            base = Path("/dev/shm")
     return base / f"forge-{run_id}"
 
 

@@ -161,7 +161,7 @@ class TaskRun:
             if isinstance(n, int) and self.max_states is not None and n > self.max_states:
                 self.result.states = n
                 return self._end("skipped" if self.final_tier else "too_large")
-        mine = make_claim(self.run_id, task.key)
+        mine = make_claim(self.run_id, task.key, timeout_s=self.timeout_s)
         won, previous = acquire(self.claims, task.key, mine, timeout_s=self.timeout_s)
         if not won:
             self.result.holder = previous

@@ -70,9 +70,14 @@ def make_claim(
     host: str | None = None,
     pid: int | None = None,
     now: float | None = None,
+    timeout_s: float | None = None,
 ) -> Claim:
-    """A fresh claim for ``key`` owned by this process (or the given host/pid)."""
-    return {
+    """A fresh claim for ``key`` owned by this process (or the given host/pid).
+
+    ``timeout_s`` is the owner's own task timeout (a large-tier task may run
+    longer than other runs' default timeout); ``is_stale`` honours it.
+    """
+    claim: Claim = {
         "key": key,
         "run_id": run_id,
         "host": host if host is not None else this_host(),
@@ -80,6 +85,9 @@ def make_claim(
         "started": now if now is not None else time.time(),
         "token": uuid.uuid4().hex[:12],
     }
+    if timeout_s is not None:
+        claim["timeout_s"] = float(timeout_s)
+    return claim
 
 
 def pid_alive(pid: int) -> bool:
@@ -109,15 +117,18 @@ def is_stale(
 ) -> bool:
     """Whether ``claim`` may be taken over.
 
-    Stale when it is older than ``timeout_s`` (its owner would have been
-    stopped by now), or when it was made on this host by a pid that is gone.
+    Stale when it is older than the timeout (its owner would have been
+    stopped by now: the larger of ``timeout_s`` and the claim's own
+    ``timeout_s``), or when it was made on this host by a pid that is gone.
     A claim that could not be read (``unreadable``) is stale after a short grace.
     """
     started = float(claim.get("started", 0.0))
     age = now - started
     if claim.get("unreadable"):
         return age > min(timeout_s, UNREADABLE_GRACE_S)
-    if age > timeout_s:
+    own = claim.get("timeout_s")
+    limit = max(timeout_s, float(own)) if isinstance(own, int | float) else timeout_s
+    if age > limit:
         return True
     if claim.get("host") == this_host:
         pid = claim.get("pid")

@@ -51,6 +51,9 @@ def test_stale_rule() -> None:
     alive.clear()
     assert is_stale(mine, now, 60, "h1", is_alive), "its pid is gone on this host"
     assert not is_stale(mine, now, 60, "h2", is_alive), "another host's pid says nothing here"
+    long_task = {"run_id": "r", "host": "h2", "pid": 1, "started": now - 100, "timeout_s": 3600}
+    assert not is_stale(long_task, now, 60, "h1", is_alive), "its own (large-tier) timeout counts"
+    assert is_stale(long_task, now + 3600, 60, "h1", is_alive)
     unreadable = {"unreadable": True, "started": now - 5}
     assert not is_stale(unreadable, now, 600, "h1", is_alive)
     assert is_stale(unreadable, now + 60, 600, "h1", is_alive)
