@@ -296,6 +296,14 @@ class Orchestrator:
                 self.backend.stop(interrupted=True)
             except KeyboardInterrupt:  # a second Ctrl+C while stopping: stop harder
                 self.backend.stop(interrupted=True)
+        except BaseException:
+            # A bug or a lost backend: stop what runs (paid GPUs included), keep the
+            # manifest truthful, then let the error show.
+            try:
+                self.backend.stop(interrupted=True)
+            finally:
+                self._write_manifest("error", force=True, final=True)
+            raise
         status = {None: "finished", "budget": "budget", "interrupt": "interrupted"}[self.stopped_by]
         if status == "finished" and (self.p.failed or self.p.remaining):
             status = "failed"

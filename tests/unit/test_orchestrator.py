@@ -350,3 +350,18 @@ def test_ctrl_c_stops_the_backend_and_exits_130(tmp_path: Path) -> None:
     assert be.stopped == [True]
     m = be.written["run-test"]
     assert m["status"] == "interrupted" and m["counts"]["solved"] == 2 and m["counts"]["remaining"] == 4
+
+
+def test_an_unexpected_error_stops_the_backend_and_is_not_swallowed(tmp_path: Path) -> None:
+    spec = make_job(tmp_path, seeds=3)
+    clock = Clock()
+
+    class Broken(Scripted):
+        def poll(self, timeout: float) -> list[TaskResult]:
+            raise RuntimeError("lost the backend")
+
+    be = Broken(spec, clock)
+    with pytest.raises(RuntimeError, match="lost the backend"):
+        orchestrate(spec, be, clock)
+    assert be.stopped == [True]
+    assert be.written["run-test"]["status"] == "error"
