@@ -60,7 +60,13 @@ class ClaimTable(Protocol):
 
 
 def this_host() -> str:
-    return socket.gethostname()
+    """This machine's name in claims; a Modal container adds its task id.
+
+    Modal containers need not have distinct host names, and the pid rule of
+    ``is_stale`` must only judge claims made in this very container.
+    """
+    task = os.environ.get("MODAL_TASK_ID")
+    return f"{socket.gethostname()}/{task}" if task else socket.gethostname()
 
 
 def make_claim(

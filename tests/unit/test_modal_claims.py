@@ -243,3 +243,21 @@ def test_a_done_record_counts_only_once_trusted() -> None:
     assert classify([t], set(), {}, records, now=0.0, timeout_s=900)[t.key] == "missing"
     got = classify([t], set(), {}, records, now=0.0, timeout_s=900, trust_records=True)
     assert got[t.key] == "done"
+
+
+def test_containers_sharing_a_host_name_do_not_judge_each_others_pids(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Modal containers may share a host name; a live claim of another container is not stale
+    because its pid does not exist here."""
+    import socket
+
+    from runner.store.claims import is_stale, this_host
+
+    monkeypatch.setenv("MODAL_TASK_ID", "ta-other")
+    theirs = make_claim("run-1", KEY, pid=999_999_999)  # a pid that exists in *their* container
+    monkeypatch.setenv("MODAL_TASK_ID", "ta-mine")
+    assert theirs["host"].startswith(socket.gethostname())
+    assert not is_stale(theirs, time.time(), 600, this_host())
+    mine = make_claim("run-1", KEY, pid=999_999_999)  # same container, gone pid: stale
+    assert is_stale(mine, time.time(), 600, this_host())
