@@ -514,12 +514,18 @@ def _solve(
     for t in range(6, t_start - 1, -1):
         r = 7 - t
         v_dense = jnp.zeros(n_boundaries(r), jnp.int8)
+        pending = None
         for bidx, valid, n_valid in _chunks(bounds[t], chunk_size(r, leaf_budget, len(bounds[t]))):
             v0, keys, order, rows, oks = _backward_chunk(ctx, bidx, v_next, r=r)
             v_dense = _scatter_v(v_dense, bidx, valid, v0)
-            _collect(parts, keys, order, rows, oks, n_valid)
+            # copy the previous chunk out while this one computes (dispatch is asynchronous)
+            if pending is not None:
+                _collect(parts, *pending)
+            pending = (keys, order, rows, oks, n_valid)
             if t == t_start:
                 root = int(np.asarray(v0)[0])
+        if pending is not None:
+            _collect(parts, *pending)
         v_next = v_dense
     timings["values"] = time.perf_counter() - t0
 
