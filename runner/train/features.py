@@ -45,6 +45,11 @@ TILE_CHANNELS: tuple[str, ...] = (
     "rank",  # trick rank given the led suit (0 when nothing is led)
     "count",  # count points / 10
     "legal_for_me",  # the mover may play it now
+    # deal-invariant tactics: the same facts mean the same thing whatever the tile ids
+    "wins_trick_now",  # played now, it would take the lead of the current trick
+    "beaters_left",  # tiles in the left opponent's hand that outrank it (suit led, else its own)
+    "beaters_partner",
+    "beaters_right",
 )
 N_GLOBAL = rules.N_DECLS + 4 + (NO_LED + 1) + 4 + 1  # decl, plays, led suit, trick leader so far, trick points
 N_FEATURES = len(TILE_CHANNELS) * N_TILES + N_GLOBAL
@@ -153,14 +158,26 @@ def features(
     count = jnp.broadcast_to(jnp.asarray(COUNT)[None, :] / 10.0, (b, N_TILES))
     mover_tiles = h_rel[:, 0, :]
     legal_t = jnp.einsum("bl,blt->bt", legal.astype(f32), tile_oh[:, 0])
-    per_tile = jnp.concatenate(
-        [loc, jnp.stack([trump, follows, rank_t / MAX_RANK, count, legal_t], axis=1)], axis=1
-    )  # (B, 13, 28)
 
     trick_rank = jnp.where(played, jnp.take_along_axis(rank_t, trick_tiles, axis=1), -1.0)
     winner_k = jnp.argmax(trick_rank, axis=1)
+    wins_now = (has_lead[:, None] & (rank_t > trick_rank.max(axis=1, keepdims=True))).astype(f32)
+    # each tile's reference suit: the suit led, or the suit it would lead
+    ref = jnp.where(has_lead[:, None], led[:, None], jnp.asarray(LED_OF)[d])  # (B, 28)
+    ranks_ref = jnp.take_along_axis(jnp.asarray(RANK)[d], ref[:, :, None], axis=1)  # (B, 28 t, 28 u)
+    own = jnp.diagonal(ranks_ref, axis1=1, axis2=2)  # (B, 28): rank of t in its reference suit
+    beats = (ranks_ref > own[:, :, None]).astype(f32)
+    beaters = jnp.einsum("btu,bru->brt", beats, hand_loc[:, 1:4]) / 7.0  # (B, 3, 28)
     winner_rel = jnp.where(has_lead, jnp.take_along_axis(rel_k, winner_k[:, None], axis=1)[:, 0], 0)
     trick_points = (jnp.asarray(COUNT)[trick_tiles] * played.astype(f32)).sum(axis=1)
+    per_tile = jnp.concatenate(
+        [
+            loc,
+            jnp.stack([trump, follows, rank_t / MAX_RANK, count, legal_t, wins_now], axis=1),
+            beaters,
+        ],
+        axis=1,
+    )  # (B, len(TILE_CHANNELS), 28)
     glob = jnp.concatenate(
         [
             jax.nn.one_hot(d, rules.N_DECLS, dtype=f32),

@@ -26,6 +26,9 @@ from runner.train.model import PolicyValueNet
 
 F32 = jnp.float32
 EVAL_CHUNK = 8192
+# Part of every trial's id: bump it when features, model, loss or schedule change, so a
+# rerun retrains instead of reusing results of the old code.
+TRAINER_VERSION = "2"
 
 
 @dataclass(frozen=True)

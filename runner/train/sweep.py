@@ -28,7 +28,13 @@ from typing import Any
 from runner.spec import plan, pricing
 from runner.spec.model import JobSpec, ShardTask, SweepSpec
 from runner.store.shards import job_root
-from runner.train.loop import TrainConfig, config_from_dict, make_config, params_from_bytes
+from runner.train.loop import (
+    TRAINER_VERSION,
+    TrainConfig,
+    config_from_dict,
+    make_config,
+    params_from_bytes,
+)
 
 BACKENDS = ("local", "modal")
 REPORTED = ("val_accuracy", "q_gap", "blunder_rate")
@@ -194,7 +200,7 @@ def _canonical(obj: Any) -> str:
 
 
 def trial_id(config: TrainConfig, data: DataPlan) -> str:
-    blob = _canonical({"config": config.to_dict(), "data": data.identity()})
+    blob = _canonical({"trainer": TRAINER_VERSION, "config": config.to_dict(), "data": data.identity()})
     return hashlib.sha256(blob.encode()).hexdigest()[:10]
 
 

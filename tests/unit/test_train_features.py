@@ -83,6 +83,19 @@ def test_features_match_the_rules(sample: tuple[np.ndarray, np.ndarray]) -> None
         np.testing.assert_array_equal(per_tile[:n_loc], expected, err_msg=f"state {s}")
         legal_channel = TILE_CHANNELS.index("legal_for_me")
         assert {t for t in range(28) if per_tile[legal_channel, t]} == allowed
+        led = rules.led_suit(trick[0], 0) if trick else None
+        top = max((rules.rank(x, led, 0) for x in trick), default=-1) if led is not None else -1
+        for t in range(28):
+            ref = led if led is not None else rules.led_suit(t, 0)
+            own = rules.rank(t, ref, 0)
+            wins = led is not None and rules.rank(t, led, 0) > top
+            assert per_tile[TILE_CHANNELS.index("wins_trick_now"), t] == wins
+            for r, name in ((1, "left"), (2, "partner"), (3, "right")):
+                seat = (mover + r) % 4
+                held = [u for i, u in enumerate(hands[seat]) if masks[seat] >> i & 1]
+                n_beat = sum(rules.rank(u, ref, 0) > own for u in held)
+                got = per_tile[TILE_CHANNELS.index(f"beaters_{name}"), t] * 7
+                assert abs(got - n_beat) < 1e-5, (s, t, name)
         trump = TILE_CHANNELS.index("trump")
         assert {t for t in range(28) if per_tile[trump, t]} == {
             t for t in range(28) if rules.in_called_suit(t, 0)
