@@ -110,7 +110,16 @@ def plan(job: str, backend: str | None, out: str, as_json: bool) -> None:
         for err in e.errors:
             click.echo(str(err), err=True)
         raise SystemExit(1) from None
-    result = make_plan(spec, backend=backend, store_dir=out)  # type: ignore[arg-type]
+    from runner.store.status import done_relpaths, measured_seconds_per_state
+
+    # the store's notion of done (quick-checked files) and its measured timings
+    result = make_plan(
+        spec,
+        backend=backend,  # type: ignore[arg-type]
+        store_dir=out,
+        done=done_relpaths,
+        seconds_per_state=measured_seconds_per_state(spec, out) or None,
+    )
     modal_doc = _modal_plan(spec) if backend == "modal" else None
     if as_json:
         doc = result.to_json()

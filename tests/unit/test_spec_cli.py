@@ -76,9 +76,21 @@ def test_plan_valtest_text() -> None:
 
 
 def test_plan_json_counts_existing_shards_under_out(tmp_path: Path) -> None:
-    f = tmp_path / "shards" / "smoke" / "train" / "seed_00000001_decl_1.parquet"
-    f.parent.mkdir(parents=True)
-    f.write_bytes(b"x")
+    from types import SimpleNamespace
+
+    import numpy as np
+
+    from runner.oracle.shard import write_shard
+
+    train = tmp_path / "shards" / "smoke" / "train"
+    # a readable shard (footer and row count agree) counts as done ...
+    tiny = SimpleNamespace(
+        hands=((0,) * 7,) * 4, decl_id=1, states=np.arange(3, dtype=np.int64),
+        V=np.zeros(3, np.int8), Q=np.zeros((3, 7), np.int8), root_value=0, device="cpu",
+    )  # fmt: skip
+    write_shard(train / "seed_00000001_decl_1.parquet", tiny, base_seed=1, opp_seed=None)
+    # ... a damaged one under a final name does not
+    (train / "seed_00000030_decl_0.parquet").write_bytes(b"x")
     code, out, _ = invoke(
         "plan",
         str(ROOT / "jobs" / "smoke.yaml"),
