@@ -8,6 +8,7 @@ from typing import Any
 
 from rich import box
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 
 from runner.spec.pricing import format_duration
@@ -37,33 +38,40 @@ class Reporter:
         self.steps = 0
 
     def __call__(self, kind: str, info: dict[str, Any]) -> None:
-        c = self.console
+        self._event(kind, info)
+
+    def _print(self, text: str) -> None:
+        # long lines (paths in errors) stay whole: logs and tests search them
+        self.console.print(text, soft_wrap=True, highlight=False)
+
+    def _event(self, kind: str, info: dict[str, Any]) -> None:
+        say = self._print
         if kind == "start":
             self.total = info["trials"]
             data = info["data"]
-            c.print(
+            say(
                 f"data: {len(data.train)} train and {len(data.val)} val shards of job "
-                f"{data.job_name!r} under {data.root}"
+                f"{escape(repr(data.job_name))} under {escape(str(data.root))}"
             )
             for split, used in ((data.train_split, data.train), (data.val_split, data.val)):
                 planned = data.planned[split]
                 if len(used) < planned:
-                    c.print(f"  note: split {split!r} has {len(used)} of its {planned} planned shards")
+                    say(f"  note: split {split!r} has {len(used)} of its {planned} planned shards")
             if info["todo"] == 0:
-                c.print(f"all {info['trials']} trials finished earlier; nothing to run")
+                say(f"all {info['trials']} trials finished earlier; nothing to run")
             else:
-                c.print(
+                say(
                     f"{info['todo']} of {info['trials']} trials to run on the {info['backend']} backend"
                     + (f" ({info['skipped']} finished earlier)" if info["skipped"] else "")
-                    + f"; results in {info['out_dir']}"
+                    + f"; results in {escape(str(info['out_dir']))}"
                 )
         elif kind == "trial_start":
             t: Trial = info["trial"]
             self.steps = t.config.steps
-            c.print(f"[bold]trial {t.index}/{self.total}[/bold] {t.trial_id}  {params_text(t.params)}")
+            say(f"[bold]trial {t.index}/{self.total}[/bold] {t.trial_id}  {params_text(t.params)}")
         elif kind == "eval":
             m = info["metrics"]
-            c.print(
+            say(
                 f"  step {int(m['step'])}/{self.steps}  "
                 + "  ".join(f"{LABELS[k]} {_metric(k, m.get(k))}" for k in REPORTED)
                 + f"  ({format_duration(m['seconds'])})"
@@ -74,15 +82,15 @@ class Reporter:
             if rec["status"] == "finished":
                 m = rec["metrics"]
                 early = f", stopped at step {rec['steps_done']} (time limit)" if rec.get("stopped_early") else ""
-                c.print(
+                say(
                     "  done: "
                     + "  ".join(f"{LABELS[k]} {_metric(k, m.get(k))}" for k in REPORTED)
                     + f"  in {format_duration(rec['seconds'])}, {_usd(rec['cost_usd'])}{early}"
                 )
             else:
-                c.print(f"  [red]failed[/red]: {rec.get('error', '')}")
+                say(f"  [red]failed[/red]: {escape(str(rec.get('error', '')))}")
         elif kind == "budget_stop":
-            c.print(
+            say(
                 f"[yellow]budget[/yellow]: ${info['spent']:.2f} of ${info['max_usd']:.2f} spent; "
                 f"{len(info['trials'])} trial(s) not started (each may cost up to its whole timeout)"
             )
@@ -114,8 +122,6 @@ def results_table(outcome: SweepOutcome) -> Table:
     table.add_column("status")
     for rank, r in enumerate(rows, start=1):
         status = r["status"]
-        if status == "failed" and r.get("error"):
-            status = f"failed: {str(r['error'])[:40]}"
         table.add_row(
             str(rank) if r["status"] == "finished" else "",
             r["trial_id"],
@@ -132,8 +138,11 @@ def results_table(outcome: SweepOutcome) -> Table:
 def print_outcome(console: Console, outcome: SweepOutcome) -> None:
     """The table, where the results went, then the best config and its checkpoint, last."""
     console.print(results_table(outcome))
+    for r in outcome.rows():
+        if r["status"] == "failed":
+            console.print(f"trial {r['trial_id']} failed: {r.get('error')}", soft_wrap=True, markup=False)
     out = outcome.out_dir
-    console.print(f"results: {out / 'results.json'}, {out / 'results.csv'}")
+    console.print(f"results: {out / 'results.json'}, {out / 'results.csv'}", soft_wrap=True, markup=False)
     if outcome.spent_usd:
         console.print(f"spent: {_usd(outcome.spent_usd)} of ${outcome.spec.budget.max_usd:.2f}")
     best = outcome.best()
@@ -143,6 +152,7 @@ def print_outcome(console: Console, outcome: SweepOutcome) -> None:
     m = best["metrics"]
     console.print(
         f"best: trial {best['trial_id']}  {params_text(best['params'])}  "
-        + "  ".join(f"{LABELS[k]} {_metric(k, m.get(k))}" for k in REPORTED)
+        + "  ".join(f"{LABELS[k]} {_metric(k, m.get(k))}" for k in REPORTED),
+        soft_wrap=True,
     )
-    console.print(f"checkpoint: {best['checkpoint']}")
+    console.print(f"checkpoint: {best['checkpoint']}", soft_wrap=True, markup=False)

@@ -140,3 +140,24 @@ def test_modal_backend_without_credentials_fails_fast(project: Path, tmp_path: P
     assert r.returncode == 2
     assert "Modal credentials not found" in r.stderr
     assert "Traceback" not in r.stderr
+
+
+def test_a_failed_trial_is_recorded_and_tried_again(project: Path) -> None:
+    import pyarrow.parquet as pq
+
+    # a val shard that passes the quick check but whose deal cannot be read
+    val = next((project / "shards" / "tiny" / "val").glob("*.parquet"))
+    table = pq.read_table(val)
+    meta = {k.decode(): v.decode() for k, v in (table.schema.metadata or {}).items()}
+    pq.write_table(table.replace_schema_metadata({**meta, "hands": "[[1, 2]]"}), val)
+    sweep_file(project)
+    r = forge("sweep", "sweep.yaml", cwd=project)
+    assert r.returncode == 1, r.stdout + r.stderr
+    assert "failed" in r.stdout and "not a deal of 28 tiles" in r.stdout
+    assert "Traceback" not in r.stdout + r.stderr
+    out = project / "sweeps" / "tiny-sweep"
+    results = json.loads((out / "results.json").read_text())
+    assert [t["status"] for t in results] == ["failed", "failed"]
+    assert all("not a deal of 28 tiles" in t["error"] for t in results)
+    again = forge("sweep", "sweep.yaml", cwd=project)
+    assert "2 of 2 trials to run" in again.stdout and again.returncode == 1

@@ -1,0 +1,56 @@
+"""Sweep bookkeeping without training: records, what counts as finished, ranking, budget."""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+
+from runner.train.sweep import (
+    Budget,
+    checkpoint_path,
+    is_finished,
+    read_records,
+    record_path,
+    sort_rows,
+)
+
+
+def _row(index: int, status: str, acc: float | None) -> dict[str, object]:
+    return {"index": index, "status": status, "metrics": {"val_accuracy": acc}}
+
+
+def test_only_whole_records_with_a_checkpoint_count_as_finished(tmp_path: Path) -> None:
+    good = {"trial_id": "aaaa", "status": "finished"}
+    record_path(tmp_path, "aaaa").parent.mkdir(parents=True)
+    record_path(tmp_path, "aaaa").write_text(json.dumps(good))
+    record_path(tmp_path, "bbbb").write_text('{"trial_id": "bbbb", "sta')  # torn write
+    record_path(tmp_path, "cccc").write_text(json.dumps({"trial_id": "other", "status": "finished"}))
+    records = read_records(tmp_path)
+    assert set(records) == {"aaaa"}
+    assert not is_finished(records["aaaa"], tmp_path)  # no checkpoint yet
+    checkpoint_path(tmp_path, "aaaa").parent.mkdir(parents=True)
+    checkpoint_path(tmp_path, "aaaa").write_bytes(b"params")
+    assert is_finished(records["aaaa"], tmp_path)
+    assert not is_finished({"trial_id": "aaaa", "status": "failed"}, tmp_path)
+
+
+def test_ranking_puts_the_best_first_and_unfinished_last() -> None:
+    rows = [
+        _row(1, "finished", 0.91),
+        _row(2, "failed", None),
+        _row(3, "finished", 0.95),
+        _row(4, "finished", math.nan),
+        _row(5, "finished", 0.93),
+    ]
+    assert [r["index"] for r in sort_rows(rows, "val_accuracy", "max")] == [3, 5, 1, 2, 4]
+    assert [r["index"] for r in sort_rows(rows, "val_accuracy", "min")] == [1, 5, 3, 2, 4]
+
+
+def test_budget_reserves_the_worst_case_and_settles_the_actual() -> None:
+    b = Budget(max_usd=10.0, spent=1.0)
+    assert b.try_reserve(4.0) and b.try_reserve(4.0)
+    assert not b.try_reserve(1.5)  # 1 spent + 8 in flight + 1.5 > 10
+    b.settle(4.0, 0.5)  # a trial came back cheaper than its worst case
+    assert b.spent == 1.5 and b.reserved == 4.0
+    assert b.try_reserve(4.5) and not b.try_reserve(0.01)
