@@ -32,6 +32,7 @@ from runner.backends.modal import (
     _retries,
     gpu_from_device,
     require_credentials,
+    user_error,
     volume_root,
 )
 from runner.spec.model import SweepSpec
@@ -139,6 +140,11 @@ def resolve_volume_data(spec: SweepSpec, data_dir: str | None = None) -> DataPla
             entries = volume.listdir(str(inside / split))
         except modal.exception.NotFoundError:
             entries = []
+        except Exception as e:
+            friendly = user_error(e)
+            if friendly is not None:
+                raise friendly from None
+            raise
         names[split] = {PurePosixPath(e.path).name for e in entries}
     return pick_shards(
         spec,
@@ -164,6 +170,28 @@ def run_modal(
     root = data.root
     limit = time_limit_s(spec.compute.timeout_s)
     queue = list(todo)
+    try:
+        _dispatch(compiled, spec, data, queue, outcome, budget, emit, root, limit, worst, prices)
+    except Exception as e:
+        friendly = user_error(e)
+        if friendly is not None:
+            raise friendly from None
+        raise
+
+
+def _dispatch(
+    compiled: CompiledSweep,
+    spec: SweepSpec,
+    data: DataPlan,
+    queue: list[Trial],
+    outcome: SweepOutcome,
+    budget: Budget,
+    emit: Event,
+    root: str,
+    limit: float,
+    worst: float,
+    prices: dict[str, float],
+) -> None:
     # leaving this block (Ctrl+C included) stops the app and its containers
     with compiled.app.run():
         while queue:
@@ -178,10 +206,10 @@ def run_modal(
             for t in wave:
                 emit("trial_start", {"trial": t})
             requests = [payload(t, data, root, limit) for t in wave]
-            errors: list[str] = []
+            errors: list[BaseException] = []
             for result in compiled.function.map(requests, order_outputs=False, return_exceptions=True):
                 if isinstance(result, BaseException):
-                    errors.append(f"{type(result).__name__}: {result}")
+                    errors.append(result)
                     continue
                 trial = by_id.pop(str(result["trial_id"]), None)
                 if trial is None:
@@ -192,19 +220,37 @@ def run_modal(
                     outcome, trial, result, gpu=gpu, price_per_hour=float(prices.get(gpu, 0.0)), emit=emit
                 )
                 budget.settle(worst, float(rec["cost_usd"]))
-            # an input that died (container killed, timeout) comes back as an exception
-            # without its trial id: every trial without a result failed for that reason
-            why = "; ".join(errors) or "no result came back from Modal"
-            dearest = max(spec.compute.gpu, key=lambda g: float(prices.get(g, 0.0)))
-            for trial in by_id.values():
-                # a lost input may have run its whole time limit: charge the worst case
-                failed = {
-                    "trial_id": trial.trial_id,
-                    "status": "failed",
-                    "error": why,
-                    "seconds": float(spec.compute.timeout_s),
-                }
-                rec = record_result(
-                    outcome, trial, failed, gpu=dearest, price_per_hour=float(prices.get(dearest, 0.0)), emit=emit
-                )
-                budget.settle(worst, float(rec["cost_usd"]))
+            _fail_unanswered(list(by_id.values()), errors, spec, outcome, budget, emit, worst, prices)
+
+
+def _fail_unanswered(
+    trials: list[Trial],
+    errors: list[BaseException],
+    spec: SweepSpec,
+    outcome: SweepOutcome,
+    budget: Budget,
+    emit: Event,
+    worst: float,
+    prices: dict[str, float],
+) -> None:
+    """Record the trials of a wave that got no result as failed.
+
+    With ``order_outputs=False`` Modal does not say which input an exception belongs
+    to, so every unanswered trial fails with the wave's errors. As many of them as there
+    were timeouts are charged their whole timeout on the dearest GPU (as the oracle's
+    Modal backend does), so the spend never under-counts.
+    """
+    text = "; ".join(dict.fromkeys(f"{type(e).__name__}: {e}" for e in errors)) or "no result came back"
+    timeouts = sum(isinstance(e, modal.exception.FunctionTimeoutError) for e in errors)
+    dearest = max(spec.compute.gpu, key=lambda g: float(prices.get(g, 0.0)))
+    for i, trial in enumerate(trials):
+        failed = {
+            "trial_id": trial.trial_id,
+            "status": "failed",
+            "error": f"Modal: {text}"[:4000],
+            "seconds": float(spec.compute.timeout_s) if i < timeouts else 0.0,
+        }
+        rec = record_result(
+            outcome, trial, failed, gpu=dearest, price_per_hour=float(prices.get(dearest, 0.0)), emit=emit
+        )
+        budget.settle(worst, float(rec["cost_usd"]))

@@ -85,3 +85,27 @@ def test_function_body_runs_locally(spec: SweepSpec, sample_store: Path) -> None
     assert out["trial_id"] == trial.trial_id and out["steps_done"] == 4
     assert set(out["metrics"]) >= {"val_accuracy", "q_gap", "blunder_rate"}
     assert isinstance(out["params"], bytes) and len(out["params"]) > 1000
+
+
+def test_trials_without_a_result_fail_and_timeouts_are_charged(spec: SweepSpec, tmp_path: Path) -> None:
+    import modal.exception
+
+    from runner.train.loop import TrainConfig
+    from runner.train.sweep import Budget, SweepOutcome, Trial
+
+    trials = [Trial(i, f"t{i}", {"lr": 0.1 * i}, TrainConfig()) for i in (1, 2, 3)]
+    outcome = SweepOutcome(spec, tmp_path, "modal", trials, {})
+    worst = modal_sweep.worst_case_usd(spec)
+    budget = Budget(max_usd=5.0)
+    for _ in trials:
+        assert budget.try_reserve(worst)
+    errors = [modal.exception.FunctionTimeoutError("timed out"), RuntimeError("container lost")]
+    prices = dict(spec.pricing)
+    modal_sweep._fail_unanswered(trials, errors, spec, outcome, budget, lambda k, i: None, worst, prices)
+    records = [outcome.records[t.trial_id] for t in trials]
+    assert [r["status"] for r in records] == ["failed"] * 3
+    assert all("timed out" in r["error"] and "container lost" in r["error"] for r in records)
+    charged = [r["cost_usd"] for r in records]
+    assert charged[0] == pytest.approx(worst, rel=1e-4) and charged[1:] == [0.0, 0.0]
+    assert budget.reserved == pytest.approx(0.0) and budget.spent == pytest.approx(worst, rel=1e-4)
+    assert not (tmp_path / "checkpoints").exists()
