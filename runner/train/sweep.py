@@ -256,6 +256,19 @@ def checkpoint_path(out_dir: Path, tid: str) -> Path:
     return out_dir / CHECKPOINTS_DIR / f"{tid}.msgpack"
 
 
+def read_record(out_dir: Path, tid: str) -> dict[str, Any] | None:
+    try:
+        rec = json.loads(record_path(out_dir, tid).read_text())
+    except (OSError, ValueError):
+        return None
+    return rec if isinstance(rec, dict) and rec.get("trial_id") == tid else None
+
+
+def spent_usd(records: dict[str, dict[str, Any]]) -> float:
+    """Money spent on the trials of a results folder, every attempt included."""
+    return sum(float(r.get("spent_usd", r.get("cost_usd", 0.0)) or 0.0) for r in records.values())
+
+
 def read_records(out_dir: Path) -> dict[str, dict[str, Any]]:
     out: dict[str, dict[str, Any]] = {}
     folder = out_dir / TRIALS_DIR
@@ -282,7 +295,13 @@ def is_finished(rec: dict[str, Any] | None, out_dir: Path) -> bool:
 def save_result(
     out_dir: Path, trial: Trial, result: dict[str, Any], *, backend: str, gpu: str, cost_usd: float
 ) -> dict[str, Any]:
-    """Write the checkpoint, then the record (so a record always has its checkpoint)."""
+    """Write the checkpoint, then the record (so a record always has its checkpoint).
+
+    A retried trial's record replaces the failed one's; ``spent_usd`` carries what every
+    attempt of the trial cost, so the budget keeps counting money already spent.
+    """
+    earlier = read_record(out_dir, trial.trial_id) or {}
+    spent_before = float(earlier.get("spent_usd", earlier.get("cost_usd", 0.0)) or 0.0)
     rec: dict[str, Any] = {
         "trial_id": trial.trial_id,
         "index": trial.index,
@@ -297,6 +316,7 @@ def save_result(
         "val_rows": result.get("val_rows"),
         "seconds": round(float(result.get("seconds", 0.0)), 3),
         "cost_usd": round(cost_usd, 6),
+        "spent_usd": round(spent_before + cost_usd, 6),
         "backend": backend,
         "gpu": gpu,
         "device": result.get("device", ""),
@@ -451,8 +471,7 @@ def run_sweep(
     outcome = SweepOutcome(spec, out, backend, trials, records)
     todo = [t for t in trials if not is_finished(records.get(t.trial_id), out)]
     outcome.skipped = [t.trial_id for t in trials if t not in todo]
-    spent_before = sum(float(r.get("cost_usd") or 0.0) for r in records.values())
-    budget = Budget(spec.budget.max_usd, spent=spent_before)
+    budget = Budget(spec.budget.max_usd, spent=spent_usd(records))
     emit(
         "start",
         {

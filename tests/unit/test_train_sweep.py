@@ -6,13 +6,17 @@ import json
 import math
 from pathlib import Path
 
+from runner.train.loop import TrainConfig
 from runner.train.sweep import (
     Budget,
+    Trial,
     checkpoint_path,
     is_finished,
     read_records,
     record_path,
+    save_result,
     sort_rows,
+    spent_usd,
 )
 
 
@@ -54,3 +58,14 @@ def test_budget_reserves_the_worst_case_and_settles_the_actual() -> None:
     b.settle(4.0, 0.5)  # a trial came back cheaper than its worst case
     assert b.spent == 1.5 and b.reserved == 4.0
     assert b.try_reserve(4.5) and not b.try_reserve(0.01)
+
+
+def test_a_retried_trial_keeps_counting_what_its_attempts_cost(tmp_path: Path) -> None:
+    trial = Trial(1, "abcd", {"lr": 0.1}, TrainConfig())
+    failed = {"trial_id": "abcd", "status": "failed", "error": "boom", "seconds": 10.0}
+    save_result(tmp_path, trial, failed, backend="modal", gpu="T4", cost_usd=0.25)
+    done = {"trial_id": "abcd", "status": "finished", "params": b"p", "metrics": {}, "seconds": 5.0}
+    rec = save_result(tmp_path, trial, done, backend="modal", gpu="T4", cost_usd=0.5)
+    assert rec["cost_usd"] == 0.5 and rec["spent_usd"] == 0.75
+    records = read_records(tmp_path)
+    assert spent_usd(records) == 0.75 and is_finished(records["abcd"], tmp_path)
