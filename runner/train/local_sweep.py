@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import multiprocessing
+import os
 from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wait
 from typing import Any
 
@@ -11,6 +12,12 @@ from runner.spec import pricing
 from runner.spec.model import SweepSpec
 from runner.train.sweep import Budget, DataPlan, Event, SweepOutcome, Trial, payload, record_result
 from runner.train.trial import run_trial
+
+
+def _worker_init() -> None:
+    # trials share this machine's GPU: each process takes memory as it needs it instead of
+    # JAX's default 75% up front, which the second process could not get
+    os.environ.setdefault("XLA_PYTHON_CLIENT_PREALLOCATE", "false")
 
 
 def local_price(spec: SweepSpec) -> float:
@@ -54,7 +61,7 @@ def run_local(
     ctx = multiprocessing.get_context("spawn")
     queue = list(todo)
     running: dict[Future[dict[str, Any]], Trial] = {}
-    with ProcessPoolExecutor(max_workers=workers, mp_context=ctx) as pool:
+    with ProcessPoolExecutor(max_workers=workers, mp_context=ctx, initializer=_worker_init) as pool:
         while queue or running:
             while queue and len(running) < workers:
                 if not budget.try_reserve(worst):

@@ -75,7 +75,6 @@ def build_train_image() -> modal.Image:
     return (
         modal.Image.debian_slim(python_version=python)
         .pip_install(*IMAGE_REQUIREMENTS, *TRAIN_REQUIREMENTS)
-        .env({"XLA_PYTHON_CLIENT_PREALLOCATE": "false"})
         .add_local_python_source("runner", ignore=~keep)
     )
 

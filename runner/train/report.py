@@ -83,12 +83,12 @@ class Reporter:
                 m = rec["metrics"]
                 early = f", stopped at step {rec['steps_done']} (time limit)" if rec.get("stopped_early") else ""
                 say(
-                    "  done: "
+                    f"  {t.trial_id} done: "
                     + "  ".join(f"{LABELS[k]} {_metric(k, m.get(k))}" for k in REPORTED)
                     + f"  in {format_duration(rec['seconds'])}, {_usd(rec['cost_usd'])}{early}"
                 )
             else:
-                say(f"  [red]failed[/red]: {escape(str(rec.get('error', '')))}")
+                say(f"  {t.trial_id} [red]failed[/red]: {escape(str(rec.get('error', '')))}")
         elif kind == "budget_stop":
             say(
                 f"[yellow]budget[/yellow]: ${info['spent']:.2f} of ${info['max_usd']:.2f} spent; "

@@ -24,14 +24,21 @@ search:
   parameters: {{lr: {lrs}, hidden: [16], layers: [1], batch_size: [64]}}
 train: {{steps: 200, eval_every: 100, seed: 0}}
 objective: {{metric: val_accuracy, goal: max}}
-compute: {{timeout_s: {timeout}}}
+compute: {{timeout_s: {timeout}, workers: {workers}}}
 budget: {{max_usd: {max_usd}}}
 {extra}"""
 
 
-def sweep_file(folder: Path, lrs: str = "[0.001, 0.01]", timeout: int = 600, max_usd: float = 1, extra: str = "") -> Path:
+def sweep_file(
+    folder: Path,
+    lrs: str = "[0.001, 0.01]",
+    timeout: int = 600,
+    max_usd: float = 1,
+    workers: int = 1,
+    extra: str = "",
+) -> Path:
     path = folder / "sweep.yaml"
-    path.write_text(SWEEP.format(lrs=lrs, timeout=timeout, max_usd=max_usd, extra=extra))
+    path.write_text(SWEEP.format(lrs=lrs, timeout=timeout, max_usd=max_usd, workers=workers, extra=extra))
     return path
 
 
@@ -93,8 +100,9 @@ def test_sweep_trains_ranks_and_resumes(project: Path) -> None:
     assert _mtimes(out) == before
     assert again.stdout.strip().splitlines()[-1] == lines[-1]
 
-    # one more value: only the new config trains
-    sweep_file(project, lrs="[0.001, 0.01, 0.003]")
+    # one more value: only the new config trains (here in a worker process: compute.workers
+    # is not part of a trial's identity)
+    sweep_file(project, lrs="[0.001, 0.01, 0.003]", workers=2)
     more = forge("sweep", "sweep.yaml", cwd=project)
     assert more.returncode == 0, more.stdout + more.stderr
     assert "1 of 3 trials to run" in more.stdout and "(2 finished earlier)" in more.stdout
