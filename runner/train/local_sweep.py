@@ -52,7 +52,7 @@ def run_local(
             def on_eval(m: dict[str, float], trial: Trial = trial) -> None:
                 emit("eval", {"trial": trial, "metrics": m})
 
-            result = run_trial(payload(trial, data, root, timeout), on_eval=on_eval)
+            result = run_trial(payload(trial, data, root, timeout, limit_after_load=True), on_eval=on_eval)
             rec = record_result(outcome, trial, result, gpu=pricing.LOCAL, price_per_hour=price, emit=emit)
             budget.settle(worst, float(rec["cost_usd"]))
         return
@@ -68,7 +68,7 @@ def run_local(
                     break
                 trial = queue.pop(0)
                 emit("trial_start", {"trial": trial})
-                running[pool.submit(run_trial, payload(trial, data, root, timeout))] = trial
+                running[pool.submit(run_trial, payload(trial, data, root, timeout, limit_after_load=True))] = trial
             if not running:
                 stop_for_budget(queue)
                 return

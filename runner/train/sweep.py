@@ -223,7 +223,9 @@ def expand(spec: SweepSpec, data: DataPlan) -> list[Trial]:
     return trials
 
 
-def payload(trial: Trial, data: DataPlan, root: str, time_limit_s: float | None) -> dict[str, Any]:
+def payload(
+    trial: Trial, data: DataPlan, root: str, time_limit_s: float | None, *, limit_after_load: bool = False
+) -> dict[str, Any]:
     """What :func:`runner.train.trial.run_trial` needs, as plain data (it crosses processes)."""
     return {
         "trial_id": trial.trial_id,
@@ -235,6 +237,7 @@ def payload(trial: Trial, data: DataPlan, root: str, time_limit_s: float | None)
         "max_val_rows": data.max_val_rows,
         "data_seed": data.seed,
         "time_limit_s": time_limit_s,
+        "limit_after_load": limit_after_load,
     }
 
 

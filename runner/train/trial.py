@@ -44,9 +44,10 @@ def run_trial(
 
     Payload keys: ``trial_id``, ``config`` (a TrainConfig as a dict), ``data_root``,
     ``train`` / ``val`` (shard paths relative to ``data_root``), ``max_train_rows``,
-    ``max_val_rows``, ``data_seed``, and ``time_limit_s`` (training stops early, keeping
-    what it learnt, once that many seconds have passed since the call began; None: no
-    limit). A failure comes back as ``status: failed`` with the error, never raised, so
+    ``max_val_rows``, ``data_seed``, ``time_limit_s`` (training shortens itself, keeping
+    what it learnt, to end that many seconds after the call began; None: no limit) and
+    ``limit_after_load`` (count the limit from when the data is loaded instead: the local
+    backend loads once for all trials, and the first must not pay for it). A failure comes back as ``status: failed`` with the error, never raised, so
     one bad trial does not end a sweep.
     """
     t0 = time.time()
@@ -56,7 +57,8 @@ def run_trial(
         train_ds, val_ds = _load_pair(payload)
         load_s = time.time() - t0
         limit = payload.get("time_limit_s")
-        deadline = None if limit is None else t0 + float(limit)
+        start = time.time() if payload.get("limit_after_load") else t0
+        deadline = None if limit is None else start + float(limit)
         result = train(cfg, train_ds, val_ds, deadline=deadline, on_eval=on_eval)
         out.update(
             status="finished",
