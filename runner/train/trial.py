@@ -47,8 +47,9 @@ def run_trial(
     ``max_val_rows``, ``data_seed``, ``time_limit_s`` (training shortens itself, keeping
     what it learnt, to end that many seconds after the call began; None: no limit) and
     ``limit_after_load`` (count the limit from when the data is loaded instead: the local
-    backend loads once for all trials, and the first must not pay for it). A failure comes back as ``status: failed`` with the error, never raised, so
-    one bad trial does not end a sweep.
+    backend loads once for all trials, and the first must not pay for it). A failure
+    comes back as ``status: failed`` with the error, never raised, so one bad trial does
+    not end a sweep.
     """
     t0 = time.time()
     out: dict[str, Any] = {"trial_id": payload["trial_id"], "status": "failed", "params": None}
