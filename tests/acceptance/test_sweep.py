@@ -169,3 +169,34 @@ def test_a_failed_trial_is_recorded_and_tried_again(project: Path) -> None:
     assert all("not a deal of 28 tiles" in t["error"] for t in results)
     again = forge("sweep", "sweep.yaml", cwd=project)
     assert "2 of 2 trials to run" in again.stdout and again.returncode == 1
+
+
+@pytest.mark.slow
+@pytest.mark.ci
+def test_make_sweep_recipe_from_nothing(tmp_path: Path) -> None:
+    """What `make sweep` runs, in a folder with only jobs/: the smoke shards are solved
+    first (they are missing), the sweep writes its results; a second round does nothing."""
+    repo = Path(__file__).resolve().parents[2]
+    shutil.copytree(repo / "jobs", tmp_path / "jobs")
+    makefile = (repo / "Makefile").read_text()
+    assert "forge run jobs/smoke.yaml" in makefile and "forge sweep jobs/sweep.yaml" in makefile
+
+    def smoke_done() -> bool:
+        s = forge("status", "jobs/smoke.yaml", "--json", cwd=tmp_path)
+        totals = json.loads(s.stdout)["totals"]
+        return totals["done"] + totals["skipped"] == sum(totals.values())
+
+    assert not smoke_done()
+    run = forge("run", "jobs/smoke.yaml", cwd=tmp_path)
+    assert run.returncode == 0, run.stdout + run.stderr
+    assert smoke_done()
+    first = forge("sweep", "jobs/sweep.yaml", cwd=tmp_path)
+    assert first.returncode == 0, first.stdout + first.stderr
+    out = tmp_path / "sweeps" / "smoke-sweep"
+    results = json.loads((out / "results.json").read_text())
+    assert results and all(t["status"] == "finished" for t in results)
+    assert first.stdout.strip().splitlines()[-1].startswith("checkpoint: ")
+    before = _mtimes(tmp_path)
+    second = forge("sweep", "jobs/sweep.yaml", cwd=tmp_path)
+    assert second.returncode == 0 and "nothing to run" in second.stdout
+    assert _mtimes(tmp_path) == before
