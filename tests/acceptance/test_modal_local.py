@@ -94,6 +94,7 @@ def test_one_store_per_container(tmp_path: Path, local_store: Path) -> None:
 
 
 @pytest.mark.slow
+@pytest.mark.ci
 def test_body_solves_a_shard_that_forge_verify_accepts(tmp_path: Path, local_store: Path) -> None:
     spec = smallest_job(tmp_path)
     (task,) = plan_tasks(spec)

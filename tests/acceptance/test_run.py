@@ -179,6 +179,7 @@ def test_kill_after_the_write_is_recovered_without_solving_again(tmp_path: Path)
 
 
 @pytest.mark.slow
+@pytest.mark.ci
 @pytest.mark.parametrize("point", ["before_write", "during_write", "after_write"])
 def test_kill_at_each_point_then_rerun(tmp_path: Path, point: str) -> None:
     write_job(tmp_path, [30, 1])
@@ -231,6 +232,7 @@ def test_external_kill_9_mid_solve_leaves_no_worker_and_rerun_finishes(tmp_path:
 
 
 @pytest.mark.slow
+@pytest.mark.ci
 def test_two_runs_at_once_solve_each_shard_once(tmp_path: Path) -> None:
     write_job(tmp_path, [30, 1])
     a = start_forge("run", "job.yaml", cwd=tmp_path)
@@ -250,6 +252,7 @@ def test_two_runs_at_once_solve_each_shard_once(tmp_path: Path) -> None:
 
 
 @pytest.mark.slow
+@pytest.mark.ci
 def test_budget_stops_the_run_and_a_larger_cap_finishes(tmp_path: Path) -> None:
     # $360,000/h = $100 per second of solving: the first shard alone passes a $1 cap.
     write_job(tmp_path, [30, 1], extra="pricing: {local: 360000}\n", max_usd=1)
