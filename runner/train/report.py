@@ -4,6 +4,7 @@ the best config (last, so it is what a terminal shows at the end)."""
 from __future__ import annotations
 
 import math
+from pathlib import Path
 from typing import Any
 
 from rich import box
@@ -29,6 +30,15 @@ def _usd(v: Any) -> str:
     return "-" if v is None else f"${float(v):.4f}" if v < 1 else f"${float(v):.2f}"
 
 
+def _shown(path: str) -> str:
+    """A local path relative to the working folder when below it; others as they are."""
+    p = Path(path)
+    try:
+        return str(p.resolve().relative_to(Path.cwd().resolve())) if p.is_absolute() else path
+    except (ValueError, OSError):
+        return path
+
+
 class Reporter:
     """Progress as one line per event (works in logs and CI as well as terminals)."""
 
@@ -51,7 +61,7 @@ class Reporter:
             data = info["data"]
             say(
                 f"data: {len(data.train)} train and {len(data.val)} val shards of job "
-                f"{escape(repr(data.job_name))} under {escape(str(data.root))}"
+                f"{escape(repr(data.job_name))} under {escape(_shown(data.root))}"
             )
             for split, used in ((data.train_split, data.train), (data.val_split, data.val)):
                 planned = data.planned[split]
