@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import os
 import time
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from functools import partial
 from math import comb
@@ -368,37 +369,72 @@ def _chunks(bidx: np.ndarray, size: int) -> list[tuple[jax.Array, jax.Array, int
     return out
 
 
-def _collect(parts, keys, order, rows, oks, n_valid: int) -> None:  # type: ignore[no-untyped-def]
-    """Copy a chunk's legal rows to the host, dropping the padding boundaries."""
-    l1, ok3 = (np.asarray(a)[:n_valid] for a in oks)
-    for p, cols in enumerate(zip(keys, order, rows, strict=True)):
-        k, o, q = (np.asarray(c)[:n_valid] for c in cols)
-        q = q.view(np.int64)[..., 0]
-        if p >= 2:
-            ok = l1 if p == 2 else ok3
-            k, o, q = k[ok], o[ok], q[ok]
-        for dest, col in zip(parts, (k, o, q), strict=True):
-            dest.append(col.ravel())
+class _HostTable:
+    """The table's rows as chunks arrive, in arrays sized by the forward pass's count.
 
-
-def sort_rows(
-    keys: np.ndarray, order: np.ndarray, payload: np.ndarray
-) -> tuple[np.ndarray, np.ndarray]:
-    """Sort packed states (with an 8-byte payload each) on the host.
-
-    ``order`` holds each state's 35-bit order key (``_order_keys``); with the row index in
-    the low 29 bits a single uint64 sort orders everything, many times faster than an
-    argsort of int64 on a CPU.
+    ``packed`` holds ``order key << 29 | row index``, so sorting it alone orders the rows
+    (see ``sort``); past 2**29 rows it holds the order key and the sort falls back to an
+    argsort of the states.
     """
-    n = len(keys)
-    if n >= 1 << _INDEX_BITS:
-        perm = np.argsort(keys)
-        return keys[perm], payload[perm]
-    packed = (order << _INDEX_BITS).view(np.uint64)
-    packed |= np.arange(n, dtype=np.uint64)
-    packed.sort()
-    idx = (packed & np.uint64((1 << _INDEX_BITS) - 1)).view(np.int64)
-    return keys[idx], payload[idx]
+
+    def __init__(self, n: int) -> None:
+        self.keys = np.empty(n, np.int64)
+        self.packed = np.empty(n, np.uint64)
+        self.payload = np.empty(n, np.int64)
+        self.n = 0
+        self.wide = n >= 1 << _INDEX_BITS
+
+    def add(self, keys: np.ndarray, order: np.ndarray, payload: np.ndarray) -> None:
+        lo, hi = self.n, self.n + len(keys)
+        self.keys[lo:hi] = keys
+        self.payload[lo:hi] = payload
+        dest = self.packed[lo:hi]
+        if self.wide:
+            dest[:] = order
+        else:
+            np.left_shift(order, _INDEX_BITS, out=dest.view(np.int64))
+            dest |= np.arange(lo, hi, dtype=np.uint64)
+        self.n = hi
+
+    def add_chunk(self, keys, order, rows, oks, n_valid: int) -> None:  # type: ignore[no-untyped-def]
+        """A chunk's legal rows, without the padding boundaries."""
+        l1, ok3 = (np.asarray(a)[:n_valid] for a in oks)
+        for p, cols in enumerate(zip(keys, order, rows, strict=True)):
+            k, o, q = (np.asarray(c)[:n_valid] for c in cols)
+            q = q.view(np.int64)[..., 0]
+            if p >= 2:
+                ok = l1 if p == 2 else ok3
+                k, o, q = k[ok], o[ok], q[ok]
+            self.add(k.ravel(), o.ravel(), q.ravel())
+
+    def sort(self) -> tuple[np.ndarray, np.ndarray]:
+        """States ascending and their payloads.
+
+        One sort of plain uint64 keys (numpy's vectorised sort, many times faster than an
+        argsort of int64 on a CPU), then the gathers split across threads (``np.take``
+        releases the GIL)."""
+        if self.n != len(self.keys):
+            raise AssertionError(f"counted {len(self.keys)} states but emitted {self.n}")
+        if self.wide:
+            idx = np.argsort(self.keys)
+        else:
+            self.packed.sort()
+            self.packed &= np.uint64((1 << _INDEX_BITS) - 1)
+            idx = self.packed.view(np.int64)
+        states = np.empty_like(self.keys)
+        payload = np.empty_like(self.payload)
+        jobs = []
+        step = max(1, -(-self.n // _THREADS))
+        for lo in range(0, self.n, step):
+            part = idx[lo : lo + step]
+            for src, dst in ((self.keys, states), (self.payload, payload)):
+                jobs.append((src, part, dst[lo : lo + step]))
+        with ThreadPoolExecutor(_THREADS) as pool:
+            list(pool.map(lambda j: np.take(j[0], j[1], out=j[2], mode="clip"), jobs))
+        return states, payload
+
+
+_THREADS = max(1, min(8, os.cpu_count() or 1))
 
 
 _cache_enabled = False
@@ -509,7 +545,8 @@ def _solve(
     # backward: values trick by trick, emitting each trick's rows
     t0 = time.perf_counter()
     v_next = jnp.zeros(n_boundaries(0), jnp.int8)
-    parts: tuple[list[np.ndarray], ...] = tuple([col] for col in _terminal_rows(bounds[7]))
+    table = _HostTable(n_states)
+    table.add(*_terminal_rows(bounds[7]))
     root = 0
     for t in range(6, t_start - 1, -1):
         r = 7 - t
@@ -520,25 +557,26 @@ def _solve(
             v_dense = _scatter_v(v_dense, bidx, valid, v0)
             # copy the previous chunk out while this one computes (dispatch is asynchronous)
             if pending is not None:
-                _collect(parts, *pending)
+                table.add_chunk(*pending)
             pending = (keys, order, rows, oks, n_valid)
             if t == t_start:
                 root = int(np.asarray(v0)[0])
         if pending is not None:
-            _collect(parts, *pending)
+            table.add_chunk(*pending)
         v_next = v_dense
     timings["values"] = time.perf_counter() - t0
 
     t0 = time.perf_counter()
-    states, rows64 = sort_rows(*(np.concatenate(p) for p in parts))
+    states, rows64 = table.sort()
     V, Q = _split_rows(rows64)
     timings["sort"] = time.perf_counter() - t0
     return Solution(hands, decl_id, states, V, Q, root, timings, device_name())
 
 
 def _split_rows(rows64: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """V and Q as views of the 8-byte rows (no copy; writers copy the columns they need)."""
     rows = rows64.view(np.int8).reshape(-1, 8)
-    return np.ascontiguousarray(rows[:, 7]), np.ascontiguousarray(rows[:, :7])
+    return rows[:, 7], rows[:, :7]
 
 
 def _terminal_rows(terminal: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
