@@ -567,7 +567,8 @@ def verify(paths: tuple[str, ...], as_json: bool) -> None:
 )
 @click.option("--json", "json_path", type=click.Path(dir_okay=False, path_type=str),
               help="Also write the figures to this JSON file.")
-@click.option("--no-warmup", is_flag=True, help="Count the first solve's compile too.")
+@click.option("--no-warmup", is_flag=True,
+              help="Skip the untimed first pass (the figures then include compiles).")
 def bench(
     seeds: str,
     opp_seed: int | None,
@@ -577,8 +578,9 @@ def bench(
 ) -> None:
     """Solver throughput: per deal and in total, states/s, phases, write time, memory.
 
-    One warm-up solve pays the JIT compile first. Each shard is written once per
-    compression to a temporary folder and removed.
+    An untimed first pass over the deals pays the JIT compiles, so the figures
+    are a long run's steady state. Each shard is written once per compression
+    to a temporary folder and removed.
 
     \b
     Example:

@@ -113,12 +113,15 @@ def run_bench(
     warmup: bool = True,
     progress: Any = None,
 ) -> BenchReport:
-    """Solve each deal (after one warm-up solve that pays the compile), write it once per
-    compression into a temporary folder, and collect the timings."""
+    """Solve each deal, write it once per compression into a temporary folder, and collect
+    the timings. With ``warmup`` every deal is solved once untimed first, so the figures are
+    the steady state of a long run (each chunk shape compiles once per process, or loads
+    from the compile cache) and the warm-up time is reported apart."""
     report = BenchReport(device=device_name(), jax_version=jax.__version__)
     if warmup:
         t0 = time.perf_counter()
-        solve_deal(deal_hands(seeds[0], opp_seed), default_decl(seeds[0]))
+        for seed in seeds:
+            solve_deal(deal_hands(seed, opp_seed), default_decl(seed))
         report.warmup_seconds = time.perf_counter() - t0
     with tempfile.TemporaryDirectory(prefix="forge-bench-") as tmp:
         for seed in seeds:

@@ -228,12 +228,26 @@ def _rows(v: jax.Array, slot_values: jax.Array, legal: jax.Array, x: jax.Array) 
     """Rows of 8 int8: Q in the mover's local order (illegal = -128), then V.
 
     ``slot_values``/``legal`` are (..., r) over the mover's hand slots and ``x`` (nb, r) maps a
-    slot to its local index; a compare-and-select over (7, r) beats a gather on every backend.
+    slot to its local index. Measured on a CPU: for r >= 3 a chain of whole-array selects per
+    output column is 4-8x faster than a gather or a select over the small trailing axis; for
+    r <= 2 the one select over a (7, r) trailing block is faster.
     """
-    sel = x.reshape(x.shape[:1] + (1,) * (slot_values.ndim - 2) + (1, x.shape[-1]))
-    hit = (sel == jnp.arange(7, dtype=x.dtype)[:, None]) & legal[..., None, :]
-    q = jnp.max(jnp.where(hit, slot_values[..., None, :], ILLEGAL), axis=-1)  # (..., 7)
-    return jnp.concatenate([q, v[..., None]], axis=-1).astype(jnp.int8)
+    w = jnp.where(legal, slot_values, ILLEGAL).astype(jnp.int8)
+    r = x.shape[1]
+    lead = (x.shape[0],) + (1,) * (w.ndim - 2)
+    if r <= 2:
+        sel = x.reshape(lead + (1, r))
+        hit = sel == jnp.arange(7, dtype=x.dtype)[:, None]
+        q = jnp.max(jnp.where(hit, w[..., None, :], ILLEGAL), axis=-1)  # (..., 7)
+        return jnp.concatenate([q, v[..., None].astype(jnp.int8)], axis=-1)
+    hits = [x[:, d].reshape(lead) for d in range(r)]
+    cols = []
+    for j in range(7):
+        c = jnp.full(w.shape[:-1], ILLEGAL, jnp.int8)
+        for d, hit in enumerate(hits):
+            c = jnp.where(hit == j, w[..., d], c)
+        cols.append(c)
+    return jnp.stack([*cols, v.astype(jnp.int8)], axis=-1)
 
 
 def _order_keys(t: dict[str, jax.Array], states: list[jax.Array], r: int) -> list[jax.Array]:
