@@ -35,7 +35,13 @@ from runner.backends.modal import (
 from runner.backends.modal_claims import DictClaims
 from runner.spec.model import JobSpec, ShardTask
 from runner.store.claims import is_stale, this_host
-from runner.store.shards import RECORD_SUFFIX, STATUS_COLUMNS, KeyStatus, StoreStatus
+from runner.store.shards import (
+    RECORD_SUFFIX,
+    STATUS_COLUMNS,
+    KeyStatus,
+    StoreStatus,
+    manifest_outcomes,
+)
 
 
 @contextlib.contextmanager
@@ -164,14 +170,9 @@ def status_from(
     now: float | None = None,
 ) -> StoreStatus:
     """The status table from what the volume and the Dict hold (no Modal call here)."""
-    failed_last: dict[str, str] = {}
-    for m in manifests:  # a later run's outcome replaces an earlier one's
-        for f in m.get("failures", []):
-            failed_last[str(f.get("key"))] = str(f.get("error", ""))
-        for k in m.get("solved", []):
-            failed_last.pop(str(k), None)
+    failed_last, spent = manifest_outcomes(manifests)
     st = StoreStatus(root=where, runs=len(manifests))
-    st.runs_usd = sum(float(m.get("spend_usd") or 0.0) for m in manifests)
+    st.runs_usd = spent
     t_now = time.time() if now is None else now
     timeout = claim_timeout_s(spec)
     for t in tasks:

@@ -192,6 +192,18 @@ def _read_json(path: Path) -> dict[str, Any] | None:
     return obj if isinstance(obj, dict) else None
 
 
+def manifest_outcomes(manifests: Sequence[dict[str, Any]]) -> tuple[dict[str, str], float]:
+    """From run manifests, oldest first: the shards whose latest outcome is a failure (with
+    its error; a later run's outcome replaces an earlier one's) and the spend of all runs."""
+    failed_last: dict[str, str] = {}
+    for m in manifests:
+        for f in m.get("failures", []):
+            failed_last[str(f.get("key"))] = str(f.get("error", ""))
+        for k in m.get("solved", []):
+            failed_last.pop(str(k), None)
+    return failed_last, sum(float(m.get("spend_usd") or 0.0) for m in manifests)
+
+
 class ShardStore:
     """Shards, records and run manifests below one job output root."""
 
@@ -396,14 +408,9 @@ class ShardStore:
         t = time.time() if now is None else now
         h = host or this_host()
         manifests = self.manifests()
-        failed_last: dict[str, str] = {}
-        for m in manifests:  # a later run's outcome replaces an earlier one's
-            for f in m.get("failures", []):
-                failed_last[str(f.get("key"))] = str(f.get("error", ""))
-            for k in m.get("solved", []):
-                failed_last.pop(str(k), None)
+        failed_last, spent = manifest_outcomes(manifests)
         st = StoreStatus(root=str(self.root), runs=len(manifests))
-        st.runs_usd = sum(float(m.get("spend_usd", 0.0)) for m in manifests)
+        st.runs_usd = spent
         for task in tasks:
             counts = st.splits.setdefault(task.split, dict.fromkeys(STATUS_COLUMNS, 0))
             chk = self.check(task)
