@@ -150,7 +150,10 @@ def _solve_only(
         sol = tr.solve()
         shm.mkdir(parents=True, exist_ok=True)
         path = shm / (req.task.key.replace("/", "__") + f".{os.getpid()}.npz")
-        np.savez(path, states=sol.states, V=sol.V, Q=sol.Q)
+        if sol.rows is not None:  # one contiguous buffer, V and Q are views of it
+            np.savez(path, states=sol.states, rows=sol.rows)
+        else:
+            np.savez(path, states=sol.states, V=sol.V, Q=sol.Q)
         extra = {
             "hands": [list(h) for h in sol.hands],
             "decl_id": int(sol.decl_id),
@@ -178,17 +181,24 @@ def _write_only(
     path, extra = payload
     tr = TaskRun.resume(state, store, claims)
     try:
+        hands = tuple(tuple(h) for h in extra["hands"])
         with np.load(path) as z:
-            sol = Solution(
-                hands=tuple(tuple(h) for h in extra["hands"]),
-                decl_id=extra["decl_id"],
-                states=z["states"],
-                V=z["V"],
-                Q=z["Q"],
-                root_value=extra["root_value"],
-                timings=extra["timings"],
-                device=extra["device"],
-            )
+            if "rows" in z.files:
+                sol = Solution.from_rows(
+                    hands, extra["decl_id"], z["states"], z["rows"], extra["root_value"],
+                    extra["timings"], extra["device"],
+                )  # fmt: skip
+            else:
+                sol = Solution(
+                    hands=hands,
+                    decl_id=extra["decl_id"],
+                    states=z["states"],
+                    V=z["V"],
+                    Q=z["Q"],
+                    root_value=extra["root_value"],
+                    timings=extra["timings"],
+                    device=extra["device"],
+                )
         Path(path).unlink(missing_ok=True)
         return tr.finish(sol)
     except Exception as e:

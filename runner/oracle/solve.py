@@ -90,10 +90,25 @@ class Solution:
     root_value: int
     timings: dict[str, float] = field(default_factory=dict)
     device: str = "cpu"
+    # (N, 8) int8, Q0..Q6 then V, when V and Q are views of one buffer (the solver's output):
+    # a process handing the table on can ship this one contiguous array
+    rows: np.ndarray | None = None
 
     @property
     def n_states(self) -> int:
         return int(self.states.shape[0])
+
+    @classmethod
+    def from_rows(
+        cls, hands: Hands, decl_id: int, states: np.ndarray, rows: np.ndarray, root_value: int,
+        timings: dict[str, float] | None = None, device: str = "cpu",
+    ) -> Solution:  # fmt: skip
+        """A solution whose V and Q are views of ``rows`` ((N, 8) int8: Q0..Q6, V)."""
+        rows = rows.reshape(-1, 8)
+        return cls(
+            hands, decl_id, states, rows[:, 7], rows[:, :7], root_value,
+            dict(timings or {}), device, rows,
+        )  # fmt: skip
 
 
 def device_name() -> str:
@@ -582,15 +597,8 @@ def _solve(
 
     t0 = time.perf_counter()
     states, rows64 = table.sort()
-    V, Q = _split_rows(rows64)
     timings["sort"] = time.perf_counter() - t0
-    return Solution(hands, decl_id, states, V, Q, root, timings, device_name())
-
-
-def _split_rows(rows64: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """V and Q as views of the 8-byte rows (no copy; writers copy the columns they need)."""
-    rows = rows64.view(np.int8).reshape(-1, 8)
-    return rows[:, 7], rows[:, :7]
+    return Solution.from_rows(hands, decl_id, states, rows64.view(np.int8), root, timings, device_name())
 
 
 def _terminal_rows(terminal: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -641,7 +649,7 @@ def _solve_device(  # type: ignore[no-untyped-def]
     t0 = time.perf_counter()
     states_d, rows_d = _sort_device(*bufs)
     states = np.asarray(states_d[:n_states])
-    V, Q = _split_rows(np.asarray(rows_d[:n_states]))
+    rows = np.asarray(rows_d[:n_states]).view(np.int8)
     timings["sort"] = time.perf_counter() - t0
     root = int(np.asarray(root_v)[0]) if root_v is not None else 0
-    return Solution(hands, decl_id, states, V, Q, root, timings, device_name())
+    return Solution.from_rows(hands, decl_id, states, rows, root, timings, device_name())
