@@ -625,8 +625,9 @@ def _solve_device(  # type: ignore[no-untyped-def]
     size = _bucket(n_states)  # padded, so buffer shapes repeat across deals
     term = _terminal_rows(bounds[7])
     pad_order = (1 << 35) - 1  # above every order key: padding sorts last
+    # made on the device: a padded host copy would cost 24 bytes a state of host memory
     bufs = tuple(
-        jnp.asarray(np.concatenate([col, np.full(size - len(col), fill, np.int64)]))
+        jnp.full(size, fill, jnp.int64).at[: len(col)].set(jnp.asarray(col))
         for col, fill in zip(term, (0, pad_order, 0), strict=True)
     )
     offset = jnp.asarray(len(bounds[7]), jnp.int64)
