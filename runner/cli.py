@@ -569,24 +569,44 @@ def verify(paths: tuple[str, ...], as_json: bool) -> None:
               help="Also write the figures to this JSON file.")
 @click.option("--no-warmup", is_flag=True,
               help="Skip the untimed first pass (the figures then include compiles).")
+@click.option("--end-to-end", "end_to_end", is_flag=True,
+              help="Instead: marginalized shards/s through the local backend (solve, write, "
+              "records), SEEDS x --opp-seeds shards in a temporary store.")
+@click.option("--opp-seeds", "n_opp", type=click.IntRange(1, 1000), default=4, show_default=True,
+              help="With --end-to-end: opponent seeds per base seed.")
+@click.option("--workers", type=click.IntRange(1, 256), default=None,
+              help="With --end-to-end: local worker processes (default: one per core).")
 def bench(
     seeds: str,
     opp_seed: int | None,
     compressions: tuple[str, ...],
     json_path: str | None,
     no_warmup: bool,
+    end_to_end: bool,
+    n_opp: int,
+    workers: int | None,
 ) -> None:
     """Solver throughput: per deal and in total, states/s, phases, write time, memory.
 
     An untimed first pass over the deals pays the JIT compiles, so the figures
     are a long run's steady state. Each shard is written once per compression
-    to a temporary folder and removed.
+    to a temporary folder and removed. --end-to-end measures whole marginalized
+    shards per second through the local backend instead.
 
     \b
     Example:
       forge bench
       forge bench --seeds 0-39 --compression zstd --json bench.json
+      forge bench --end-to-end --seeds 900-903 --opp-seeds 8
     """
+    if end_to_end:
+        from runner.backends.bench import end_to_end_command
+
+        try:
+            end_to_end_command(seeds, n_opp, workers, compressions, json_path, warmup=not no_warmup)
+        except ValueError as exc:
+            raise click.BadParameter(str(exc), param_hint="--seeds") from None
+        return
     from runner.oracle.report import bench_command
 
     try:

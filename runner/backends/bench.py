@@ -1,0 +1,119 @@
+"""``forge bench --end-to-end``: marginalized shards per second through the local backend.
+
+The same path as ``forge run`` (orchestrator, claims, workers, writers, records), on a
+throw-away job in a temporary store, so the figure includes everything a user waits for.
+"""
+
+from __future__ import annotations
+
+import io
+import os
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+from rich.console import Console
+
+from runner.backends.jobrun import run_job
+
+_JOB = """\
+version: 1
+name: {name}
+kind: oracle
+deals:
+  mode: marginalized
+  base_seeds: {{list: {seeds}}}
+  opp_seeds: {{list: {opps}}}
+  decl: auto
+splits:
+  all: [0, 1000]
+compute:
+  workers: {workers}
+output:
+  root: shards
+  compression: {compression}
+budget:
+  max_usd: 1
+"""
+
+
+def _run(folder: Path, name: str, seeds: list[int], opps: list[int], workers: int, compression: str) -> tuple[Any, float]:
+    job = folder / f"{name}.yaml"
+    job.write_text(
+        _JOB.format(name=name, seeds=seeds, opps=opps, workers=workers, compression=compression)
+    )
+    quiet = Console(file=io.StringIO(), force_terminal=False)
+    t0 = time.perf_counter()
+    summary = run_job(job, backend="local", out=folder, console=quiet)
+    return summary, time.perf_counter() - t0
+
+
+def bench_end_to_end(
+    base_seeds: list[int],
+    n_opp: int,
+    *,
+    workers: int | None = None,
+    compression: str = "zstd",
+    warmup: bool = True,
+) -> dict[str, Any]:
+    """Solve and write ``len(base_seeds) * n_opp`` marginalized shards; wall-clock figures.
+
+    The warm-up runs one shard first (other opp seeds), so worker start-up and compiles of a
+    long run are not what the figure measures; the timed run includes worker start-up."""
+    workers = workers or max(1, os.cpu_count() or 1)
+    opps = list(range(n_opp))
+    with tempfile.TemporaryDirectory(prefix="forge-bench-e2e-") as tmp:
+        folder = Path(tmp)
+        warm = 0.0
+        if warmup:
+            _, warm = _run(folder, "warmup", base_seeds[:1], [n_opp], workers, compression)
+        summary, seconds = _run(folder, "bench", base_seeds, opps, workers, compression)
+    p = summary.progress
+    if summary.exit_code != 0:
+        raise RuntimeError(f"the benchmark run failed: {summary.failures[:1]}")
+    return {
+        "shards": p.solved,
+        "states": p.states,
+        "seconds": seconds,
+        "shards_per_s": p.solved / seconds if seconds else 0.0,
+        "states_per_s": p.states / seconds if seconds else 0.0,
+        "workers": workers,
+        "compression": compression,
+        "warmup_seconds": warm,
+        "base_seeds": base_seeds,
+        "opp_seeds": n_opp,
+    }
+
+
+def end_to_end_command(
+    seeds_text: str,
+    n_opp: int,
+    workers: int | None,
+    compressions: tuple[str, ...],
+    json_path: str | None,
+    *,
+    warmup: bool = True,
+) -> dict[str, Any]:
+    import json
+
+    from runner.oracle.bench import parse_seeds
+    from runner.oracle.solve import device_name
+
+    seeds = parse_seeds(seeds_text)
+    compression = compressions[0] if compressions else "zstd"
+    print(f"end to end: {len(seeds)} base seeds x {n_opp} opp seeds, marginalized, {compression}")
+    doc = bench_end_to_end(seeds, n_opp, workers=workers, compression=compression, warmup=warmup)
+    doc["device"] = device_name()
+    print(
+        f"{doc['shards']} shards, {doc['states']:,} states in {doc['seconds']:.1f} s: "
+        f"{doc['shards_per_s']:.3f} shards/s, {doc['states_per_s'] / 1e6:.2f} M states/s "
+        f"({doc['workers']} worker(s), {doc['device']}); warm-up {doc['warmup_seconds']:.1f} s"
+    )
+    if json_path:
+        tmp = f"{json_path}.tmp{os.getpid()}"
+        with open(tmp, "w") as fh:
+            json.dump(doc, fh, indent=2)
+        os.replace(tmp, json_path)
+        print(f"wrote {json_path}")
+    return doc
