@@ -5,9 +5,25 @@ Each command's help ends with an ``Example:`` block (a test walks them all).
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from contextlib import contextmanager
+
 import click
 
 from runner import __version__
+
+
+@contextmanager
+def _user_errors() -> Iterator[None]:
+    """A bad job or sweep file: every error as file:line: path: message, exit 1, no traceback."""
+    from runner.spec.errors import SpecErrors
+
+    try:
+        yield
+    except SpecErrors as e:
+        for err in e.errors:
+            click.echo(str(err), err=True)
+        raise SystemExit(1) from None
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
@@ -100,16 +116,11 @@ def plan(job: str, backend: str | None, out: str, as_json: bool) -> None:
     """
     import json
 
-    from runner.spec.errors import SpecErrors
     from runner.spec.load import load_job
     from runner.spec.plan import make_plan
 
-    try:
+    with _user_errors():
         spec = load_job(job)
-    except SpecErrors as e:
-        for err in e.errors:
-            click.echo(str(err), err=True)
-        raise SystemExit(1) from None
     from runner.store.status import done_relpaths, measured_seconds_per_state
 
     # the store's notion of done (quick-checked files) and its measured timings
@@ -180,17 +191,12 @@ def sweep(sweep_file: str, backend: str, data_dir: str | None, out_dir: str | No
     from rich.console import Console
 
     from runner.backends.modal import ModalUserError
-    from runner.spec.errors import SpecErrors
     from runner.spec.load import load_sweep
     from runner.train.report import Reporter, print_outcome
     from runner.train.sweep import SweepError, run_sweep
 
-    try:
+    with _user_errors():
         spec = load_sweep(sweep_file)
-    except SpecErrors as e:
-        for err in e.errors:
-            click.echo(str(err), err=True)
-        raise SystemExit(1) from None
     import sys
 
     # logs and pipes get the full table instead of one squeezed to 80 columns
@@ -263,7 +269,6 @@ def run(
     """
     from runner.backends.base import BackendError
     from runner.backends.jobrun import run_job
-    from runner.spec.errors import SpecErrors
 
     if detach and backend != "modal":
         raise click.UsageError("--detach runs the job on Modal: add --backend modal")
@@ -276,11 +281,8 @@ def run(
             _modal_call(run_on_modal, job, detach=detach, limit=limit, max_usd=max_usd, echo=click.echo)
         )
     try:
-        summary = run_job(job, backend=backend, out=out, limit=limit, max_usd=max_usd)
-    except SpecErrors as e:
-        for err in e.errors:
-            click.echo(str(err), err=True)
-        raise SystemExit(1) from None
+        with _user_errors():
+            summary = run_job(job, backend=backend, out=out, limit=limit, max_usd=max_usd)
     except BackendError as e:
         click.echo(f"error: {e}", err=True)
         raise SystemExit(1) from None
@@ -324,20 +326,15 @@ def status(job: str, out: str | None, as_json: bool, backend: str) -> None:
     import json
 
     from runner.backends.progress import make_console
-    from runner.spec.errors import SpecErrors
     from runner.store.status import job_status, status_lines, status_table
 
     if backend == "modal":
         from runner.backends.modal_ops import status_on_modal
 
         st = _modal_call(status_on_modal, job)
-    try:
-        if backend != "modal":
+    if backend != "modal":
+        with _user_errors():
             st = job_status(job, out)
-    except SpecErrors as e:
-        for err in e.errors:
-            click.echo(str(err), err=True)
-        raise SystemExit(1) from None
     if as_json:
         click.echo(json.dumps(st.to_json(), indent=2))
         return
@@ -353,14 +350,10 @@ def status(job: str, out: str | None, as_json: bool, backend: str) -> None:
 def _modal_call(fn, *args, **kwargs):  # type: ignore[no-untyped-def]
     """Run a Modal command's function: its user errors print one line and exit 2, no traceback."""
     from runner.backends.modal import ModalUserError
-    from runner.spec.errors import SpecErrors
 
     try:
-        return fn(*args, **kwargs)
-    except SpecErrors as e:
-        for err in e.errors:
-            click.echo(str(err), err=True)
-        raise SystemExit(1) from None
+        with _user_errors():
+            return fn(*args, **kwargs)
     except ModalUserError as e:
         click.echo(str(e), err=True)
         raise SystemExit(e.exit_code) from None
