@@ -95,9 +95,8 @@ def end_to_end_command(
     *,
     warmup: bool = True,
 ) -> dict[str, Any]:
-    import json
-
     from runner.oracle.bench import parse_seeds
+    from runner.oracle.report import write_json
     from runner.oracle.solve import device_name
 
     seeds = parse_seeds(seeds_text)
@@ -111,9 +110,5 @@ def end_to_end_command(
         f"({doc['workers']} worker(s), {doc['device']}); warm-up {doc['warmup_seconds']:.1f} s"
     )
     if json_path:
-        tmp = f"{json_path}.tmp{os.getpid()}"
-        with open(tmp, "w") as fh:
-            json.dump(doc, fh, indent=2)
-        os.replace(tmp, json_path)
-        print(f"wrote {json_path}")
+        write_json(json_path, doc)
     return doc

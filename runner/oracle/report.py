@@ -110,9 +110,14 @@ def bench_command(
         f"{doc['peak_bytes_per_state']:.0f} bytes per state of the largest deal"
     )
     if json_path:
-        tmp = f"{json_path}.tmp{os.getpid()}"
-        with open(tmp, "w") as fh:
-            json.dump(doc, fh, indent=2)
-        os.replace(tmp, json_path)
-        print(f"wrote {json_path}")
+        write_json(json_path, doc)
     return doc
+
+
+def write_json(path: str, doc: dict[str, Any]) -> None:
+    """Write a figures file whole (a temporary name, then a rename) and say so."""
+    tmp = f"{path}.tmp{os.getpid()}"
+    with open(tmp, "w") as fh:
+        json.dump(doc, fh, indent=2)
+    os.replace(tmp, path)
+    print(f"wrote {path}")
