@@ -13,7 +13,8 @@ Design (details and measurements in docs/solver.md):
 * Backward, trick by trick: leaf value = trick reward + V of the child boundary (a direct
   gather from the next trick's dense V array), then max/min over d, c, b, a give V and Q of
   every state in the trick. Each trick's states are emitted as (packed state, V, Q) rows.
-* Finally all rows are sorted by packed state.
+* Finally all rows are sorted by packed state, as one sort of uint64 keys: a 35-bit
+  order-preserving compression of each state (``_order_keys``) above the row's index.
 
 Boundaries are processed in chunks of a fixed size per ``r`` so every jitted function has a
 static shape: one compile per ``r`` serves every deal.
@@ -46,7 +47,6 @@ from runner.oracle.context import (  # noqa: E402
 )
 
 ILLEGAL = -128
-_BIG = 1000  # beyond any value, for masked max/min
 _NONE7 = (7 << 32) | (7 << 35) | (7 << 38)  # all three play fields "none"
 
 Hands = tuple[tuple[int, ...], ...]
@@ -58,6 +58,7 @@ def _seat3_offsets() -> np.ndarray:
     For a fixed (plays, leader), seat s holds r - played(s) tiles, where r is the number
     each seat held at the trick's start; this counts the quads with m3' < m3.
     """
+
     def c7(k: int) -> int:
         return comb(7, k) if 0 <= k <= 7 else 0
 
@@ -74,10 +75,7 @@ def _seat3_offsets() -> np.ndarray:
 
 
 _SEAT3_OFFSET = _seat3_offsets()
-_COMB_OF_MASK = np.array([comb(7, int(p)) for p in POPCOUNT], np.int64)
 _INDEX_BITS = 29  # rows a packed sort can carry (2**29 > 536 million)
-
-
 
 
 @dataclass
