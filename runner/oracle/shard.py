@@ -157,7 +157,7 @@ def quick_check(path: str | os.PathLike[str]) -> str | None:
     return None
 
 
-def best_legal(V_rows: np.ndarray, Q: np.ndarray, states: np.ndarray) -> np.ndarray:
+def best_legal(Q: np.ndarray, states: np.ndarray) -> np.ndarray:
     """Per row: the value the side to move can reach (max for team 0, min for team 1); 0 if none."""
     mover = ((states >> 28) + (states >> 30)) & 3
     legal = Q != ILLEGAL
@@ -199,7 +199,7 @@ def verify_shard(path: str | os.PathLike[str]) -> list[str]:
     for k, v in table_digests(data.states, data.V, data.Q).items():
         if meta[k] != v:
             errors.append(f"digest {k} is {v}, metadata says {meta[k]}")
-    best = best_legal(data.V, data.Q, data.states)
+    best = best_legal(data.Q, data.states)
     bad = np.flatnonzero(best != data.V)
     if len(bad):
         s = int(data.states[bad[0]])
