@@ -5,17 +5,9 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-
-REPO = Path(__file__).resolve().parents[1]
-# CI checks the repository out with ../shared beside it (fixtures and specs)
-SHARED = REPO.parent / "shared"
-
+from reference_data import SAMPLE, read_jsonl
 
 # --- training (runner/train) ------------------------------------------------------------
-
-# Rows of the full oracle table of standard seed 30, declaration 0 (ORACLE.md), drawn by
-# the reference oracle: real positions from every stage of a hand, without solving a deal.
-SAMPLE = SHARED / "fixtures" / "seed30_decl0_sample.jsonl"
 
 TINY_JOB = """\
 version: 1
@@ -36,7 +28,6 @@ def write_sample_shards(root: Path) -> Path:
     """A tiny oracle job's store under ``root``: the sample's rows split into a train shard
     (seed 30) and a val shard (planned as seed 930, holding seed 30's rows and deal in its
     metadata, so rows and hands agree). Returns the job file (``root/tiny.yaml``)."""
-    import json
     from types import SimpleNamespace
 
     import numpy as np
@@ -44,7 +35,7 @@ def write_sample_shards(root: Path) -> Path:
     from runner.oracle.deal import deal_hands
     from runner.oracle.shard import write_shard
 
-    rows = [json.loads(line) for line in SAMPLE.read_text().splitlines() if line.strip()]
+    rows = read_jsonl(SAMPLE)
     order = np.random.default_rng(0).permutation(len(rows))
     cut = len(rows) * 4 // 5
     for seed, split, picked in ((30, "train", order[:cut]), (930, "val", order[cut:])):
@@ -67,17 +58,15 @@ def write_sample_shards(root: Path) -> Path:
 
 @pytest.fixture(scope="session")
 def sample_rows() -> Path:
-    """The seed-30 sample (JSON lines of state, V, q)."""
+    """The seed-30 sample (JSON lines of state, V, q); missing, the test fails."""
     if not SAMPLE.exists():
-        pytest.skip(f"fixture sample not found: {SAMPLE}")
+        pytest.fail(f"fixture sample not found: {SAMPLE} (it belongs in the checkout)")
     return SAMPLE
 
 
 @pytest.fixture(scope="session")
 def sample_store(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A folder with ``tiny.yaml`` and its two shards under ``shards/tiny`` (read-only use)."""
-    if not SAMPLE.exists():
-        pytest.skip(f"fixture sample not found: {SAMPLE}")
     root = tmp_path_factory.mktemp("sample_store")
     write_sample_shards(root)
     return root

@@ -15,6 +15,7 @@ import textwrap
 from pathlib import Path
 
 import pytest
+from reference_data import reference_rows
 
 from runner.backends import modal as fm
 from runner.backends.base import TaskRequest
@@ -26,7 +27,6 @@ from runner.store.claims import LocalClaims, make_claim
 
 REPO = Path(__file__).resolve().parents[2]
 FORGE = str(Path(sys.executable).parent / "forge")
-REFERENCE = REPO.parent / "shared" / "fixtures" / "reference_tables.jsonl"
 NO_VOLUME = "will not have access to the mounted Volume"
 
 
@@ -111,11 +111,7 @@ def test_body_solves_a_shard_that_forge_verify_accepts(tmp_path: Path, local_sto
     )
     assert proc.returncode == 0, proc.stdout + proc.stderr
 
-    ref = next(
-        json.loads(line)
-        for line in REFERENCE.read_text().splitlines()
-        if line.strip() and json.loads(line)["kind"] == "standard" and json.loads(line)["seed"] == 1
-    )
+    ref = next(r for r in reference_rows() if r["kind"] == "standard" and r["seed"] == 1)
     record = json.loads((local_store / f"{task.key}.json").read_text())
     assert record["status"] == "done" and record["run_id"] == "run-local"
     assert (record["states"], record["root_value"]) == (ref["states"], ref["root_value"])

@@ -6,16 +6,13 @@ ones marked ``ci`` (one standard, one marginalized deal).
 
 from __future__ import annotations
 
-import json
-from pathlib import Path
-
 import pytest
+from reference_data import reference_rows
 
 from runner.oracle.deal import deal_hands
 from runner.oracle.shard import table_digests
 from runner.oracle.solve import solve_deal
 
-REFERENCE = Path(__file__).resolve().parents[2].parent / "shared" / "fixtures" / "reference_tables.jsonl"
 CI_PICKS = {("standard", 1, None), ("marginalized", 900, 0)}
 
 
@@ -26,11 +23,7 @@ def _param(row: dict) -> object:
     return pytest.param(row, marks=marks, id=name)
 
 
-ROWS = (
-    [json.loads(line) for line in REFERENCE.read_text().splitlines() if line.strip()]
-    if REFERENCE.exists()
-    else []
-)
+ROWS = reference_rows()  # in the checkout: missing, collection fails (never an empty list)
 
 
 @pytest.mark.parametrize("row", [_param(r) for r in ROWS])
@@ -45,8 +38,6 @@ def test_table_equals_reference(row: dict) -> None:
 
 
 def test_every_reference_deal_is_dealt_from_its_seeds() -> None:
-    if not ROWS:
-        pytest.skip("reference fixtures not found beside the repository")
     for row in ROWS:
         opp = row["opp_seed"] if row["kind"] == "marginalized" else None
         assert [list(h) for h in deal_hands(row["seed"], opp)] == row["hands"], row
