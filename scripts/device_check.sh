@@ -10,5 +10,5 @@ export PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}"
 export FORGE_JAX_CACHE="${FORGE_JAX_CACHE:-$OUT/jax-cache}"
 python3 -c 'import jax, sys; print("python", sys.version.split()[0], "jax", jax.__version__, jax.devices())' | tee "$OUT/device.txt"
 nvidia-smi --query-gpu=name,memory.total --format=csv >> "$OUT/device.txt" 2>/dev/null || true
-python3 scripts/check_fixtures.py "${FORGE_FIXTURES:-../shared/fixtures/reference_tables.jsonl}" | tee "$OUT/fixtures.txt"
+python3 scripts/check_fixtures.py "${FORGE_FIXTURES:-tests/fixtures/reference_tables.jsonl}" | tee "$OUT/fixtures.txt"
 python3 -m runner.cli bench --seeds "${SEEDS:-0-39}" --compression zstd --json "$OUT/bench-gpu.json" | tee "$OUT/bench-gpu.txt"
