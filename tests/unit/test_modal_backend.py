@@ -15,7 +15,7 @@ from typing import Any
 
 import modal
 import pytest
-from test_modal_claims import LockedDict  # tests/unit is on sys.path (rootdir-less test modules)
+from claim_fakes import LockedDict
 
 from runner.backends.base import Backend, RunContext, SurveyState, TaskRequest, Tier
 from runner.backends.modal import ModalBackend, unanswered_results

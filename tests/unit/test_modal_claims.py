@@ -12,58 +12,16 @@ from __future__ import annotations
 import inspect
 import threading
 import time
-from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
 
 import modal
 import pytest
+from claim_fakes import LockedDict
 
 from runner.backends.modal import _forget_own_claim, _TaggedClaims, classify, release_run_claims
 from runner.backends.modal_claims import DictClaims
 from runner.spec.model import ShardTask
 from runner.store.claims import ClaimTable, LocalClaims, acquire, make_claim, release
-
-_MISSING = object()
-
-
-class LockedDict:
-    """A plain in-process dict whose put-if-absent and pop are atomic (a lock)."""
-
-    def __init__(self) -> None:
-        self.data: dict[Any, Any] = {}
-        self.lock = threading.Lock()
-
-    def put(self, key: Any, value: Any, *, skip_if_exists: bool = False) -> bool:
-        with self.lock:
-            if skip_if_exists and key in self.data:
-                return False
-            self.data[key] = value
-            return True
-
-    def get(self, key: Any, default: Any = None) -> Any:
-        with self.lock:
-            return self.data.get(key, default)
-
-    def pop(self, key: Any, default: Any = _MISSING) -> Any:
-        with self.lock:
-            if key in self.data:
-                return self.data.pop(key)
-        if default is _MISSING:
-            raise KeyError(key)
-        return default
-
-    def __setitem__(self, key: Any, value: Any) -> None:
-        with self.lock:
-            self.data[key] = value
-
-    def keys(self) -> Iterator[Any]:
-        with self.lock:
-            return iter(list(self.data))
-
-    def items(self) -> Iterator[tuple[Any, Any]]:
-        with self.lock:
-            return iter(list(self.data.items()))
 
 
 @pytest.fixture(params=["local", "dict"])
