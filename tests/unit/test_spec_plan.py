@@ -2,14 +2,17 @@
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
 
+import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from runner.spec.load import load_job
 from runner.spec.model import SeedSet, Split
 from runner.spec.plan import (
+    Backend,
     _count_residues,
     count_by_split,
     existing_shards,
@@ -146,31 +149,47 @@ def test_plan_json_shape_and_estimates_per_gpu(tmp_path: Path) -> None:
     assert [e["gpu"] for e in modal["estimate"]] == ["H200", "H100"]
 
 
-def test_local_backend_uses_local_price_and_workers(tmp_path: Path) -> None:
-    p = job(
-        tmp_path,
-        "{mode: standard, base_seeds: {start: 0, stop: 40}}",
-        "compute: {workers: 4}\npricing: {local: 0.36}\n",
-    )
-    plan = make_plan(load_job(p), backend="local")
-    (e,) = plan.estimates
-    assert e.gpu == "local" and e.parallel == 4
-    assert abs(e.usd - e.seconds * 0.36 / 3600) < 1e-9
-    assert e.wall_s == 10 * e.seconds_per_shard  # 40 shards, 4 at a time
+@pytest.mark.parametrize(
+    ("backend", "extra", "gpus", "price", "parallel"),
+    [
+        # this machine: compute.workers at once, at pricing.local
+        ("local", "compute: {workers: 4}\npricing: {local: 0.36}\n", ["local"], 0.36, 4),
+        # Modal: max_containers x concurrency at once, each GPU at its own (overridden) price
+        (
+            "modal",
+            "compute: {gpu: [B200, H100], max_containers: 3, concurrency: 2}\npricing: {B200: 7.5}\n",
+            ["B200", "H100"],
+            7.5,
+            6,
+        ),
+    ],
+)
+def test_estimate_bills_device_time_at_the_price_and_runs_in_waves(
+    tmp_path: Path, backend: Backend, extra: str, gpus: list[str], price: float, parallel: int
+) -> None:
+    p = job(tmp_path, "{mode: standard, base_seeds: {start: 0, stop: 40}}", extra)
+    plan = make_plan(load_job(p), backend=backend)
+    assert [e.gpu for e in plan.estimates] == gpus
+    e = plan.estimates[0]
+    assert e.shards == 40 and e.parallel == parallel and e.price_per_hour == price
+    assert abs(e.usd - e.seconds * price / 3600) < 1e-9
+    assert e.wall_s == math.ceil(40 / parallel) * e.seconds_per_shard
 
 
-def test_over_budget_warns(tmp_path: Path) -> None:
-    p = job(
-        tmp_path,
-        "{mode: marginalized, base_seeds: {start: 0, stop: 900}, opp_seeds: 10}",
-        "compute: {gpu: B200}\n",
-    )
-    plan = make_plan(load_job(p), backend="modal")
-    assert plan.over_budget
-    assert any("exceeds budget.max_usd $5.00" in w for w in plan.warnings)
-    assert "WARNING" in plan.render() and "over budget" in plan.render()
-    cheap = make_plan(load_job(JOBS / "smoke.yaml"), backend="modal")
-    assert not cheap.over_budget and not cheap.warnings
+@pytest.mark.parametrize(
+    ("deals", "extra", "over"),
+    [
+        ("{mode: marginalized, base_seeds: {start: 0, stop: 900}, opp_seeds: 10}", "compute: {gpu: B200}\n", True),
+        ("{mode: standard, base_seeds: {list: [1, 2]}}", "compute: {gpu: T4}\n", False),
+    ],
+)
+def test_over_budget_warns_only_when_over(tmp_path: Path, deals: str, extra: str, over: bool) -> None:
+    plan = make_plan(load_job(job(tmp_path, deals, extra)), backend="modal")
+    assert plan.over_budget is over
+    assert (plan.estimates[0].usd > 5.0) is over
+    assert bool(plan.warnings) is over
+    assert any("exceeds budget.max_usd $5.00" in w for w in plan.warnings) is over
+    assert ("WARNING" in plan.render() and "over budget" in plan.render()) is over
 
 
 def test_measured_rates_replace_the_model(tmp_path: Path) -> None:
