@@ -178,10 +178,16 @@ def test_status_counts_per_split(tmp_path: Path) -> None:
 
 
 @pytest.mark.parametrize(
-    ("policy", "every", "commits_after"),
-    [("per_shard", None, [1, 2, 3, 4, 5]), ("every_shards", 2, [0, 1, 1, 2, 2]), ("auto", None, [0, 0, 0, 0, 0])],
+    ("policy", "every", "commits_after", "after_flush"),
+    [
+        ("per_shard", None, [1, 2, 3, 4, 5], 5),  # nothing left pending: no extra commit
+        ("every_shards", 2, [0, 1, 1, 2, 2], 3),  # the fifth shard is committed at the end
+        ("auto", None, [0, 0, 0, 0, 0], 1),
+    ],
 )
-def test_commit_policy(tmp_path: Path, policy: str, every: float | None, commits_after: list[int]) -> None:
+def test_commit_policy(
+    tmp_path: Path, policy: str, every: float | None, commits_after: list[int], after_flush: int
+) -> None:
     hooked: list[int] = []
     c = Committer(Commit(policy=policy, every=every), hook=lambda: hooked.append(1))  # type: ignore[arg-type]
     f = tmp_path / "x"
@@ -193,7 +199,7 @@ def test_commit_policy(tmp_path: Path, policy: str, every: float | None, commits
     assert seen == commits_after
     assert len(hooked) == c.commits
     c.flush()  # the end of a run: whatever is pending is committed
-    assert c.commits == commits_after[-1] + (1 if c.commits > commits_after[-1] else 0)
+    assert c.commits == after_flush == len(hooked)
     assert not c.pending
 
 
