@@ -42,8 +42,8 @@ def sweep_file(
     return path
 
 
-def forge(*args: str, cwd: Path) -> subprocess.CompletedProcess[str]:
-    env = dict(os.environ, COLUMNS="200")
+def forge(*args: str, cwd: Path, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
+    env = dict(os.environ if env is None else env, COLUMNS="200")
     return subprocess.run(
         [*FORGE, *args], cwd=cwd, env=env, capture_output=True, text=True, timeout=600
     )
@@ -139,12 +139,13 @@ def test_data_and_out_flags_and_the_budget_guard(project: Path, tmp_path_factory
 
 
 def test_modal_backend_without_credentials_fails_fast(project: Path, tmp_path: Path) -> None:
-    from runner.backends.modal import credentials_found
-
-    if credentials_found():
-        pytest.skip("Modal credentials are configured here; this checks their absence")
+    # Runs everywhere, credentials or not: modal reads its tokens from MODAL_* variables
+    # (modal/config.py:463-478) and from MODAL_CONFIG_PATH, else ~/.modal.toml
+    # (modal/config.py:123); the child gets neither.
+    env = {k: v for k, v in os.environ.items() if not k.startswith("MODAL_")}
+    env.update(HOME=str(tmp_path), MODAL_CONFIG_PATH=str(tmp_path / "absent.toml"))
     sweep_file(project)
-    r = forge("sweep", "sweep.yaml", "--backend", "modal", cwd=project)
+    r = forge("sweep", "sweep.yaml", "--backend", "modal", cwd=project, env=env)
     assert r.returncode == 2
     assert "Modal credentials not found" in r.stderr
     assert "Traceback" not in r.stderr

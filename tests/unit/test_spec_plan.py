@@ -21,6 +21,7 @@ from runner.spec.plan import (
     shard_dir,
     tasks,
 )
+from runner.spec.pricing import BUILTIN_PRICES
 
 ROOT = Path(__file__).resolve().parents[2]
 JOBS = ROOT / "jobs"
@@ -143,7 +144,7 @@ def test_plan_json_shape_and_estimates_per_gpu(tmp_path: Path) -> None:
     h200, h100 = doc["estimate"][1], doc["estimate"][2]
     assert h200["usd"] > 0 and h200["seconds"] > 0
     # same time model, different price: the cost ratio is the price ratio
-    assert abs(h200["usd"] / h200["seconds"] - 4.54 / 3600) < 1e-6
+    assert abs(h200["usd"] / h200["seconds"] - BUILTIN_PRICES["H200"] / 3600) < 1e-6
     assert h100["parallel"] == spec.compute.max_containers * spec.compute.concurrency
     modal = make_plan(spec, backend="modal").to_json()
     assert [e["gpu"] for e in modal["estimate"]] == ["H200", "H100"]
