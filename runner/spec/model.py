@@ -96,8 +96,19 @@ class Budget:
     downgrade_at: float | None = None  # fraction of max_usd
 
 
+class Priced:
+    """What both spec kinds share: the price table (built-ins merged with ``pricing:``)."""
+
+    pricing: tuple[tuple[str, float], ...]
+
+    def price_per_hour(self, gpu: str) -> float:
+        """Dollars an hour of ``gpu`` (a normalised GPU name, or ``local``). The loader fills
+        in every built-in name, so a KeyError is a name that never went through it."""
+        return dict(self.pricing)[gpu]
+
+
 @dataclass(frozen=True)
-class JobSpec:
+class JobSpec(Priced):
     version: int
     name: str
     kind: Literal["oracle"]
@@ -109,17 +120,6 @@ class JobSpec:
     pricing: tuple[tuple[str, float], ...]  # built-in table merged with the file's overrides
     path: Path | None = None  # the job file it came from
     sha256: str = ""  # of the job file's bytes, for run manifests
-
-    def price_per_hour(self, gpu: str) -> float:
-        return dict(self.pricing)[gpu]
-
-    def split_of(self, base_seed: int) -> str | None:
-        """The split a base seed lands in (the loader guarantees one for every planned seed)."""
-        b = base_seed % 1000
-        for s in self.splits:
-            if s.lo <= b < s.hi:
-                return s.name
-        return None
 
     def decls_for(self, base_seed: int) -> tuple[int, ...]:
         """The declarations solved for ``base_seed``: ``base_seed % 10`` under ``auto``."""
@@ -221,7 +221,7 @@ class SweepCompute:
 
 
 @dataclass(frozen=True)
-class SweepSpec:
+class SweepSpec(Priced):
     version: int
     name: str
     kind: Literal["sweep"]
@@ -234,9 +234,6 @@ class SweepSpec:
     pricing: tuple[tuple[str, float], ...]  # built-in table merged with the file's overrides
     path: Path | None = None
     sha256: str = ""
-
-    def price_per_hour(self, gpu: str) -> float:
-        return dict(self.pricing)[gpu]
 
     def trials(self) -> list[dict[str, Any]]:
         """Every trial's parameters, in order. Same file, same list (random: seeded by train.seed)."""

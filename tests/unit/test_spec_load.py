@@ -7,10 +7,13 @@ from pathlib import Path
 
 import jsonschema
 import pytest
+from reference_data import reference_rows
 
 from runner.spec.errors import SpecErrors, format_path
 from runner.spec.load import check_file, check_paths, load, load_job, load_sweep, schema
 from runner.spec.model import JobSpec, ParamRange, SweepSpec, expand_trials
+from runner.spec.plan import tasks
+from runner.spec.pricing import BUILTIN_PRICES
 from runner.spec.yamlpos import parse_yaml
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -174,9 +177,11 @@ def test_full_file_becomes_the_expected_dataclass() -> None:
         "L4",
         0.75,
     )
-    prices = dict(spec.pricing)
-    assert prices["H100!"] == 3.5 and prices["A100-40GB"] == 1.8 and prices["local"] == 0.05
-    assert prices["H200"] == 4.54  # untouched built-in
+    price = spec.price_per_hour
+    assert price("H100!") == 3.5 and price("A100-40GB") == 1.8 and price("local") == 0.05
+    assert price("H200") == BUILTIN_PRICES["H200"]  # untouched built-in
+    with pytest.raises(KeyError):
+        price("h200")  # only names the loader normalised
     assert len(spec.sha256) == 64
     with pytest.raises(AttributeError):
         spec.name = "x"  # type: ignore[misc]
@@ -258,9 +263,9 @@ def test_repo_job_files_are_valid() -> None:
 def test_smoke_job_has_train_and_val_deals() -> None:
     spec = load_job(ROOT / "jobs" / "smoke.yaml")
     assert spec.deals.mode == "standard"
-    splits = {spec.split_of(s) for s in spec.deals.base_seeds}
-    assert {"train", "val"} <= splits
-    assert 1 in set(spec.deals.base_seeds)  # the smallest deal of the reference fixtures
+    assert {"train", "val"} <= {t.split for t in tasks(spec)}
+    smallest = min((r for r in reference_rows() if r["kind"] == "standard"), key=lambda r: r["states"])
+    assert smallest["seed"] in set(spec.deals.base_seeds)  # the smallest reference deal
 
 
 # --- sweeps --------------------------------------------------------------------------
@@ -275,6 +280,7 @@ def test_sweep_loads_its_job_relative_to_the_sweep_file() -> None:
     assert (s.train.steps, s.train.eval_every, s.train.seed) == (2000, 500, 0)
     assert (s.objective.metric, s.objective.goal) == ("val_accuracy", "max")
     assert s.compute.gpu == ("T4",) and s.compute.max_containers == 9
+    assert s.price_per_hour("T4") == BUILTIN_PRICES["T4"]
     assert s.budget.max_usd == 10
 
 
