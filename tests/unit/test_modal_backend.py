@@ -19,7 +19,7 @@ from test_modal_claims import LockedDict  # tests/unit is on sys.path (rootdir-l
 
 from runner.backends.base import Backend, RunContext, SurveyState, TaskRequest, Tier
 from runner.backends.modal import ModalBackend, unanswered_results
-from runner.backends.modal_claims import DictClaims
+from runner.backends.modal.claims import DictClaims
 from runner.backends.orchestrate import Orchestrator, RunOptions
 from runner.backends.task import TaskResult
 from runner.spec.load import load

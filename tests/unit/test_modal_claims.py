@@ -19,8 +19,9 @@ from typing import Any
 import modal
 import pytest
 
-from runner.backends.modal import _forget_own_claim, _TaggedClaims, classify, release_run_claims
-from runner.backends.modal_claims import DictClaims
+from runner.backends.modal.claims import DictClaims, release_run_claims
+from runner.backends.modal.container import TaggedClaims, forget_own_claim
+from runner.backends.modal.volume import classify
 from runner.spec.model import ShardTask
 from runner.store.claims import ClaimTable, LocalClaims, acquire, make_claim, release
 
@@ -193,14 +194,14 @@ def test_release_run_claims_frees_only_that_run() -> None:
 def test_a_restarted_input_takes_its_own_claim_back() -> None:
     """Modal restarts a preempted input with the same input id; its old claim is its own."""
     table = DictClaims(LockedDict())
-    first = _TaggedClaims(table, "in-42")
+    first = TaggedClaims(table, "in-42")
     assert first.put_if_absent(KEY, make_claim("run-1", KEY, host="c1"))
     held = table.get(KEY)
     assert held is not None and held["input_id"] == "in-42"
 
-    _forget_own_claim(_TaggedClaims(table, "in-7"), KEY, "in-7")  # someone else's: kept
+    forget_own_claim(TaggedClaims(table, "in-7"), KEY, "in-7")  # someone else's: kept
     assert table.get(KEY) is not None
-    _forget_own_claim(_TaggedClaims(table, "in-42"), KEY, "in-42")
+    forget_own_claim(TaggedClaims(table, "in-42"), KEY, "in-42")
     assert table.get(KEY) is None
 
 

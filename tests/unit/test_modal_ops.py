@@ -10,7 +10,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from runner.backends.modal_ops import (
+from runner.backends.modal.ops import (
     DownloadReport,
     _same_shard,
     _wanted,

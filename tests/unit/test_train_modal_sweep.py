@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from runner.backends.modal import MOUNT, function_settings
+from runner.backends.modal import MOUNT, modal_settings
 from runner.spec.load import load_sweep
 from runner.spec.model import SweepSpec
 from runner.train import modal_sweep
@@ -46,12 +46,12 @@ def spec(sample_store: Path, tmp_path_factory: pytest.TempPathFactory) -> SweepS
 def test_function_settings_come_from_the_sweep_file(spec: SweepSpec) -> None:
     compiled = modal_sweep.compile_sweep(spec)
     assert compiled.app.name == "forge-sweep-tiny-modal"
-    s = function_settings(compiled.function)
+    s = modal_settings(compiled.function)
     assert s["name"] == modal_sweep.FUNCTION_NAME
     assert s["gpu"] == ["H100", "A100-80GB"]  # normalised, fallback order kept
     assert s["timeout"] == 900
     assert s["max_containers"] == 4
-    assert s["retries"] == 1
+    assert s["retries"] == 0  # forge retries (compute.retries: 1), not Modal
     assert s["max_inputs"] == 1  # one trial per container at a time: a GPU each
     # the data job's volume, where the oracle functions mount it
     assert s["volumes"] == {MOUNT: spec.data.job.output.volume}

@@ -10,6 +10,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import sys
 import time
 from collections.abc import Callable, Collection, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -19,20 +20,16 @@ from typing import Any
 
 import modal
 
-from runner.backends.modal import (
-    TAG_JOB,
-    TAG_RUN,
+from runner.backends.modal.claims import DictClaims, release_run_claims
+from runner.backends.modal.compile import compile_job, enter_app
+from runner.backends.modal.errors import (
     ModalUserError,
-    VolumeView,
-    app_name,
-    claim_timeout_s,
-    claims_name,
-    compile_job,
-    release_run_claims,
+    modal_errors,
     require_credentials,
     user_error,
 )
-from runner.backends.modal_claims import DictClaims
+from runner.backends.modal.names import TAG_JOB, TAG_RUN, app_name, claim_timeout_s, claims_name
+from runner.backends.modal.volume import VolumeView
 from runner.spec.model import JobSpec, ShardTask
 from runner.store.claims import is_stale, this_host
 from runner.store.shards import (
@@ -42,20 +39,6 @@ from runner.store.shards import (
     StoreStatus,
     manifest_outcomes,
 )
-
-
-@contextlib.contextmanager
-def _modal_errors() -> Any:
-    """Turn the Modal errors a user must act on into one-line ModalUserErrors."""
-    try:
-        yield
-    except ModalUserError:
-        raise
-    except Exception as e:
-        problem = user_error(e)
-        if problem is not None:
-            raise problem from e
-        raise
 
 
 def _volume(spec: JobSpec) -> VolumeView:
@@ -78,6 +61,13 @@ def _or_empty(fn: Callable[[], Any], empty: Any) -> Any:
 # forge run --detach ----------------------------------------------------------------------------
 
 
+EXIT_INTERRUPTED = 130
+
+
+def _say(message: str) -> None:
+    print(message, file=sys.stderr, flush=True)
+
+
 def run_detached(
     spec: JobSpec,
     tasks: Sequence[ShardTask],
@@ -85,28 +75,66 @@ def run_detached(
     run_id: str,
     limit: int | None = None,
     max_usd: float | None = None,
-) -> list[str]:
+    say: Callable[[str], None] = _say,
+) -> tuple[int, list[str]]:
     """Start the job's app detached, with the orchestrator itself running on Modal.
 
-    Returns the lines that tell the user how to follow and stop it.
+    Returns the exit code and the lines to print: how to follow and stop the
+    run, or (Ctrl+C before the orchestrator was spawned) that nothing runs.
+    Modal's ``app.run`` swallows a KeyboardInterrupt raised inside it and
+    returns normally (modal/runner.py:502-522), and a detached app keeps running
+    after it, so the interrupt is caught here and the app stopped by id
+    (``App.lookup`` of an ``ap-`` id and ``App.stop``: modal/app.py:460, 1724).
     """
     require_credentials()
     job = compile_job(spec, run_id)
-    with _modal_errors(), job.app.run(detach=True):
-        app_id = job.app.app_id or ""
-        functions = {name: fn for name, fn in job.functions.items()}
-        options = {"limit": limit, "max_usd": max_usd, "app_id": app_id}
-        DictClaims(job.claims).add_app(
-            app_id, {"run_id": run_id, "started": time.time(), "detached": True}
-        )
-        job.orchestrator.spawn(spec, run_id, list(tasks), functions, options)
-    return [
+    spawned: Any = None
+    app_id = ""
+    try:
+        say(f"Starting Modal app {job.app.name} detached (the first run builds its image) ...")
+        cm = enter_app(job.app, detach=True, say=say)
+        try:
+            with modal_errors():
+                app_id = job.app.app_id or ""
+                claims = DictClaims(job.claims)
+                claims.add_app(app_id, {"run_id": run_id, "started": time.time(), "detached": True})
+                functions = dict(job.functions)
+                options = {"limit": limit, "max_usd": max_usd, "app_id": app_id}
+                spawned = job.orchestrator.spawn(spec, run_id, list(tasks), functions, options)
+        except KeyboardInterrupt:
+            pass  # handled below, once out of Modal's context
+        finally:
+            cm.__exit__(None, None, None)
+    except KeyboardInterrupt:
+        pass
+    if spawned is None:
+        return EXIT_INTERRUPTED, _abandon_detached(spec, app_id)
+    return 0, [
         f"Detached: {app_name(spec)} runs on Modal as app {app_id} (run {run_id}); "
         "closing this terminal does not stop it.",
         f"  follow:  modal app logs {app_id}",
         f"  status:  forge status {spec.path or spec.name} --backend modal",
         f"  stop:    forge stop {spec.path or spec.name}",
     ]
+
+
+def _abandon_detached(spec: JobSpec, app_id: str) -> list[str]:
+    """Interrupted before the orchestrator was spawned: stop the app, forget it."""
+    if not app_id:
+        return ["Interrupted while the Modal app was starting: nothing was started."]
+    lines = []
+    try:
+        modal.App.lookup(app_id).stop()
+        lines.append(f"Interrupted: stopped Modal app {app_id} before its orchestrator started.")
+    except Exception as e:
+        lines.append(
+            f"Interrupted: could not stop Modal app {app_id} ({type(e).__name__}: {e}); "
+            f"run: forge stop {spec.path or spec.name}"
+        )
+        return lines
+    with contextlib.suppress(Exception):
+        _claims(spec).remove_app(app_id)
+    return lines
 
 
 # forge stop ------------------------------------------------------------------------------------
@@ -116,7 +144,7 @@ def stop_job(spec: JobSpec) -> list[str]:
     """Stop every app this job started (attached or detached) and free their claims."""
     require_credentials()
     lines: list[str] = []
-    with _modal_errors():
+    with modal_errors():
         claims = _claims(spec)
         apps = _or_empty(claims.apps, {})
         if not apps:
@@ -148,7 +176,7 @@ def modal_status(spec: JobSpec, tasks: Sequence[ShardTask]) -> StoreStatus:
     tasks check each file before trusting it).
     """
     require_credentials()
-    with _modal_errors():
+    with modal_errors():
         view = _volume(spec)
         files = _or_empty(view.files, {})
         manifests = _or_empty(view.manifests, [])
@@ -274,7 +302,7 @@ def download(
     require_credentials()
     dest = Path(to)
     report = DownloadReport(to=str(dest))
-    with _modal_errors():
+    with modal_errors():
         view = _volume(spec)
         files = _or_empty(view.files, {})
         report.source = view.where(split or "")
@@ -339,7 +367,7 @@ def cost_report(spec: JobSpec, *, days: int = 30) -> dict[str, Any]:
     and forge's numbers stand alone.
     """
     require_credentials()
-    with _modal_errors():
+    with modal_errors():
         manifests = _or_empty(_volume(spec).manifests, [])
     runs: dict[str, dict[str, Any]] = {}
     for m in manifests:
@@ -455,9 +483,10 @@ def run_on_modal(
     from runner.backends.orchestrate import new_run_id
 
     spec, tasks = _load(job)
-    for line in run_detached(spec, tasks, run_id=new_run_id(), limit=limit, max_usd=max_usd):
+    code, lines = run_detached(spec, tasks, run_id=new_run_id(), limit=limit, max_usd=max_usd)
+    for line in lines:
         echo(line)
-    return 0
+    return code
 
 
 def status_on_modal(job: str | os.PathLike[str]) -> StoreStatus:
