@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import sys
 import time
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import PurePosixPath
 from typing import Any
@@ -178,7 +179,13 @@ class _SweepRun:
         outcome: SweepOutcome,
         budget: Budget,
         emit: Event,
+        *,
+        enter: Callable[..., Any] = enter_app,
+        mapper: Callable[..., Iterable[Any]] | None = None,
     ) -> None:
+        # enter/mapper: Modal's app.run and Function.map; tests pass Function.local() runs
+        self.enter = enter
+        self.map = mapper or compiled.function.map
         self.compiled, self.spec, self.data = compiled, spec, data
         self.outcome, self.budget, self.emit = outcome, budget, emit
         self.prices = dict(spec.pricing)
@@ -190,7 +197,7 @@ class _SweepRun:
         self.interrupted = False
 
     def run(self, queue: list[Trial]) -> None:
-        cm = enter_app(self.compiled.app, say=lambda m: print(m, file=sys.stderr, flush=True))
+        cm = self.enter(self.compiled.app, say=lambda m: print(m, file=sys.stderr, flush=True))
         try:
             self._dispatch(queue)
         except KeyboardInterrupt:
@@ -241,7 +248,7 @@ class _SweepRun:
                 self.emit("trial_start", {"trial": t})
             requests = [payload(t, self.data, self.data.root, self.limit) for t in wave]
             errors: list[BaseException] = []
-            outputs = self.compiled.function.map(requests, order_outputs=False, return_exceptions=True)
+            outputs = self.map(requests, order_outputs=False, return_exceptions=True)
             for result in outputs:
                 if isinstance(result, BaseException):
                     errors.append(result)

@@ -67,7 +67,6 @@ def unanswered_results(
     return out
 
 
-
 def _say(message: str) -> None:
     print(message, file=sys.stderr, flush=True)
 
@@ -177,7 +176,9 @@ class ModalBackend(Backend):
         try:
             self.app_stopper()
         except Exception as e:
-            self.say(f"Could not stop Modal app {self.app_id} ({type(e).__name__}: {e}); run: forge stop {where}")
+            self.say(
+                f"Could not stop Modal app {self.app_id} ({type(e).__name__}: {e}); run: forge stop {where}"
+            )
 
     def app_stopper(self) -> None:
         """Ask Modal to stop this run's app: the compiled app we run, or (detached) by id."""

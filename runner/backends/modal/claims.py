@@ -137,4 +137,3 @@ def release_run_claims(claims: DictClaims, run_id: str) -> int:
             claims.delete(key)
             n += 1
     return n
-

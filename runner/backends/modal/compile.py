@@ -140,11 +140,25 @@ class FunctionPlan:
 
 
 def gpu_function(
-    name: str, tier: str, role: str, gpu: tuple[str, ...], max_inputs: int, timeout: int, max_containers: int
+    name: str,
+    tier: str,
+    role: str,
+    gpu: tuple[str, ...],
+    max_inputs: int,
+    timeout: int,
+    max_containers: int,
 ) -> FunctionPlan:
     """A work function on a GPU: no Modal retries, and jax may only use CUDA."""
     return FunctionPlan(
-        name, tier, role, tuple(gpu), int(max_inputs), int(timeout), int(max_containers), 0, dict(GPU_ENV)
+        name,
+        tier,
+        role,
+        tuple(gpu),
+        int(max_inputs),
+        int(timeout),
+        int(max_containers),
+        0,
+        dict(GPU_ENV),
     )
 
 
@@ -165,12 +179,20 @@ def variants(spec: JobSpec) -> list[FunctionPlan]:
     b = spec.budget
     if b.on_exceed == "downgrade" and b.downgrade_gpu and (b.downgrade_gpu,) != tuple(c.gpu):
         out.append(
-            gpu_function("solve_downgrade", "main", "downgrade", (b.downgrade_gpu,), c.concurrency, t, n)
+            gpu_function(
+                "solve_downgrade", "main", "downgrade", (b.downgrade_gpu,), c.concurrency, t, n
+            )
         )
     if c.large is not None:
         out.append(
             gpu_function(
-                "solve_large", "large", "large", tuple(c.large.gpu), c.large.concurrency, int(c.large.timeout_s), n
+                "solve_large",
+                "large",
+                "large",
+                tuple(c.large.gpu),
+                c.large.concurrency,
+                int(c.large.timeout_s),
+                n,
             )
         )
     return out
@@ -259,7 +281,9 @@ def modal_settings(fn: modal.Function) -> dict[str, Any]:
         "max_inputs": concurrency.max_inputs if concurrency is not None else 1,
         "timeout": info.timeout,
         "retries": info.max_retries,
-        "max_containers": autoscaler.max_containers if autoscaler.HasField("max_containers") else None,
+        "max_containers": autoscaler.max_containers
+        if autoscaler.HasField("max_containers")
+        else None,
         "secrets": list(info.secrets),
         "cpu": info.cpu,
         "memory_mib": info.memory_mib,

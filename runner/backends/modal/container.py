@@ -107,7 +107,10 @@ def gpu_from_device(device: str, requested: tuple[str, ...], pricing: dict[str, 
 
 def gpu_required() -> bool:
     """Whether this input must see a GPU: inside a Modal container, or under ``GPU_ENV``."""
-    return in_modal() or os.environ.get("JAX_PLATFORMS", "").strip().lower() == GPU_ENV["JAX_PLATFORMS"]
+    return (
+        in_modal()
+        or os.environ.get("JAX_PLATFORMS", "").strip().lower() == GPU_ENV["JAX_PLATFORMS"]
+    )
 
 
 def device_kind(required: bool) -> str:
@@ -116,10 +119,11 @@ def device_kind(required: bool) -> str:
         import jax
 
         device = jax.devices()[0]
-    except RuntimeError as e:
+    except Exception as e:  # a RuntimeError, or (jax 0.10 without a CUDA plugin) an AssertionError
         if required:
+            why = f"{type(e).__name__}: {str(e).strip()[:300]}".rstrip(": ")
             raise NoGPU(
-                f"this GPU function found no usable GPU: jax could not start CUDA ({str(e).strip()[:300]})"
+                f"this GPU function found no usable GPU: jax could not start CUDA ({why})"
             ) from e
         raise
     if required and device.platform != "gpu":
@@ -357,7 +361,12 @@ def charge(result: TaskResult, spec: JobSpec, *, startup: float, cpu_used: float
         result.usd += prices.usd(startup, result.gpu, table) if result.gpu in table else 0.0
         result.timings["container_start"] = startup
     extra = prices.container_usd(
-        result.seconds, table, cores=CPU_CORES, gib=MEMORY_MIB / 1024, cpu_seconds=cpu_used, peak_gib=peak_gib()
+        result.seconds,
+        table,
+        cores=CPU_CORES,
+        gib=MEMORY_MIB / 1024,
+        cpu_seconds=cpu_used,
+        peak_gib=peak_gib(),
     )
     result.usd += extra
     result.timings["cpu_memory_usd"] = extra
@@ -380,7 +389,14 @@ def solve_shard(request: TaskRequest, spec: JobSpec, run_id: str) -> TaskResult:
         return refuse(request, spec, run_id, str(e), time.monotonic() - t0, cpu0)
     gpu = gpu_from_device(kind, tuple(request.gpu), table)
     if gpu == prices.LOCAL and in_modal():  # a GPU function is never priced as this machine
-        return refuse(request, spec, run_id, f"this GPU function runs on {kind!r}", time.monotonic() - t0, cpu0)
+        return refuse(
+            request,
+            spec,
+            run_id,
+            f"this GPU function runs on {kind!r}",
+            time.monotonic() - t0,
+            cpu0,
+        )
     root = shard_store_root(spec)
     store = container_store(spec, root)
     input_id = modal.current_input_id()

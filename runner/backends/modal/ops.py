@@ -76,6 +76,7 @@ def run_detached(
     limit: int | None = None,
     max_usd: float | None = None,
     say: Callable[[str], None] = _say,
+    enter: Callable[..., Any] = enter_app,
 ) -> tuple[int, list[str]]:
     """Start the job's app detached, with the orchestrator itself running on Modal.
 
@@ -92,7 +93,7 @@ def run_detached(
     app_id = ""
     try:
         say(f"Starting Modal app {job.app.name} detached (the first run builds its image) ...")
-        cm = enter_app(job.app, detach=True, say=say)
+        cm = enter(job.app, detach=True, say=say)
         try:
             with modal_errors():
                 app_id = job.app.app_id or ""

@@ -59,7 +59,6 @@ def classify(
     return out
 
 
-
 class VolumeView:
     """The job's files on its volume, through Modal's file API (no mount needed)."""
 
