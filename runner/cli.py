@@ -247,7 +247,8 @@ def sweep(sweep_file: str, backend: str, data_dir: str | None, out_dir: str | No
 @click.option(
     "--detach",
     is_flag=True,
-    help="With --backend modal: run the orchestrator itself on Modal and return at once.",
+    help="With --backend modal: run the orchestrator itself on Modal and return once it is "
+    "spawned (Ctrl+C before that stops the app, exit 130).",
 )
 def run(
     job: str, backend: str, out: str | None, limit: int | None, max_usd: float | None, detach: bool

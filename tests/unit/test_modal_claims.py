@@ -123,7 +123,12 @@ def test_stale_claim_is_taken_over_live_one_is_not(table: ClaimTable) -> None:
     assert table.get(KEY) is None
 
 
-def test_racing_claimers_exactly_one_wins(table: ClaimTable) -> None:
+@pytest.mark.parametrize("before", ["free", "stale"])
+def test_racing_claimers_exactly_one_wins(table: ClaimTable, before: str) -> None:
+    """Eight claimers race for a free key, or to take over one stale claim: one wins."""
+    if before == "stale":
+        dead = make_claim("dead-run", KEY, host="gone", now=time.time() - 7200)
+        assert table.put_if_absent(KEY, dead)
     wins: list[str] = []
     start = threading.Barrier(8)
 
@@ -135,29 +140,6 @@ def test_racing_claimers_exactly_one_wins(table: ClaimTable) -> None:
             wins.append(f"run-{i}")
 
     threads = [threading.Thread(target=claim, args=(i,)) for i in range(8)]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join()
-    assert len(wins) == 1
-
-
-def test_racing_takeovers_of_one_stale_claim_one_wins() -> None:
-    """On a Dict, taking over a stale claim is atomic: one winner, whatever the timing."""
-    table = DictClaims(LockedDict())
-    table.put_if_absent(KEY, make_claim("dead-run", KEY, host="gone", now=time.time() - 7200))
-    wins: list[str] = []
-    start = threading.Barrier(8)
-
-    def take(i: int) -> None:
-        start.wait()
-        won, _ = acquire(
-            table, KEY, make_claim(f"run-{i}", KEY, host=f"c{i}", pid=i + 1), timeout_s=600
-        )
-        if won:
-            wins.append(f"run-{i}")
-
-    threads = [threading.Thread(target=take, args=(i,)) for i in range(8)]
     for t in threads:
         t.start()
     for t in threads:

@@ -29,9 +29,8 @@ from runner.backends.modal.errors import (
     user_error,
 )
 from runner.backends.modal.names import TAG_JOB, TAG_RUN, app_name, claim_timeout_s, claims_name
-from runner.backends.modal.volume import VolumeView
+from runner.backends.modal.volume import VolumeView, classify
 from runner.spec.model import JobSpec, ShardTask
-from runner.store.claims import is_stale, this_host
 from runner.store.shards import (
     RECORD_SUFFIX,
     STATUS_COLUMNS,
@@ -203,27 +202,24 @@ def status_from(
     st = StoreStatus(root=where, runs=len(manifests))
     st.runs_usd = spent
     t_now = time.time() if now is None else now
-    timeout = claim_timeout_s(spec)
+    # the orchestrator's survey rule, refined with what only a status table says
+    states = classify(tasks, files, claims, records, now=t_now, timeout_s=claim_timeout_s(spec))
     for t in tasks:
         counts = st.splits.setdefault(t.split, dict.fromkeys(STATUS_COLUMNS, 0))
         rec = records.get(t.key) or {}
-        on_volume = t.relpath in files and f"{t.key}{RECORD_SUFFIX}" in files
+        state: str = states[t.key]
         why = ""
-        if on_volume:
-            state = "done"
+        if state == "done":
             st.spend_usd += float(rec.get("usd") or 0.0)
-        elif t.key in claims:
+        elif state in ("claimed", "stale"):
             claim = claims[t.key]
-            state = "stale" if is_stale(claim, t_now, timeout, this_host()) else "claimed"
             why = f"run {claim.get('run_id', '?')} on {claim.get('host', '?')}"
+        elif state == "skipped":
+            why = str(rec.get("reason", ""))
         elif rec.get("status") == "done":
             state, why = "claimed", "finished; its volume commit is pending"
-        elif rec.get("status") == "skipped":
-            state, why = "skipped", str(rec.get("reason", ""))
         elif t.key in failed_last:
             state, why = "failed", failed_last[t.key]
-        else:
-            state = "missing"
         counts[state] = counts.get(state, 0) + 1
         st.details.append(KeyStatus(t.key, t.split, state, why))
     return st
