@@ -307,3 +307,23 @@ def test_a_second_ctrl_c_while_stopping_stops_harder(dummy_token: None) -> None:
     assert any(m.startswith("Second interrupt: stopping Modal app forge-valtest now") for m in log)
     backend.stop(interrupted=True)  # a third: all is done already
     assert len(stops) == 2
+
+
+def test_an_attempt_modal_cannot_take_still_answers_and_cancel_counts_it(dummy_token: None) -> None:
+    """Offline, Modal's own ``spawn`` refuses (the app is not running): the attempt comes
+    back from poll as a failed result, its claim released, nothing left pending."""
+    log: list[str] = []
+    backend = started_backend(job("jobs/valtest.yaml"), log)
+    task = ShardTask("val", 900, 1, 0)
+    backend.claims_table.put_if_absent(task.key, make_claim("run-1", task.key, host="c1"))
+    backend.submit([TaskRequest(task, gpu=tuple(backend.spec.compute.gpu), timeout_s=900)])
+    assert backend.cancel([task.key, "not/in-flight"]) in (0, 1)  # racing the refusal
+    results: list[TaskResult] = []
+    deadline = time.monotonic() + 60
+    while not results and time.monotonic() < deadline:
+        results = backend.poll(0.5)
+    (r,) = results
+    assert r.key == task.key and r.status == "failed" and r.error
+    assert r.seconds == 0.0  # not a timeout: nothing charged
+    assert backend.in_flight() == 0 and backend.claims_table.get(task.key) is None
+    assert backend.cancel() == 0

@@ -35,13 +35,13 @@ from runner.store.shards import RECORD_SUFFIX, RUNS_DIR
 def unanswered_results(
     reqs: Sequence[TaskRequest], errors: Sequence[BaseException], spec: JobSpec, run_id: str
 ) -> list[TaskResult]:
-    """Failed results for the inputs of a wave that came back as exceptions.
+    """Failed results for inputs that came back as exceptions, not results.
 
-    With ``order_outputs=False`` Modal does not say which input an exception
-    belongs to, so every unanswered input fails with the wave's errors. A
-    timed-out input was billed for its whole timeout: as many unanswered inputs
-    as there were timeouts are charged that, at the dearest GPU their function
-    could have run on, so the budget guard never under-counts.
+    The backend asks for one input at a time (one error each); given a group,
+    every input fails with the group's errors. A timed-out input was billed for
+    its whole timeout: as many inputs as there were timeouts are charged that,
+    at the dearest GPU their function could have run on, so the budget guard
+    never under-counts.
     """
     text = "; ".join(dict.fromkeys(f"{type(e).__name__}: {e}" for e in errors)) or "no result"
     timeouts = sum(isinstance(e, modal.exception.FunctionTimeoutError) for e in errors)
@@ -77,9 +77,9 @@ class ModalBackend(Backend):
     Locally (``forge run --backend modal``) ``start`` runs the compiled app and
     ``stop`` ends it; inside the ``orchestrate`` function (``--detach``) the app
     is already running and its functions are handed in through
-    ``ctx.options["functions"]``. A wave is one ``Function.map`` call with
-    ``order_outputs=False`` and ``return_exceptions=True``, read by a thread;
-    ``poll`` hands its results to the shared orchestrator.
+    ``ctx.options["functions"]``. Each attempt is one spawned ``FunctionCall``
+    read by its own thread (``cancel`` ends attempts in flight); ``poll`` hands
+    their results to the shared orchestrator.
     """
 
     name = "modal"
@@ -105,6 +105,8 @@ class ModalBackend(Backend):
         self._last_manifest = -1e9
         self._stopped = False
         self._stop_done = False
+        self._calls: dict[str, Any] = {}  # key -> the attempt's modal.FunctionCall
+        self._cancelled: set[str] = set()
         self._variant = {v.name: v for v in self.job.variants}
         self.view = VolumeView(self.spec, self.job.volume)
         self.claims_table = DictClaims(self.job.claims)
@@ -240,47 +242,70 @@ class ModalBackend(Backend):
         return self._remote[name] if self._remote is not None else self.job.functions[name]
 
     def submit(self, wave: Sequence[TaskRequest]) -> None:
-        groups: dict[str, list[TaskRequest]] = {}
-        for req in wave:
-            groups.setdefault(self._variant_for(req).name, []).append(req)
+        """Spawn one Modal call per request, each read by its own thread.
+
+        One ``FunctionCall`` per attempt (not one ``map`` per wave) so that each
+        input's own error comes back with it (a timeout is charged to the input
+        that timed out) and ``cancel`` can end single attempts.
+        """
+        routed = [(self._variant_for(req).name, req) for req in wave]
         with self._lock:
             for req in wave:
                 self._pending[req.task.key] = req
                 self._tasks[req.task.key] = req.task
-        for name, reqs in groups.items():
+        for name, req in routed:
             threading.Thread(
-                target=self._run_wave, args=(name, reqs), name=f"forge-{name}", daemon=True
+                target=self._run_one, args=(name, req), name=f"forge-{name}", daemon=True
             ).start()
 
-    def _run_wave(self, name: str, reqs: list[TaskRequest]) -> None:
-        """One ``map`` call over a wave; every request gets exactly one result."""
-        answered: set[str] = set()
-        errors: list[BaseException] = []
+    def _run_one(self, name: str, req: TaskRequest) -> None:
+        """One attempt: ``spawn`` then ``get`` (modal/_functions.py:2258, 2440); exactly one result."""
+        key = req.task.key
         try:
-            outputs = self._function(name).map(
-                reqs,
-                kwargs={"spec": self.spec, "run_id": self.run_id},
-                order_outputs=False,
-                return_exceptions=True,
-            )
-            for out in outputs:
-                if isinstance(out, TaskResult):
-                    answered.add(out.key)
-                    self._deliver(out)
-                elif isinstance(out, BaseException):
-                    errors.append(out)
-                else:
-                    errors.append(RuntimeError(f"unexpected output {out!r}"))
-        except Exception as e:  # the whole call failed (app stopped, connection lost, ...)
-            errors.append(e)
-        for err in errors:
-            problem = user_error(err)
-            if problem is not None and self._problem is None:
-                self._problem = problem
-        missing = [r for r in reqs if r.task.key not in answered]
-        for result in unanswered_results(missing, errors, self.spec, self.run_id):
+            call = self._function(name).spawn(req, spec=self.spec, run_id=self.run_id)
+            with self._lock:
+                self._calls[key] = call
+                cancelled = key in self._cancelled
+            if cancelled:  # cancel() came while the call was being spawned
+                call.cancel(terminate_containers=True)
+            out = call.get()
+            if not isinstance(out, TaskResult):
+                raise RuntimeError(f"unexpected output {out!r}")
+            self._deliver(out)
+            return
+        except BaseException as e:  # a worker thread: every attempt must answer, whatever ended it
+            error: BaseException = e
+        finally:
+            with self._lock:
+                self._calls.pop(key, None)
+        problem = user_error(error)
+        if problem is not None and self._problem is None:
+            self._problem = problem
+        for result in unanswered_results([req], [error], self.spec, self.run_id):
+            if key in self._cancelled:
+                result.error = f"cancelled by forge ({result.error})"
             self._release_claim_of_run(result.key)
             self._deliver(result)
+
+    def cancel(self, keys: Collection[str] | None = None) -> int:
+        """Cancel attempts in flight (all, or those of ``keys``); how many were asked to stop.
+
+        ``FunctionCall.cancel(terminate_containers=True)`` (modal/_functions.py:2523)
+        ends the input without a Modal retry and stops its container, so its GPU
+        stops billing; other inputs of that container are rescheduled by Modal and
+        find their shard claimed or done. Each cancelled attempt comes back from
+        ``poll`` as a failed result. For the orchestrator's budget cap.
+        """
+        with self._lock:
+            wanted = set(self._pending) if keys is None else set(keys) & set(self._pending)
+            self._cancelled |= wanted
+            calls = [c for k, c in self._calls.items() if k in wanted]
+        for call in calls:
+            try:
+                call.cancel(terminate_containers=True)
+            except Exception as e:
+                self.say(f"warning: cancelling a Modal call failed: {e}")
+        return len(wanted)
 
     def _deliver(self, r: TaskResult) -> None:
         with self._lock:
