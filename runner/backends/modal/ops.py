@@ -380,6 +380,8 @@ def cost_report(spec: JobSpec, *, days: int = 30) -> dict[str, Any]:
     since = datetime.now(UTC) - timedelta(days=days)
     modal_side: dict[str, Any] = {"available": False, "total_usd": None, "note": ""}
     try:
+        # Workspace.billing.report (modal/_workspace.py:378, since 1.5.1): rows are
+        # modal.types.BillingReportItem (types.py:531) with .cost and the asked-for .tags
         items = modal.Workspace.from_context().billing.report(
             start=since, resolution="h", tag_names=[TAG_JOB, TAG_RUN]
         )
