@@ -327,3 +327,27 @@ def test_an_attempt_modal_cannot_take_still_answers_and_cancel_counts_it(dummy_t
     assert r.seconds == 0.0  # not a timeout: nothing charged
     assert backend.in_flight() == 0 and backend.claims_table.get(task.key) is None
     assert backend.cancel() == 0
+
+
+def test_a_slow_app_start_is_not_silent() -> None:
+    """A first image build takes minutes and Modal prints nothing by default: forge says
+    how long the start has taken, and stops saying so once the app runs."""
+    import contextlib
+
+    from runner.backends.modal.compile import enter_app
+
+    class SlowStart:  # only what enter_app uses: a name and a run() context that takes a while
+        name = "forge-slow"
+
+        @contextlib.contextmanager
+        def run(self, detach: bool = False) -> Any:
+            time.sleep(0.45)
+            yield self
+
+    said: list[str] = []
+    cm = enter_app(SlowStart(), say=said.append, every_s=0.1)  # type: ignore[arg-type]
+    n = len(said)
+    assert n >= 2 and all("still starting Modal app forge-slow" in m for m in said)
+    time.sleep(0.3)
+    assert len(said) == n  # quiet once started
+    cm.__exit__(None, None, None)

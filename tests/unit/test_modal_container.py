@@ -275,13 +275,16 @@ def test_the_first_input_carries_the_start_up_and_every_input_its_cpu_and_memory
     spec = one_deal_job(tmp_path)
     table = dict(spec.pricing)
     r = TaskResult("k", "done", seconds=100.0, gpu="H100", usd=100 * table["H100"] / 3600)
-    container.charge(r, spec, startup=20.0, cpu_used=0.0)
+    container.charge(r, spec, startup=20.0, cpu_used=0.0, billed=True)
     assert r.seconds == 120.0 and r.timings["container_start"] == 20.0
     extra = r.timings["cpu_memory_usd"]
     assert extra >= pricing.container_usd(
         120, table, cores=container.CPU_CORES, gib=container.MEMORY_MIB / 1024
     )
     assert r.usd == pytest.approx(120 * table["H100"] / 3600 + extra)
+    local = TaskResult("k", "done", seconds=100.0, gpu="local")
+    container.charge(local, spec, startup=0.0, cpu_used=50.0, billed=False)  # Function.local()
+    assert local.usd == 0.0 and local.seconds == 100.0
 
 
 def test_pricing_overrides_cpu_and_memory(tmp_path: Path) -> None:

@@ -54,6 +54,8 @@ def test_function_settings_come_from_the_sweep_file(spec: SweepSpec) -> None:
     assert s["max_containers"] == 4
     assert s["retries"] == 0  # forge retries (compute.retries: 1), not Modal
     assert s["max_inputs"] == 1  # one trial per container at a time: a GPU each
+    assert s["secrets"] == ["Secret.from_dict([JAX_PLATFORMS])"]  # GPU or nothing, as for solves
+    assert compiled.plan.env == {"JAX_PLATFORMS": "cuda"} and compiled.plan.retries == 0
     # the data job's volume, where the oracle functions mount it
     assert s["volumes"] == {MOUNT: spec.data.job.output.volume}
 

@@ -352,10 +352,15 @@ def peak_gib() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / (1024 * 1024)
 
 
-def charge(result: TaskResult, spec: JobSpec, *, startup: float, cpu_used: float) -> None:
+def charge(
+    result: TaskResult, spec: JobSpec, *, startup: float, cpu_used: float, billed: bool
+) -> None:
     """Add to ``result`` what Modal bills beyond the GPU seconds ``run_task`` counted:
-    the container's start-up (first input only) and its CPU and memory."""
+    the container's start-up (first input only) and, in a Modal container
+    (``billed``), its CPU and memory. ``Function.local()`` runs are nobody's bill."""
     table = dict(spec.pricing)
+    if not billed:
+        return
     if startup:
         result.seconds += startup
         result.usd += prices.usd(startup, result.gpu, table) if result.gpu in table else 0.0
@@ -417,7 +422,7 @@ def solve_shard(request: TaskRequest, spec: JobSpec, run_id: str) -> TaskResult:
         tier=request.tier,
         attempt=request.attempt,
     )
-    charge(result, spec, startup=startup, cpu_used=cpu_seconds() - cpu0)
+    charge(result, spec, startup=startup, cpu_used=cpu_seconds() - cpu0, billed=in_modal())
     if result.status in ("done", "skipped", "already_done"):
         record = store.read_record(request.task)
         if record is not None and hasattr(claims, "put_record"):
@@ -437,12 +442,22 @@ def refuse(
         seconds=seconds,
         gpu=gpu,
         usd=prices.usd(seconds, gpu, table) if gpu in table else 0.0,
-        error=f"{why}; Modal gave this container no working GPU, the attempt is retried elsewhere",
+        error=f"{why}; Modal gave this container no working GPU (forge retries the shard)",
         tier=request.tier,
         attempt=request.attempt,
         run_id=run_id,
     )
-    charge(result, spec, startup=startup_seconds(), cpu_used=cpu_seconds() - cpu0)
+    charge(
+        result, spec, startup=startup_seconds(), cpu_used=cpu_seconds() - cpu0, billed=in_modal()
+    )
+    if in_modal():
+        # A container without a GPU would refuse every input Modal sends it: take no
+        # more, so it exits and the retry lands on a new one
+        # (modal/experimental/__init__.py:51).
+        with contextlib.suppress(Exception):
+            import modal.experimental
+
+            modal.experimental.stop_fetching_inputs()
     return result
 
 
