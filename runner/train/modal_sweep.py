@@ -115,10 +115,20 @@ def compile_sweep(spec: SweepSpec) -> CompiledSweep:
     return CompiledSweep(spec=spec, app=app, image=image, volume=volume, function=fn, plan=plan)
 
 
+def hourly(gpu: str, prices: dict[str, float]) -> float:
+    """$/hour of a trial container: its GPU plus the CPU and memory it requests
+    (Modal bills both on top of the GPU; pricing.container_usd)."""
+    from runner.backends.modal.container import CPU_CORES, MEMORY_MIB
+    from runner.spec.pricing import container_usd
+
+    extra = container_usd(3600.0, prices, cores=CPU_CORES, gib=MEMORY_MIB / 1024)
+    return float(prices.get(gpu, 0.0)) + extra
+
+
 def worst_case_usd(spec: SweepSpec) -> float:
     """What one trial can cost at most: its whole timeout on the dearest GPU it may get."""
     prices = dict(spec.pricing)
-    dearest = max(float(prices.get(g, 0.0)) for g in spec.compute.gpu)
+    dearest = max(hourly(g, prices) for g in spec.compute.gpu)
     return float(spec.compute.timeout_s) * dearest / 3600.0
 
 
@@ -226,7 +236,7 @@ class _SweepRun:
                 "seconds": min(ran_s + STARTUP_S, float(self.spec.compute.timeout_s)),
             }
             rec = record_result(
-                self.outcome, trial, result, gpu=dearest, price_per_hour=float(self.prices.get(dearest, 0.0)), emit=self.emit
+                self.outcome, trial, result, gpu=dearest, price_per_hour=hourly(dearest, self.prices), emit=self.emit
             )
             self.budget.settle(self.worst, float(rec["cost_usd"]))
         self.in_flight.clear()
@@ -259,7 +269,7 @@ class _SweepRun:
                 gpu = gpu_from_device(str(result.get("device", "")), spec.compute.gpu, self.prices)
                 result["seconds"] = float(result.get("seconds", 0.0)) + STARTUP_S
                 rec = record_result(
-                    self.outcome, trial, result, gpu=gpu, price_per_hour=float(self.prices.get(gpu, 0.0)), emit=self.emit
+                    self.outcome, trial, result, gpu=gpu, price_per_hour=hourly(gpu, self.prices), emit=self.emit
                 )
                 budget.settle(self.worst, float(rec["cost_usd"]))
                 if rec.get("status") != "finished":
@@ -304,6 +314,6 @@ def _fail_unanswered(
             "seconds": float(spec.compute.timeout_s) if i < timeouts else 0.0,
         }
         rec = record_result(
-            outcome, trial, failed, gpu=dearest, price_per_hour=float(prices.get(dearest, 0.0)), emit=emit
+            outcome, trial, failed, gpu=dearest, price_per_hour=hourly(dearest, prices), emit=emit
         )
         budget.settle(worst, float(rec["cost_usd"]))

@@ -68,7 +68,8 @@ def test_trials_stop_before_the_modal_timeout() -> None:
 
 def test_worst_case_is_the_timeout_on_the_dearest_gpu(spec: SweepSpec) -> None:
     prices = dict(spec.pricing)
-    expected = 900 * max(prices["H100"], prices["A100-80GB"]) / 3600
+    cpu_memory = 0.125 * prices["cpu"] + 0.125 * prices["memory"]  # the container's requests, per hour
+    expected = 900 * (max(prices["H100"], prices["A100-80GB"]) + cpu_memory) / 3600
     assert modal_sweep.worst_case_usd(spec) == pytest.approx(expected)
 
 
