@@ -93,6 +93,7 @@ def run_detached(
     try:
         say(f"Starting Modal app {job.app.name} detached (the first run builds its image) ...")
         cm = enter(job.app, detach=True, say=say)
+        error: Exception | None = None
         try:
             with modal_errors():
                 app_id = job.app.app_id or ""
@@ -103,8 +104,14 @@ def run_detached(
                 spawned = job.orchestrator.spawn(spec, run_id, list(tasks), functions, options)
         except KeyboardInterrupt:
             pass  # handled below, once out of Modal's context
+        except Exception as e:
+            error = e
         finally:
             cm.__exit__(None, None, None)
+        if error is not None:  # a detached app with no orchestrator would idle on: stop it
+            for line in _abandon_detached(spec, app_id, why="Could not start the run"):
+                say(line)
+            raise error
     except KeyboardInterrupt:
         pass
     if spawned is None:
@@ -118,17 +125,17 @@ def run_detached(
     ]
 
 
-def _abandon_detached(spec: JobSpec, app_id: str) -> list[str]:
-    """Interrupted before the orchestrator was spawned: stop the app, forget it."""
+def _abandon_detached(spec: JobSpec, app_id: str, why: str = "Interrupted") -> list[str]:
+    """The orchestrator was not spawned: stop the app, forget it."""
     if not app_id:
-        return ["Interrupted while the Modal app was starting: nothing was started."]
+        return [f"{why} while the Modal app was starting: nothing was started."]
     lines = []
     try:
         modal.App.lookup(app_id).stop()
-        lines.append(f"Interrupted: stopped Modal app {app_id} before its orchestrator started.")
+        lines.append(f"{why}: stopped Modal app {app_id} before its orchestrator started.")
     except Exception as e:
         lines.append(
-            f"Interrupted: could not stop Modal app {app_id} ({type(e).__name__}: {e}); "
+            f"{why}: could not stop Modal app {app_id} ({type(e).__name__}: {e}); "
             f"run: forge stop {spec.path or spec.name}"
         )
         return lines
