@@ -110,7 +110,7 @@ def normalize_price_key(name: str) -> str:
     try:
         return normalize_gpu(name)
     except ValueError:
-        raise _unknown(name, (LOCAL, CPU, MEMORY, *GPU_NAMES)) from None
+        raise _unknown(name, (LOCAL, *GPU_NAMES, CPU, MEMORY)) from None
 
 
 def merged_prices(overrides: Mapping[str, float] | None = None) -> dict[str, float]:
