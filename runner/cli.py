@@ -211,6 +211,9 @@ def sweep(sweep_file: str, backend: str, data_dir: str | None, out_dir: str | No
     except ModalUserError as e:
         click.echo(f"error: {e}", err=True)
         raise SystemExit(e.exit_code) from None
+    except KeyboardInterrupt:  # Modal: the app was stopped, trials in flight recorded as interrupted
+        click.echo("interrupted: unfinished trials run again on the next forge sweep", err=True)
+        raise SystemExit(130) from None
     print_outcome(console, outcome)
     raise SystemExit(1 if outcome.failed or outcome.budget_stopped else 0)
 
@@ -244,7 +247,8 @@ def sweep(sweep_file: str, backend: str, data_dir: str | None, out_dir: str | No
 @click.option(
     "--detach",
     is_flag=True,
-    help="With --backend modal: run the orchestrator itself on Modal and return at once.",
+    help="With --backend modal: run the orchestrator itself on Modal and return once it is "
+    "spawned (Ctrl+C before that stops the app, exit 130).",
 )
 def run(
     job: str, backend: str, out: str | None, limit: int | None, max_usd: float | None, detach: bool
@@ -275,7 +279,7 @@ def run(
     if backend == "modal":
         if out is not None:
             raise click.UsageError("--out is for the local backend; on Modal shards go to output.volume")
-        from runner.backends.modal_ops import run_on_modal
+        from runner.backends.modal.ops import run_on_modal
 
         raise SystemExit(
             _modal_call(run_on_modal, job, detach=detach, limit=limit, max_usd=max_usd, echo=click.echo)
@@ -329,7 +333,7 @@ def status(job: str, out: str | None, as_json: bool, backend: str) -> None:
     from runner.store.status import job_status, status_lines, status_table
 
     if backend == "modal":
-        from runner.backends.modal_ops import status_on_modal
+        from runner.backends.modal.ops import status_on_modal
 
         st = _modal_call(status_on_modal, job)
     if backend != "modal":
@@ -344,7 +348,7 @@ def status(job: str, out: str | None, as_json: bool, backend: str) -> None:
         console.print(line)
 
 
-# --- Modal: stop / download / cost (runner.backends.modal_ops) ---------------------------
+# --- Modal: stop / download / cost (runner.backends.modal.ops) ---------------------------
 
 
 def _modal_call(fn, *args, **kwargs):  # type: ignore[no-untyped-def]
@@ -377,7 +381,7 @@ def stop(job: str) -> None:
     Example:
       forge stop jobs/valtest.yaml
     """
-    from runner.backends.modal_ops import stop_on_modal
+    from runner.backends.modal.ops import stop_on_modal
 
     for line in _modal_call(stop_on_modal, job):
         click.echo(line)
@@ -405,7 +409,7 @@ def download(job: str, to: str, split: str | None) -> None:
       forge download jobs/valtest.yaml --to data/valtest
       forge download jobs/valtest.yaml --split val --to data/valtest
     """
-    from runner.backends.modal_ops import download_job
+    from runner.backends.modal.ops import download_job
 
     report = _modal_call(download_job, job, to, split=split)
     for line in report.lines():
@@ -431,7 +435,7 @@ def cost(job: str, days: int, as_json: bool) -> None:
     """
     import json
 
-    from runner.backends.modal_ops import cost_lines, cost_of
+    from runner.backends.modal.ops import cost_lines, cost_of
 
     report = _modal_call(cost_of, job, days=days)
     if as_json:

@@ -131,9 +131,10 @@ def price_of(spec: JobSpec, gpu: str) -> float:
 
 
 def spend_of(spec: JobSpec, r: TaskResult) -> float:
-    """What an attempt cost: its seconds at the price of the hardware that ran it."""
+    """What an attempt cost: its seconds at the price of the hardware that ran it, or
+    the backend's own figure when higher (a Modal container adds CPU and memory)."""
     if r.gpu and r.gpu in dict(spec.pricing):
-        return pricing.usd(r.seconds, r.gpu, dict(spec.pricing))
+        return max(pricing.usd(r.seconds, r.gpu, dict(spec.pricing)), float(r.usd))
     return float(r.usd)
 
 

@@ -14,6 +14,9 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 
 LOCAL = "local"  # the pricing key for this machine (the local backend)
+# A container's CPU and memory, billed on top of its GPU (Modal: max(request, use)).
+CPU = "cpu"  # $ per physical core-hour
+MEMORY = "memory"  # $ per GiB-hour
 
 # Modal's GPU names, in the order the docs list them. Job files may spell them in
 # any case; normalize_gpu() maps them here.
@@ -48,6 +51,10 @@ BUILTIN_PRICES: dict[str, float] = {
     "L4": 0.80,
     "T4": 0.59,
     LOCAL: 0.0,
+    # Modal bills $0.0000131 per core-second and $0.00000222 per GiB-second
+    # (modal.com/pricing); the table keeps one unit, $/hour.
+    CPU: 0.0472,
+    MEMORY: 0.0080,
 }
 
 # Throughput model behind the default estimate, until measured records replace
@@ -96,13 +103,14 @@ def normalize_gpu(name: str) -> str:
 
 
 def normalize_price_key(name: str) -> str:
-    """A ``pricing:`` key: a GPU name or ``local``."""
-    if str(name).strip().lower() == LOCAL:
-        return LOCAL
+    """A ``pricing:`` key: a GPU name, ``local``, or a container's ``cpu`` / ``memory``."""
+    low = str(name).strip().lower()
+    if low in (LOCAL, CPU, MEMORY):
+        return low
     try:
         return normalize_gpu(name)
     except ValueError:
-        raise _unknown(name, (LOCAL, *GPU_NAMES)) from None
+        raise _unknown(name, (LOCAL, *GPU_NAMES, CPU, MEMORY)) from None
 
 
 def merged_prices(overrides: Mapping[str, float] | None = None) -> dict[str, float]:
@@ -123,6 +131,27 @@ def price_per_hour(gpu: str, pricing: Mapping[str, float] | None = None) -> floa
 def usd(seconds: float, gpu: str, pricing: Mapping[str, float] | None = None) -> float:
     """Dollars for ``seconds`` of one ``gpu`` at the table's $/hour."""
     return max(0.0, seconds) * price_per_hour(gpu, pricing) / 3600.0
+
+
+def container_usd(
+    seconds: float,
+    pricing: Mapping[str, float] | None = None,
+    *,
+    cores: float,
+    gib: float,
+    cpu_seconds: float = 0.0,
+    peak_gib: float = 0.0,
+) -> float:
+    """Dollars for a container's CPU and memory over ``seconds``, as Modal bills them.
+
+    Modal charges the higher of the request and the use: core-seconds are
+    ``max(cores x seconds, cpu_seconds)``, GiB-seconds ``max(gib, peak_gib) x seconds``.
+    """
+    table = merged_prices() if pricing is None else pricing
+    secs = max(0.0, seconds)
+    core_s = max(cores * secs, cpu_seconds)
+    gib_s = max(gib, peak_gib) * secs
+    return (core_s * float(table.get(CPU, 0.0)) + gib_s * float(table.get(MEMORY, 0.0))) / 3600.0
 
 
 def seconds_per_shard(

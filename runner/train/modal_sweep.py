@@ -2,8 +2,10 @@
 
 ``compile_sweep`` turns a :class:`~runner.spec.model.SweepSpec` into a ``modal.App``
 (``forge-sweep-<name>``) with one GPU function, ``train_trial``: the sweep's GPU fallback
-list, timeout, retries and container cap, and the data job's volume mounted read-mostly
-at the same place the oracle functions use. Its body is :func:`train_trial`, a plain
+list, timeout and container cap, and the data job's volume mounted read-mostly at the
+same place the oracle functions use. Like the solve functions it has Modal retries 0
+and ``JAX_PLATFORMS=cuda``: the loop here retries a failed trial (``compute.retries``)
+and charges every attempt. Its body is :func:`train_trial`, a plain
 module-level function calling the same ``run_trial`` as the local backend, so
 ``Function.local()`` runs it here.
 
@@ -11,6 +13,9 @@ Trials go out in waves through ``.map(order_outputs=False)``: a wave holds only 
 trials as the budget affords at their worst case (the whole time limit on the dearest GPU
 of the list), so a sweep never runs past ``budget.max_usd``. Results (metrics and params)
 come back as return values; records and checkpoints are written here, as they arrive.
+Ctrl+C stops the app, records the trials in flight as interrupted (not finished, so a
+rerun trains them) and raises ``KeyboardInterrupt`` (``forge sweep`` exits 130): Modal's
+``app.run`` would otherwise swallow it and the sweep would look finished.
 
 Compiling works offline and without credentials; running needs both.
 """
@@ -18,6 +23,8 @@ Compiling works offline and without credentials; running needs both.
 from __future__ import annotations
 
 import sys
+import time
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import PurePosixPath
 from typing import Any
@@ -26,15 +33,17 @@ import modal
 import modal.exception
 
 from runner.backends.modal import (
-    IMAGE_REQUIREMENTS,
+    GPU_ENV,
     MOUNT,
-    _check_name,
-    _retries,
+    FunctionPlan,
+    build_image,
+    check_name,
     gpu_from_device,
+    modal_errors,
     require_credentials,
-    user_error,
     volume_root,
 )
+from runner.backends.modal.compile import enter_app
 from runner.spec.model import SweepSpec
 from runner.train.sweep import (
     Budget,
@@ -68,17 +77,6 @@ def time_limit_s(timeout_s: int) -> float:
     return max(1.0, timeout_s - STARTUP_S - margin)
 
 
-def build_train_image() -> modal.Image:
-    """The solver image's packages plus flax and optax, and this package's source."""
-    python = f"{sys.version_info.major}.{sys.version_info.minor}"
-    keep = modal.FilePatternMatcher("**/*.py", "**/*.json")
-    return (
-        modal.Image.debian_slim(python_version=python)
-        .pip_install(*IMAGE_REQUIREMENTS, *TRAIN_REQUIREMENTS)
-        .add_local_python_source("runner", ignore=~keep)
-    )
-
-
 def train_trial(request: dict[str, Any]) -> dict[str, Any]:
     """The body of ``train_trial``: one trial, exactly as the local backend runs it."""
     return run_trial(request)
@@ -91,34 +89,46 @@ class CompiledSweep:
     image: modal.Image
     volume: modal.Volume
     function: modal.Function
+    plan: FunctionPlan
+
+
+def function_plan(spec: SweepSpec) -> FunctionPlan:
+    """``train_trial``'s settings: one trial per GPU container, Modal retries 0, CUDA only."""
+    c = spec.compute
+    return FunctionPlan(
+        FUNCTION_NAME, "", "trial", tuple(c.gpu), 1, int(c.timeout_s), int(c.max_containers), 0, dict(GPU_ENV)
+    )
 
 
 def compile_sweep(spec: SweepSpec) -> CompiledSweep:
     """The sweep as Modal objects; nothing is created on Modal until the app runs."""
     name = app_name(spec)
     volume_name = spec.data.job.output.volume
-    _check_name("App", name)
-    _check_name("Volume", volume_name)
-    image = build_train_image()
+    check_name("App", name)
+    check_name("Volume", volume_name)
+    image = build_image(TRAIN_REQUIREMENTS)
     # the data must already be there: never create an empty volume to train on
     volume = modal.Volume.from_name(volume_name)
     app = modal.App(name, tags={TAG_SWEEP: spec.name}, image=image, include_source=False)
-    c = spec.compute
-    fn = app.function(
-        name=FUNCTION_NAME,
-        gpu=list(c.gpu),
-        timeout=int(c.timeout_s),
-        retries=_retries(c.retries),
-        max_containers=int(c.max_containers),
-        volumes={MOUNT: volume},
-    )(train_trial)
-    return CompiledSweep(spec=spec, app=app, image=image, volume=volume, function=fn)
+    plan = function_plan(spec)
+    fn = plan.decorate(app, train_trial, {MOUNT: volume})
+    return CompiledSweep(spec=spec, app=app, image=image, volume=volume, function=fn, plan=plan)
+
+
+def hourly(gpu: str, prices: dict[str, float]) -> float:
+    """$/hour of a trial container: its GPU plus the CPU and memory it requests
+    (Modal bills both on top of the GPU; pricing.container_usd)."""
+    from runner.backends.modal.container import CPU_CORES, MEMORY_MIB
+    from runner.spec.pricing import container_usd
+
+    extra = container_usd(3600.0, prices, cores=CPU_CORES, gib=MEMORY_MIB / 1024)
+    return float(prices.get(gpu, 0.0)) + extra
 
 
 def worst_case_usd(spec: SweepSpec) -> float:
     """What one trial can cost at most: its whole timeout on the dearest GPU it may get."""
     prices = dict(spec.pricing)
-    dearest = max(float(prices.get(g, 0.0)) for g in spec.compute.gpu)
+    dearest = max(hourly(g, prices) for g in spec.compute.gpu)
     return float(spec.compute.timeout_s) * dearest / 3600.0
 
 
@@ -136,14 +146,10 @@ def resolve_volume_data(spec: SweepSpec, data_dir: str | None = None) -> DataPla
     names: dict[str, set[str]] = {}
     for split in (spec.data.train_split, spec.data.val_split):
         try:
-            entries = volume.listdir(str(inside / split))
+            with modal_errors():
+                entries = volume.listdir(str(inside / split))
         except modal.exception.NotFoundError:
             entries = []
-        except Exception as e:
-            friendly = user_error(e)
-            if friendly is not None:
-                raise friendly from None
-            raise
         names[split] = {PurePosixPath(e.path).name for e in entries}
     return pick_shards(
         spec,
@@ -162,64 +168,122 @@ def run_modal(
     budget: Budget,
     emit: Event,
 ) -> None:
+    """Run ``todo`` on Modal; KeyboardInterrupt (after stopping the app) on Ctrl+C."""
     require_credentials()
     compiled = compile_sweep(spec)
-    prices = dict(spec.pricing)
-    worst = worst_case_usd(spec)
-    root = data.root
-    limit = time_limit_s(spec.compute.timeout_s)
-    queue = list(todo)
-    try:
-        _dispatch(compiled, spec, data, queue, outcome, budget, emit, root, limit, worst, prices)
-    except Exception as e:
-        friendly = user_error(e)
-        if friendly is not None:
-            raise friendly from None
-        raise
+    run = _SweepRun(compiled, spec, data, outcome, budget, emit)
+    with modal_errors():
+        run.run(list(todo))
+    if run.interrupted:
+        raise KeyboardInterrupt
 
 
-def _dispatch(
-    compiled: CompiledSweep,
-    spec: SweepSpec,
-    data: DataPlan,
-    queue: list[Trial],
-    outcome: SweepOutcome,
-    budget: Budget,
-    emit: Event,
-    root: str,
-    limit: float,
-    worst: float,
-    prices: dict[str, float],
-) -> None:
-    # leaving this block (Ctrl+C included) stops the app and its containers
-    with compiled.app.run():
+class _SweepRun:
+    """One ``forge sweep --backend modal``: waves of trials, retries, the interrupt."""
+
+    def __init__(
+        self,
+        compiled: CompiledSweep,
+        spec: SweepSpec,
+        data: DataPlan,
+        outcome: SweepOutcome,
+        budget: Budget,
+        emit: Event,
+        *,
+        enter: Callable[..., Any] = enter_app,
+        mapper: Callable[..., Iterable[Any]] | None = None,
+    ) -> None:
+        # enter/mapper: Modal's app.run and Function.map; tests pass Function.local() runs
+        self.enter = enter
+        self.map = mapper or compiled.function.map
+        self.compiled, self.spec, self.data = compiled, spec, data
+        self.outcome, self.budget, self.emit = outcome, budget, emit
+        self.prices = dict(spec.pricing)
+        self.worst = worst_case_usd(spec)
+        self.limit = time_limit_s(spec.compute.timeout_s)
+        self.attempts: dict[str, int] = {}
+        self.in_flight: dict[str, Trial] = {}
+        self.wave_t0 = 0.0
+        self.interrupted = False
+
+    def run(self, queue: list[Trial]) -> None:
+        cm = self.enter(self.compiled.app, say=lambda m: print(m, file=sys.stderr, flush=True))
+        try:
+            self._dispatch(queue)
+        except KeyboardInterrupt:
+            # Inside app.run Modal would swallow it (modal/runner.py:502-522) and the
+            # sweep would carry on as finished: remember it, stop the app ourselves.
+            self.interrupted = True
+        finally:
+            if self.interrupted:
+                self._interrupt()
+            cm.__exit__(None, None, None)
+
+    def _interrupt(self) -> None:
+        """Stop the app (its containers end now) and record the trials in flight as interrupted."""
+        try:
+            self.compiled.app.stop()  # modal/app.py:1724
+        except Exception as e:
+            print(f"warning: stopping Modal app {self.compiled.app.name}: {e}", file=sys.stderr, flush=True)
+        ran_s = max(0.0, time.monotonic() - self.wave_t0)
+        dearest = max(self.spec.compute.gpu, key=lambda g: float(self.prices.get(g, 0.0)))
+        for trial in list(self.in_flight.values()):
+            result = {
+                "trial_id": trial.trial_id,
+                "status": "interrupted",
+                "error": "interrupted (Ctrl+C): the Modal app was stopped; a rerun trains this trial",
+                # the container ran until the stop: charged at the dearest GPU it may have had
+                "seconds": min(ran_s + STARTUP_S, float(self.spec.compute.timeout_s)),
+            }
+            rec = record_result(
+                self.outcome, trial, result, gpu=dearest, price_per_hour=hourly(dearest, self.prices), emit=self.emit
+            )
+            self.budget.settle(self.worst, float(rec["cost_usd"]))
+        self.in_flight.clear()
+
+    def _dispatch(self, queue: list[Trial]) -> None:
+        spec, budget = self.spec, self.budget
         while queue:
             wave: list[Trial] = []
-            while queue and len(wave) < spec.compute.max_containers and budget.try_reserve(worst):
+            while queue and len(wave) < spec.compute.max_containers and budget.try_reserve(self.worst):
                 wave.append(queue.pop(0))
             if not wave:
-                outcome.budget_stopped.extend(t.trial_id for t in queue)
-                emit("budget_stop", {"trials": queue, "spent": budget.spent, "max_usd": budget.max_usd})
+                self.outcome.budget_stopped.extend(t.trial_id for t in queue)
+                self.emit("budget_stop", {"trials": queue, "spent": budget.spent, "max_usd": budget.max_usd})
                 return
-            by_id = {t.trial_id: t for t in wave}
+            self.in_flight = {t.trial_id: t for t in wave}
+            self.wave_t0 = time.monotonic()
             for t in wave:
-                emit("trial_start", {"trial": t})
-            requests = [payload(t, data, root, limit) for t in wave]
+                self.attempts[t.trial_id] = self.attempts.get(t.trial_id, 0) + 1
+                self.emit("trial_start", {"trial": t})
+            requests = [payload(t, self.data, self.data.root, self.limit) for t in wave]
             errors: list[BaseException] = []
-            for result in compiled.function.map(requests, order_outputs=False, return_exceptions=True):
+            outputs = self.map(requests, order_outputs=False, return_exceptions=True)
+            for result in outputs:
                 if isinstance(result, BaseException):
                     errors.append(result)
                     continue
-                trial = by_id.pop(str(result["trial_id"]), None)
+                trial = self.in_flight.pop(str(result["trial_id"]), None)
                 if trial is None:
                     continue
-                gpu = gpu_from_device(str(result.get("device", "")), spec.compute.gpu, prices)
+                gpu = gpu_from_device(str(result.get("device", "")), spec.compute.gpu, self.prices)
                 result["seconds"] = float(result.get("seconds", 0.0)) + STARTUP_S
                 rec = record_result(
-                    outcome, trial, result, gpu=gpu, price_per_hour=float(prices.get(gpu, 0.0)), emit=emit
+                    self.outcome, trial, result, gpu=gpu, price_per_hour=hourly(gpu, self.prices), emit=self.emit
                 )
-                budget.settle(worst, float(rec["cost_usd"]))
-            _fail_unanswered(list(by_id.values()), errors, spec, outcome, budget, emit, worst, prices)
+                budget.settle(self.worst, float(rec["cost_usd"]))
+                if rec.get("status") != "finished":
+                    self._retry(trial, queue)
+            unanswered = list(self.in_flight.values())
+            self.in_flight = {}
+            _fail_unanswered(unanswered, errors, spec, self.outcome, budget, self.emit, self.worst, self.prices)
+            for trial in unanswered:
+                self._retry(trial, queue)
+
+    def _retry(self, trial: Trial, queue: list[Trial]) -> None:
+        """forge is the only retry layer: a failed trial runs again, up to ``compute.retries`` times."""
+        if self.attempts.get(trial.trial_id, 0) <= self.spec.compute.retries:
+            queue.append(trial)
 
 
 def _fail_unanswered(
@@ -250,6 +314,6 @@ def _fail_unanswered(
             "seconds": float(spec.compute.timeout_s) if i < timeouts else 0.0,
         }
         rec = record_result(
-            outcome, trial, failed, gpu=dearest, price_per_hour=float(prices.get(dearest, 0.0)), emit=emit
+            outcome, trial, failed, gpu=dearest, price_per_hour=hourly(dearest, prices), emit=emit
         )
         budget.settle(worst, float(rec["cost_usd"]))

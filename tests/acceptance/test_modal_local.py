@@ -19,6 +19,8 @@ from reference_data import reference_rows
 
 from runner.backends import modal as fm
 from runner.backends.base import TaskRequest
+from runner.backends.modal import container
+from runner.backends.modal.names import ENV_CLAIMS, ENV_STORE_ROOT
 from runner.backends.task import TaskResult
 from runner.spec.load import load_job
 from runner.spec.model import JobSpec
@@ -60,9 +62,9 @@ def smallest_job(tmp_path: Path) -> JobSpec:
 @pytest.fixture
 def local_store(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     root = tmp_path / "store"
-    monkeypatch.setenv(fm.ENV_STORE_ROOT, str(root))
-    monkeypatch.setenv(fm.ENV_CLAIMS, "local")
-    fm._stores.clear()  # one store per container; each test is a fresh container
+    monkeypatch.setenv(ENV_STORE_ROOT, str(root))
+    monkeypatch.setenv(ENV_CLAIMS, "local")
+    container.reset_container_state()  # each test is a fresh container
     return root
 
 
@@ -88,8 +90,8 @@ def test_body_respects_another_containers_claim(tmp_path: Path, local_store: Pat
 def test_one_store_per_container(tmp_path: Path, local_store: Path) -> None:
     """Concurrent inputs of one container share a store, so every_shards counts them all."""
     spec = smallest_job(tmp_path)
-    a = fm._container_store(spec, str(local_store))
-    assert fm._container_store(spec, str(local_store)) is a
+    a = container.container_store(spec, str(local_store))
+    assert container.container_store(spec, str(local_store)) is a
     assert a.committer.hook is None  # outside Modal there is no volume to commit
 
 

@@ -19,7 +19,7 @@ from claim_fakes import LockedDict
 
 from runner.backends.base import Backend, RunContext, SurveyState, TaskRequest, Tier
 from runner.backends.modal import ModalBackend, unanswered_results
-from runner.backends.modal_claims import DictClaims
+from runner.backends.modal.claims import DictClaims
 from runner.backends.orchestrate import Orchestrator, RunOptions
 from runner.backends.task import TaskResult
 from runner.spec.load import load
@@ -205,3 +205,149 @@ def test_a_shard_the_store_lost_is_solved_again() -> None:
     assert backend.submitted.count(lost) == 2
     assert summary.progress.solved == len(tasks) and summary.exit_code == 0
     assert any("not in the store" in n for n in summary.notes)
+
+
+class Scripted(Backend):
+    """Answers every attempt through ``answer`` at once (what a Modal wave returns)."""
+
+    name = "scripted"
+
+    def __init__(self, spec: JobSpec, answer: Any) -> None:
+        super().__init__(RunContext(spec, "run-1"))
+        self.answer = answer
+        self.attempts: list[TaskRequest] = []
+        self._wave: list[TaskRequest] = []
+
+    def start(self) -> None: ...
+
+    def capacity(self, tier: Tier = "default") -> int:
+        return 4
+
+    def in_flight(self) -> int:
+        return len(self._wave)
+
+    def submit(self, wave: Sequence[TaskRequest]) -> None:
+        self._wave += wave
+        self.attempts += wave
+
+    def poll(self, timeout: float) -> list[TaskResult]:
+        wave, self._wave = self._wave, []
+        return [self.answer(r) for r in wave]
+
+    def survey(self, tasks: Sequence[ShardTask]) -> dict[str, SurveyState]:
+        return {t.key: "missing" for t in tasks}
+
+    def write_manifest(self, run_id: str, manifest: dict[str, Any]) -> str:
+        return ""
+
+    def stop(self, *, interrupted: bool) -> None: ...
+
+
+def test_one_retry_layer_every_attempt_runs_once_and_is_charged() -> None:
+    """retries=2 and a shard that always times out: 3 attempts, 3 timeouts charged.
+
+    Modal-level retries are 0 (test_modal_compile), so each orchestrator attempt is
+    one Modal input; before, Modal retried each of them twice more (9 runs, 3 charged).
+    """
+    spec = job("jobs/valtest.yaml")
+    assert spec.compute.retries == 2
+    from runner.spec.plan import tasks as plan_tasks
+
+    (task,) = plan_tasks(spec)[:1]
+    timeout = modal.exception.FunctionTimeoutError("Function timed out after 900s")
+
+    def answer(req: TaskRequest) -> TaskResult:
+        (r,) = unanswered_results([req], [timeout], spec, "run-1")
+        return r
+
+    backend = Scripted(spec, answer)
+    opts = RunOptions(limit=1, poll_s=0.0, backoff_s=0.0)
+    summary = Orchestrator(spec, backend, [task], run_id="run-1", options=opts, sleep=lambda s: None).run()
+    assert [r.attempt for r in backend.attempts] == [0, 1, 2]
+    dearest = max(spec.compute.gpu, key=spec.price_per_hour)
+    per_attempt = spec.compute.timeout_s * spec.price_per_hour(dearest) / 3600
+    assert summary.progress.spend_usd == pytest.approx(3 * per_attempt)
+    assert summary.progress.failed == 1
+
+
+def test_what_a_container_adds_to_the_gpu_seconds_is_charged() -> None:
+    """A Modal result prices CPU, memory and start-up on top of its GPU seconds: the
+    orchestrator charges that figure, not seconds x GPU price alone."""
+    spec = job("jobs/smoke.yaml")
+    from runner.spec.plan import tasks as plan_tasks
+
+    (task,) = plan_tasks(spec)[:1]
+    gpu_only = 10.0 * spec.price_per_hour("H100") / 3600
+
+    def answer(req: TaskRequest) -> TaskResult:
+        return TaskResult(req.task.key, "done", states=1, seconds=10.0, gpu="H100", usd=gpu_only + 0.01)
+
+    backend = Scripted(spec, answer)
+    opts = RunOptions(limit=1, poll_s=0.0)
+    summary = Orchestrator(spec, backend, [task], run_id="run-1", options=opts, sleep=lambda s: None).run()
+    assert summary.progress.spend_usd == pytest.approx(gpu_only + 0.01)
+
+
+def test_a_second_ctrl_c_while_stopping_stops_harder(dummy_token: None) -> None:
+    log: list[str] = []
+    backend = started_backend(job("jobs/valtest.yaml"), log)
+    stops: list[str] = []
+    backend.app_stopper = lambda: stops.append("app.stop")  # type: ignore[method-assign]
+
+    class SlowExit(ExitRecorder):
+        def __exit__(self, *exc: Any) -> None:
+            raise KeyboardInterrupt  # the second Ctrl+C, while leaving the app
+
+    backend._run_cm = SlowExit(log)
+    try:  # what the orchestrator does (orchestrate.py: a second Ctrl+C while stopping)
+        backend.stop(interrupted=True)
+    except KeyboardInterrupt:
+        backend.stop(interrupted=True)
+    assert stops == ["app.stop", "app.stop"]
+    assert any(m.startswith("Second interrupt: stopping Modal app forge-valtest now") for m in log)
+    backend.stop(interrupted=True)  # a third: all is done already
+    assert len(stops) == 2
+
+
+def test_an_attempt_modal_cannot_take_still_answers_and_cancel_counts_it(dummy_token: None) -> None:
+    """Offline, Modal's own ``spawn`` refuses (the app is not running): the attempt comes
+    back from poll as a failed result, its claim released, nothing left pending."""
+    log: list[str] = []
+    backend = started_backend(job("jobs/valtest.yaml"), log)
+    task = ShardTask("val", 900, 1, 0)
+    backend.claims_table.put_if_absent(task.key, make_claim("run-1", task.key, host="c1"))
+    backend.submit([TaskRequest(task, gpu=tuple(backend.spec.compute.gpu), timeout_s=900)])
+    assert backend.cancel([task.key, "not/in-flight"]) in (0, 1)  # racing the refusal
+    results: list[TaskResult] = []
+    deadline = time.monotonic() + 60
+    while not results and time.monotonic() < deadline:
+        results = backend.poll(0.5)
+    (r,) = results
+    assert r.key == task.key and r.status == "failed" and r.error
+    assert r.seconds == 0.0  # not a timeout: nothing charged
+    assert backend.in_flight() == 0 and backend.claims_table.get(task.key) is None
+    assert backend.cancel() == 0
+
+
+def test_a_slow_app_start_is_not_silent() -> None:
+    """A first image build takes minutes and Modal prints nothing by default: forge says
+    how long the start has taken, and stops saying so once the app runs."""
+    import contextlib
+
+    from runner.backends.modal.compile import enter_app
+
+    class SlowStart:  # only what enter_app uses: a name and a run() context that takes a while
+        name = "forge-slow"
+
+        @contextlib.contextmanager
+        def run(self, detach: bool = False) -> Any:
+            time.sleep(0.45)
+            yield self
+
+    said: list[str] = []
+    cm = enter_app(SlowStart(), say=said.append, every_s=0.1)  # type: ignore[arg-type]
+    n = len(said)
+    assert n >= 2 and all("still starting Modal app forge-slow" in m for m in said)
+    time.sleep(0.3)
+    assert len(said) == n  # quiet once started
+    cm.__exit__(None, None, None)

@@ -18,8 +18,9 @@ import modal
 import pytest
 from claim_fakes import LockedDict
 
-from runner.backends.modal import _forget_own_claim, _TaggedClaims, classify, release_run_claims
-from runner.backends.modal_claims import DictClaims
+from runner.backends.modal.claims import DictClaims, release_run_claims
+from runner.backends.modal.container import TaggedClaims, forget_own_claim
+from runner.backends.modal.volume import classify
 from runner.spec.model import ShardTask
 from runner.store.claims import ClaimTable, LocalClaims, acquire, make_claim, release
 
@@ -80,7 +81,12 @@ def test_stale_claim_is_taken_over_live_one_is_not(table: ClaimTable) -> None:
     assert table.get(KEY) is None
 
 
-def test_racing_claimers_exactly_one_wins(table: ClaimTable) -> None:
+@pytest.mark.parametrize("before", ["free", "stale"])
+def test_racing_claimers_exactly_one_wins(table: ClaimTable, before: str) -> None:
+    """Eight claimers race for a free key, or to take over one stale claim: one wins."""
+    if before == "stale":
+        dead = make_claim("dead-run", KEY, host="gone", now=time.time() - 7200)
+        assert table.put_if_absent(KEY, dead)
     wins: list[str] = []
     start = threading.Barrier(8)
 
@@ -92,29 +98,6 @@ def test_racing_claimers_exactly_one_wins(table: ClaimTable) -> None:
             wins.append(f"run-{i}")
 
     threads = [threading.Thread(target=claim, args=(i,)) for i in range(8)]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join()
-    assert len(wins) == 1
-
-
-def test_racing_takeovers_of_one_stale_claim_one_wins() -> None:
-    """On a Dict, taking over a stale claim is atomic: one winner, whatever the timing."""
-    table = DictClaims(LockedDict())
-    table.put_if_absent(KEY, make_claim("dead-run", KEY, host="gone", now=time.time() - 7200))
-    wins: list[str] = []
-    start = threading.Barrier(8)
-
-    def take(i: int) -> None:
-        start.wait()
-        won, _ = acquire(
-            table, KEY, make_claim(f"run-{i}", KEY, host=f"c{i}", pid=i + 1), timeout_s=600
-        )
-        if won:
-            wins.append(f"run-{i}")
-
-    threads = [threading.Thread(target=take, args=(i,)) for i in range(8)]
     for t in threads:
         t.start()
     for t in threads:
@@ -151,14 +134,14 @@ def test_release_run_claims_frees_only_that_run() -> None:
 def test_a_restarted_input_takes_its_own_claim_back() -> None:
     """Modal restarts a preempted input with the same input id; its old claim is its own."""
     table = DictClaims(LockedDict())
-    first = _TaggedClaims(table, "in-42")
+    first = TaggedClaims(table, "in-42")
     assert first.put_if_absent(KEY, make_claim("run-1", KEY, host="c1"))
     held = table.get(KEY)
     assert held is not None and held["input_id"] == "in-42"
 
-    _forget_own_claim(_TaggedClaims(table, "in-7"), KEY, "in-7")  # someone else's: kept
+    forget_own_claim(TaggedClaims(table, "in-7"), KEY, "in-7")  # someone else's: kept
     assert table.get(KEY) is not None
-    _forget_own_claim(_TaggedClaims(table, "in-42"), KEY, "in-42")
+    forget_own_claim(TaggedClaims(table, "in-42"), KEY, "in-42")
     assert table.get(KEY) is None
 
 

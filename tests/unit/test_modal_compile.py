@@ -1,8 +1,10 @@
 """Every job file compiles into a Modal app whose functions hold the job's settings.
 
-Settings are read back from the compiled Modal objects (``Function.info()`` and
-what the function's loader will send to Modal), offline and without credentials,
-and compared with the job spec they came from.
+Settings are read back from the compiled Modal objects (``modal_settings``:
+``Function.info()`` and what the function's loader will send to Modal), offline
+and without credentials, and compared with the job spec they came from and with
+forge's own description of each function (``FunctionPlan``, what ``forge plan``
+shows).
 """
 
 from __future__ import annotations
@@ -19,6 +21,7 @@ import modal
 import pytest
 
 from runner.backends import modal as fm
+from runner.backends.modal.container import solve_shard
 from runner.spec.load import load
 from runner.spec.model import JobSpec
 
@@ -49,13 +52,15 @@ def test_job_compiles_with_its_settings(path: Path) -> None:
     assert job.tags == {"forge-job": spec.name, "forge-run": "r-123"}
     assert job.claims.name == f"forge-{spec.name}-claims"
 
-    by_role = {v.role: fm.function_settings(job.functions[v.name]) for v in job.variants}
+    by_role = {v.role: fm.modal_settings(job.functions[v.name]) for v in job.variants}
     main = by_role["main"]
     assert main["name"] == "solve_main"
     assert main["gpu"] == list(c.gpu)
     assert main["max_inputs"] == c.concurrency
     assert main["timeout"] == c.timeout_s
-    assert main["retries"] == c.retries
+    # one retry layer: the orchestrator's (compute.retries); Modal would retry each
+    # input again, with the timeout per attempt (modal/app.py:963-964)
+    assert main["retries"] == 0
     assert main["max_containers"] == c.max_containers
     assert main["volumes"] == {fm.MOUNT: spec.output.volume}
 
@@ -79,14 +84,25 @@ def test_job_compiles_with_its_settings(path: Path) -> None:
         assert large["gpu"] == list(c.large.gpu)
         assert large["max_inputs"] == c.large.concurrency
         assert large["timeout"] == c.large.timeout_s
-        assert large["retries"] == c.retries
+        assert large["retries"] == 0
     else:
         assert "large" not in by_role
 
-    orch = fm.function_settings(job.orchestrator)
+    orch = fm.modal_settings(job.orchestrator)
     assert orch["gpu"] == []  # the detached orchestrator is a CPU function
     assert orch["max_containers"] == 1
     assert orch["retries"] == 0
+    assert orch["secrets"] == []  # a CPU function: no JAX_PLATFORMS=cuda
+
+    # GPU or nothing: every GPU function sets JAX_PLATFORMS (env= is a secret, modal/_functions.py:811)
+    for plan in job.variants:
+        s = fm.modal_settings(job.functions[plan.name])
+        assert plan.env == {"JAX_PLATFORMS": "cuda"}
+        assert s["secrets"] == ["Secret.from_dict([JAX_PLATFORMS])"]
+        # what forge plan shows is what Modal holds
+        shown = plan.to_json()
+        for key in ("name", "gpu", "max_inputs", "timeout", "retries", "max_containers", "cpu", "memory_mib"):
+            assert s[key] == shown[key], key
 
 
 def test_the_full_spec_has_every_tier() -> None:
@@ -105,9 +121,9 @@ def test_settings_are_read_from_modal_not_echoed_from_the_spec() -> None:
     fn = job.functions["solve_main"]
     app = modal.App("forge-readback-check")
     other = app.function(gpu=["L4"], timeout=77, retries=5, max_containers=3)(
-        modal.concurrent(max_inputs=7)(fm.solve_shard)
+        modal.concurrent(max_inputs=7)(solve_shard)
     )
-    s = fm.function_settings(other)
+    s = fm.modal_settings(other)
     assert (s["gpu"], s["timeout"], s["retries"], s["max_containers"], s["max_inputs"]) == (
         ["L4"],
         77,
@@ -115,7 +131,7 @@ def test_settings_are_read_from_modal_not_echoed_from_the_spec() -> None:
         3,
         7,
     )
-    assert fm.function_settings(fn)["timeout"] == spec.compute.timeout_s
+    assert fm.modal_settings(fn)["timeout"] == spec.compute.timeout_s
 
 
 def test_plan_json_cli_without_credentials(tmp_path: Path) -> None:
@@ -144,9 +160,13 @@ def test_plan_json_cli_without_credentials(tmp_path: Path) -> None:
         "gpu": list(spec.compute.gpu),
         "max_inputs": spec.compute.concurrency,
         "timeout": spec.compute.timeout_s,
-        "retries": spec.compute.retries,
+        "retries": 0,
         "max_containers": spec.compute.max_containers,
+        "env": {"JAX_PLATFORMS": "cuda"},
+        "cpu": 0.125,
+        "memory_mib": 128,
     }
+    assert all(f["retries"] == 0 and f["env"]["JAX_PLATFORMS"] == "cuda" for f in doc["functions"])
     assert {f["tier"] for f in doc["functions"]} <= {"main", "large"}
 
 
@@ -166,7 +186,12 @@ def test_image_requirements_match_pyproject() -> None:
         if name != "jax":
             assert spec_range == ours[name], name
     # jax: a CUDA build, inside the project's range, covering the versions we test (0.10, 0.11)
-    assert image["jax"] == ">=0.10,<0.12"
+    from packaging.specifiers import SpecifierSet
+
+    in_image, in_project = SpecifierSet(image["jax"]), SpecifierSet(ours["jax"])
+    assert list(in_image.filter(["0.10.0", "0.11.0"])) == ["0.10.0", "0.11.0"]
+    probes = ["0.4.29", "0.4.30", "0.9.9", "0.10.0", "0.11.9", "0.12.0", "0.13.0"]
+    assert set(in_image.filter(probes)) <= set(in_project.filter(probes))
 
 
 def test_names_modal_refuses_are_user_errors() -> None:

@@ -15,6 +15,7 @@ from pathlib import Path
 import pytest
 
 from runner.backends import modal as fm
+from runner.backends.modal.errors import SPEND_LIMIT_MESSAGE
 
 REPO = Path(__file__).resolve().parents[2]
 FORGE = str(Path(sys.executable).parent / "forge")
@@ -88,7 +89,7 @@ def test_credentials_from_env_or_config_file(tmp_path: Path) -> None:
     [
         (
             "Function call failed: workspace billing cycle spend limit reached",
-            fm.SPEND_LIMIT_MESSAGE,
+            SPEND_LIMIT_MESSAGE,
         ),
         ("some other failure", None),
     ],

@@ -10,7 +10,9 @@ import time
 from pathlib import Path
 from typing import Any
 
-from runner.backends.modal_ops import (
+import pytest
+
+from runner.backends.modal.ops import (
     DownloadReport,
     _same_shard,
     _wanted,
@@ -117,3 +119,42 @@ def test_cost_lines_show_both_sides_or_say_why_not() -> None:
     report["modal"] = {"available": True, "total_usd": 1.62, "note": ""}
     report["runs"][0]["modal_usd"] = 1.62
     assert "Modal $1.6200" in cost_lines(report)[-1]
+
+
+def test_ctrl_c_before_the_orchestrator_is_spawned_is_not_detached(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Ctrl+C while the detached app starts (its image building): exit 130, never "Detached"."""
+    from runner.backends.modal.ops import EXIT_INTERRUPTED, run_detached
+
+    monkeypatch.setenv("MODAL_TOKEN_ID", "ak-offline-test")
+    monkeypatch.setenv("MODAL_TOKEN_SECRET", "as-offline-test")
+    spec = load_job(REPO / "jobs/smoke.yaml")
+    entered: list[bool] = []
+
+    def interrupted(app: Any, *, detach: bool, say: Any) -> Any:
+        entered.append(detach)
+        raise KeyboardInterrupt
+
+    code, lines = run_detached(
+        spec, plan_tasks(spec), run_id="r1", say=lambda m: None, enter=interrupted
+    )
+    assert entered == [True]
+    assert code == EXIT_INTERRUPTED == 130
+    assert not any("Detached" in line for line in lines)
+    assert lines == ["Interrupted while the Modal app was starting: nothing was started."]
+
+
+def test_modal_is_pinned_to_the_verified_version() -> None:
+    """App.stop and App.lookup by app id (modal 1.6) and Workspace.billing.report (1.5.1)
+    are relied on; modal 1.6.4's source is what this code is checked against."""
+    import tomllib
+
+    import modal
+
+    deps = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]["dependencies"]
+    assert "modal>=1.6.4,<2" in deps
+    assert tuple(int(x) for x in modal.__version__.split(".")[:3]) >= (1, 6, 4)
+    assert callable(modal.App.stop) and callable(modal.Workspace.from_context)
+    readme = (REPO / "README.md").read_text()
+    assert "modal>=1.6.4" in readme

@@ -4,11 +4,12 @@ and its body run here through ``Function.local()``. Nothing talks to Modal."""
 from __future__ import annotations
 
 import tomllib
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
-from runner.backends.modal import MOUNT, function_settings
+from runner.backends.modal import MOUNT, modal_settings
 from runner.spec.load import load_sweep
 from runner.spec.model import SweepSpec
 from runner.train import modal_sweep
@@ -46,13 +47,15 @@ def spec(sample_store: Path, tmp_path_factory: pytest.TempPathFactory) -> SweepS
 def test_function_settings_come_from_the_sweep_file(spec: SweepSpec) -> None:
     compiled = modal_sweep.compile_sweep(spec)
     assert compiled.app.name == "forge-sweep-tiny-modal"
-    s = function_settings(compiled.function)
+    s = modal_settings(compiled.function)
     assert s["name"] == modal_sweep.FUNCTION_NAME
     assert s["gpu"] == ["H100", "A100-80GB"]  # normalised, fallback order kept
     assert s["timeout"] == 900
     assert s["max_containers"] == 4
-    assert s["retries"] == 1
+    assert s["retries"] == 0  # forge retries (compute.retries: 1), not Modal
     assert s["max_inputs"] == 1  # one trial per container at a time: a GPU each
+    assert s["secrets"] == ["Secret.from_dict([JAX_PLATFORMS])"]  # GPU or nothing, as for solves
+    assert compiled.plan.env == {"JAX_PLATFORMS": "cuda"} and compiled.plan.retries == 0
     # the data job's volume, where the oracle functions mount it
     assert s["volumes"] == {MOUNT: spec.data.job.output.volume}
 
@@ -65,7 +68,8 @@ def test_trials_stop_before_the_modal_timeout() -> None:
 
 def test_worst_case_is_the_timeout_on_the_dearest_gpu(spec: SweepSpec) -> None:
     prices = dict(spec.pricing)
-    expected = 900 * max(prices["H100"], prices["A100-80GB"]) / 3600
+    cpu_memory = 0.125 * prices["cpu"] + 0.125 * prices["memory"]  # the container's requests, per hour
+    expected = 900 * (max(prices["H100"], prices["A100-80GB"]) + cpu_memory) / 3600
     assert modal_sweep.worst_case_usd(spec) == pytest.approx(expected)
 
 
@@ -109,3 +113,43 @@ def test_trials_without_a_result_fail_and_timeouts_are_charged(spec: SweepSpec, 
     assert charged[0] == pytest.approx(worst, rel=1e-4) and charged[1:] == [0.0, 0.0]
     assert budget.reserved == pytest.approx(0.0) and budget.spent == pytest.approx(worst, rel=1e-4)
     assert not (tmp_path / "checkpoints").exists()
+
+
+@pytest.mark.filterwarnings("ignore:The train_trial function is executing locally")
+def test_ctrl_c_stops_the_app_and_leaves_the_trials_in_flight_unfinished(
+    spec: SweepSpec, sample_store: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Modal's app.run swallows a KeyboardInterrupt (modal/runner.py:502-522): the sweep
+    notices it, stops the app and records the trial in flight as not finished."""
+    import contextlib
+    from dataclasses import replace
+
+    from runner.train.sweep import Budget, SweepOutcome, is_finished
+
+    two = replace(spec, search=replace(spec.search, parameters=(("lr", (0.003, 0.01)),) + tuple(
+        (k, v) for k, v in spec.search.parameters if k != "lr"
+    )))
+    data = resolve_data(two, sample_store / "shards" / "tiny")
+    trials = expand(two, data)
+    assert len(trials) == 2
+    compiled = modal_sweep.compile_sweep(two)
+
+    def mapper(requests: list[dict[str, object]], **kw: object) -> Iterator[object]:
+        yield compiled.function.local(requests[0])  # the first trial finishes ...
+        raise KeyboardInterrupt  # ... then Ctrl+C while the second runs
+
+    outcome = SweepOutcome(two, tmp_path, "modal", trials, {})
+    budget = Budget(max_usd=5.0)
+    run = modal_sweep._SweepRun(
+        compiled, two, data, outcome, budget, lambda k, i: None,
+        enter=lambda app, say: contextlib.nullcontext(), mapper=mapper,
+    )
+    run.run(list(trials))
+    assert run.interrupted
+    first, second = (outcome.records[t.trial_id] for t in trials)
+    assert first["status"] == "finished" and is_finished(first, tmp_path)
+    assert second["status"] == "interrupted" and not is_finished(second, tmp_path)
+    assert second["cost_usd"] > 0  # its container ran until the stop
+    assert budget.reserved == pytest.approx(0.0)
+    # offline the compiled app is not running, so Modal's App.stop refuses: said, not hidden
+    assert "stopping Modal app forge-sweep-tiny-modal" in capsys.readouterr().err

@@ -127,3 +127,13 @@ class DictClaims:
     def apps(self) -> dict[str, dict[str, Any]]:
         """Apps started for this job and not yet known to be stopped, by app id."""
         return self._with_prefix(APP_PREFIX)
+
+
+def release_run_claims(claims: DictClaims, run_id: str) -> int:
+    """Delete the claims a run holds (once none of its containers runs); how many."""
+    n = 0
+    for key, held in claims.claims().items():
+        if held.get("run_id") == run_id and same_claim(claims.get(key), held):
+            claims.delete(key)
+            n += 1
+    return n

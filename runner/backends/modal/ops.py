@@ -10,6 +10,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import sys
 import time
 from collections.abc import Callable, Collection, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -19,22 +20,17 @@ from typing import Any
 
 import modal
 
-from runner.backends.modal import (
-    TAG_JOB,
-    TAG_RUN,
+from runner.backends.modal.claims import DictClaims, release_run_claims
+from runner.backends.modal.compile import compile_job, enter_app
+from runner.backends.modal.errors import (
     ModalUserError,
-    VolumeView,
-    app_name,
-    claim_timeout_s,
-    claims_name,
-    compile_job,
-    release_run_claims,
+    modal_errors,
     require_credentials,
     user_error,
 )
-from runner.backends.modal_claims import DictClaims
+from runner.backends.modal.names import TAG_JOB, TAG_RUN, app_name, claim_timeout_s, claims_name
+from runner.backends.modal.volume import VolumeView, classify
 from runner.spec.model import JobSpec, ShardTask
-from runner.store.claims import is_stale, this_host
 from runner.store.shards import (
     RECORD_SUFFIX,
     STATUS_COLUMNS,
@@ -42,20 +38,6 @@ from runner.store.shards import (
     StoreStatus,
     manifest_outcomes,
 )
-
-
-@contextlib.contextmanager
-def _modal_errors() -> Any:
-    """Turn the Modal errors a user must act on into one-line ModalUserErrors."""
-    try:
-        yield
-    except ModalUserError:
-        raise
-    except Exception as e:
-        problem = user_error(e)
-        if problem is not None:
-            raise problem from e
-        raise
 
 
 def _volume(spec: JobSpec) -> VolumeView:
@@ -78,6 +60,13 @@ def _or_empty(fn: Callable[[], Any], empty: Any) -> Any:
 # forge run --detach ----------------------------------------------------------------------------
 
 
+EXIT_INTERRUPTED = 130
+
+
+def _say(message: str) -> None:
+    print(message, file=sys.stderr, flush=True)
+
+
 def run_detached(
     spec: JobSpec,
     tasks: Sequence[ShardTask],
@@ -85,28 +74,74 @@ def run_detached(
     run_id: str,
     limit: int | None = None,
     max_usd: float | None = None,
-) -> list[str]:
+    say: Callable[[str], None] = _say,
+    enter: Callable[..., Any] = enter_app,
+) -> tuple[int, list[str]]:
     """Start the job's app detached, with the orchestrator itself running on Modal.
 
-    Returns the lines that tell the user how to follow and stop it.
+    Returns the exit code and the lines to print: how to follow and stop the
+    run, or (Ctrl+C before the orchestrator was spawned) that nothing runs.
+    Modal's ``app.run`` swallows a KeyboardInterrupt raised inside it and
+    returns normally (modal/runner.py:502-522), and a detached app keeps running
+    after it, so the interrupt is caught here and the app stopped by id
+    (``App.lookup`` of an ``ap-`` id and ``App.stop``: modal/app.py:460, 1724).
     """
     require_credentials()
     job = compile_job(spec, run_id)
-    with _modal_errors(), job.app.run(detach=True):
-        app_id = job.app.app_id or ""
-        functions = {name: fn for name, fn in job.functions.items()}
-        options = {"limit": limit, "max_usd": max_usd, "app_id": app_id}
-        DictClaims(job.claims).add_app(
-            app_id, {"run_id": run_id, "started": time.time(), "detached": True}
-        )
-        job.orchestrator.spawn(spec, run_id, list(tasks), functions, options)
-    return [
+    spawned: Any = None
+    app_id = ""
+    try:
+        say(f"Starting Modal app {job.app.name} detached (the first run builds its image) ...")
+        cm = enter(job.app, detach=True, say=say)
+        error: Exception | None = None
+        try:
+            with modal_errors():
+                app_id = job.app.app_id or ""
+                claims = DictClaims(job.claims)
+                claims.add_app(app_id, {"run_id": run_id, "started": time.time(), "detached": True})
+                functions = dict(job.functions)
+                options = {"limit": limit, "max_usd": max_usd, "app_id": app_id}
+                spawned = job.orchestrator.spawn(spec, run_id, list(tasks), functions, options)
+        except KeyboardInterrupt:
+            pass  # handled below, once out of Modal's context
+        except Exception as e:
+            error = e
+        finally:
+            cm.__exit__(None, None, None)
+        if error is not None:  # a detached app with no orchestrator would idle on: stop it
+            for line in _abandon_detached(spec, app_id, why="Could not start the run"):
+                say(line)
+            raise error
+    except KeyboardInterrupt:
+        pass
+    if spawned is None:
+        return EXIT_INTERRUPTED, _abandon_detached(spec, app_id)
+    return 0, [
         f"Detached: {app_name(spec)} runs on Modal as app {app_id} (run {run_id}); "
         "closing this terminal does not stop it.",
         f"  follow:  modal app logs {app_id}",
         f"  status:  forge status {spec.path or spec.name} --backend modal",
         f"  stop:    forge stop {spec.path or spec.name}",
     ]
+
+
+def _abandon_detached(spec: JobSpec, app_id: str, why: str = "Interrupted") -> list[str]:
+    """The orchestrator was not spawned: stop the app, forget it."""
+    if not app_id:
+        return [f"{why} while the Modal app was starting: nothing was started."]
+    lines = []
+    try:
+        modal.App.lookup(app_id).stop()
+        lines.append(f"{why}: stopped Modal app {app_id} before its orchestrator started.")
+    except Exception as e:
+        lines.append(
+            f"{why}: could not stop Modal app {app_id} ({type(e).__name__}: {e}); "
+            f"run: forge stop {spec.path or spec.name}"
+        )
+        return lines
+    with contextlib.suppress(Exception):
+        _claims(spec).remove_app(app_id)
+    return lines
 
 
 # forge stop ------------------------------------------------------------------------------------
@@ -116,7 +151,7 @@ def stop_job(spec: JobSpec) -> list[str]:
     """Stop every app this job started (attached or detached) and free their claims."""
     require_credentials()
     lines: list[str] = []
-    with _modal_errors():
+    with modal_errors():
         claims = _claims(spec)
         apps = _or_empty(claims.apps, {})
         if not apps:
@@ -148,7 +183,7 @@ def modal_status(spec: JobSpec, tasks: Sequence[ShardTask]) -> StoreStatus:
     tasks check each file before trusting it).
     """
     require_credentials()
-    with _modal_errors():
+    with modal_errors():
         view = _volume(spec)
         files = _or_empty(view.files, {})
         manifests = _or_empty(view.manifests, [])
@@ -174,27 +209,24 @@ def status_from(
     st = StoreStatus(root=where, runs=len(manifests))
     st.runs_usd = spent
     t_now = time.time() if now is None else now
-    timeout = claim_timeout_s(spec)
+    # the orchestrator's survey rule, refined with what only a status table says
+    states = classify(tasks, files, claims, records, now=t_now, timeout_s=claim_timeout_s(spec))
     for t in tasks:
         counts = st.splits.setdefault(t.split, dict.fromkeys(STATUS_COLUMNS, 0))
         rec = records.get(t.key) or {}
-        on_volume = t.relpath in files and f"{t.key}{RECORD_SUFFIX}" in files
+        state: str = states[t.key]
         why = ""
-        if on_volume:
-            state = "done"
+        if state == "done":
             st.spend_usd += float(rec.get("usd") or 0.0)
-        elif t.key in claims:
+        elif state in ("claimed", "stale"):
             claim = claims[t.key]
-            state = "stale" if is_stale(claim, t_now, timeout, this_host()) else "claimed"
             why = f"run {claim.get('run_id', '?')} on {claim.get('host', '?')}"
+        elif state == "skipped":
+            why = str(rec.get("reason", ""))
         elif rec.get("status") == "done":
             state, why = "claimed", "finished; its volume commit is pending"
-        elif rec.get("status") == "skipped":
-            state, why = "skipped", str(rec.get("reason", ""))
         elif t.key in failed_last:
             state, why = "failed", failed_last[t.key]
-        else:
-            state = "missing"
         counts[state] = counts.get(state, 0) + 1
         st.details.append(KeyStatus(t.key, t.split, state, why))
     return st
@@ -274,7 +306,7 @@ def download(
     require_credentials()
     dest = Path(to)
     report = DownloadReport(to=str(dest))
-    with _modal_errors():
+    with modal_errors():
         view = _volume(spec)
         files = _or_empty(view.files, {})
         report.source = view.where(split or "")
@@ -339,7 +371,7 @@ def cost_report(spec: JobSpec, *, days: int = 30) -> dict[str, Any]:
     and forge's numbers stand alone.
     """
     require_credentials()
-    with _modal_errors():
+    with modal_errors():
         manifests = _or_empty(_volume(spec).manifests, [])
     runs: dict[str, dict[str, Any]] = {}
     for m in manifests:
@@ -355,6 +387,8 @@ def cost_report(spec: JobSpec, *, days: int = 30) -> dict[str, Any]:
     since = datetime.now(UTC) - timedelta(days=days)
     modal_side: dict[str, Any] = {"available": False, "total_usd": None, "note": ""}
     try:
+        # Workspace.billing.report (modal/_workspace.py:378, since 1.5.1): rows are
+        # modal.types.BillingReportItem (types.py:531) with .cost and the asked-for .tags
         items = modal.Workspace.from_context().billing.report(
             start=since, resolution="h", tag_names=[TAG_JOB, TAG_RUN]
         )
@@ -455,9 +489,10 @@ def run_on_modal(
     from runner.backends.orchestrate import new_run_id
 
     spec, tasks = _load(job)
-    for line in run_detached(spec, tasks, run_id=new_run_id(), limit=limit, max_usd=max_usd):
+    code, lines = run_detached(spec, tasks, run_id=new_run_id(), limit=limit, max_usd=max_usd)
+    for line in lines:
         echo(line)
-    return 0
+    return code
 
 
 def status_on_modal(job: str | os.PathLike[str]) -> StoreStatus:

@@ -1,0 +1,67 @@
+"""The Modal path: a job compiled into a ``modal.App`` and run within budget.
+
+One module per concern:
+
+- ``errors``    Modal exceptions -> one-line ``ModalUserError`` s; credentials; names
+- ``names``     app / Dict / volume names and where the store is in a container
+- ``compile``   job -> App, image (one builder, the sweep's too), function plans
+- ``container`` what runs inside a container (``solve_shard``, ``orchestrate``)
+- ``claims``    claims and records in a ``modal.Dict``
+- ``volume``    the job's files on its volume and the shard states they imply
+- ``backend``   the ``Backend`` the shared orchestrator drives
+- ``ops``       ``forge run --detach``, ``stop``, ``status``, ``download``, ``cost``
+
+Requires modal>=1.6.4 (pyproject.toml): ``App.stop``, ``App.lookup`` by app id
+and the billing report are relied on, and the code is checked against 1.6.4's
+source.
+"""
+
+from __future__ import annotations
+
+from runner.backends.modal.backend import ModalBackend, unanswered_results
+from runner.backends.modal.compile import (
+    IMAGE_REQUIREMENTS,
+    CompiledJob,
+    FunctionPlan,
+    build_image,
+    compile_job,
+    describe,
+    modal_settings,
+    plan_json,
+    plan_lines,
+)
+from runner.backends.modal.container import GPU_ENV, gpu_from_device
+from runner.backends.modal.errors import (
+    ModalUserError,
+    check_name,
+    credentials_found,
+    modal_errors,
+    require_credentials,
+    user_error,
+)
+from runner.backends.modal.names import MOUNT, container_store_root, volume_root
+
+__all__ = [
+    "GPU_ENV",
+    "IMAGE_REQUIREMENTS",
+    "MOUNT",
+    "CompiledJob",
+    "FunctionPlan",
+    "ModalBackend",
+    "ModalUserError",
+    "build_image",
+    "check_name",
+    "compile_job",
+    "container_store_root",
+    "credentials_found",
+    "describe",
+    "gpu_from_device",
+    "modal_errors",
+    "modal_settings",
+    "plan_json",
+    "plan_lines",
+    "require_credentials",
+    "unanswered_results",
+    "user_error",
+    "volume_root",
+]

@@ -1,0 +1,447 @@
+"""The Modal ``Backend``: each shard an input of the job's compiled Modal function.
+
+Locally (``forge run --backend modal``) ``start`` runs the compiled app and
+``stop`` ends it; inside the ``orchestrate`` function (``--detach``) the app is
+already running and its functions are handed in. The orchestrator is the only
+retry layer: the functions have Modal retries 0 (compile.py), so every attempt
+is one input, answered once and charged once.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import queue
+import sys
+import threading
+import time
+from collections.abc import Callable, Collection, Sequence
+from typing import Any
+
+import modal
+import modal.exception
+
+from runner.backends.base import Backend, RunContext, SurveyState, TaskRequest, Tier
+from runner.backends.modal.claims import DictClaims, release_run_claims
+from runner.backends.modal.compile import FunctionPlan, compile_job, enter_app
+from runner.backends.modal.errors import ModalUserError, require_credentials, user_error
+from runner.backends.modal.names import claim_timeout_s
+from runner.backends.modal.volume import VolumeView, classify
+from runner.backends.task import TaskResult, is_oom
+from runner.spec.model import JobSpec, ShardTask
+from runner.store.shards import RECORD_SUFFIX, RUNS_DIR
+
+
+def unanswered_results(
+    reqs: Sequence[TaskRequest], errors: Sequence[BaseException], spec: JobSpec, run_id: str
+) -> list[TaskResult]:
+    """Failed results for inputs that came back as exceptions, not results.
+
+    The backend asks for one input at a time (one error each); given a group,
+    every input fails with the group's errors. A timed-out input was billed for
+    its whole timeout: as many inputs as there were timeouts are charged that,
+    at the dearest GPU their function could have run on, so the budget guard
+    never under-counts.
+    """
+    text = "; ".join(dict.fromkeys(f"{type(e).__name__}: {e}" for e in errors)) or "no result"
+    timeouts = sum(isinstance(e, modal.exception.FunctionTimeoutError) for e in errors)
+    pricing = dict(spec.pricing)
+    out = []
+    for i, req in enumerate(reqs):
+        gpu = max(req.gpu, key=lambda g: pricing.get(g, 0.0)) if req.gpu else ""
+        secs = float(req.timeout_s) if i < timeouts else 0.0
+        out.append(
+            TaskResult(
+                key=req.task.key,
+                status="failed",
+                seconds=secs,
+                gpu=gpu,
+                usd=secs * pricing.get(gpu, 0.0) / 3600.0,
+                error=f"Modal: {text}"[:4000],
+                oom=is_oom(text),
+                tier=req.tier,
+                attempt=req.attempt,
+                run_id=run_id,
+            )
+        )
+    return out
+
+
+def _say(message: str) -> None:
+    print(message, file=sys.stderr, flush=True)
+
+
+class ModalBackend(Backend):
+    """Runs each shard as an input of the job's Modal function.
+
+    Locally (``forge run --backend modal``) ``start`` runs the compiled app and
+    ``stop`` ends it; inside the ``orchestrate`` function (``--detach``) the app
+    is already running and its functions are handed in through
+    ``ctx.options["functions"]``. Each attempt is one spawned ``FunctionCall``
+    read by its own thread (``cancel`` ends attempts in flight); ``poll`` hands
+    their results to the shared orchestrator.
+    """
+
+    name = "modal"
+    MANIFEST_EVERY_S = 30.0  # a volume upload per manifest: not every 2 s
+
+    def __init__(self, ctx: RunContext) -> None:
+        super().__init__(ctx)
+        if not ctx.options.get("functions"):
+            require_credentials()
+        self.spec = ctx.spec
+        self.run_id = ctx.run_id
+        self.job = compile_job(ctx.spec, ctx.run_id)
+        self._remote: dict[str, Any] | None = ctx.options.get("functions") or None
+        self.app_id: str | None = ctx.options.get("app_id")
+        self.say: Callable[[str], None] = ctx.options.get("say") or _say
+        self._run_cm: Any = None
+        self._results: queue.Queue[TaskResult] = queue.Queue()
+        self._pending: dict[str, TaskRequest] = {}
+        self._tasks: dict[str, ShardTask] = {}  # every task submitted in this run
+        self._surveyed = False  # the first survey trusts only the volume (see classify)
+        self._lock = threading.Lock()
+        self._problem: ModalUserError | None = None
+        self._last_manifest = -1e9
+        self._stopped = False
+        self._stop_done = False
+        self._calls: dict[str, Any] = {}  # key -> the attempt's modal.FunctionCall
+        self._cancelled: set[str] = set()
+        self._variant = {v.name: v for v in self.job.variants}
+        self.view = VolumeView(self.spec, self.job.volume)
+        self.claims_table = DictClaims(self.job.claims)
+
+    # -- lifecycle -----------------------------------------------------------------------
+    def _fatal(self, e: BaseException) -> BaseException:
+        """Stop what this run started before an error leaves the orchestrator; the error to raise.
+
+        The shared loop stops the backend on Ctrl+C only; any other error (the
+        workspace's spend limit, lost credentials) must not leave GPUs running.
+        """
+        if not self._stopped and (self._run_cm is not None or self._remote is not None):
+            try:
+                self.stop(interrupted=True)
+            except Exception as stop_error:
+                self.say(f"warning: stopping the Modal app failed: {stop_error}; run forge stop")
+        return user_error(e) or e
+
+    def start(self) -> None:
+        if self._remote is not None:
+            return
+        self.say(
+            f"Starting Modal app {self.job.app.name} (the first run builds its image: a few minutes) ..."
+        )
+        self._run_cm = enter_app(self.job.app, say=self.say)
+        self.app_id = self.job.app.app_id
+        if self.app_id:
+            self._claims().add_app(
+                self.app_id, {"run_id": self.run_id, "started": time.time(), "detached": False}
+            )
+
+    def stop(self, *, interrupted: bool) -> None:
+        """Stop the run; a second interrupted call while the first is under way stops harder.
+
+        The orchestrator calls ``stop(interrupted=True)`` again when a second
+        Ctrl+C lands while the first stop waits (freeing claims, leaving the app):
+        that call asks Modal to stop the app at once and waits for nothing more.
+        """
+        if self._stop_done:
+            return
+        if self._stopped:
+            if interrupted:
+                self._stop_hard()
+            return
+        self._stopped = True
+        try:
+            if interrupted:
+                self.stop_app()
+            self._release_own_claims()
+        finally:
+            cm, self._run_cm = self._run_cm, None
+            if cm is not None:
+                try:
+                    cm.__exit__(None, None, None)
+                except Exception as e:  # the app is stopped already; say why leaving it failed
+                    self.say(f"warning: leaving the Modal app: {e}")
+            if self.app_id:
+                with contextlib.suppress(Exception):
+                    self._claims().remove_app(self.app_id)
+            self._stop_done = True
+
+    def _stop_hard(self) -> None:
+        self._stop_done = True
+        where = self.spec.path or self.spec.name
+        self.say(
+            f"Second interrupt: stopping Modal app {self.job.app.name} now, without waiting "
+            f"(claims left go stale after the task timeout; check with: forge stop {where})"
+        )
+        try:
+            self.app_stopper()
+        except Exception as e:
+            self.say(
+                f"Could not stop Modal app {self.app_id} ({type(e).__name__}: {e}); run: forge stop {where}"
+            )
+
+    def app_stopper(self) -> None:
+        """Ask Modal to stop this run's app: the compiled app we run, or (detached) by id."""
+        if self._run_cm is not None:
+            self.job.app.stop()
+        elif self.app_id:
+            modal.App.lookup(self.app_id).stop()
+
+    def stop_app(self) -> None:
+        """Stop the job's app now (Ctrl+C, a budget stop): its containers end, no GPU keeps billing."""
+        if not self.app_id:
+            # Interrupted while app.run() was still setting up: Modal's own handler
+            # disconnects, which ends an app that never got to run anything.
+            self.say(
+                f"Interrupted while Modal app {self.job.app.name} was starting: "
+                "no shard had started, Modal ends the app as forge disconnects."
+            )
+            return
+        self.say(f"Stopping Modal app {self.job.app.name} ({self.app_id}) ...")
+        try:
+            self.app_stopper()
+        except Exception as e:
+            where = self.spec.path or self.spec.name
+            self.say(
+                f"Could not stop Modal app {self.app_id} ({type(e).__name__}: {e}); "
+                f"an attached app ends when forge disconnects, a detached one with: forge stop {where}"
+            )
+            return
+        self.say(
+            f"Stopped Modal app {self.job.app.name} ({self.app_id}): no containers of this run are left running."
+        )
+
+    # -- capacity and dispatch ---------------------------------------------------------------
+    def _variant_for(self, req: TaskRequest) -> FunctionPlan:
+        """The compiled function for a request: its tier and GPUs; run alone if exclusive."""
+        if req.tier == "large":
+            return self._variant["solve_large"]
+        gpu = tuple(req.gpu) or self._variant["solve_main"].gpu
+        matching = [v for v in self.job.variants if v.tier == "main" and v.gpu == gpu]
+        if not matching:
+            raise ValueError(f"no compiled Modal function runs tasks on {list(gpu)}")
+        if req.exclusive:  # an out-of-memory retry: one input per container
+            for v in matching:
+                if v.max_inputs == 1:
+                    return v
+        return next((v for v in matching if v.role != "solo"), matching[0])
+
+    def capacity(self, tier: Tier = "default") -> int:
+        c = self.spec.compute
+        if tier == "large":
+            return c.max_containers * (c.large.concurrency if c.large is not None else 0)
+        return c.max_containers * c.concurrency
+
+    def in_flight(self) -> int:
+        with self._lock:
+            return len(self._pending)
+
+    def _function(self, name: str) -> Any:
+        return self._remote[name] if self._remote is not None else self.job.functions[name]
+
+    def submit(self, wave: Sequence[TaskRequest]) -> None:
+        """Spawn one Modal call per request, each read by its own thread.
+
+        One ``FunctionCall`` per attempt (not one ``map`` per wave) so that each
+        input's own error comes back with it (a timeout is charged to the input
+        that timed out) and ``cancel`` can end single attempts.
+        """
+        routed = [(self._variant_for(req).name, req) for req in wave]
+        with self._lock:
+            for req in wave:
+                self._pending[req.task.key] = req
+                self._tasks[req.task.key] = req.task
+        for name, req in routed:
+            threading.Thread(
+                target=self._run_one, args=(name, req), name=f"forge-{name}", daemon=True
+            ).start()
+
+    def _run_one(self, name: str, req: TaskRequest) -> None:
+        """One attempt: ``spawn`` then ``get`` (modal/_functions.py:2258, 2440); exactly one result."""
+        key = req.task.key
+        try:
+            call = self._function(name).spawn(req, spec=self.spec, run_id=self.run_id)
+            with self._lock:
+                self._calls[key] = call
+                cancelled = key in self._cancelled
+            if cancelled:  # cancel() came while the call was being spawned
+                call.cancel(terminate_containers=True)
+            out = call.get()
+            if not isinstance(out, TaskResult):
+                raise RuntimeError(f"unexpected output {out!r}")
+            self._deliver(out)
+            return
+        except BaseException as e:  # a worker thread: every attempt must answer, whatever ended it
+            error: BaseException = e
+        finally:
+            with self._lock:
+                self._calls.pop(key, None)
+        problem = user_error(error)
+        if problem is not None and self._problem is None:
+            self._problem = problem
+        for result in unanswered_results([req], [error], self.spec, self.run_id):
+            if key in self._cancelled:
+                result.error = f"cancelled by forge ({result.error})"
+            self._release_claim_of_run(result.key)
+            self._deliver(result)
+
+    def cancel(self, keys: Collection[str] | None = None) -> int:
+        """Cancel attempts in flight (all, or those of ``keys``); how many were asked to stop.
+
+        ``FunctionCall.cancel(terminate_containers=True)`` (modal/_functions.py:2523)
+        ends the input without a Modal retry and stops its container, so its GPU
+        stops billing; other inputs of that container are rescheduled by Modal and
+        find their shard claimed or done. Each cancelled attempt comes back from
+        ``poll`` as a failed result. For the orchestrator's budget cap.
+        """
+        with self._lock:
+            wanted = set(self._pending) if keys is None else set(keys) & set(self._pending)
+            self._cancelled |= wanted
+            calls = [c for k, c in self._calls.items() if k in wanted]
+        for call in calls:
+            try:
+                call.cancel(terminate_containers=True)
+            except Exception as e:
+                self.say(f"warning: cancelling a Modal call failed: {e}")
+        return len(wanted)
+
+    def _deliver(self, r: TaskResult) -> None:
+        with self._lock:
+            self._pending.pop(r.key, None)
+        self._results.put(r)
+
+    def poll(self, timeout: float) -> list[TaskResult]:
+        out: list[TaskResult] = []
+        try:
+            out.append(self._results.get(timeout=max(0.0, timeout)))
+            while True:
+                out.append(self._results.get_nowait())
+        except queue.Empty:
+            pass
+        if self._problem is not None:
+            raise self._fatal(self._problem)
+        return out
+
+    # -- the store on the volume -----------------------------------------------------------------
+    def _claims(self) -> DictClaims:
+        return self.claims_table
+
+    SURVEY_ONE_BY_ONE = 16  # below this many tasks, ask per file instead of listing the job
+
+    def survey(self, tasks: Sequence[ShardTask]) -> dict[str, SurveyState]:
+        try:
+            return self._survey(tasks)
+        except Exception as e:
+            raise self._fatal(e) from e
+
+    def _survey(self, tasks: Sequence[ShardTask]) -> dict[str, SurveyState]:
+        trust, self._surveyed = self._surveyed, True
+        claims = self._claims()
+        files: Collection[str]
+        if len(tasks) <= self.SURVEY_ONE_BY_ONE:  # the orchestrator rechecking a few shards
+            names = [t.relpath for t in tasks] + [f"{t.key}{RECORD_SUFFIX}" for t in tasks]
+            files = {n for n in names if self.view.exists(n)}
+            held = {t.key: c for t in tasks if (c := claims.get(t.key)) is not None}
+            records = {t.key: r for t in tasks if (r := claims.get_record(t.key)) is not None}
+        else:
+            files = self.view.files()
+            held = claims.claims()
+            records = claims.records()
+        for t in tasks:  # a record file whose Dict entry expired: is it a skip?
+            name = f"{t.key}{RECORD_SUFFIX}"
+            if t.key not in records and name in files and t.relpath not in files:
+                rec = self.view.read_json(name)
+                if rec is not None:
+                    records[t.key] = rec
+        return classify(
+            tasks,
+            files,
+            held,
+            records,
+            now=time.time(),
+            timeout_s=claim_timeout_s(self.spec),
+            trust_records=trust,
+        )
+
+    def manifests(self) -> list[dict[str, Any]]:
+        try:
+            return self.view.manifests()
+        except modal.exception.NotFoundError:
+            return []  # the volume does not exist yet: no earlier runs
+        except Exception as e:
+            raise self._fatal(e) from e
+
+    PERSIST_GRACE_S = 150.0  # containers commit every few seconds, and at exit (idle 60 s)
+    PERSIST_POLL_S = 5.0
+
+    def unpersisted(self, keys: Sequence[str]) -> list[str]:
+        """Keys reported done whose shard or record is still not on the volume.
+
+        Containers commit in the background and when they exit, and a failed
+        exit commit only logs a line; so a run ends by checking the volume
+        against what was reported done, giving idle containers time to exit and
+        commit. What is still missing after that must be solved again.
+        """
+        tasks = {k: self._tasks[k] for k in keys if k in self._tasks}
+        deadline = time.monotonic() + self.PERSIST_GRACE_S
+        waited = False
+        while True:
+            files = self.view.files()
+            missing = [
+                k
+                for k, t in tasks.items()
+                if t.relpath not in files or f"{t.key}{RECORD_SUFFIX}" not in files
+            ]
+            if not missing or time.monotonic() >= deadline:
+                return missing
+            if not waited:
+                waited = True
+                self.say(
+                    f"Waiting for {len(missing)} finished shard(s) to reach volume "
+                    f"{self.spec.output.volume} (containers commit when they exit) ..."
+                )
+            time.sleep(self.PERSIST_POLL_S)
+
+    def write_manifest(self, run_id: str, manifest: dict[str, Any]) -> str:
+        now = time.monotonic()
+        running = manifest.get("status") == "running"
+        if running and now - self._last_manifest < self.MANIFEST_EVERY_S:
+            return ""
+        self._last_manifest = now
+        data = (json.dumps(manifest, indent=1, sort_keys=True) + "\n").encode()
+        try:
+            return self.view.upload(f"{RUNS_DIR}/{run_id}.json", data)
+        except Exception as e:
+            raise OSError(
+                f"writing the run manifest to volume {self.spec.output.volume}: {e}"
+            ) from e
+
+    # -- claims ------------------------------------------------------------------------------------
+    def _release_claim_of_run(self, key: str) -> None:
+        try:
+            claims = self._claims()
+            held = claims.get(key)
+            if held is not None and held.get("run_id") == self.run_id:
+                claims.delete(key)
+        except Exception:
+            pass  # it goes stale after the task timeout and is taken over then
+
+    def _release_own_claims(self) -> None:
+        """After the app stopped, no container of this run holds a shard: free their claims."""
+        try:
+            release_run_claims(self._claims(), self.run_id)
+        except Exception as e:
+            self.say(
+                f"warning: could not release this run's claims ({e}); they go stale after the task timeout"
+            )
+
+    def price_name(self, gpu: tuple[str, ...]) -> str:
+        """Estimates use the dearest GPU the attempt may land on (the budget must not under-count)."""
+        pricing = dict(self.spec.pricing)
+        return max(gpu, key=lambda g: pricing.get(g, 0.0)) if gpu else self.name
+
+    def describe(self) -> str:
+        app = f"{self.job.app.name} ({self.app_id})" if self.app_id else self.job.app.name
+        return f"modal app {app}, volume {self.view.where()}"

@@ -1,0 +1,122 @@
+"""The job's files on its volume, seen from outside a container, and what they say.
+
+``VolumeView`` lists and reads through Modal's file API (no mount needed);
+``classify`` turns file names, the Dict's claims and records into each shard's
+state, for the orchestrator's survey and for ``forge status``.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+from collections.abc import Collection, Mapping, Sequence
+from typing import Any
+
+import modal
+import modal.exception
+from modal.types import FileEntryType
+
+from runner.backends.base import SurveyState
+from runner.backends.modal.names import volume_root
+from runner.spec.model import JobSpec, ShardTask
+from runner.store.claims import is_stale, this_host
+from runner.store.shards import RECORD_SUFFIX, RUNS_DIR
+
+
+def classify(
+    tasks: Sequence[ShardTask],
+    files: Collection[str],
+    claims: Mapping[str, dict[str, Any]],
+    records: Mapping[str, dict[str, Any]],
+    *,
+    now: float,
+    timeout_s: float,
+    trust_records: bool = False,
+) -> dict[str, SurveyState]:
+    """Each task's state from the volume's file names, the Dict's claims and records.
+
+    Done: the shard and its record are on the volume, or (``trust_records``)
+    the Dict has a done record: another run's container wrote it and its
+    commit is seconds away; that run checks its own commits. A run's first
+    survey trusts only the volume, since a record alone may be a lost commit.
+    Claimed or stale: a claim is held. Skipped: the record says so. Anything
+    else is missing, including a shard without a record: a task will check
+    that file in a container and write the record.
+    """
+    out: dict[str, SurveyState] = {}
+    for t in tasks:
+        on_volume = t.relpath in files and f"{t.key}{RECORD_SUFFIX}" in files
+        status = (records.get(t.key) or {}).get("status")
+        if on_volume or (trust_records and status == "done"):
+            out[t.key] = "done"
+        elif t.key in claims:
+            stale = is_stale(claims[t.key], now, timeout_s, this_host())
+            out[t.key] = "stale" if stale else "claimed"
+        elif status == "skipped":
+            out[t.key] = "skipped"
+        else:
+            out[t.key] = "missing"
+    return out
+
+
+class VolumeView:
+    """The job's files on its volume, through Modal's file API (no mount needed)."""
+
+    def __init__(self, spec: JobSpec, volume: modal.Volume) -> None:
+        self.spec = spec
+        self.volume = volume
+        root = str(volume_root(spec))
+        self.root = "" if root == "." else root.rstrip("/")
+
+    def path(self, rel: str) -> str:
+        return f"{self.root}/{rel}" if self.root else rel
+
+    def where(self, rel: str = "") -> str:
+        return f"{self.spec.output.volume}:/{self.path(rel) if rel else self.root}"
+
+    def files(self, under: str = "") -> dict[str, int]:
+        """Files below the job's root (or ``under`` it), as ``relpath -> size``."""
+        start = self.path(under) if under else (self.root or "/")
+        prefix = f"{self.root}/" if self.root else ""
+        try:
+            entries = self.volume.listdir(start, recursive=True)
+        except modal.exception.NotFoundError:
+            return {}
+        out: dict[str, int] = {}
+        for entry in entries:
+            path = entry.path.lstrip("/")
+            if entry.type == FileEntryType.FILE and path.startswith(prefix):
+                out[path[len(prefix) :]] = int(entry.size)
+        return out
+
+    def exists(self, rel: str) -> bool:
+        try:
+            return any(e.type == FileEntryType.FILE for e in self.volume.listdir(self.path(rel)))
+        except modal.exception.NotFoundError:
+            return False
+
+    def read(self, rel: str) -> bytes:
+        return b"".join(self.volume.read_file(self.path(rel)))
+
+    def read_json(self, rel: str) -> dict[str, Any] | None:
+        try:
+            obj = json.loads(self.read(rel))
+        except (modal.exception.NotFoundError, FileNotFoundError, ValueError):
+            return None
+        return obj if isinstance(obj, dict) else None
+
+    def upload(self, rel: str, data: bytes) -> str:
+        with self.volume.batch_upload(force=True) as batch:
+            batch.put_file(io.BytesIO(data), self.path(rel))
+        return self.where(rel)
+
+    def manifests(self) -> list[dict[str, Any]]:
+        """The job's run manifests (``_runs/*.json``), oldest first."""
+        out = []
+        for rel in sorted(self.files(RUNS_DIR)):
+            if rel.endswith(".json"):
+                m = self.read_json(rel)
+                if m is not None:
+                    out.append(m)
+        out.sort(key=lambda m: float(m.get("started") or 0.0))
+        return out
