@@ -12,8 +12,13 @@ Lifecycle, as the orchestrator uses it::
         backend.submit([TaskRequest, ...])    # a wave, at most capacity() - in_flight()
         for result in backend.poll(timeout):  # results in any order
             ...
+        backend.running()                     # live metering: what is billing now
+        backend.cancel(keys)                  # the budget's hard stop, Ctrl+C, SIGTERM
     backend.write_manifest(run_id, manifest)  # _runs/<run_id>.json in the store
     backend.stop(interrupted=False)           # or True on Ctrl+C / budget stop
+
+Backends are chosen by name in ``runner.backends.registry`` (one layer up), so
+this module imports none of its implementations.
 """
 
 from __future__ import annotations
@@ -51,9 +56,19 @@ class TaskRequest:
     exclusive: bool = False  # run alone (an out-of-memory retry)
 
 
+@dataclass(frozen=True)
+class Attempt:
+    """An attempt in flight as its backend sees it: what live metering charges for it."""
+
+    key: str
+    elapsed_s: float  # seconds billed so far (0 while it only waits in a queue)
+    gpu: str  # price-table name of the hardware it runs on (the dearest it may get, if unknown)
+    billing: bool = True  # False while queued: it costs nothing yet
+
+
 @dataclass
 class RunContext:
-    """What a backend is built from (``make_backend``)."""
+    """What a backend is built from (``registry.make_backend``)."""
 
     spec: JobSpec
     run_id: str
@@ -110,6 +125,27 @@ class Backend(abc.ABC):
         held, and no partial file is under a final name.
         """
 
+    def cancel(self, keys: Sequence[str]) -> list[TaskResult]:
+        """Stop these attempts now; one ``cancelled`` result per attempt that was stopped.
+
+        Used by the budget's hard stop and by Ctrl+C / SIGTERM, always followed
+        by ``stop(interrupted=True)``. Each result carries the seconds the
+        attempt ran and the hardware it ran on, so they are charged; the
+        attempt's claim is released and its temporary files are removed, so its
+        shard is left whole to the next run. Keys not in flight are ignored; a
+        key not answered (this default answers none, leaving the stopping to
+        ``stop``) is charged by the orchestrator's own meter.
+        """
+        return []
+
+    def running(self) -> dict[str, Attempt]:
+        """The attempts in flight and what they have cost so far (live metering).
+
+        A key missing here is metered by the orchestrator from when it was
+        submitted, at ``price_name`` of its request (the default for every key).
+        """
+        return {}
+
     def manifests(self) -> list[dict[str, Any]]:
         """The job's earlier run manifests (their spend counts against the budget)."""
         return []
@@ -130,17 +166,3 @@ class Backend(abc.ABC):
     def describe(self) -> str:
         """One line for the run header (where the store is, what runs)."""
         return self.name
-
-
-def make_backend(name: str, ctx: RunContext) -> Backend:
-    """The backend called ``name`` ("local" or "modal")."""
-    if name == "local":
-        from runner.backends.local import LocalBackend
-
-        return LocalBackend(ctx)
-    if name == "modal":
-        from runner.backends import modal as modal_backend
-
-        backend: Backend = modal_backend.ModalBackend(ctx)  # type: ignore[attr-defined,unused-ignore]
-        return backend
-    raise ValueError(f"unknown backend {name!r} (choose local or modal)")

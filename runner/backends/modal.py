@@ -40,7 +40,15 @@ from typing import Any
 import modal
 from modal.types import FileEntryType
 
-from runner.backends.base import Backend, BackendError, RunContext, SurveyState, TaskRequest, Tier
+from runner.backends.base import (
+    Attempt,
+    Backend,
+    BackendError,
+    RunContext,
+    SurveyState,
+    TaskRequest,
+    Tier,
+)
 from runner.backends.modal_claims import DictClaims
 from runner.backends.task import TaskResult, is_oom
 from runner.spec.model import JobSpec, ShardTask
@@ -827,6 +835,7 @@ class ModalBackend(Backend):
         self._run_cm: Any = None
         self._results: queue.Queue[TaskResult] = queue.Queue()
         self._pending: dict[str, TaskRequest] = {}
+        self._sent: dict[str, float] = {}  # key -> time.monotonic() at submit (live metering)
         self._tasks: dict[str, ShardTask] = {}  # every task submitted in this run
         self._surveyed = False  # the first survey trusts only the volume (see classify)
         self._lock = threading.Lock()
@@ -954,6 +963,7 @@ class ModalBackend(Backend):
         with self._lock:
             for req in wave:
                 self._pending[req.task.key] = req
+                self._sent[req.task.key] = time.monotonic()
                 self._tasks[req.task.key] = req.task
         for name, reqs in groups.items():
             threading.Thread(
@@ -992,8 +1002,46 @@ class ModalBackend(Backend):
 
     def _deliver(self, r: TaskResult) -> None:
         with self._lock:
-            self._pending.pop(r.key, None)
+            if self._pending.pop(r.key, None) is None:
+                return  # cancelled meanwhile: already answered by cancel()
         self._results.put(r)
+
+    def running(self) -> dict[str, Attempt]:
+        # Billed from the submit (a container's start is billed too), at the dearest
+        # GPU the input may land on: which one it got is known only from its result.
+        now = time.monotonic()
+        with self._lock:
+            return {
+                k: Attempt(k, now - self._sent.get(k, now), self.price_name(r.gpu))
+                for k, r in self._pending.items()
+            }
+
+    def cancel(self, keys: Sequence[str]) -> list[TaskResult]:
+        """Stop the app: inputs of a ``map`` wave cannot be cancelled one by one.
+
+        The orchestrator cancels only all of its work at once (the hard stop,
+        Ctrl+C). ``App.stop`` "terminates all of its running containers ... and
+        prevents new inputs from being processed" (modal 1.6.4, modal/app.py:1724-1729).
+        """
+        now = time.monotonic()
+        with self._lock:
+            reqs = [self._pending.pop(k) for k in keys if k in self._pending]
+        if not reqs:
+            return []
+        self.stop_app()
+        out = []
+        for req in reqs:
+            secs = now - self._sent.get(req.task.key, now)
+            gpu = self.price_name(req.gpu)
+            out.append(
+                TaskResult(
+                    key=req.task.key, status="cancelled", seconds=secs, gpu=gpu,
+                    usd=secs * dict(self.spec.pricing).get(gpu, 0.0) / 3600.0,
+                    error="cancelled", tier=req.tier, attempt=req.attempt, run_id=self.run_id,
+                )
+            )  # fmt: skip
+            self._release_claim_of_run(req.task.key)
+        return out
 
     def poll(self, timeout: float) -> list[TaskResult]:
         out: list[TaskResult] = []
