@@ -303,9 +303,12 @@ class LocalBackend(Backend):
         """Kill the workers running ``keys``; their other work goes back to the queue."""
         wanted = {k for k in keys if k in self._jobs}
         out: list[TaskResult] = []
-        for w in [w for w in self._workers if wanted & set(w.keys)]:
+        victims = [w for w in self._workers if wanted & set(w.keys)]
+        for w in victims:  # all killed first: billing ends with the kill, not with the reaping
             with contextlib.suppress(OSError):
                 os.kill(w.proc.pid or 0, signal.SIGKILL)
+        killed_at = time.monotonic()
+        for w in victims:
             w.proc.join(5.0)
             self._workers.remove(w)
             with contextlib.suppress(OSError):
@@ -322,7 +325,7 @@ class LocalBackend(Backend):
             with contextlib.suppress(ValueError):
                 self._to_write.remove(k)
             self._abandon(job)
-            r = self._failure(job, "cancelled", billed=job.stage != "queued")
+            r = self._failure(job, "cancelled", billed=job.stage != "queued", now=killed_at)
             r.status = "cancelled"
             out.append(r)
         return out
@@ -569,8 +572,10 @@ class LocalBackend(Backend):
                     break
         self._reap()
 
-    def _failure(self, job: _Job, why: str, oom: bool = False, billed: bool = True) -> TaskResult:
-        secs = time.monotonic() - job.sent if billed else 0.0
+    def _failure(
+        self, job: _Job, why: str, oom: bool = False, billed: bool = True, now: float | None = None
+    ) -> TaskResult:
+        secs = (now if now is not None else time.monotonic()) - job.sent if billed else 0.0
         return TaskResult(
             key=job.req.task.key,
             status="failed",

@@ -336,24 +336,26 @@ class Orchestrator:
             return
         m = self._meter()
         keys = list(self._inflight)
-        answered: set[str] = set()
-        for r in self.backend.cancel(keys):
-            if r.key in self._inflight:
-                answered.add(r.key)
-                self._handle(r)
+        results = [r for r in self.backend.cancel(keys) if r.key in self._inflight]
+        answered = {r.key for r in results}
         for key in keys:
-            if key in answered or key not in self._inflight:
+            if key in answered:
                 continue
             # The backend could not say: charge what our own meter read.
-            secs, name = m.seconds.get(key, (0.0, self.backend.price_name(self._inflight[key].gpu)))
             req = self._inflight[key]
-            self._handle(
+            secs, name = m.seconds.get(key, (0.0, self.backend.price_name(req.gpu)))
+            results.append(
                 TaskResult(
                     key=key, status="cancelled", seconds=secs, gpu=name, tier=req.tier,
-                    attempt=req.attempt, run_id=self.run_id, error=why,
+                    attempt=req.attempt, run_id=self.run_id,
                     usd=secs * price_of(self.spec, name) / 3600.0,
                 )
             )  # fmt: skip
+        for r in results:
+            r.error = why
+            self._handle(r)
+            if self.on_result is not None:
+                self.on_result(r)
         self.p.accrued_usd = 0.0
 
     def _on_sigterm(self, signum: int, frame: Any) -> None:
