@@ -27,10 +27,21 @@ import abc
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Generic, Literal, Protocol, TypeVar
 
 from runner.backends.task import TaskResult
-from runner.spec.model import JobSpec, ShardTask
+from runner.spec.model import JobSpec
+
+
+class Keyed(Protocol):
+    """What the orchestrator needs of a task: a key naming it in results and manifests."""
+
+    @property
+    def key(self) -> str: ...
+
+
+# What a task is: a spec.model.ShardTask for runs, a train.sweep.Trial for sweeps.
+T = TypeVar("T", bound=Keyed)
 
 Tier = Literal["default", "large"]
 
@@ -43,10 +54,10 @@ class BackendError(Exception):
 
 
 @dataclass(frozen=True)
-class TaskRequest:
-    """One attempt at one shard, as the orchestrator hands it to a backend."""
+class TaskRequest(Generic[T]):
+    """One attempt at one task (a shard, a trial), as the orchestrator hands it to a backend."""
 
-    task: ShardTask
+    task: T
     tier: Tier = "default"
     attempt: int = 0  # 0 for the first try
     gpu: tuple[str, ...] = ()  # GPU choices for this attempt (budget downgrade may change them)
@@ -76,8 +87,9 @@ class RunContext:
     options: dict[str, Any] = field(default_factory=dict)  # backend-specific knobs
 
 
-class Backend(abc.ABC):
-    """Where tasks run. Implementations: local.py (this machine), modal.py (Modal)."""
+class Backend(abc.ABC, Generic[T]):
+    """Where tasks run. Shards: local.py (this machine), modal.py (Modal); trials:
+    train/local_sweep.py and train/modal_sweep.py."""
 
     name: str = "?"
 
@@ -97,7 +109,7 @@ class Backend(abc.ABC):
         """Tasks submitted and not yet returned by poll()."""
 
     @abc.abstractmethod
-    def submit(self, wave: Sequence[TaskRequest]) -> None:
+    def submit(self, wave: Sequence[TaskRequest[T]]) -> None:
         """Start these tasks; returns at once."""
 
     @abc.abstractmethod
@@ -110,7 +122,7 @@ class Backend(abc.ABC):
         """
 
     @abc.abstractmethod
-    def survey(self, tasks: Sequence[ShardTask]) -> dict[str, SurveyState]:
+    def survey(self, tasks: Sequence[T]) -> dict[str, SurveyState]:
         """The state of each task's shard in the store (see ``SurveyState``)."""
 
     @abc.abstractmethod

@@ -49,10 +49,10 @@ from dataclasses import dataclass, field, replace
 from typing import Any
 
 from runner import __version__
-from runner.backends.base import Backend, TaskRequest, Tier
+from runner.backends.base import Backend, Keyed, TaskRequest, Tier
 from runner.backends.task import TaskResult
 from runner.spec import pricing
-from runner.spec.model import JobSpec, ShardTask
+from runner.spec.model import Compute, JobSpec, LargeTier, SweepSpec
 from runner.store.claims import pid_alive, this_host
 
 EXIT_OK = 0
@@ -82,6 +82,9 @@ class RunOptions:
     poll_s: float = 0.25  # longest wait for results: the live meter reads at least this often
     recheck_claimed_s: float = 3.0  # how often shards claimed by another run are looked at
     manifest_every_s: float = 2.0
+    # Seconds of an attempt before any is measured; None: the shard model of spec.pricing.
+    # Sweeps pass a trial's time limit (training stops itself there).
+    model_s: float | None = None
 
 
 @dataclass
@@ -164,12 +167,15 @@ class RunSummary:
         return EXIT_OK
 
 
-def price_of(spec: JobSpec, gpu: str) -> float:
+Spec = JobSpec | SweepSpec  # a run's shards, or a sweep's trials
+
+
+def price_of(spec: Spec, gpu: str) -> float:
     """$/hour of ``gpu`` from the job's price table (0 for a name it does not list)."""
     return float(dict(spec.pricing).get(gpu, 0.0))
 
 
-def spend_of(spec: JobSpec, r: TaskResult) -> float:
+def spend_of(spec: Spec, r: TaskResult) -> float:
     """What an attempt cost: its seconds at the price of the hardware that ran it."""
     if r.gpu and r.gpu in dict(spec.pricing):
         return pricing.usd(r.seconds, r.gpu, dict(spec.pricing))
@@ -192,9 +198,9 @@ class Meter:
 class Orchestrator:
     def __init__(
         self,
-        spec: JobSpec,
-        backend: Backend,
-        tasks: Sequence[ShardTask],
+        spec: Spec,
+        backend: Backend[Any],
+        tasks: Sequence[Keyed],
         *,
         run_id: str,
         options: RunOptions | None = None,
@@ -239,16 +245,20 @@ class Orchestrator:
         self._exclusive_running = False
 
     # -- requests --------------------------------------------------------------
-    def _request(self, task: ShardTask, tier: Tier = "default", attempt: int = 0) -> TaskRequest:
+    def _large(self) -> LargeTier | None:
+        return self.spec.compute.large if isinstance(self.spec, JobSpec) else None
+
+    def _request(self, task: Keyed, tier: Tier = "default", attempt: int = 0) -> TaskRequest[Any]:
         c = self.spec.compute
-        if tier == "large" and c.large is not None:
+        large = self._large()
+        if tier == "large" and large is not None:
             return TaskRequest(
                 task,
                 tier="large",
                 attempt=attempt,
-                gpu=tuple(c.large.gpu),
-                timeout_s=c.large.timeout_s,
-                max_states=c.large.max_states,
+                gpu=tuple(large.gpu),
+                timeout_s=large.timeout_s,
+                max_states=large.max_states,
                 final_tier=True,
             )
         return TaskRequest(
@@ -257,8 +267,8 @@ class Orchestrator:
             attempt=attempt,
             gpu=self.gpu,
             timeout_s=c.timeout_s,
-            max_states=c.max_states,
-            final_tier=c.large is None,
+            max_states=c.max_states if isinstance(c, Compute) else None,
+            final_tier=large is None,
         )
 
     def _push(self, req: TaskRequest, not_before: float = 0.0) -> None:
@@ -270,6 +280,8 @@ class Orchestrator:
         for measured in (self._secs.get(name), self._prior_secs.get(name)):
             if measured:
                 return sum(measured) / len(measured)
+        if self.opt.model_s is not None:
+            return self.opt.model_s
         try:
             return pricing.seconds_per_shard(name)
         except (KeyError, ValueError):
@@ -386,7 +398,7 @@ class Orchestrator:
         try:
             self.backend.start()
             survey = self.backend.survey(self.tasks)
-            todo: list[ShardTask] = []
+            todo: list[Keyed] = []
             for t in self.tasks:
                 if survey.get(t.key) == "done":
                     self.p.already_done += 1
@@ -573,7 +585,7 @@ class Orchestrator:
             self.p.skipped += 1
             self.skipped_keys.append(r.key)
         elif st == "too_large":
-            if req.tier == "default" and self.spec.compute.large is not None:
+            if req.tier == "default" and self._large() is not None:
                 self.p.rerouted += 1
                 self._push(self._request(req.task, "large"))
             else:  # nowhere to go (a backend answered too_large on a final tier)

@@ -7,17 +7,22 @@ at the same place the oracle functions use. Its body is :func:`train_trial`, a p
 module-level function calling the same ``run_trial`` as the local backend, so
 ``Function.local()`` runs it here.
 
-Trials go out in waves through ``.map(order_outputs=False)``: a wave holds only as many
-trials as the budget affords at their worst case (the whole time limit on the dearest GPU
-of the list), so a sweep never runs past ``budget.max_usd``. Results (metrics and params)
-come back as return values; records and checkpoints are written here, as they arrive.
+Trials are tasks of the shared orchestrator (``runner.train.sweeprun``): its waves go out
+through ``.map(order_outputs=False)`` here (:class:`ModalSweepBackend`), metered from their
+submit at the dearest GPU of the list; the budget's hard stop stops the app. Results
+(metrics and params) come back as return values; records and checkpoints are written
+here, as they arrive.
 
 Compiling works offline and without credentials; running needs both.
 """
 
 from __future__ import annotations
 
+import queue
 import sys
+import threading
+import time
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import PurePosixPath
 from typing import Any
@@ -25,6 +30,7 @@ from typing import Any
 import modal
 import modal.exception
 
+from runner.backends.base import Attempt, TaskRequest, Tier
 from runner.backends.modal import (
     IMAGE_REQUIREMENTS,
     MOUNT,
@@ -35,17 +41,9 @@ from runner.backends.modal import (
     user_error,
     volume_root,
 )
+from runner.backends.task import TaskResult
 from runner.spec.model import SweepSpec
-from runner.train.sweep import (
-    Budget,
-    DataPlan,
-    Event,
-    SweepOutcome,
-    Trial,
-    payload,
-    pick_shards,
-    record_result,
-)
+from runner.train.sweep import DataPlan, Trial, TrialBackend, payload, pick_shards
 from runner.train.trial import run_trial
 
 FUNCTION_NAME = "train_trial"
@@ -154,102 +152,131 @@ def resolve_volume_data(spec: SweepSpec, data_dir: str | None = None) -> DataPla
     )
 
 
-def run_modal(
-    spec: SweepSpec,
-    data: DataPlan,
-    todo: list[Trial],
-    outcome: SweepOutcome,
-    budget: Budget,
-    emit: Event,
-) -> None:
-    require_credentials()
-    compiled = compile_sweep(spec)
-    prices = dict(spec.pricing)
-    worst = worst_case_usd(spec)
-    root = data.root
-    limit = time_limit_s(spec.compute.timeout_s)
-    queue = list(todo)
-    try:
-        _dispatch(compiled, spec, data, queue, outcome, budget, emit, root, limit, worst, prices)
-    except Exception as e:
-        friendly = user_error(e)
-        if friendly is not None:
-            raise friendly from None
-        raise
+class ModalSweepBackend(TrialBackend):
+    """Trials as inputs of ``train_trial``: one ``map`` call per wave, read by a thread."""
 
+    name = "modal"
 
-def _dispatch(
-    compiled: CompiledSweep,
-    spec: SweepSpec,
-    data: DataPlan,
-    queue: list[Trial],
-    outcome: SweepOutcome,
-    budget: Budget,
-    emit: Event,
-    root: str,
-    limit: float,
-    worst: float,
-    prices: dict[str, float],
-) -> None:
-    # leaving this block (Ctrl+C included) stops the app and its containers
-    with compiled.app.run():
-        while queue:
-            wave: list[Trial] = []
-            while queue and len(wave) < spec.compute.max_containers and budget.try_reserve(worst):
-                wave.append(queue.pop(0))
-            if not wave:
-                outcome.budget_stopped.extend(t.trial_id for t in queue)
-                emit("budget_stop", {"trials": queue, "spent": budget.spent, "max_usd": budget.max_usd})
-                return
-            by_id = {t.trial_id: t for t in wave}
-            for t in wave:
-                emit("trial_start", {"trial": t})
-            requests = [payload(t, data, root, limit) for t in wave]
-            errors: list[BaseException] = []
-            for result in compiled.function.map(requests, order_outputs=False, return_exceptions=True):
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        require_credentials()
+        self.compiled = compile_sweep(self.spec)
+        self.prices = dict(self.spec.pricing)
+        self.limit = time_limit_s(self.spec.compute.timeout_s)
+        self._cm: Any = None
+        self._sent: dict[str, float] = {}
+        self._trials: dict[str, Trial] = {}
+        self._results: queue.Queue[tuple[Trial, dict[str, Any], str]] = queue.Queue()
+
+    def _friendly(self, e: BaseException) -> BaseException:
+        return user_error(e) or e
+
+    def start(self) -> None:
+        # leaving the app (stop(), Ctrl+C included) stops it and its containers
+        self._cm = self.compiled.app.run()
+        try:
+            self._cm.__enter__()
+        except Exception as e:
+            self._cm = None
+            raise self._friendly(e) from None
+
+    def capacity(self, tier: Tier = "default") -> int:
+        return int(self.spec.compute.max_containers)
+
+    def in_flight(self) -> int:
+        return len(self._trials)
+
+    def price_name(self, gpu: tuple[str, ...]) -> str:
+        """The dearest GPU of the list: which one a trial got is known only from its result."""
+        return max(gpu or self.spec.compute.gpu, key=lambda g: float(self.prices.get(g, 0.0)))
+
+    def submit(self, wave: Sequence[TaskRequest[Trial]]) -> None:
+        now = time.monotonic()
+        for req in wave:
+            self._trials[req.task.trial_id] = req.task
+            self._sent[req.task.trial_id] = now
+            self.emit("trial_start", {"trial": req.task})
+        trials = [r.task for r in wave]
+        threading.Thread(target=self._run_wave, args=(trials,), name="forge-sweep-wave", daemon=True).start()
+
+    def _run_wave(self, trials: list[Trial]) -> None:
+        by_id = {t.trial_id: t for t in trials}
+        requests = [payload(t, self.data, self.data.root, self.limit) for t in trials]
+        errors: list[BaseException] = []
+        try:
+            for result in self.compiled.function.map(requests, order_outputs=False, return_exceptions=True):
                 if isinstance(result, BaseException):
                     errors.append(result)
                     continue
                 trial = by_id.pop(str(result["trial_id"]), None)
-                if trial is None:
-                    continue
-                gpu = gpu_from_device(str(result.get("device", "")), spec.compute.gpu, prices)
-                result["seconds"] = float(result.get("seconds", 0.0)) + STARTUP_S
-                rec = record_result(
-                    outcome, trial, result, gpu=gpu, price_per_hour=float(prices.get(gpu, 0.0)), emit=emit
-                )
-                budget.settle(worst, float(rec["cost_usd"]))
-            _fail_unanswered(list(by_id.values()), errors, spec, outcome, budget, emit, worst, prices)
+                if trial is not None:
+                    gpu = gpu_from_device(str(result.get("device", "")), self.spec.compute.gpu, self.prices)
+                    result["seconds"] = float(result.get("seconds", 0.0)) + STARTUP_S
+                    self._results.put((trial, result, gpu))
+        except Exception as e:  # the whole call failed (app stopped, connection lost, ...)
+            errors.append(e)
+        left = list(by_id.values())
+        for trial, failed in zip(left, _fail_unanswered(left, errors, self.spec), strict=True):
+            self._results.put((trial, failed, self.price_name(())))
+
+    def poll(self, timeout: float) -> list[TaskResult]:
+        got: list[tuple[Trial, dict[str, Any], str]] = []
+        try:
+            got.append(self._results.get(timeout=max(0.0, timeout)))
+            while True:
+                got.append(self._results.get_nowait())
+        except queue.Empty:
+            pass
+        out = []
+        for trial, result, gpu in got:
+            if self._trials.pop(trial.trial_id, None) is None:
+                continue  # cancelled meanwhile: answered by cancel()
+            out.append(self.finish(trial, result, gpu=gpu, price_per_hour=float(self.prices.get(gpu, 0.0))))
+        return out
+
+    def running(self) -> dict[str, Attempt]:
+        now = time.monotonic()
+        gpu = self.price_name(())
+        return {k: Attempt(k, now - self._sent.get(k, now), gpu) for k in self._trials}
+
+    def cancel(self, keys: Sequence[str]) -> list[TaskResult]:
+        """Stop the app: the inputs of a ``map`` cannot be cancelled one by one.
+
+        ``App.stop`` "terminates all of its running containers ... and prevents new
+        inputs from being processed" (modal 1.6.4, modal/app.py:1724-1729).
+        """
+        now = time.monotonic()
+        trials = [self._trials.pop(k) for k in keys if k in self._trials]
+        if trials:
+            try:
+                self.compiled.app.stop()
+            except Exception as e:
+                raise self._friendly(e) from None
+        gpu = self.price_name(())
+        return [self.cancelled(t, now - self._sent.get(t.trial_id, now), gpu) for t in trials]
+
+    def stop(self, *, interrupted: bool) -> None:
+        cm, self._cm = self._cm, None
+        if cm is not None:
+            cm.__exit__(None, None, None)
 
 
-def _fail_unanswered(
-    trials: list[Trial],
-    errors: list[BaseException],
-    spec: SweepSpec,
-    outcome: SweepOutcome,
-    budget: Budget,
-    emit: Event,
-    worst: float,
-    prices: dict[str, float],
-) -> None:
-    """Record the trials of a wave that got no result as failed.
+def _fail_unanswered(trials: list[Trial], errors: list[BaseException], spec: SweepSpec) -> list[dict[str, Any]]:
+    """Failed results for the trials of a wave that got none.
 
     With ``order_outputs=False`` Modal does not say which input an exception belongs
     to, so every unanswered trial fails with the wave's errors. As many of them as there
-    were timeouts are charged their whole timeout on the dearest GPU (as the oracle's
-    Modal backend does), so the spend never under-counts.
+    were timeouts are charged their whole timeout (at the dearest GPU, by the caller), as
+    the oracle's Modal backend does, so the spend never under-counts.
     """
     text = "; ".join(dict.fromkeys(f"{type(e).__name__}: {e}" for e in errors)) or "no result came back"
     timeouts = sum(isinstance(e, modal.exception.FunctionTimeoutError) for e in errors)
-    dearest = max(spec.compute.gpu, key=lambda g: float(prices.get(g, 0.0)))
-    for i, trial in enumerate(trials):
-        failed = {
+    return [
+        {
             "trial_id": trial.trial_id,
             "status": "failed",
             "error": f"Modal: {text}"[:4000],
             "seconds": float(spec.compute.timeout_s) if i < timeouts else 0.0,
         }
-        rec = record_result(
-            outcome, trial, failed, gpu=dearest, price_per_hour=float(prices.get(dearest, 0.0)), emit=emit
-        )
-        budget.settle(worst, float(rec["cost_usd"]))
+        for i, trial in enumerate(trials)
+    ]

@@ -130,8 +130,8 @@ def test_data_and_out_flags_and_the_budget_guard(project: Path, tmp_path_factory
     sweep_file(project, timeout=60, max_usd=5, extra="pricing: {local: 3600}\n")
     results = tmp_path_factory.mktemp("results")
     r = forge("sweep", "sweep.yaml", "--data", str(elsewhere / "tiny"), "--out", str(results), cwd=project)
-    assert r.returncode == 1, r.stdout + r.stderr
-    assert "budget" in r.stdout and "2 trial(s) not started" in r.stdout
+    assert r.returncode == 3, r.stdout + r.stderr
+    assert "budget" in r.stdout and "2 trial(s) not finished" in r.stdout
     table = json.loads((results / "results.json").read_text())
     assert [t["status"] for t in table] == ["budget", "budget"]
     assert not (results / "checkpoints").exists()

@@ -91,21 +91,13 @@ def test_trials_without_a_result_fail_and_timeouts_are_charged(spec: SweepSpec, 
     import modal.exception
 
     from runner.train.loop import TrainConfig
-    from runner.train.sweep import Budget, SweepOutcome, Trial
+    from runner.train.sweep import Trial
 
     trials = [Trial(i, f"t{i}", {"lr": 0.1 * i}, TrainConfig()) for i in (1, 2, 3)]
-    outcome = SweepOutcome(spec, tmp_path, "modal", trials, {})
-    worst = modal_sweep.worst_case_usd(spec)
-    budget = Budget(max_usd=5.0)
-    for _ in trials:
-        assert budget.try_reserve(worst)
     errors = [modal.exception.FunctionTimeoutError("timed out"), RuntimeError("container lost")]
-    prices = dict(spec.pricing)
-    modal_sweep._fail_unanswered(trials, errors, spec, outcome, budget, lambda k, i: None, worst, prices)
-    records = [outcome.records[t.trial_id] for t in trials]
-    assert [r["status"] for r in records] == ["failed"] * 3
-    assert all("timed out" in r["error"] and "container lost" in r["error"] for r in records)
-    charged = [r["cost_usd"] for r in records]
-    assert charged[0] == pytest.approx(worst, rel=1e-4) and charged[1:] == [0.0, 0.0]
-    assert budget.reserved == pytest.approx(0.0) and budget.spent == pytest.approx(worst, rel=1e-4)
-    assert not (tmp_path / "checkpoints").exists()
+    results = modal_sweep._fail_unanswered(trials, errors, spec)
+    assert [r["trial_id"] for r in results] == ["t1", "t2", "t3"]
+    assert [r["status"] for r in results] == ["failed"] * 3
+    assert all("timed out" in r["error"] and "container lost" in r["error"] for r in results)
+    # one timeout among the errors: one trial is charged its whole timeout
+    assert [r["seconds"] for r in results] == [float(spec.compute.timeout_s), 0.0, 0.0]
