@@ -263,12 +263,14 @@ def run(
 
     Finished shards are skipped, so a rerun only does what is missing (a crashed
     run's leftovers are taken over). Shows a progress bar (done, skipped, failed,
-    shards/min, states/s, ETA, spend) and a summary. Stops dispatching once the
-    job's spend plus the work in flight reaches the budget. Ctrl+C stops the
-    workers and releases their claims.
+    shards/min, states/s, ETA, spend) and a summary. The budget is metered
+    live: no shard starts unless its estimate fits under the cap with the work
+    in flight, and the work in flight is stopped (and charged) when the job's
+    spend reaches the cap. Ctrl+C or SIGTERM stops the workers, charges what
+    they ran and releases their claims.
 
     Exit codes: 0 all planned shards exist, 1 some failed, 3 stopped by the
-    budget, 130 interrupted.
+    budget (or ended above it), 130 interrupted, 143 SIGTERM.
 
     \b
     Example:
