@@ -1028,7 +1028,10 @@ class ModalBackend(Backend):
             reqs = [self._pending.pop(k) for k in keys if k in self._pending]
         if not reqs:
             return []
-        self.stop_app()
+        if self._remote is None:
+            self.stop_app()
+        # else (--detach): this code runs inside the app; stop(interrupted=True) stops it
+        # once the orchestrator has written its manifest.
         out = []
         for req in reqs:
             secs = now - self._sent.get(req.task.key, now)

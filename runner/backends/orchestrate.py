@@ -243,6 +243,7 @@ class Orchestrator:
         self.stopped_by: str | None = None
         self.total_planned = len(self.tasks)
         self._exclusive_running = False
+        self._hard_stopped = False  # work in flight was cancelled
 
     # -- requests --------------------------------------------------------------
     def _large(self) -> LargeTier | None:
@@ -346,6 +347,7 @@ class Orchestrator:
         """Cancel every attempt in flight and charge each for the seconds it ran."""
         if not self._inflight:
             return
+        self._hard_stopped = True
         m = self._meter()
         keys = list(self._inflight)
         results = [r for r in self.backend.cancel(keys) if r.key in self._inflight]
@@ -369,6 +371,10 @@ class Orchestrator:
             if self.on_result is not None:
                 self.on_result(r)
         self.p.accrued_usd = 0.0
+        # Charged before the backend stops: stopping may end this very process (a
+        # detached Modal run stops the app it runs in).
+        status = {"budget": "budget", "terminate": "terminated"}.get(self.stopped_by or "", "interrupted")
+        self._write_manifest(status, force=True, final=True)
 
     def _on_sigterm(self, signum: int, frame: Any) -> None:
         raise Terminated()
@@ -436,7 +442,9 @@ class Orchestrator:
                 self._recheck_claimed()
                 self._emit()
                 self._write_manifest("running")
-            self.backend.stop(interrupted=self.stopped_by is not None)
+            # After a hard stop the backend must not leave anything running (a detached
+            # Modal run stops its app only here, after the manifest below is written).
+            self.backend.stop(interrupted=self._hard_stopped)
         except KeyboardInterrupt as e:
             self.stopped_by = "terminate" if isinstance(e, Terminated) else "interrupt"
             try:

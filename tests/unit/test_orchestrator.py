@@ -369,7 +369,7 @@ def test_the_hard_stop_cancels_work_in_flight_at_the_cap_and_charges_it(tmp_path
     assert [a["status"] for a in m["attempts"]] == ["cancelled", "cancelled"]
     assert [a["seconds"] for a in m["attempts"]] == pytest.approx([12.55, 12.55], abs=0.02)
     assert m["in_flight"] == [] and m["accrued_usd"] == 0
-    assert s.progress.remaining == 4 and be.stopped == [True]
+    assert s.progress.remaining == 4 and be.stopped == [True] and be.inflight == {}
     # The rerun counts the cancelled seconds as spent and, with room, finishes exactly.
     clock2 = Clock()
     be2 = Scripted(spec, clock2, cap=2, done=be.done, manifests=[m])
