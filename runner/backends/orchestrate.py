@@ -120,6 +120,11 @@ class Progress:
         return max(0.0, self.job_spend - self.max_usd)
 
     @property
+    def ended_over_cap(self) -> bool:
+        """This run spent money and the job ended above its cap (a rerun with nothing to do did not)."""
+        return self.overshoot_usd > 1e-9 and self.spend_usd > 0
+
+    @property
     def finished(self) -> int:
         return self.already_done + self.solved + self.done_elsewhere + self.skipped + self.failed
 
@@ -160,7 +165,7 @@ class RunSummary:
             return EXIT_INTERRUPTED
         if self.stopped_by == "terminate":
             return EXIT_TERMINATED
-        if self.stopped_by == "budget" or self.progress.overshoot_usd > 1e-9:
+        if self.stopped_by == "budget" or self.progress.ended_over_cap:
             return EXIT_BUDGET
         if self.progress.failed or self.progress.remaining:
             return EXIT_FAILED
@@ -463,7 +468,7 @@ class Orchestrator:
         status = {
             None: "finished", "budget": "budget", "interrupt": "interrupted", "terminate": "terminated"
         }[self.stopped_by]  # fmt: skip
-        if status == "finished" and self.p.overshoot_usd > 1e-9:
+        if status == "finished" and self.p.ended_over_cap:
             status = "budget"
         elif status == "finished" and (self.p.failed or self.p.remaining):
             status = "failed"

@@ -226,9 +226,13 @@ def test_external_kill_9_mid_solve_leaves_no_worker_and_rerun_finishes(tmp_path:
             return True
 
     wait_for(gone, 30)
+    assert manifests(tmp_path)[0]["status"] == "running"
     r = forge("run", "job.yaml", cwd=tmp_path)
     assert r.returncode == 0, r.stdout + r.stderr
     assert_complete(tmp_path, ["train/seed_00000030_decl_0"])
+    # The killed run's manifest no longer claims to be running.
+    killed, rerun = manifests(tmp_path)
+    assert killed["status"] == "abandoned" and rerun["status"] == "finished"
 
 
 @pytest.mark.slow

@@ -389,6 +389,10 @@ def test_a_run_that_ends_above_its_cap_exits_3_and_says_by_how_much(tmp_path: Pa
     assert s.progress.overshoot_usd == pytest.approx(2.0)
     m = be.written["run-test"]
     assert m["status"] == "budget" and m["overshoot_usd"] == pytest.approx(2.0)
+    # A rerun with nothing left to do spends nothing: it did not pass the cap.
+    be2 = Scripted(spec, Clock(), done=be.done, manifests=[m])
+    s2 = orchestrate(spec, be2, be2.clock, run_id="run-2")
+    assert s2.progress.overshoot_usd == pytest.approx(2.0) and s2.exit_code == EXIT_OK
 
 
 def test_estimates_start_from_earlier_runs_records(tmp_path: Path) -> None:
