@@ -171,29 +171,39 @@ def plan(job: str, backend: str | None, out: str, as_json: bool) -> None:
     default=None,
     help="Where records, checkpoints and results go (default: sweeps/<name>).",
 )
-def sweep(sweep_file: str, backend: str, data_dir: str | None, out_dir: str | None) -> None:
+@click.option(
+    "--max-usd",
+    type=click.FloatRange(min=0),
+    default=None,
+    help="Budget cap for the sweep's spend, replacing budget.max_usd.",
+)
+def sweep(sweep_file: str, backend: str, data_dir: str | None, out_dir: str | None, max_usd: float | None) -> None:
     """Train one model per config of a sweep file on the data job's shards; rank them.
 
     Every config is a trial. A finished trial is recorded (OUT/trials/ID.json, with
     its checkpoint in OUT/checkpoints/) and skipped when the sweep runs again, so a
-    rerun only trains what is missing. The budget guard starts a trial only if its
-    worst case (the whole compute.timeout_s) fits in budget.max_usd. Ends with a
-    results table sorted by the objective, OUT/results.json and OUT/results.csv,
-    and the best config and its checkpoint. Exit 1 if a trial failed or the budget
-    stopped the sweep.
+    rerun only trains what is missing. Trials share the budget rules of forge run
+    (see README, Budget): a trial starts only if its estimate fits under the cap,
+    and trials in flight are stopped when the spend reaches it (recorded as not
+    finished; a rerun trains them). Ends with a results table sorted by the
+    objective, OUT/results.json and OUT/results.csv, and the best config and its
+    checkpoint. Exit 1 if a trial failed, 3 if the budget stopped the sweep, 130
+    on Ctrl+C, 143 on SIGTERM.
 
     \b
     Example:
       forge sweep jobs/sweep.yaml
       forge sweep jobs/sweep-gpu.yaml --backend modal
       forge sweep jobs/sweep.yaml --data /data/shards/smoke --out /tmp/my-sweep
+      forge sweep jobs/sweep.yaml --max-usd 5
     """
     from rich.console import Console
 
     from runner.backends.modal import ModalUserError
     from runner.spec.load import load_sweep
     from runner.train.report import Reporter, print_outcome
-    from runner.train.sweep import SweepError, run_sweep
+    from runner.train.sweep import SweepError
+    from runner.train.sweeprun import run_sweep
 
     with _user_errors():
         spec = load_sweep(sweep_file)
@@ -203,7 +213,7 @@ def sweep(sweep_file: str, backend: str, data_dir: str | None, out_dir: str | No
     console = Console(highlight=False, width=None if sys.stdout.isatty() else 160)
     try:
         outcome = run_sweep(
-            spec, backend=backend, data_dir=data_dir, out_dir=out_dir, on_event=Reporter(console)
+            spec, backend=backend, data_dir=data_dir, out_dir=out_dir, on_event=Reporter(console), max_usd=max_usd
         )
     except SweepError as e:
         click.echo(f"error: {e}", err=True)
@@ -215,7 +225,7 @@ def sweep(sweep_file: str, backend: str, data_dir: str | None, out_dir: str | No
         click.echo("interrupted: unfinished trials run again on the next forge sweep", err=True)
         raise SystemExit(130) from None
     print_outcome(console, outcome)
-    raise SystemExit(1 if outcome.failed or outcome.budget_stopped else 0)
+    raise SystemExit(outcome.exit_code or (1 if outcome.failed else 0))
 
 
 # --- run / status (runner.backends, runner.store) -------------------------------------
@@ -257,12 +267,14 @@ def run(
 
     Finished shards are skipped, so a rerun only does what is missing (a crashed
     run's leftovers are taken over). Shows a progress bar (done, skipped, failed,
-    shards/min, states/s, ETA, spend) and a summary. Stops dispatching once the
-    job's spend plus the work in flight reaches the budget. Ctrl+C stops the
-    workers and releases their claims.
+    shards/min, states/s, ETA, spend) and a summary. The budget is metered
+    live: no shard starts unless its estimate fits under the cap with the work
+    in flight, and the work in flight is stopped (and charged) when the job's
+    spend reaches the cap. Ctrl+C or SIGTERM stops the workers, charges what
+    they ran and releases their claims.
 
     Exit codes: 0 all planned shards exist, 1 some failed, 3 stopped by the
-    budget, 130 interrupted.
+    budget (or ended above it), 130 interrupted, 143 SIGTERM.
 
     \b
     Example:

@@ -12,8 +12,13 @@ Lifecycle, as the orchestrator uses it::
         backend.submit([TaskRequest, ...])    # a wave, at most capacity() - in_flight()
         for result in backend.poll(timeout):  # results in any order
             ...
+        backend.running()                     # live metering: what is billing now
+        backend.cancel(keys)                  # the budget's hard stop, Ctrl+C, SIGTERM
     backend.write_manifest(run_id, manifest)  # _runs/<run_id>.json in the store
     backend.stop(interrupted=False)           # or True on Ctrl+C / budget stop
+
+Backends are chosen by name in ``runner.backends.registry`` (one layer up), so
+this module imports none of its implementations.
 """
 
 from __future__ import annotations
@@ -22,10 +27,21 @@ import abc
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Generic, Literal, Protocol, TypeVar
 
 from runner.backends.task import TaskResult
-from runner.spec.model import JobSpec, ShardTask
+from runner.spec.model import JobSpec
+
+
+class Keyed(Protocol):
+    """What the orchestrator needs of a task: a key naming it in results and manifests."""
+
+    @property
+    def key(self) -> str: ...
+
+
+# What a task is: a spec.model.ShardTask for runs, a train.sweep.Trial for sweeps.
+T = TypeVar("T", bound=Keyed)
 
 Tier = Literal["default", "large"]
 
@@ -38,10 +54,10 @@ class BackendError(Exception):
 
 
 @dataclass(frozen=True)
-class TaskRequest:
-    """One attempt at one shard, as the orchestrator hands it to a backend."""
+class TaskRequest(Generic[T]):
+    """One attempt at one task (a shard, a trial), as the orchestrator hands it to a backend."""
 
-    task: ShardTask
+    task: T
     tier: Tier = "default"
     attempt: int = 0  # 0 for the first try
     gpu: tuple[str, ...] = ()  # GPU choices for this attempt (budget downgrade may change them)
@@ -51,9 +67,19 @@ class TaskRequest:
     exclusive: bool = False  # run alone (an out-of-memory retry)
 
 
+@dataclass(frozen=True)
+class Attempt:
+    """An attempt in flight as its backend sees it: what live metering charges for it."""
+
+    key: str
+    elapsed_s: float  # seconds billed so far (0 while it only waits in a queue)
+    gpu: str  # price-table name of the hardware it runs on (the dearest it may get, if unknown)
+    billing: bool = True  # False while queued: it costs nothing yet
+
+
 @dataclass
 class RunContext:
-    """What a backend is built from (``make_backend``)."""
+    """What a backend is built from (``registry.make_backend``)."""
 
     spec: JobSpec
     run_id: str
@@ -61,8 +87,9 @@ class RunContext:
     options: dict[str, Any] = field(default_factory=dict)  # backend-specific knobs
 
 
-class Backend(abc.ABC):
-    """Where tasks run. Implementations: local.py (this machine), modal.py (Modal)."""
+class Backend(abc.ABC, Generic[T]):
+    """Where tasks run. Shards: local.py (this machine), modal.py (Modal); trials:
+    train/local_sweep.py and train/modal_sweep.py."""
 
     name: str = "?"
 
@@ -82,7 +109,7 @@ class Backend(abc.ABC):
         """Tasks submitted and not yet returned by poll()."""
 
     @abc.abstractmethod
-    def submit(self, wave: Sequence[TaskRequest]) -> None:
+    def submit(self, wave: Sequence[TaskRequest[T]]) -> None:
         """Start these tasks; returns at once."""
 
     @abc.abstractmethod
@@ -95,7 +122,7 @@ class Backend(abc.ABC):
         """
 
     @abc.abstractmethod
-    def survey(self, tasks: Sequence[ShardTask]) -> dict[str, SurveyState]:
+    def survey(self, tasks: Sequence[T]) -> dict[str, SurveyState]:
         """The state of each task's shard in the store (see ``SurveyState``)."""
 
     @abc.abstractmethod
@@ -109,6 +136,27 @@ class Backend(abc.ABC):
         After stop, no task of this run is running, no claim of this run is
         held, and no partial file is under a final name.
         """
+
+    def cancel(self, keys: Sequence[str]) -> list[TaskResult]:
+        """Stop these attempts now; one ``cancelled`` result per attempt that was stopped.
+
+        Used by the budget's hard stop and by Ctrl+C / SIGTERM, always followed
+        by ``stop(interrupted=True)``. Each result carries the seconds the
+        attempt ran and the hardware it ran on, so they are charged; the
+        attempt's claim is released and its temporary files are removed, so its
+        shard is left whole to the next run. Keys not in flight are ignored; a
+        key not answered (this default answers none, leaving the stopping to
+        ``stop``) is charged by the orchestrator's own meter.
+        """
+        return []
+
+    def running(self) -> dict[str, Attempt]:
+        """The attempts in flight and what they have cost so far (live metering).
+
+        A key missing here is metered by the orchestrator from when it was
+        submitted, at ``price_name`` of its request (the default for every key).
+        """
+        return {}
 
     def manifests(self) -> list[dict[str, Any]]:
         """The job's earlier run manifests (their spend counts against the budget)."""
@@ -130,17 +178,3 @@ class Backend(abc.ABC):
     def describe(self) -> str:
         """One line for the run header (where the store is, what runs)."""
         return self.name
-
-
-def make_backend(name: str, ctx: RunContext) -> Backend:
-    """The backend called ``name`` ("local" or "modal")."""
-    if name == "local":
-        from runner.backends.local import LocalBackend
-
-        return LocalBackend(ctx)
-    if name == "modal":
-        from runner.backends import modal as modal_backend
-
-        backend: Backend = modal_backend.ModalBackend(ctx)  # type: ignore[attr-defined,unused-ignore]
-        return backend
-    raise ValueError(f"unknown backend {name!r} (choose local or modal)")

@@ -7,9 +7,10 @@ from pathlib import Path
 
 from rich.console import Console
 
-from runner.backends.base import RunContext, make_backend
+from runner.backends.base import RunContext
 from runner.backends.orchestrate import Orchestrator, RunOptions, RunSummary, new_run_id
 from runner.backends.progress import RunDisplay
+from runner.backends.registry import make_backend
 from runner.spec.load import load_job
 from runner.spec.plan import tasks as plan_tasks
 

@@ -38,8 +38,7 @@ from multiprocessing.process import BaseProcess
 from pathlib import Path
 from typing import Any
 
-from runner.backends import task as task_mod
-from runner.backends.base import Backend, RunContext, SurveyState, TaskRequest, Tier
+from runner.backends.base import Attempt, Backend, RunContext, SurveyState, TaskRequest, Tier
 from runner.backends.task import TaskResult, TaskRun, run_task
 from runner.spec.model import Commit, JobSpec, ShardTask
 from runner.store.claims import LocalClaims, clear_stale, is_stale, pid_alive, this_host
@@ -97,7 +96,6 @@ def _worker_main(role: str, conn: Connection, cfg: dict[str, Any]) -> None:
     _die_with_parent(cfg["parent"])
     if role == "writer":  # writers never touch the device
         os.environ["JAX_PLATFORMS"] = "cpu"
-    task_mod.fault_kill_pids.append(cfg["parent"])
     store = ShardStore(cfg["root"], commit=cfg["commit"])
     claims = LocalClaims(cfg["root"])
     shm = Path(cfg["shm"])
@@ -133,6 +131,7 @@ def _task_kwargs(cfg: dict[str, Any], req: TaskRequest) -> dict[str, Any]:
         "final_tier": req.final_tier,
         "tier": req.tier,
         "attempt": req.attempt,
+        "kill_with": (cfg["parent"],),  # a FORGE_FAULT kill takes the whole run down
     }
 
 
@@ -270,15 +269,13 @@ class LocalBackend(Backend):
 
     def _start_workers(self) -> None:
         # Lazily, on the first submit: a rerun with nothing to do starts no process.
-        if self._started:
+        # Also refills the places of workers that cancel() killed.
+        if self._broken is not None:
             return
-        if self.mode == "pipeline":
-            self._spawn("solver")
-            for _ in range(self.n_workers):
-                self._spawn("writer")
-        else:
-            for _ in range(self.n_workers):
-                self._spawn("full")
+        want = {"solver": 1, "writer": self.n_workers} if self.mode == "pipeline" else {"full": self.n_workers}
+        for role, n in want.items():
+            for _ in range(n - sum(1 for w in self._workers if w.role == role)):
+                self._spawn(role)
         self._started = True
 
     def capacity(self, tier: Tier = "default") -> int:
@@ -293,6 +290,45 @@ class LocalBackend(Backend):
 
     def price_name(self, gpu: tuple[str, ...]) -> str:
         return LOCAL_GPU
+
+    def running(self) -> dict[str, Attempt]:
+        # A queued job waits for a worker: it bills nothing until one takes it.
+        now = time.monotonic()
+        return {
+            k: Attempt(k, now - j.sent if j.stage != "queued" else 0.0, LOCAL_GPU, j.stage != "queued")
+            for k, j in self._jobs.items()
+        }
+
+    def cancel(self, keys: Sequence[str]) -> list[TaskResult]:
+        """Kill the workers running ``keys``; their other work goes back to the queue."""
+        wanted = {k for k in keys if k in self._jobs}
+        out: list[TaskResult] = []
+        victims = [w for w in self._workers if wanted & set(w.keys)]
+        for w in victims:  # all killed first: billing ends with the kill, not with the reaping
+            with contextlib.suppress(OSError):
+                os.kill(w.proc.pid or 0, signal.SIGKILL)
+        killed_at = time.monotonic()
+        for w in victims:
+            w.proc.join(5.0)
+            self._workers.remove(w)
+            with contextlib.suppress(OSError):
+                w.conn.close()
+            for k in w.keys:
+                if k not in wanted and k in self._jobs:  # a bystander queued at the same solver
+                    self._jobs[k].stage = "queued"
+                    self._queue.appendleft(k)
+            w.keys.clear()
+        for k in wanted:
+            job = self._jobs.pop(k)
+            with contextlib.suppress(ValueError):
+                self._queue.remove(k)
+            with contextlib.suppress(ValueError):
+                self._to_write.remove(k)
+            self._abandon(job)
+            r = self._failure(job, "cancelled", billed=job.stage != "queued", now=killed_at)
+            r.status = "cancelled"
+            out.append(r)
+        return out
 
     def submit(self, wave: Sequence[TaskRequest]) -> None:
         self._start_workers()
@@ -369,6 +405,7 @@ class LocalBackend(Backend):
             with contextlib.suppress(OSError):
                 w.conn.close()
         self._workers.clear()
+        self._started = False
         # Whatever was still in flight is abandoned: its claims and temporary files go.
         for key, job in list(self._jobs.items()):
             self._abandon(job)
@@ -415,6 +452,8 @@ class LocalBackend(Backend):
         return [w for w in self._workers if w.role == role and not w.keys and w.proc.is_alive()]
 
     def _assign(self) -> None:
+        if self._started and self._queue:
+            self._start_workers()
         now = time.monotonic()
         if self.mode == "pool":
             for w in self._idle("full"):
@@ -533,8 +572,10 @@ class LocalBackend(Backend):
                     break
         self._reap()
 
-    def _failure(self, job: _Job, why: str, oom: bool = False) -> TaskResult:
-        secs = time.monotonic() - job.sent
+    def _failure(
+        self, job: _Job, why: str, oom: bool = False, billed: bool = True, now: float | None = None
+    ) -> TaskResult:
+        secs = (now if now is not None else time.monotonic()) - job.sent if billed else 0.0
         return TaskResult(
             key=job.req.task.key,
             status="failed",

@@ -11,35 +11,62 @@ Given the plan's tasks, ``Orchestrator.run``:
   job has none;
 - waits for shards another run holds a live claim on (they are finished there,
   or their claim goes stale and is taken over here);
-- keeps spend (seconds x price of the GPU that actually ran, on top of what
-  earlier runs of the job spent) and guards the budget: no new work once spend
-  plus the estimate of the work in flight reaches the cap; applies
+- meters spend live (see "The budget" below) and applies
   ``on_exceed: {downgrade: GPU, at: F}``;
 - writes the run manifest ``_runs/<run_id>.json`` (job file hash, start and
-  end, counts, spend, failures) as it goes and at the end.
+  end, counts, spend, every charged attempt, failures) as it goes and at the
+  end; marks earlier manifests whose process is gone ``abandoned``.
+
+The budget. *Committed* spend is what finished attempts cost (seconds x price
+of the hardware that ran them, cancelled and failed ones included) plus what
+earlier runs of the job spent; *accrued* spend is elapsed seconds x price of
+every attempt in flight, re-read at least every ``poll_s`` (0.25 s).
+
+- Soft stop: an attempt starts only if committed + accrued + the estimated
+  remaining cost of the work in flight + its own estimate stays within the cap.
+  Estimates are this run's measured seconds per shard on that hardware once it
+  has finished one, else earlier runs' (from their manifests), else the model
+  in ``spec.pricing``.
+- Hard stop: once committed + accrued reaches the cap, every attempt in flight
+  is cancelled (``Backend.cancel``) and charged for the seconds it ran. The
+  wait for results is cut to the moment the cap would be reached, so the
+  overshoot is at most one metering interval of the work in flight.
+- Either stop leaves exit 3; so does a run whose spend ended above the cap.
+SIGTERM stops a run as Ctrl+C does (cancel, charge, release), exit 143.
 """
 
 from __future__ import annotations
 
+import contextlib
 import heapq
 import itertools
 import os
-import socket
+import signal
+import threading
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, replace
 from typing import Any
 
 from runner import __version__
-from runner.backends.base import Backend, TaskRequest, Tier
+from runner.backends.base import Backend, Keyed, TaskRequest, Tier
 from runner.backends.task import TaskResult
 from runner.spec import pricing
-from runner.spec.model import JobSpec, ShardTask
+from runner.spec.model import Compute, JobSpec, LargeTier, SweepSpec
+from runner.store.claims import pid_alive, this_host
 
 EXIT_OK = 0
 EXIT_FAILED = 1
 EXIT_BUDGET = 3
 EXIT_INTERRUPTED = 130
+EXIT_TERMINATED = 143  # 128 + SIGTERM, as a shell reports a process SIGTERM killed
+# A "running" manifest not rewritten for this long belongs to a run that is gone
+# (runs rewrite theirs every few seconds; Modal's every 30 s).
+ABANDONED_AFTER_S = 600.0
+
+
+class Terminated(KeyboardInterrupt):
+    """SIGTERM: the same clean stop as Ctrl+C (a KeyboardInterrupt, so every handler of one applies)."""
 
 
 def new_run_id() -> str:
@@ -52,9 +79,12 @@ class RunOptions:
     max_usd: float | None = None  # overrides budget.max_usd for this run
     backoff_s: float = 2.0  # delay before the first retry; doubles each time
     backoff_max_s: float = 60.0
-    poll_s: float = 0.5  # longest wait for results before the loop looks around
+    poll_s: float = 0.25  # longest wait for results: the live meter reads at least this often
     recheck_claimed_s: float = 3.0  # how often shards claimed by another run are looked at
     manifest_every_s: float = 2.0
+    # Seconds of an attempt before any is measured; None: the shard model of spec.pricing.
+    # Sweeps pass a trial's time limit (training stops itself there).
+    model_s: float | None = None
 
 
 @dataclass
@@ -72,12 +102,27 @@ class Progress:
     retries: int = 0
     rerouted: int = 0
     states: int = 0  # states solved by this run
-    spend_usd: float = 0.0  # this run
+    spend_usd: float = 0.0  # this run: attempts that ended (cancelled ones included)
+    accrued_usd: float = 0.0  # this run: attempts in flight, so far
     prior_usd: float = 0.0  # earlier runs of the job
     max_usd: float = 0.0
     elapsed_s: float = 0.0
     downgraded_to: str | None = None
     budget_hit: bool = False
+
+    @property
+    def job_spend(self) -> float:
+        """What the job has cost so far: earlier runs, this run's ended and running attempts."""
+        return self.prior_usd + self.spend_usd + self.accrued_usd
+
+    @property
+    def overshoot_usd(self) -> float:
+        return max(0.0, self.job_spend - self.max_usd)
+
+    @property
+    def ended_over_cap(self) -> bool:
+        """This run spent money and the job ended above its cap (a rerun with nothing to do did not)."""
+        return self.overshoot_usd > 1e-9 and self.spend_usd > 0
 
     @property
     def finished(self) -> int:
@@ -106,7 +151,7 @@ class RunSummary:
     run_id: str
     backend: str
     progress: Progress
-    stopped_by: str | None  # None, "budget" or "interrupt"
+    stopped_by: str | None  # None, "budget", "interrupt" or "terminate"
     failures: list[dict[str, Any]] = field(default_factory=list)
     manifest: str = ""
     started: float = 0.0
@@ -118,19 +163,24 @@ class RunSummary:
     def exit_code(self) -> int:
         if self.stopped_by == "interrupt":
             return EXIT_INTERRUPTED
-        if self.stopped_by == "budget":
+        if self.stopped_by == "terminate":
+            return EXIT_TERMINATED
+        if self.stopped_by == "budget" or self.progress.ended_over_cap:
             return EXIT_BUDGET
         if self.progress.failed or self.progress.remaining:
             return EXIT_FAILED
         return EXIT_OK
 
 
-def price_of(spec: JobSpec, gpu: str) -> float:
+Spec = JobSpec | SweepSpec  # a run's shards, or a sweep's trials
+
+
+def price_of(spec: Spec, gpu: str) -> float:
     """$/hour of ``gpu`` from the job's price table (0 for a name it does not list)."""
     return float(dict(spec.pricing).get(gpu, 0.0))
 
 
-def spend_of(spec: JobSpec, r: TaskResult) -> float:
+def spend_of(spec: Spec, r: TaskResult) -> float:
     """What an attempt cost: its seconds at the price of the hardware that ran it, or
     the backend's own figure when higher (a Modal container adds CPU and memory)."""
     if r.gpu and r.gpu in dict(spec.pricing):
@@ -138,12 +188,25 @@ def spend_of(spec: JobSpec, r: TaskResult) -> float:
     return float(r.usd)
 
 
+MIN_POLL_S = 0.01  # the shortest wait: the meter converges on the cap, never spins
+
+
+@dataclass
+class Meter:
+    """One reading of the work in flight."""
+
+    accrued: float = 0.0  # $ so far
+    rest: float = 0.0  # $ still to come, estimated
+    rate: float = 0.0  # $ per second now
+    seconds: dict[str, tuple[float, str]] = field(default_factory=dict)  # key -> (seconds, price name)
+
+
 class Orchestrator:
     def __init__(
         self,
-        spec: JobSpec,
-        backend: Backend,
-        tasks: Sequence[ShardTask],
+        spec: Spec,
+        backend: Backend[Any],
+        tasks: Sequence[Keyed],
         *,
         run_id: str,
         options: RunOptions | None = None,
@@ -169,7 +232,10 @@ class Orchestrator:
         self._seq = itertools.count()
         self._claimed: dict[str, tuple[float, TaskRequest]] = {}  # key -> (recheck at, request)
         self._inflight: dict[str, TaskRequest] = {}
-        self._seconds_done: list[float] = []
+        self._sent: dict[str, float] = {}  # key -> clock() when submitted (metering fallback)
+        self._secs: dict[str, list[float]] = {}  # price name -> seconds of shards done by this run
+        self._prior_secs: dict[str, list[float]] = {}  # the same, from earlier runs' manifests
+        self.attempts: list[dict[str, Any]] = []  # every charged attempt (manifest)
         self.failures: list[dict[str, Any]] = []
         self.solved_keys: list[str] = []
         self.notes: list[str] = []
@@ -183,18 +249,23 @@ class Orchestrator:
         self.stopped_by: str | None = None
         self.total_planned = len(self.tasks)
         self._exclusive_running = False
+        self._hard_stopped = False  # work in flight was cancelled
 
     # -- requests --------------------------------------------------------------
-    def _request(self, task: ShardTask, tier: Tier = "default", attempt: int = 0) -> TaskRequest:
+    def _large(self) -> LargeTier | None:
+        return self.spec.compute.large if isinstance(self.spec, JobSpec) else None
+
+    def _request(self, task: Keyed, tier: Tier = "default", attempt: int = 0) -> TaskRequest[Any]:
         c = self.spec.compute
-        if tier == "large" and c.large is not None:
+        large = self._large()
+        if tier == "large" and large is not None:
             return TaskRequest(
                 task,
                 tier="large",
                 attempt=attempt,
-                gpu=tuple(c.large.gpu),
-                timeout_s=c.large.timeout_s,
-                max_states=c.large.max_states,
+                gpu=tuple(large.gpu),
+                timeout_s=large.timeout_s,
+                max_states=large.max_states,
                 final_tier=True,
             )
         return TaskRequest(
@@ -203,42 +274,72 @@ class Orchestrator:
             attempt=attempt,
             gpu=self.gpu,
             timeout_s=c.timeout_s,
-            max_states=c.max_states,
-            final_tier=c.large is None,
+            max_states=c.max_states if isinstance(c, Compute) else None,
+            final_tier=large is None,
         )
 
     def _push(self, req: TaskRequest, not_before: float = 0.0) -> None:
         heapq.heappush(self._ready, (not_before, next(self._seq), req))
 
     # -- money -------------------------------------------------------------------
+    def _per_shard_s(self, name: str) -> float:
+        """Estimated seconds of one attempt on ``name``: measured here, else earlier, else the model."""
+        for measured in (self._secs.get(name), self._prior_secs.get(name)):
+            if measured:
+                return sum(measured) / len(measured)
+        if self.opt.model_s is not None:
+            return self.opt.model_s
+        try:
+            return pricing.seconds_per_shard(name)
+        except (KeyError, ValueError):
+            return 0.0
+
     def _estimate_usd(self, req: TaskRequest) -> float:
         name = self.backend.price_name(req.gpu)
-        if self._seconds_done:
-            secs = sum(self._seconds_done) / len(self._seconds_done)
-        else:
-            try:
-                secs = pricing.seconds_per_shard(name)
-            except (KeyError, ValueError):
-                secs = 0.0
-        return secs * price_of(self.spec, name) / 3600.0
+        return self._per_shard_s(name) * price_of(self.spec, name) / 3600.0
 
     def _spent(self) -> float:
+        """Committed: earlier runs plus this run's attempts that have ended."""
         return self.p.prior_usd + self.p.spend_usd
 
-    def _committed_usd(self) -> float:
-        return self._spent() + sum(self._estimate_usd(r) for r in self._inflight.values())
+    def _meter(self) -> Meter:
+        """Read what the work in flight costs now (and its estimated rest, and its rate)."""
+        now = self.clock()
+        seen = self.backend.running()
+        m = Meter()
+        for key, req in self._inflight.items():
+            a = seen.get(key)
+            if a is not None:
+                secs, name, billing = a.elapsed_s, a.gpu, a.billing
+            else:
+                secs, name, billing = now - self._sent.get(key, now), self.backend.price_name(req.gpu), True
+            price = price_of(self.spec, name) / 3600.0
+            m.accrued += max(0.0, secs) * price
+            m.rest += max(0.0, self._per_shard_s(name) - secs) * price
+            m.rate += price if billing else 0.0
+            m.seconds[key] = (max(0.0, secs), name)
+        self.p.accrued_usd = m.accrued
+        return m
 
-    def _budget_allows(self) -> bool:
-        if self._committed_usd() >= self.max_usd - 1e-12:
-            self.p.budget_hit = True
-            return False
-        return True
+    def _soft_stop(self, m: Meter, req: TaskRequest | None = None) -> float:
+        """Projected job spend once the work in flight (and ``req``) has finished."""
+        return self._spent() + m.accrued + m.rest + (self._estimate_usd(req) if req is not None else 0.0)
+
+    def _cap_reached(self, m: Meter) -> bool:
+        return m.rate > 0 and self._spent() + m.accrued >= self.max_usd - 1e-12
+
+    def _poll_timeout(self, m: Meter) -> float:
+        """Wait for results no longer than until the meter would reach the cap."""
+        if m.rate <= 0:
+            return self.opt.poll_s
+        left = (self.max_usd - self._spent() - m.accrued) / m.rate
+        return max(MIN_POLL_S, min(self.opt.poll_s, left))
 
     def _maybe_downgrade(self) -> None:
         b = self.spec.budget
         if b.on_exceed != "downgrade" or not b.downgrade_gpu or self.p.downgraded_to:
             return
-        if pricing.downgrade_due(self.max_usd, self._committed_usd(), b.downgrade_at):
+        if pricing.downgrade_due(self.max_usd, self._soft_stop(self._meter()), b.downgrade_at):
             self.gpu = (b.downgrade_gpu,)
             self.p.downgraded_to = b.downgrade_gpu
             # Queued default-tier work moves too; the large tier keeps its GPUs.
@@ -248,15 +349,68 @@ class Orchestrator:
             ]
             heapq.heapify(self._ready)
 
+    def _stop_inflight(self, why: str) -> None:
+        """Cancel every attempt in flight and charge each for the seconds it ran."""
+        if not self._inflight:
+            return
+        self._hard_stopped = True
+        m = self._meter()
+        keys = list(self._inflight)
+        results = [r for r in self.backend.cancel(keys) if r.key in self._inflight]
+        answered = {r.key for r in results}
+        for key in keys:
+            if key in answered:
+                continue
+            # The backend could not say: charge what our own meter read.
+            req = self._inflight[key]
+            secs, name = m.seconds.get(key, (0.0, self.backend.price_name(req.gpu)))
+            results.append(
+                TaskResult(
+                    key=key, status="cancelled", seconds=secs, gpu=name, tier=req.tier,
+                    attempt=req.attempt, run_id=self.run_id,
+                    usd=secs * price_of(self.spec, name) / 3600.0,
+                )
+            )  # fmt: skip
+        for r in results:
+            r.error = why
+            self._handle(r)
+            if self.on_result is not None:
+                self.on_result(r)
+        self.p.accrued_usd = 0.0
+        # Charged before the backend stops: stopping may end this very process (a
+        # detached Modal run stops the app it runs in).
+        status = {"budget": "budget", "terminate": "terminated"}.get(self.stopped_by or "", "interrupted")
+        self._write_manifest(status, force=True, final=True)
+
+    def _on_sigterm(self, signum: int, frame: Any) -> None:
+        raise Terminated()
+
     # -- the loop ----------------------------------------------------------------
     def run(self) -> RunSummary:
         self._t0 = self.clock()
         self._wall0 = time.time()
-        self.p.prior_usd = prior_spend(self.backend.manifests(), exclude=self.run_id)
+        old_term = None
+        if threading.current_thread() is threading.main_thread():
+            old_term = signal.signal(signal.SIGTERM, self._on_sigterm)
+        try:
+            return self._run()
+        finally:
+            if old_term is not None:
+                signal.signal(signal.SIGTERM, old_term)
+
+    def _run(self) -> RunSummary:
+        earlier = [m for m in self.backend.manifests() if m.get("run_id") != self.run_id]
+        for m in earlier:
+            if is_abandoned(m, time.time()):
+                mark_abandoned(m)
+                with contextlib.suppress(OSError):
+                    self.backend.write_manifest(str(m["run_id"]), m)
+        self.p.prior_usd = prior_spend(earlier)
+        self._prior_secs = seconds_by_gpu(earlier)
         try:
             self.backend.start()
             survey = self.backend.survey(self.tasks)
-            todo: list[ShardTask] = []
+            todo: list[Keyed] = []
             for t in self.tasks:
                 if survey.get(t.key) == "done":
                     self.p.already_done += 1
@@ -270,6 +424,7 @@ class Orchestrator:
             self._write_manifest("running", force=True)
             self._emit()
             while self._ready or self._claimed or self._inflight or self._redo_unpersisted():
+                self._maybe_downgrade()
                 self._dispatch()
                 if not self._inflight:
                     if self.p.budget_hit and self._ready:
@@ -282,18 +437,24 @@ class Orchestrator:
                     self._recheck_claimed()
                     self._emit()
                     continue
-                for r in self.backend.poll(self.opt.poll_s):
+                for r in self.backend.poll(self._poll_timeout(self._meter())):
                     self._handle(r)
                     if self.on_result is not None:
                         self.on_result(r)
+                if self._cap_reached(self._meter()):
+                    self.stopped_by = "budget"
+                    self._stop_inflight("stopped at the budget cap")
+                    break
                 self._recheck_claimed()
-                self._maybe_downgrade()
                 self._emit()
                 self._write_manifest("running")
-            self.backend.stop(interrupted=False)
-        except KeyboardInterrupt:
-            self.stopped_by = "interrupt"
+            # After a hard stop the backend must not leave anything running (a detached
+            # Modal run stops its app only here, after the manifest below is written).
+            self.backend.stop(interrupted=self._hard_stopped)
+        except KeyboardInterrupt as e:
+            self.stopped_by = "terminate" if isinstance(e, Terminated) else "interrupt"
             try:
+                self._stop_inflight("interrupted" if self.stopped_by == "interrupt" else "SIGTERM")
                 self.backend.stop(interrupted=True)
             except KeyboardInterrupt:  # a second Ctrl+C while stopping: stop harder
                 self.backend.stop(interrupted=True)
@@ -305,8 +466,12 @@ class Orchestrator:
             finally:
                 self._write_manifest("error", force=True, final=True)
             raise
-        status = {None: "finished", "budget": "budget", "interrupt": "interrupted"}[self.stopped_by]
-        if status == "finished" and (self.p.failed or self.p.remaining):
+        status = {
+            None: "finished", "budget": "budget", "interrupt": "interrupted", "terminate": "terminated"
+        }[self.stopped_by]  # fmt: skip
+        if status == "finished" and self.p.ended_over_cap:
+            status = "budget"
+        elif status == "finished" and (self.p.failed or self.p.remaining):
             status = "failed"
         path = self._write_manifest(status, force=True, final=True)
         self._emit()
@@ -355,6 +520,7 @@ class Orchestrator:
         self.p.budget_hit = False
         if self._exclusive_running:
             return
+        m = self._meter()
         wave: list[TaskRequest] = []
         used: dict[str, int] = {}
         for r in self._inflight.values():
@@ -371,11 +537,15 @@ class Orchestrator:
                 req = other
             else:
                 heapq.heappop(self._ready)
-            if not self._budget_allows():
+            if self._soft_stop(m, req) > self.max_usd + 1e-12:
+                self.p.budget_hit = True
                 self._push(req, 0.0)
                 break
+            # Counted at once, so the next request of this wave sees it in flight.
+            m.rest += self._estimate_usd(req)
             wave.append(req)
             self._inflight[req.task.key] = req
+            self._sent[req.task.key] = now
             used[req.tier] = used.get(req.tier, 0) + 1
             if req.exclusive:
                 self._exclusive_running = True
@@ -402,10 +572,17 @@ class Orchestrator:
         req = self._inflight.pop(r.key, None)
         if req is None:
             return  # not ours (a late duplicate); ignore
+        self._sent.pop(r.key, None)
         if req.exclusive:
             self._exclusive_running = False
         cost = spend_of(self.spec, r)
         self.p.spend_usd += cost
+        self.attempts.append(
+            {
+                "key": r.key, "attempt": req.attempt, "tier": req.tier, "gpu": r.gpu,
+                "status": r.status, "seconds": round(float(r.seconds), 3), "usd": round(cost, 6),
+            }
+        )  # fmt: skip
         if r.takeover_of:
             self.takeovers.append({"key": r.key, "from": r.takeover_of})
         if r.quarantined:
@@ -414,7 +591,7 @@ class Orchestrator:
         if st == "done":
             self.p.solved += 1
             self.p.states += int(r.states or 0)
-            self._seconds_done.append(r.seconds)
+            self._secs.setdefault(r.gpu or self.backend.price_name(req.gpu), []).append(r.seconds)
             self.solved_keys.append(r.key)
         elif st == "already_done":
             self.p.done_elsewhere += 1
@@ -422,12 +599,14 @@ class Orchestrator:
             self.p.skipped += 1
             self.skipped_keys.append(r.key)
         elif st == "too_large":
-            if req.tier == "default" and self.spec.compute.large is not None:
+            if req.tier == "default" and self._large() is not None:
                 self.p.rerouted += 1
                 self._push(self._request(req.task, "large"))
             else:  # nowhere to go (a backend answered too_large on a final tier)
                 self.p.skipped += 1
                 self.skipped_keys.append(r.key)
+        elif st == "cancelled":
+            pass  # stopped by us (budget, Ctrl+C): charged above, left to the next run
         elif st == "claimed_elsewhere":
             self._claimed[r.key] = (self.clock() + self.opt.recheck_claimed_s, req)
         else:  # failed
@@ -487,14 +666,17 @@ class Orchestrator:
             },
             "backend": self.backend.name,
             "forge_version": __version__,
-            "host": socket.gethostname(),
+            "host": this_host(),
             "pid": os.getpid(),
             "started": self._wall0,
+            "updated": time.time(),
             "ended": time.time() if final else None,
             "limit": self.opt.limit,
             "max_usd": self.max_usd,
             "spend_usd": round(p.spend_usd, 6),
+            "accrued_usd": round(p.accrued_usd, 6),
             "prior_usd": round(p.prior_usd, 6),
+            "overshoot_usd": round(p.overshoot_usd, 6),
             "downgraded_to": p.downgraded_to,
             "counts": {
                 "planned": p.planned,
@@ -516,6 +698,13 @@ class Orchestrator:
             "failures": self.failures,
             "takeovers": self.takeovers,
             "quarantined": self.quarantined,
+            "attempts": self.attempts,
+            # What a kill -9 would leave unbilled: the next run charges it (mark_abandoned).
+            "in_flight": [
+                {"key": k, "gpu": name, "seconds": round(secs, 3),
+                 "usd": round(secs * price_of(spec, name) / 3600.0, 6)}
+                for k, (secs, name) in (self._meter().seconds.items() if not final else ())
+            ],  # fmt: skip
         }
 
     def _write_manifest(self, status: str, *, force: bool = False, final: bool = False) -> str:
@@ -530,5 +719,49 @@ class Orchestrator:
 
 
 def prior_spend(manifests: Sequence[dict[str, Any]], *, exclude: str = "") -> float:
-    """What earlier runs of the job spent (their manifests' ``spend_usd``)."""
-    return sum(float(m.get("spend_usd") or 0.0) for m in manifests if m.get("run_id") != exclude)
+    """What earlier runs of the job spent: ended attempts, and those a live run has in flight."""
+    return sum(
+        float(m.get("spend_usd") or 0.0) + float(m.get("accrued_usd") or 0.0)
+        for m in manifests
+        if m.get("run_id") != exclude
+    )
+
+
+def seconds_by_gpu(manifests: Sequence[dict[str, Any]]) -> dict[str, list[float]]:
+    """Seconds of every finished shard of these runs, by the hardware that ran it."""
+    out: dict[str, list[float]] = {}
+    for m in manifests:
+        for a in m.get("attempts") or ():
+            if isinstance(a, dict) and a.get("status") == "done" and a.get("gpu"):
+                out.setdefault(str(a["gpu"]), []).append(float(a.get("seconds") or 0.0))
+    return out
+
+
+def is_abandoned(m: dict[str, Any], now: float, host: str | None = None) -> bool:
+    """A manifest still ``running`` whose run is gone: its pid is dead here, or it went quiet.
+
+    The pid rule only judges runs of this host (as ``store.claims.is_stale`` does).
+    """
+    if m.get("status") != "running":
+        return False
+    if m.get("host") == (host or this_host()):
+        pid = m.get("pid")
+        if isinstance(pid, int) and pid != os.getpid() and not pid_alive(pid):
+            return True
+    last = m.get("updated", m.get("started"))
+    return isinstance(last, int | float) and now - float(last) > ABANDONED_AFTER_S
+
+
+def mark_abandoned(m: dict[str, Any]) -> None:
+    """Close an abandoned manifest: what it had in flight is charged (as ``killed`` attempts)."""
+    killed = [a for a in m.get("in_flight") or () if isinstance(a, dict)]
+    m["status"] = "abandoned"
+    m["ended"] = m.get("updated")
+    m.setdefault("attempts", []).extend(
+        {"key": a.get("key"), "gpu": a.get("gpu"), "status": "killed",
+         "seconds": a.get("seconds", 0.0), "usd": a.get("usd", 0.0)}
+        for a in killed
+    )  # fmt: skip
+    m["spend_usd"] = round(float(m.get("spend_usd") or 0.0) + float(m.get("accrued_usd") or 0.0), 6)
+    m["accrued_usd"] = 0.0
+    m["in_flight"] = []

@@ -43,7 +43,7 @@ def progress_text(p: RunProgress) -> str:
         f"{p.shards_per_min:.1f} shards/min",
         f"{p.states_per_s / 1e6:.2f} M states/s",
         f"ETA {eta}",
-        f"spend {_money(p.spend_usd)}" + (f" (+{_money(p.prior_usd)} before)" if p.prior_usd else ""),
+        f"spend {_money(p.spend_usd + p.accrued_usd)}" + (f" (+{_money(p.prior_usd)} before)" if p.prior_usd else ""),
         f"of {_money(p.max_usd)}",
     ]
     if p.downgraded_to:
@@ -104,6 +104,8 @@ class RunDisplay:
         elif r.status == "failed":
             first = (r.error or "").splitlines()[0] if r.error else "?"
             line = f"  [red]failed[/red]  {r.key}  attempt {r.attempt + 1}: {first}"
+        elif r.status == "cancelled":
+            line = f"  [yellow]stopped[/yellow]  {r.key}  after {r.seconds:.1f} s ({r.error or 'cancelled'}): left to the next run"
         elif r.status == "too_large":
             line = f"  too large  {r.key}  {r.states or 0:,} states: rerouted to the large tier"
         elif r.status == "skipped":
@@ -139,7 +141,9 @@ class RunDisplay:
         t.add_row("states solved", f"{p.states:,}")
         t.add_row("wall time", format_duration(s.ended - s.started))
         t.add_row("spend this run", _money(p.spend_usd))
-        t.add_row("job spend so far", f"{_money(p.prior_usd + p.spend_usd)} of {_money(p.max_usd)}")
+        t.add_row("job spend so far", f"{_money(p.job_spend)} of {_money(p.max_usd)}")
+        if p.overshoot_usd > 0:
+            t.add_row("over the cap by", _money(p.overshoot_usd))
         if p.downgraded_to:
             t.add_row("downgraded to", p.downgraded_to)
         self.console.print(t)
@@ -150,16 +154,18 @@ class RunDisplay:
         for f in s.failures[:20]:
             first = (f.get("error") or "").splitlines()[0] if f.get("error") else "?"
             self.console.print(f"[red]failed[/red] {f['key']} after {f['attempts']} attempt(s): {first}")
-        if s.stopped_by == "budget":
+        if s.stopped_by == "budget" or s.exit_code == 3:
+            over = f", {_money(p.overshoot_usd)} over it" if p.overshoot_usd > 0 else ""
             self.console.print(
-                f"[yellow]Stopped by the budget:[/yellow] job spend {_money(p.prior_usd + p.spend_usd)} "
-                f"with the next work estimated to pass the cap of {_money(p.max_usd)}; "
+                f"[yellow]Stopped by the budget:[/yellow] job spend {_money(p.job_spend)} "
+                f"against the cap of {_money(p.max_usd)}{over}; "
                 f"{p.remaining} shard(s) not done. Raise budget.max_usd or pass --max-usd to continue."
             )
-        elif s.stopped_by == "interrupt":
+        elif s.stopped_by in ("interrupt", "terminate"):
+            what = "Interrupted" if s.stopped_by == "interrupt" else "Stopped by SIGTERM"
             self.console.print(
-                f"[yellow]Interrupted:[/yellow] workers stopped, their claims released; "
-                f"{p.remaining} shard(s) not done. Run again to continue."
+                f"[yellow]{what}:[/yellow] workers stopped and charged for the seconds they ran, "
+                f"their claims released; {p.remaining} shard(s) not done. Run again to continue."
             )
         elif s.exit_code == 0 and p.solved == 0 and p.planned == p.already_done:
             self.console.print(f"[green]Nothing to do: all {p.planned} planned shards exist.[/green]")

@@ -14,7 +14,8 @@ Test hook: ``FORGE_FAULT=before_write|during_write|after_write`` kills the
 process with SIGKILL at that point of the first shard it writes (``before_write``:
 solved, nothing written; ``during_write``: a half-written temporary file;
 ``after_write``: the shard renamed into place, no record yet, claim still held).
-The local backend also kills its whole run, as ``kill -9`` of ``forge run`` would.
+The pids in ``kill_with`` die too: the local backend passes its orchestrator,
+so the whole run dies at once, as ``kill -9`` of ``forge run`` would.
 """
 
 from __future__ import annotations
@@ -38,14 +39,10 @@ if TYPE_CHECKING:
     from runner.oracle.solve import Solution
 
 TaskStatus = Literal[
-    "done", "skipped", "failed", "already_done", "claimed_elsewhere", "too_large"
+    "done", "skipped", "failed", "already_done", "claimed_elsewhere", "too_large", "cancelled"
 ]
 FAULT_ENV = "FORGE_FAULT"
 FAULT_POINTS = ("before_write", "during_write", "after_write")
-
-# pids to SIGKILL along with this process when a fault fires (the local
-# backend registers its orchestrator, so the whole run dies at once).
-fault_kill_pids: list[int] = []
 
 _OOM_MARKERS = ("RESOURCE_EXHAUSTED", "out of memory", "Out of memory", "OOM", "MemoryError")
 
@@ -87,7 +84,7 @@ def is_oom(error: str) -> bool:
     return any(m in error for m in _OOM_MARKERS)
 
 
-def fault_point(point: str, tmp: Path | None = None) -> None:
+def fault_point(point: str, tmp: Path | None = None, kill_with: tuple[int, ...] = ()) -> None:
     """The FORGE_FAULT test hook (see the module docstring)."""
     if os.environ.get(FAULT_ENV) != point:
         return
@@ -96,14 +93,10 @@ def fault_point(point: str, tmp: Path | None = None) -> None:
         size = tmp.stat().st_size
         with open(tmp, "r+b") as f:
             f.truncate(size // 2)
-    for pid in fault_kill_pids:
+    for pid in kill_with:
         with contextlib.suppress(OSError):
             os.kill(pid, signal.SIGKILL)
     os.kill(os.getpid(), signal.SIGKILL)
-
-
-def _fault_hook(point: str, tmp: Path) -> None:
-    fault_point(point, tmp)
 
 
 class TaskRun:
@@ -124,8 +117,10 @@ class TaskRun:
         final_tier: bool = True,
         tier: str = "default",
         attempt: int = 0,
+        kill_with: tuple[int, ...] = (),
     ) -> None:
         self.task = task
+        self.kill_with = tuple(kill_with)
         self.store = store
         self.claims = claims
         self.run_id = run_id
@@ -206,13 +201,13 @@ class TaskRun:
                 store.write_record(task, record)
                 return self._end("skipped")
             return self._end("too_large")
-        fault_point("before_write")
+        fault_point("before_write", kill_with=self.kill_with)
         tw = time.monotonic()
         meta = store.write_shard(
-            task, sol, compression=self.compression, token=uuid.uuid4().hex[:8], fault=_fault_hook
+            task, sol, compression=self.compression, token=uuid.uuid4().hex[:8], fault=self._fault_hook
         )
         self.result.timings["write"] = time.monotonic() - tw
-        fault_point("after_write")
+        fault_point("after_write", kill_with=self.kill_with)
         record = record_from_meta(task, meta)
         record.update(self._base_record())
         self._bill()
@@ -253,6 +248,7 @@ class TaskRun:
             "max_states": self.max_states,
             "final_tier": self.final_tier,
             "t0": self.t0,
+            "kill_with": list(self.kill_with),
             "claim": self.claim,
             "result": self.result.to_json(),
         }
@@ -273,6 +269,7 @@ class TaskRun:
             final_tier=state["final_tier"],
             tier=r["tier"],
             attempt=r["attempt"],
+            kill_with=tuple(state.get("kill_with", ())),
         )
         # time.monotonic is one system-wide clock on Linux, so t0 carries over.
         tr.t0 = float(state["t0"])
@@ -281,6 +278,9 @@ class TaskRun:
         return tr
 
     # -- helpers -------------------------------------------------------------
+    def _fault_hook(self, point: str, tmp: Path) -> None:
+        fault_point(point, tmp, self.kill_with)
+
     def _base_record(self) -> dict[str, Any]:
         r = self.result
         return {
@@ -339,6 +339,7 @@ def run_task(
     final_tier: bool = True,
     tier: str = "default",
     attempt: int = 0,
+    kill_with: tuple[int, ...] = (),
 ) -> TaskResult:
     """Produce the shard of ``task`` in ``store``; never raises for a failed attempt.
 
@@ -361,6 +362,7 @@ def run_task(
         final_tier=final_tier,
         tier=tier,
         attempt=attempt,
+        kill_with=kill_with,
     )
     try:
         early = tr.begin()

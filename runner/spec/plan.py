@@ -97,6 +97,9 @@ class Plan:
     estimates: list[pricing.Estimate]
     warnings: list[str] = field(default_factory=list)
     extra: dict[str, Any] = field(default_factory=dict)
+    # The budget's other hardware, for the same shards: the downgrade GPU, the large tier.
+    downgrade: pricing.Estimate | None = None
+    large: pricing.Estimate | None = None
 
     @property
     def total(self) -> int:
@@ -127,6 +130,41 @@ class Plan:
         gpus = [e for e in self.estimates if e.gpu != pricing.LOCAL]
         return firsts + gpus[:1]
 
+    def affordable(self) -> float | None:
+        """How many of the shards to do the cap pays for at the estimates (None: all, free).
+
+        On the first choice until the downgrade point, then on the downgrade GPU.
+        """
+        firsts = self._first_choices()
+        first = firsts[-1] if firsts else None
+        if first is None or first.shards == 0:
+            return None
+        per = first.usd / first.shards
+        b = self.spec.budget
+        if self.downgrade is not None and b.downgrade_at is not None and per > 0:
+            cheap = self.downgrade.usd / max(1, self.downgrade.shards)
+            before = b.downgrade_at * b.max_usd / per
+            if before >= first.shards:
+                return float(first.shards)
+            if cheap <= 0:
+                return None
+            return min(float(first.shards), before + (1 - b.downgrade_at) * b.max_usd / cheap)
+        return None if per <= 0 else min(float(first.shards), b.max_usd / per)
+
+    def budget_json(self) -> dict[str, Any]:
+        b = self.spec.budget
+        n = self.affordable()
+        return {
+            "max_usd": b.max_usd,
+            "on_exceed": b.on_exceed,
+            "downgrade_gpu": b.downgrade_gpu,
+            "downgrade_at_usd": None if b.downgrade_at is None else b.downgrade_at * b.max_usd,
+            "affordable_shards": self.todo if n is None else int(n),
+            "share": 1.0 if n is None or self.todo == 0 else round(n / self.todo, 4),
+            "downgrade_estimate": self.downgrade.to_json() if self.downgrade else None,
+            "large_estimate": self.large.to_json() if self.large else None,
+        }
+
     def to_json(self) -> dict[str, Any]:
         out: dict[str, Any] = {
             "job": self.spec.name,
@@ -144,6 +182,7 @@ class Plan:
             },
             "estimate": [dict(e.to_json(), over_budget=self._over(e)) for e in self.estimates],
             "budget_usd": self.spec.budget.max_usd,
+            "budget": self.budget_json(),
             "over_budget": self.over_budget,
             "warnings": list(self.warnings),
         }
@@ -192,9 +231,23 @@ class Plan:
                 )
         b = spec.budget
         rule = "stop at the cap"
-        if b.on_exceed == "downgrade":
-            rule = f"move to {b.downgrade_gpu} at {b.downgrade_at:.0%} of the cap, stop at the cap"
+        if b.on_exceed == "downgrade" and b.downgrade_at is not None:
+            rule = (
+                f"move to {b.downgrade_gpu} at {b.downgrade_at:.0%} of the cap "
+                f"(${b.downgrade_at * b.max_usd:,.2f}), stop at the cap"
+            )
         lines.append(f"budget: ${b.max_usd:,.2f} ({rule})")
+        for what, est in (("downgrade GPU", self.downgrade), ("large tier", self.large)):
+            if est is not None and self.todo:
+                lines.append(
+                    f"  {what} {est.gpu}: ${est.price_per_hour:.2f}/h, {est.seconds_per_shard:.1f} s/shard, "
+                    f"${est.usd / max(1, est.shards):,.4f}/shard, ${est.usd:,.2f} if every shard ran there"
+                )
+        payable = self.affordable()
+        if self.todo and payable is not None:
+            lines.append(
+                f"  the cap pays for ~{int(payable):,} of the {self.todo:,} shards to do ({payable / self.todo:.0%})"
+            )
         lines.extend(f"WARNING: {w}" for w in self.warnings)
         return "\n".join(lines)
 
@@ -248,8 +301,23 @@ def make_plan(
         for gpu, par in targets
     ]
     plan = Plan(spec, backend, store, by_split, done_by_split, estimates)
+    if backend in (None, "modal"):
+        par = spec.compute.max_containers * spec.compute.concurrency
+        b = spec.budget
+        if b.on_exceed == "downgrade" and b.downgrade_gpu:
+            g = b.downgrade_gpu
+            plan.downgrade = pricing.estimate(
+                todo, g, prices, parallel=par, states_per_shard=states_per_shard, seconds_per_state=measured.get(g)
+            )
+        if spec.compute.large is not None and spec.compute.large.gpu:
+            g = spec.compute.large.gpu[0]
+            plan.large = pricing.estimate(
+                todo, g, prices, parallel=spec.compute.max_containers * spec.compute.large.concurrency,
+                states_per_shard=states_per_shard, seconds_per_state=measured.get(g),
+            )  # fmt: skip
+    payable = plan.affordable()
     for e in plan._first_choices():
-        if plan._over(e):
+        if plan._over(e) and payable is not None and payable < todo:  # a downgrade may pay for all
             plan.warnings.append(
                 f"estimated ${e.usd:,.2f} on {e.gpu} exceeds budget.max_usd ${spec.budget.max_usd:,.2f}; "
                 "the run will stop at the cap with shards left to do"

@@ -4,34 +4,38 @@
 (``forge-sweep-<name>``) with one GPU function, ``train_trial``: the sweep's GPU fallback
 list, timeout and container cap, and the data job's volume mounted read-mostly at the
 same place the oracle functions use. Like the solve functions it has Modal retries 0
-and ``JAX_PLATFORMS=cuda``: the loop here retries a failed trial (``compute.retries``)
+and ``JAX_PLATFORMS=cuda``: the orchestrator retries a failed trial (``compute.retries``)
 and charges every attempt. Its body is :func:`train_trial`, a plain
 module-level function calling the same ``run_trial`` as the local backend, so
 ``Function.local()`` runs it here.
 
-Trials go out in waves through ``.map(order_outputs=False)``: a wave holds only as many
-trials as the budget affords at their worst case (the whole time limit on the dearest GPU
-of the list), so a sweep never runs past ``budget.max_usd``. Results (metrics and params)
-come back as return values; records and checkpoints are written here, as they arrive.
-Ctrl+C stops the app, records the trials in flight as interrupted (not finished, so a
-rerun trains them) and raises ``KeyboardInterrupt`` (``forge sweep`` exits 130): Modal's
-``app.run`` would otherwise swallow it and the sweep would look finished.
+Trials are tasks of the shared orchestrator (``runner.train.sweeprun``): its waves go out
+through ``.map(order_outputs=False)`` here (:class:`ModalSweepBackend`), metered from their
+submit at the dearest GPU of the list; the budget's hard stop stops the app. Results
+(metrics and params) come back as return values; records and checkpoints are written
+here, as they arrive. Ctrl+C reaches the orchestrator's loop, not Modal's ``app.run``
+body (which would swallow it: modal/runner.py:502-522, the app is entered by hand
+here), so the trials in flight are cancelled, charged and left unfinished (a rerun
+trains them) and ``forge sweep`` exits 130.
 
 Compiling works offline and without credentials; running needs both.
 """
 
 from __future__ import annotations
 
+import queue
 import sys
+import threading
 import time
-from collections.abc import Callable, Iterable
-from dataclasses import dataclass
+from collections.abc import Sequence
+from dataclasses import dataclass, replace
 from pathlib import PurePosixPath
 from typing import Any
 
 import modal
 import modal.exception
 
+from runner.backends.base import Attempt, TaskRequest, Tier
 from runner.backends.modal import (
     GPU_ENV,
     MOUNT,
@@ -41,20 +45,13 @@ from runner.backends.modal import (
     gpu_from_device,
     modal_errors,
     require_credentials,
+    user_error,
     volume_root,
 )
 from runner.backends.modal.compile import enter_app
+from runner.backends.task import TaskResult
 from runner.spec.model import SweepSpec
-from runner.train.sweep import (
-    Budget,
-    DataPlan,
-    Event,
-    SweepOutcome,
-    Trial,
-    payload,
-    pick_shards,
-    record_result,
-)
+from runner.train.sweep import DataPlan, Trial, TrialBackend, payload, pick_shards
 from runner.train.trial import run_trial
 
 FUNCTION_NAME = "train_trial"
@@ -160,160 +157,131 @@ def resolve_volume_data(spec: SweepSpec, data_dir: str | None = None) -> DataPla
     )
 
 
-def run_modal(
-    spec: SweepSpec,
-    data: DataPlan,
-    todo: list[Trial],
-    outcome: SweepOutcome,
-    budget: Budget,
-    emit: Event,
-) -> None:
-    """Run ``todo`` on Modal; KeyboardInterrupt (after stopping the app) on Ctrl+C."""
-    require_credentials()
-    compiled = compile_sweep(spec)
-    run = _SweepRun(compiled, spec, data, outcome, budget, emit)
-    with modal_errors():
-        run.run(list(todo))
-    if run.interrupted:
-        raise KeyboardInterrupt
+class ModalSweepBackend(TrialBackend):
+    """Trials as inputs of ``train_trial``: one ``map`` call per wave, read by a thread."""
 
+    name = "modal"
 
-class _SweepRun:
-    """One ``forge sweep --backend modal``: waves of trials, retries, the interrupt."""
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        require_credentials()
+        self.compiled = compile_sweep(self.spec)
+        self.prices = dict(self.spec.pricing)
+        self.limit = time_limit_s(self.spec.compute.timeout_s)
+        self._cm: Any = None
+        self._sent: dict[str, float] = {}
+        self._trials: dict[str, Trial] = {}
+        self._results: queue.Queue[tuple[Trial, dict[str, Any], str]] = queue.Queue()
 
-    def __init__(
-        self,
-        compiled: CompiledSweep,
-        spec: SweepSpec,
-        data: DataPlan,
-        outcome: SweepOutcome,
-        budget: Budget,
-        emit: Event,
-        *,
-        enter: Callable[..., Any] = enter_app,
-        mapper: Callable[..., Iterable[Any]] | None = None,
-    ) -> None:
-        # enter/mapper: Modal's app.run and Function.map; tests pass Function.local() runs
-        self.enter = enter
-        self.map = mapper or compiled.function.map
-        self.compiled, self.spec, self.data = compiled, spec, data
-        self.outcome, self.budget, self.emit = outcome, budget, emit
-        self.prices = dict(spec.pricing)
-        self.worst = worst_case_usd(spec)
-        self.limit = time_limit_s(spec.compute.timeout_s)
-        self.attempts: dict[str, int] = {}
-        self.in_flight: dict[str, Trial] = {}
-        self.wave_t0 = 0.0
-        self.interrupted = False
+    def _friendly(self, e: BaseException) -> BaseException:
+        return user_error(e) or e
 
-    def run(self, queue: list[Trial]) -> None:
-        cm = self.enter(self.compiled.app, say=lambda m: print(m, file=sys.stderr, flush=True))
+    def start(self) -> None:
+        # leaving the app (stop(), Ctrl+C included) stops it and its containers
+        self._cm = enter_app(self.compiled.app, say=lambda m: print(m, file=sys.stderr, flush=True))
+
+    def capacity(self, tier: Tier = "default") -> int:
+        return int(self.spec.compute.max_containers)
+
+    def in_flight(self) -> int:
+        return len(self._trials)
+
+    def price_name(self, gpu: tuple[str, ...]) -> str:
+        """The dearest GPU of the list: which one a trial got is known only from its result."""
+        return max(gpu or self.spec.compute.gpu, key=lambda g: float(self.prices.get(g, 0.0)))
+
+    def submit(self, wave: Sequence[TaskRequest[Trial]]) -> None:
+        now = time.monotonic()
+        for req in wave:
+            self._trials[req.task.trial_id] = req.task
+            self._sent[req.task.trial_id] = now
+            self.emit("trial_start", {"trial": req.task})
+        trials = [r.task for r in wave]
+        threading.Thread(target=self._run_wave, args=(trials,), name="forge-sweep-wave", daemon=True).start()
+
+    def _run_wave(self, trials: list[Trial]) -> None:
+        by_id = {t.trial_id: t for t in trials}
+        requests = [payload(t, self.data, self.data.root, self.limit) for t in trials]
+        errors: list[BaseException] = []
         try:
-            self._dispatch(queue)
-        except KeyboardInterrupt:
-            # Inside app.run Modal would swallow it (modal/runner.py:502-522) and the
-            # sweep would carry on as finished: remember it, stop the app ourselves.
-            self.interrupted = True
-        finally:
-            if self.interrupted:
-                self._interrupt()
-            cm.__exit__(None, None, None)
-
-    def _interrupt(self) -> None:
-        """Stop the app (its containers end now) and record the trials in flight as interrupted."""
-        try:
-            self.compiled.app.stop()  # modal/app.py:1724
-        except Exception as e:
-            print(f"warning: stopping Modal app {self.compiled.app.name}: {e}", file=sys.stderr, flush=True)
-        ran_s = max(0.0, time.monotonic() - self.wave_t0)
-        dearest = max(self.spec.compute.gpu, key=lambda g: float(self.prices.get(g, 0.0)))
-        for trial in list(self.in_flight.values()):
-            result = {
-                "trial_id": trial.trial_id,
-                "status": "interrupted",
-                "error": "interrupted (Ctrl+C): the Modal app was stopped; a rerun trains this trial",
-                # the container ran until the stop: charged at the dearest GPU it may have had
-                "seconds": min(ran_s + STARTUP_S, float(self.spec.compute.timeout_s)),
-            }
-            rec = record_result(
-                self.outcome, trial, result, gpu=dearest, price_per_hour=hourly(dearest, self.prices), emit=self.emit
-            )
-            self.budget.settle(self.worst, float(rec["cost_usd"]))
-        self.in_flight.clear()
-
-    def _dispatch(self, queue: list[Trial]) -> None:
-        spec, budget = self.spec, self.budget
-        while queue:
-            wave: list[Trial] = []
-            while queue and len(wave) < spec.compute.max_containers and budget.try_reserve(self.worst):
-                wave.append(queue.pop(0))
-            if not wave:
-                self.outcome.budget_stopped.extend(t.trial_id for t in queue)
-                self.emit("budget_stop", {"trials": queue, "spent": budget.spent, "max_usd": budget.max_usd})
-                return
-            self.in_flight = {t.trial_id: t for t in wave}
-            self.wave_t0 = time.monotonic()
-            for t in wave:
-                self.attempts[t.trial_id] = self.attempts.get(t.trial_id, 0) + 1
-                self.emit("trial_start", {"trial": t})
-            requests = [payload(t, self.data, self.data.root, self.limit) for t in wave]
-            errors: list[BaseException] = []
-            outputs = self.map(requests, order_outputs=False, return_exceptions=True)
-            for result in outputs:
+            for result in self.compiled.function.map(requests, order_outputs=False, return_exceptions=True):
                 if isinstance(result, BaseException):
                     errors.append(result)
                     continue
-                trial = self.in_flight.pop(str(result["trial_id"]), None)
-                if trial is None:
-                    continue
-                gpu = gpu_from_device(str(result.get("device", "")), spec.compute.gpu, self.prices)
-                result["seconds"] = float(result.get("seconds", 0.0)) + STARTUP_S
-                rec = record_result(
-                    self.outcome, trial, result, gpu=gpu, price_per_hour=hourly(gpu, self.prices), emit=self.emit
-                )
-                budget.settle(self.worst, float(rec["cost_usd"]))
-                if rec.get("status") != "finished":
-                    self._retry(trial, queue)
-            unanswered = list(self.in_flight.values())
-            self.in_flight = {}
-            _fail_unanswered(unanswered, errors, spec, self.outcome, budget, self.emit, self.worst, self.prices)
-            for trial in unanswered:
-                self._retry(trial, queue)
+                trial = by_id.pop(str(result["trial_id"]), None)
+                if trial is not None:
+                    gpu = gpu_from_device(str(result.get("device", "")), self.spec.compute.gpu, self.prices)
+                    result["seconds"] = float(result.get("seconds", 0.0)) + STARTUP_S
+                    self._results.put((trial, result, gpu))
+        except Exception as e:  # the whole call failed (app stopped, connection lost, ...)
+            errors.append(e)
+        left = list(by_id.values())
+        for trial, failed in zip(left, _fail_unanswered(left, errors, self.spec), strict=True):
+            self._results.put((trial, failed, self.price_name(())))
 
-    def _retry(self, trial: Trial, queue: list[Trial]) -> None:
-        """forge is the only retry layer: a failed trial runs again, up to ``compute.retries`` times."""
-        if self.attempts.get(trial.trial_id, 0) <= self.spec.compute.retries:
-            queue.append(trial)
+    def poll(self, timeout: float) -> list[TaskResult]:
+        got: list[tuple[Trial, dict[str, Any], str]] = []
+        try:
+            got.append(self._results.get(timeout=max(0.0, timeout)))
+            while True:
+                got.append(self._results.get_nowait())
+        except queue.Empty:
+            pass
+        out = []
+        for trial, result, gpu in got:
+            if self._trials.pop(trial.trial_id, None) is None:
+                continue  # cancelled meanwhile: answered by cancel()
+            out.append(self.finish(trial, result, gpu=gpu, price_per_hour=hourly(gpu, self.prices)))
+        return out
+
+    def running(self) -> dict[str, Attempt]:
+        now = time.monotonic()
+        gpu = self.price_name(())
+        return {k: Attempt(k, now - self._sent.get(k, now), gpu) for k in self._trials}
+
+    def cancel(self, keys: Sequence[str]) -> list[TaskResult]:
+        """Stop the app: the inputs of a ``map`` cannot be cancelled one by one.
+
+        ``App.stop`` "terminates all of its running containers ... and prevents new
+        inputs from being processed" (modal 1.6.4, modal/app.py:1724-1729).
+        """
+        now = time.monotonic()
+        trials = [self._trials.pop(k) for k in keys if k in self._trials]
+        if trials:
+            try:
+                self.compiled.app.stop()
+            except Exception as e:
+                raise self._friendly(e) from None
+        gpu = self.price_name(())
+        out = []
+        for t in trials:
+            secs = now - self._sent.get(t.trial_id, now)
+            # the container's CPU and memory are billed too (hourly), not only its GPU
+            out.append(replace(self.cancelled(t, secs, gpu), usd=secs * hourly(gpu, self.prices) / 3600.0))
+        return out
+
+    def stop(self, *, interrupted: bool) -> None:
+        cm, self._cm = self._cm, None
+        if cm is not None:
+            cm.__exit__(None, None, None)
 
 
-def _fail_unanswered(
-    trials: list[Trial],
-    errors: list[BaseException],
-    spec: SweepSpec,
-    outcome: SweepOutcome,
-    budget: Budget,
-    emit: Event,
-    worst: float,
-    prices: dict[str, float],
-) -> None:
-    """Record the trials of a wave that got no result as failed.
+def _fail_unanswered(trials: list[Trial], errors: list[BaseException], spec: SweepSpec) -> list[dict[str, Any]]:
+    """Failed results for the trials of a wave that got none.
 
     With ``order_outputs=False`` Modal does not say which input an exception belongs
     to, so every unanswered trial fails with the wave's errors. As many of them as there
-    were timeouts are charged their whole timeout on the dearest GPU (as the oracle's
-    Modal backend does), so the spend never under-counts.
+    were timeouts are charged their whole timeout (at the dearest GPU, by the caller), as
+    the oracle's Modal backend does, so the spend never under-counts.
     """
     text = "; ".join(dict.fromkeys(f"{type(e).__name__}: {e}" for e in errors)) or "no result came back"
     timeouts = sum(isinstance(e, modal.exception.FunctionTimeoutError) for e in errors)
-    dearest = max(spec.compute.gpu, key=lambda g: float(prices.get(g, 0.0)))
-    for i, trial in enumerate(trials):
-        failed = {
+    return [
+        {
             "trial_id": trial.trial_id,
             "status": "failed",
             "error": f"Modal: {text}"[:4000],
             "seconds": float(spec.compute.timeout_s) if i < timeouts else 0.0,
         }
-        rec = record_result(
-            outcome, trial, failed, gpu=dearest, price_per_hour=hourly(dearest, prices), emit=emit
-        )
-        budget.settle(worst, float(rec["cost_usd"]))
+        for i, trial in enumerate(trials)
+    ]

@@ -102,7 +102,8 @@ class Reporter:
         elif kind == "budget_stop":
             say(
                 f"[yellow]budget[/yellow]: ${info['spent']:.2f} of ${info['max_usd']:.2f} spent; "
-                f"{len(info['trials'])} trial(s) not started (each may cost up to its whole timeout)"
+                f"{len(info['trials'])} trial(s) not finished (stopped at the cap or not started); "
+                "raise budget.max_usd or pass --max-usd to train them"
             )
 
 

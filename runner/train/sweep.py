@@ -5,6 +5,11 @@ Output folder (default ``sweeps/<name>``)::
     trials/<trial_id>.json         one record per finished (or failed) trial, written atomically
     checkpoints/<trial_id>.msgpack the trial's params (flax serialization), written before its record
     results.json, results.csv      every trial of the sweep, best first
+    _runs/<run_id>.json            one manifest per ``forge sweep``: spend, every charged attempt
+
+Trials are tasks of the same orchestrator, budget and stop rules as shards
+(``runner.backends.orchestrate``); ``runner.train.sweeprun`` dispatches them
+through a :class:`TrialBackend` (``local_sweep.py``, ``modal_sweep.py``).
 
 A trial's id is a digest of everything that decides its result (its full training config
 and the data it reads), so a rerun skips finished trials, and a changed sweep file reruns
@@ -20,12 +25,14 @@ import json
 import math
 import os
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from runner.spec import plan, pricing
+from runner.backends.base import Backend, SurveyState
+from runner.backends.task import TaskResult
+from runner.spec import plan
 from runner.spec.model import JobSpec, ShardTask, SweepSpec
 from runner.store.shards import job_root
 from runner.train.loop import (
@@ -36,10 +43,10 @@ from runner.train.loop import (
     params_from_bytes,
 )
 
-BACKENDS = ("local", "modal")
 REPORTED = ("val_accuracy", "q_gap", "blunder_rate")
 TRIALS_DIR = "trials"
 CHECKPOINTS_DIR = "checkpoints"
+RUNS_DIR = "_runs"
 
 
 class SweepError(Exception):
@@ -80,6 +87,11 @@ class Trial:
     params: dict[str, Any]
     config: TrainConfig
 
+    @property
+    def key(self) -> str:
+        """The orchestrator's name for it."""
+        return self.trial_id
+
 
 @dataclass
 class SweepOutcome:
@@ -90,8 +102,9 @@ class SweepOutcome:
     records: dict[str, dict[str, Any]]  # trial_id -> record
     ran: list[str] = field(default_factory=list)  # ids trained by this call
     skipped: list[str] = field(default_factory=list)  # ids already finished before
-    budget_stopped: list[str] = field(default_factory=list)  # ids not started for the budget
-    spent_usd: float = 0.0
+    budget_stopped: list[str] = field(default_factory=list)  # ids the budget left unfinished
+    spent_usd: float = 0.0  # the sweep's spend so far, every run of it
+    exit_code: int = 0  # the orchestrator's: 3 when the budget stopped it
 
     @property
     def metric(self) -> str:
@@ -296,7 +309,7 @@ def is_finished(rec: dict[str, Any] | None, out_dir: Path) -> bool:
 
 
 def save_result(
-    out_dir: Path, trial: Trial, result: dict[str, Any], *, backend: str, gpu: str, cost_usd: float
+    out_dir: Path, trial: Trial, result: dict[str, Any], *, backend: str, gpu: str, cost_usd: float, run_id: str = ""
 ) -> dict[str, Any]:
     """Write the checkpoint, then the record (so a record always has its checkpoint).
 
@@ -322,6 +335,7 @@ def save_result(
         "spent_usd": round(spent_before + cost_usd, 6),
         "backend": backend,
         "gpu": gpu,
+        "run_id": run_id,  # its spend is in that run's manifest
         "device": result.get("device", ""),
         "finished_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
     }
@@ -419,89 +433,82 @@ def write_results(outcome: SweepOutcome) -> tuple[Path, Path]:
     return j, c
 
 
-# -- running --------------------------------------------------------------------------------
-
-
-@dataclass
-class Budget:
-    """The hard cap: a trial starts only if what is spent, what is in flight (at its worst
-    case: the whole time limit) and its own worst case fit under ``max_usd``."""
-
-    max_usd: float
-    spent: float = 0.0
-    reserved: float = 0.0
-
-    def try_reserve(self, usd: float) -> bool:
-        if not pricing.can_afford(self.max_usd, self.spent + self.reserved, usd):
-            return False
-        self.reserved += usd
-        return True
-
-    def settle(self, reserved: float, actual: float) -> None:
-        self.reserved = max(0.0, self.reserved - reserved)
-        self.spent += actual
+# -- running ---------------------------------------------------------------------------------
 
 
 def default_out_dir(spec: SweepSpec) -> Path:
     return Path("sweeps") / spec.name
 
 
-def run_sweep(
-    spec: SweepSpec,
-    *,
-    backend: str = "local",
-    data_dir: str | os.PathLike[str] | None = None,
-    out_dir: str | os.PathLike[str] | None = None,
-    on_event: Event | None = None,
-) -> SweepOutcome:
-    """Run every unfinished trial of ``spec`` and write the results files.
+class TrialBackend(Backend[Trial]):
+    """What the sweep backends share: the results folder is their store.
 
-    ``on_event(kind, info)`` reports progress: ``start`` (what will run), ``trial_start``,
-    ``eval`` (local only: a trial's periodic metrics), ``trial_done``, ``budget_stop``.
+    A trial that comes back is recorded here (checkpoint, then record) before
+    the orchestrator hears of it; a cancelled one (the budget's hard stop)
+    gets no record, so a rerun trains it.
     """
-    if backend not in BACKENDS:
-        raise SweepError(f"unknown backend {backend!r}; choose one of {', '.join(BACKENDS)}")
-    emit: Event = on_event or (lambda kind, info: None)
-    if backend == "local":
-        data = resolve_data(spec, data_dir)
-    else:
-        from runner.train.modal_sweep import resolve_volume_data
 
-        data = resolve_volume_data(spec, None if data_dir is None else str(data_dir))
-    out = Path(out_dir) if out_dir is not None else default_out_dir(spec)
-    trials = expand(spec, data)
-    records = read_records(out)
-    outcome = SweepOutcome(spec, out, backend, trials, records)
-    todo = [t for t in trials if not is_finished(records.get(t.trial_id), out)]
-    outcome.skipped = [t.trial_id for t in trials if t not in todo]
-    budget = Budget(spec.budget.max_usd, spent=spent_usd(records))
-    emit(
-        "start",
-        {
-            "trials": len(trials),
-            "todo": len(todo),
-            "skipped": len(outcome.skipped),
-            "data": data,
-            "out_dir": out,
-            "backend": backend,
-        },
-    )
-    if todo:
-        out.mkdir(parents=True, exist_ok=True)
-        if backend == "local":
-            from runner.train.local_sweep import run_local
+    def __init__(self, spec: SweepSpec, data: DataPlan, outcome: SweepOutcome, emit: Event, run_id: str) -> None:
+        self.spec = spec
+        self.data = data
+        self.outcome = outcome
+        self.emit = emit
+        self.run_id = run_id
+        self.out = outcome.out_dir
 
-            run_local(spec, data, todo, outcome, budget, emit)
-        else:
-            from runner.train.modal_sweep import run_modal
+    def survey(self, tasks: Sequence[Trial]) -> dict[str, SurveyState]:
+        return {
+            t.key: "done" if is_finished(self.outcome.records.get(t.trial_id), self.out) else "missing"
+            for t in tasks
+        }
 
-            run_modal(spec, data, todo, outcome, budget, emit)
-    outcome.records = read_records(out)
-    outcome.spent_usd = budget.spent
-    # a rerun with nothing to do leaves every file as it was
-    if todo or (out.exists() and not (out / "results.json").exists()):
-        write_results(outcome)
-    return outcome
+    def manifests(self) -> list[dict[str, Any]]:
+        out: list[dict[str, Any]] = []
+        folder = self.out / RUNS_DIR
+        for p in sorted(folder.glob("*.json")) if folder.is_dir() else ():
+            try:
+                m = json.loads(p.read_text())
+            except (OSError, ValueError):
+                continue
+            if isinstance(m, dict):
+                out.append(m)
+        # Records written before sweeps had manifests carry their own spend.
+        older = {k: r for k, r in self.outcome.records.items() if "run_id" not in r}
+        if older:
+            out.append({"run_id": "records", "status": "finished", "spend_usd": spent_usd(older)})
+        return out
+
+    def write_manifest(self, run_id: str, manifest: dict[str, Any]) -> str:
+        path = self.out / RUNS_DIR / f"{run_id}.json"
+        _write_atomic(path, (json.dumps(_jsonable(manifest), indent=1) + "\n").encode())
+        return str(path)
+
+    def finish(self, trial: Trial, result: dict[str, Any], *, gpu: str, price_per_hour: float) -> TaskResult:
+        """Record a returned trial; the orchestrator's result for it."""
+        rec = record_result(
+            self.outcome, trial, result, gpu=gpu, price_per_hour=price_per_hour, emit=self.emit, run_id=self.run_id
+        )
+        secs = max(0.0, float(result.get("seconds", 0.0)))
+        return TaskResult(
+            key=trial.trial_id,
+            status="done" if rec["status"] == "finished" else "failed",
+            seconds=secs,
+            gpu=gpu,
+            usd=secs * price_per_hour / 3600.0,
+            error=str(rec.get("error", "")),
+            run_id=self.run_id,
+        )
+
+    def cancelled(self, trial: Trial, seconds: float, gpu: str) -> TaskResult:
+        """A trial stopped before it returned: charged, not recorded (a rerun trains it)."""
+        return TaskResult(
+            key=trial.trial_id,
+            status="cancelled",
+            seconds=seconds,
+            gpu=gpu,
+            usd=seconds * float(dict(self.spec.pricing).get(gpu, 0.0)) / 3600.0,
+            run_id=self.run_id,
+        )
 
 
 def record_result(
@@ -512,10 +519,13 @@ def record_result(
     gpu: str,
     price_per_hour: float,
     emit: Event,
+    run_id: str = "",
 ) -> dict[str, Any]:
     """Price a returned result, save it, and report it: the one path every backend uses."""
     cost = max(0.0, float(result.get("seconds", 0.0))) * price_per_hour / 3600.0
-    rec = save_result(outcome.out_dir, trial, result, backend=outcome.backend, gpu=gpu, cost_usd=cost)
+    rec = save_result(
+        outcome.out_dir, trial, result, backend=outcome.backend, gpu=gpu, cost_usd=cost, run_id=run_id or "sweep"
+    )
     outcome.records[trial.trial_id] = rec
     outcome.ran.append(trial.trial_id)
     emit("trial_done", {"trial": trial, "record": rec})

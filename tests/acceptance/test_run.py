@@ -226,9 +226,13 @@ def test_external_kill_9_mid_solve_leaves_no_worker_and_rerun_finishes(tmp_path:
             return True
 
     wait_for(gone, 30)
+    assert manifests(tmp_path)[0]["status"] == "running"
     r = forge("run", "job.yaml", cwd=tmp_path)
     assert r.returncode == 0, r.stdout + r.stderr
     assert_complete(tmp_path, ["train/seed_00000030_decl_0"])
+    # The killed run's manifest no longer claims to be running.
+    killed, rerun = manifests(tmp_path)
+    assert killed["status"] == "abandoned" and rerun["status"] == "finished"
 
 
 @pytest.mark.slow
@@ -253,39 +257,64 @@ def test_two_runs_at_once_solve_each_shard_once(tmp_path: Path) -> None:
 
 @pytest.mark.slow
 @pytest.mark.ci
-def test_budget_stops_the_run_and_a_larger_cap_finishes(tmp_path: Path) -> None:
-    # $360,000/h = $100 per second of solving: the first shard alone passes a $1 cap.
-    write_job(tmp_path, [30, 1], extra="pricing: {local: 360000}\n", max_usd=1)
-    r = forge("run", "job.yaml", cwd=tmp_path)
+def test_the_cap_stops_work_in_flight_and_a_larger_cap_finishes(tmp_path: Path) -> None:
+    # $3600/h = $1 per second of each of the 2 workers.
+    write_job(tmp_path, [30, 1], workers=2, extra="pricing: {local: 3600}\n", max_usd=1000)
+    small = "train/seed_00000030_decl_0"
+    # A first run measures the smaller shard (T s); estimates of later runs start from it.
+    r = forge("run", "job.yaml", "--limit", "1", cwd=tmp_path)
+    assert r.returncode == 0, r.stdout + r.stderr
+    first = manifests(tmp_path)[-1]
+    t1 = first["attempts"][0]["seconds"]
+    # Made again from scratch (as after deleting shards), so both are in flight at once.
+    for suffix in (".parquet", ".json"):
+        (root(tmp_path) / f"{small}{suffix}").unlink()
+    # The cap affords both at the estimate (T s each); the larger shard (1.4x the states)
+    # runs past it, so the cap lands while it (or both, slower side by side) is in flight.
+    cap = round(first["spend_usd"] + 2.04 * t1, 4)
+    r = forge("run", "job.yaml", "--max-usd", str(cap), cwd=tmp_path)
     assert r.returncode == 3, r.stdout + r.stderr
-    assert "Stopped by the budget" in r.stdout
+    assert "Stopped by the budget" in r.stdout and "left to the next run" in r.stdout
     m = manifests(tmp_path)[-1]
-    assert m["status"] == "budget" and m["counts"]["solved"] == 1 and m["counts"]["remaining"] == 1
-    one = json.loads((root(tmp_path) / f"{m['solved'][0]}.json").read_text())
-    assert m["spend_usd"] >= 1 and m["spend_usd"] == pytest.approx(one["usd"], rel=0.05), "one wave beyond the cap, no more"
+    assert m["status"] == "budget" and m["counts"]["remaining"] >= 1
+    assert [a["status"] for a in m["attempts"]].count("cancelled") >= 1
+    job_spend = m["prior_usd"] + m["spend_usd"]
+    # At most one second of the 2 workers' work beyond the cap ($1/s each).
+    assert cap - 0.05 <= job_spend <= cap + 2 * 1.0
+    assert m["spend_usd"] == pytest.approx(sum(a["usd"] for a in m["attempts"]), abs=1e-4)
     assert leftovers(tmp_path) == []
+    tmp = [p for p in Path("/dev/shm").glob(f"forge-{m['run_id']}*")]
+    assert tmp == []
     r = forge("run", "job.yaml", "--max-usd", "1000000", cwd=tmp_path)
     assert r.returncode == 0, r.stdout + r.stderr
     last = manifests(tmp_path)[-1]
-    assert last["counts"]["solved"] == 1 and last["prior_usd"] == pytest.approx(m["spend_usd"])
+    assert last["prior_usd"] == pytest.approx(job_spend, abs=1e-4), "cancelled seconds count as spent"
+    assert last["counts"]["solved"] == m["counts"]["remaining"]
     assert_complete(tmp_path, list(SMALL))
-    st = status(tmp_path)
-    assert st["spend_usd"] == pytest.approx(sum(x["spend_usd"] for x in manifests(tmp_path)), rel=0.05)
 
 
 @pytest.mark.slow
-def test_ctrl_c_stops_workers_and_releases_claims(tmp_path: Path) -> None:
-    write_job(tmp_path, [30])
+@pytest.mark.parametrize(("sig", "code", "word"), [(signal.SIGINT, 130, "Interrupted"), (signal.SIGTERM, 143, "SIGTERM")])
+def test_ctrl_c_or_sigterm_stops_workers_charges_and_releases_claims(
+    tmp_path: Path, sig: signal.Signals, code: int, word: str
+) -> None:
+    write_job(tmp_path, [30], extra="pricing: {local: 3600}\n", max_usd=1000)
     p = start_forge("run", "job.yaml", cwd=tmp_path)
     wait_for(lambda: any(root(tmp_path).rglob("*.lock")))
     time.sleep(1.0)
-    os.killpg(p.pid, signal.SIGINT)  # what a terminal's Ctrl+C does: the whole process group
+    if sig == signal.SIGINT:
+        os.killpg(p.pid, sig)  # what a terminal's Ctrl+C does: the whole process group
+    else:
+        os.kill(p.pid, sig)  # what a job scheduler or `kill` does: forge run only
     out, _ = p.communicate(timeout=60)
-    assert p.returncode == 130, out
-    assert "Interrupted" in out
+    assert p.returncode == code, out
+    assert word in out
     assert leftovers(tmp_path) == []
     assert not list(root(tmp_path).glob("*/*.parquet"))
-    assert manifests(tmp_path)[-1]["status"] == "interrupted"
+    m = manifests(tmp_path)[-1]
+    assert m["status"] == ("interrupted" if sig == signal.SIGINT else "terminated")
+    (a,) = m["attempts"]
+    assert a["status"] == "cancelled" and a["seconds"] >= 1.0 and m["spend_usd"] == pytest.approx(a["usd"])
     assert status(tmp_path)["totals"]["missing"] == 1
 
 

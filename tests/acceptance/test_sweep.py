@@ -22,7 +22,7 @@ data: {{job: tiny.yaml, train_split: train, val_split: val}}
 search:
   method: grid
   parameters: {{lr: {lrs}, hidden: [16], layers: [1], batch_size: [64]}}
-train: {{steps: 200, eval_every: 100, seed: 0}}
+train: {{steps: {steps}, eval_every: 100, seed: 0}}
 objective: {{metric: val_accuracy, goal: max}}
 compute: {{timeout_s: {timeout}, workers: {workers}}}
 budget: {{max_usd: {max_usd}}}
@@ -36,9 +36,12 @@ def sweep_file(
     max_usd: float = 1,
     workers: int = 1,
     extra: str = "",
+    steps: int = 200,
 ) -> Path:
     path = folder / "sweep.yaml"
-    path.write_text(SWEEP.format(lrs=lrs, timeout=timeout, max_usd=max_usd, workers=workers, extra=extra))
+    path.write_text(
+        SWEEP.format(lrs=lrs, timeout=timeout, max_usd=max_usd, workers=workers, extra=extra, steps=steps)
+    )
     return path
 
 
@@ -130,8 +133,8 @@ def test_data_and_out_flags_and_the_budget_guard(project: Path, tmp_path_factory
     sweep_file(project, timeout=60, max_usd=5, extra="pricing: {local: 3600}\n")
     results = tmp_path_factory.mktemp("results")
     r = forge("sweep", "sweep.yaml", "--data", str(elsewhere / "tiny"), "--out", str(results), cwd=project)
-    assert r.returncode == 1, r.stdout + r.stderr
-    assert "budget" in r.stdout and "2 trial(s) not started" in r.stdout
+    assert r.returncode == 3, r.stdout + r.stderr
+    assert "budget" in r.stdout and "2 trial(s) not finished" in r.stdout
     table = json.loads((results / "results.json").read_text())
     assert [t["status"] for t in table] == ["budget", "budget"]
     assert not (results / "checkpoints").exists()
@@ -170,6 +173,40 @@ def test_a_failed_trial_is_recorded_and_tried_again(project: Path) -> None:
     assert all("not a deal of 28 tiles" in t["error"] for t in results)
     again = forge("sweep", "sweep.yaml", cwd=project)
     assert "2 of 2 trials to run" in again.stdout and again.returncode == 1
+
+
+@pytest.mark.slow
+def test_the_cap_stops_a_trial_in_flight_and_a_larger_cap_trains_it(project: Path) -> None:
+    # $3600/h = $1 per second of the worker. A first sweep measures a short trial (T s).
+    sweep_file(project, lrs="[0.01]", max_usd=1000, extra="pricing: {local: 3600}\n")
+    r = forge("sweep", "sweep.yaml", cwd=project)
+    assert r.returncode == 0, r.stdout + r.stderr
+    out = project / "sweeps" / "tiny-sweep"
+    (first,) = [json.loads(p.read_text()) for p in (out / "_runs").glob("*.json")]
+    t1 = first["attempts"][0]["seconds"]
+    # A new trial of ten times the steps: the estimate (T s, from the first sweep) fits
+    # the cap, the trial runs past it and is stopped there.
+    sweep_file(project, lrs="[0.01]", max_usd=1000, extra="pricing: {local: 3600}\n", steps=2000)
+    cap = round(first["spend_usd"] + 1.05 * t1, 4)
+    r = forge("sweep", "sweep.yaml", "--max-usd", str(cap), cwd=project)
+    assert r.returncode == 3, r.stdout + r.stderr
+    assert "1 trial(s) not finished" in r.stdout
+    ms = sorted((json.loads(p.read_text()) for p in (out / "_runs").glob("*.json")), key=lambda m: m["started"])
+    m = ms[-1]
+    assert m["status"] == "budget" and [a["status"] for a in m["attempts"]] == ["cancelled"]
+    # At most one second of the worker's work ($1) beyond the cap.
+    assert cap - 0.05 <= m["prior_usd"] + m["spend_usd"] <= cap + 1.0
+    table = json.loads((out / "results.json").read_text())
+    stopped = [t for t in table if t["status"] == "budget"]
+    assert len(stopped) == 1 and stopped[0]["checkpoint"] is None
+    assert not (out / "trials" / f"{stopped[0]['trial_id']}.json").exists()
+    assert not [p for p in out.rglob("*") if ".tmp" in p.name]
+    r = forge("sweep", "sweep.yaml", "--max-usd", "1000000", cwd=project)
+    assert r.returncode == 0, r.stdout + r.stderr
+    assert "1 of 1 trials to run" in r.stdout
+    last = sorted((json.loads(p.read_text()) for p in (out / "_runs").glob("*.json")), key=lambda m: m["started"])[-1]
+    assert last["prior_usd"] == pytest.approx(m["prior_usd"] + m["spend_usd"], abs=1e-4)
+    assert [t["status"] for t in json.loads((out / "results.json").read_text())] == ["finished"]
 
 
 @pytest.mark.slow

@@ -9,6 +9,8 @@ tests/acceptance/test_run.py.
 
 from __future__ import annotations
 
+import os
+import signal
 import textwrap
 from collections.abc import Sequence
 from pathlib import Path
@@ -22,6 +24,7 @@ from runner.backends.orchestrate import (
     EXIT_FAILED,
     EXIT_INTERRUPTED,
     EXIT_OK,
+    EXIT_TERMINATED,
     Orchestrator,
     RunOptions,
 )
@@ -61,7 +64,12 @@ class Clock:
 
 
 class Scripted(Backend):
-    """Plays back per-key outcomes; every poll finishes everything in flight."""
+    """Plays back per-key outcomes; every poll finishes everything in flight.
+
+    With ``lasting=S`` attempts take S virtual seconds instead: a poll advances
+    the clock by its timeout (or to the next attempt's end) and returns only
+    the attempts that ended, so live metering and the hard stop can be watched.
+    """
 
     name = "scripted"
 
@@ -78,6 +86,8 @@ class Scripted(Backend):
         claimed_for: dict[str, int] | None = None,
         manifests: list[dict[str, Any]] | None = None,
         interrupt_after: int | None = None,
+        lasting: float | None = None,
+        on_poll: Any = None,
     ) -> None:
         super().__init__(RunContext(spec, "run-test"))
         self.clock = clock
@@ -96,6 +106,11 @@ class Scripted(Backend):
         self.written: dict[str, dict[str, Any]] = {}
         self.stopped: list[bool] = []
         self.polls = 0
+        self.lasting = lasting
+        self.on_poll = on_poll
+        self.sent: dict[str, float] = {}
+        self.cancelled: list[str] = []
+        self.timeouts: list[float] = []
 
     def start(self) -> None:
         pass
@@ -114,6 +129,7 @@ class Scripted(Backend):
         for r in wave:
             assert r.task.key not in self.inflight
             self.inflight[r.task.key] = r
+            self.sent[r.task.key] = self.clock.t
             self.requests.append(r)
         self.max_inflight = max(self.max_inflight, len(self.inflight))
         if any(r.exclusive for r in self.inflight.values()) and len(self.inflight) > 1:
@@ -121,11 +137,21 @@ class Scripted(Backend):
 
     def poll(self, timeout: float) -> list[TaskResult]:
         self.polls += 1
+        self.timeouts.append(timeout)
         if self.interrupt_after is not None and self.polls > self.interrupt_after:
             raise KeyboardInterrupt
-        self.clock.t += self.seconds
+        if self.on_poll is not None:
+            self.on_poll(self)
+        if self.lasting is None:
+            self.clock.t += self.seconds
+            ending = list(self.inflight)
+        else:
+            first_end = min(self.sent[k] + self.lasting for k in self.inflight)
+            self.clock.t = min(self.clock.t + timeout, first_end)
+            ending = [k for k in self.inflight if self.sent[k] + self.lasting <= self.clock.t + 1e-9]
         out = []
-        for key, req in self.inflight.items():
+        for key in ending:
+            req = self.inflight.pop(key)
             steps = self.script.get(key, [])
             o = steps.pop(0) if steps else {}
             status = o.get("status", "done")
@@ -137,7 +163,7 @@ class Scripted(Backend):
                 key=key,
                 status=status,
                 states=o.get("states", 1000),
-                seconds=self.seconds,
+                seconds=self.clock.t - self.sent[key],
                 gpu=req.gpu[0] if req.gpu else "local",
                 oom=o.get("oom", False),
                 error=o.get("error", ""),
@@ -147,7 +173,20 @@ class Scripted(Backend):
             if status == "done":
                 self.done.add(key)
             out.append(res)
-        self.inflight.clear()
+        return out
+
+    def cancel(self, keys: Sequence[str]) -> list[TaskResult]:
+        out = []
+        for key in keys:
+            req = self.inflight.pop(key, None)
+            if req is None:
+                continue
+            self.cancelled.append(key)
+            gpu = req.gpu[0] if req.gpu else "local"
+            out.append(
+                TaskResult(key=key, status="cancelled", seconds=self.clock.t - self.sent[key], gpu=gpu,
+                           tier=req.tier, attempt=req.attempt)
+            )  # fmt: skip
         return out
 
     def survey(self, tasks: Sequence[ShardTask]) -> dict[str, SurveyState]:
@@ -283,24 +322,134 @@ def test_too_large_without_a_large_tier_is_skipped(tmp_path: Path) -> None:
     assert s.progress.skipped == 1 and be.written["run-test"]["skipped"] == [ks[0]]
 
 
-def test_budget_stops_new_work_and_says_so(tmp_path: Path) -> None:
-    # $3600/h = $1 per second; each shard takes 10 s = $10; two in flight at once.
-    spec = make_job(tmp_path, "compute: {gpu: T4}\npricing: {T4: 3600}\n", seeds=10, budget="max_usd: 25")
+# $3600/h = $1 per second. Until a shard is measured, a T4 shard is estimated by
+# the model in spec.pricing: 1 s + 20 M states / 40 M/s + 20 M / 4 M/s = 6.5 s.
+T4_1USD_PER_S = "compute: {gpu: T4}\npricing: {T4: 3600}\n"
+T4_MODEL_S = 6.5
+
+
+def test_the_soft_stop_counts_the_work_in_flight_and_the_next_attempt(tmp_path: Path) -> None:
+    # Cap $12: the first attempt's estimate ($6.5) fits, a second beside it
+    # ($13 with the first in flight) does not. Once the first has taken 10 s,
+    # the measured $10 replaces the model: $10 spent + $10 > $12, so nothing more.
+    spec = make_job(tmp_path, T4_1USD_PER_S, seeds=10, budget="max_usd: 12")
+    ks = keys(spec)
     clock = Clock()
     be = Scripted(spec, clock, cap=2)
     s = orchestrate(spec, be, clock)
+    assert [[r.task.key for r in w] for w in be.waves] == [[ks[0]]]
+    assert s.progress.spend_usd == pytest.approx(10.0)
     assert s.exit_code == EXIT_BUDGET and s.stopped_by == "budget"
-    spend = s.progress.spend_usd
-    assert spend == pytest.approx(10.0 * len(be.requests))
-    assert 25 <= spend <= 25 + 2 * 10, "at most one wave beyond the cap"
-    assert s.progress.remaining == 10 - len(be.requests)
-    assert be.written["run-test"]["status"] == "budget"
-    # A rerun with a larger cap counts what was spent before and finishes the rest.
+    assert s.progress.remaining == 9 and s.progress.overshoot_usd == 0
+    m = be.written["run-test"]
+    assert m["status"] == "budget" and m["spend_usd"] == pytest.approx(10.0)
+    assert m["attempts"] == [
+        {"key": ks[0], "attempt": 0, "tier": "default", "gpu": "T4", "status": "done", "seconds": 10.0, "usd": 10.0}
+    ]
+
+
+def test_the_hard_stop_cancels_work_in_flight_at_the_cap_and_charges_it(tmp_path: Path) -> None:
+    # Two attempts estimated at 6.5 s each really take 100 s: together they cost
+    # $2/s, so the cap of $25.1 is reached 12.55 s in: between two regular reads
+    # of the meter (every 0.25 s), so the last wait is cut short to land on it.
+    # Both are cancelled there and charged 12.55 s each.
+    spec = make_job(tmp_path, T4_1USD_PER_S, seeds=4, budget="max_usd: 25.1")
+    ks = keys(spec)
+    clock = Clock()
+    be = Scripted(spec, clock, cap=2, lasting=100.0)
+    s = orchestrate(spec, be, clock)
+    assert [[r.task.key for r in w] for w in be.waves] == [ks[:2]]
+    assert sorted(be.cancelled) == sorted(ks[:2])
+    assert s.exit_code == EXIT_BUDGET and s.stopped_by == "budget"
+    interval = RunOptions().poll_s * 2 * 1.0  # one metering interval of the work in flight, in $
+    assert 25.1 <= s.progress.spend_usd <= 25.1 + interval
+    assert s.progress.spend_usd == pytest.approx(25.1, abs=0.03)
+    assert max(be.timeouts) <= RunOptions().poll_s and min(be.timeouts) < RunOptions().poll_s
+    m = be.written["run-test"]
+    assert [a["status"] for a in m["attempts"]] == ["cancelled", "cancelled"]
+    assert [a["seconds"] for a in m["attempts"]] == pytest.approx([12.55, 12.55], abs=0.02)
+    assert m["in_flight"] == [] and m["accrued_usd"] == 0
+    assert s.progress.remaining == 4 and be.stopped == [True] and be.inflight == {}
+    # The rerun counts the cancelled seconds as spent and, with room, finishes exactly.
     clock2 = Clock()
-    be2 = Scripted(spec, clock2, cap=2, done=be.done, manifests=[be.written["run-test"]])
+    be2 = Scripted(spec, clock2, cap=2, done=be.done, manifests=[m])
     s2 = orchestrate(spec, be2, clock2, run_id="run-2", max_usd=1000)
-    assert s2.exit_code == EXIT_OK and s2.progress.prior_usd == pytest.approx(spend)
-    assert s2.progress.solved == 10 - len(be.requests)
+    assert s2.progress.prior_usd == pytest.approx(s.progress.spend_usd)
+    assert s2.exit_code == EXIT_OK and s2.progress.solved == 4 and sorted(be2.done) == sorted(ks)
+
+
+def test_a_run_that_ends_above_its_cap_exits_3_and_says_by_how_much(tmp_path: Path) -> None:
+    # One shard estimated at $6.5 fits a $8 cap; it costs $10 and ends in one poll.
+    spec = make_job(tmp_path, T4_1USD_PER_S, seeds=1, budget="max_usd: 8")
+    clock = Clock()
+    be = Scripted(spec, clock)
+    s = orchestrate(spec, be, clock)
+    assert s.progress.solved == 1 and s.progress.remaining == 0
+    assert s.exit_code == EXIT_BUDGET
+    assert s.progress.overshoot_usd == pytest.approx(2.0)
+    m = be.written["run-test"]
+    assert m["status"] == "budget" and m["overshoot_usd"] == pytest.approx(2.0)
+    # A rerun with nothing left to do spends nothing: it did not pass the cap.
+    be2 = Scripted(spec, Clock(), done=be.done, manifests=[m])
+    s2 = orchestrate(spec, be2, be2.clock, run_id="run-2")
+    assert s2.progress.overshoot_usd == pytest.approx(2.0) and s2.exit_code == EXIT_OK
+
+
+def test_estimates_start_from_earlier_runs_records(tmp_path: Path) -> None:
+    # The model says 6.5 s ($6.5, which a $15 cap affords); an earlier run measured
+    # 20 s per T4 shard ($20), so nothing starts.
+    spec = make_job(tmp_path, T4_1USD_PER_S, seeds=3, budget="max_usd: 15")
+    earlier = {"run_id": "old", "status": "finished", "spend_usd": 0.0,
+               "attempts": [{"key": "x", "gpu": "T4", "status": "done", "seconds": 20.0, "usd": 0.0}]}  # fmt: skip
+    clock = Clock()
+    be = Scripted(spec, clock, manifests=[earlier])
+    s = orchestrate(spec, be, clock)
+    assert be.requests == [] and s.exit_code == EXIT_BUDGET
+    # Without that record the model's two ($13) fit the same cap.
+    be2 = Scripted(spec, Clock(), manifests=[dict(earlier, attempts=[])])
+    orchestrate(spec, be2, be2.clock)
+    assert len(be2.waves[0]) == 2
+
+
+def test_an_abandoned_running_manifest_is_closed_and_its_work_in_flight_charged(tmp_path: Path) -> None:
+    from runner.store.claims import this_host
+
+    spec = make_job(tmp_path, T4_1USD_PER_S, seeds=2, budget="max_usd: 1000")
+    gone = {
+        "run_id": "killed", "status": "running", "host": this_host(), "pid": 2**30, "started": 1.0,
+        "updated": 9e18, "spend_usd": 3.0, "accrued_usd": 4.0, "attempts": [],
+        "in_flight": [{"key": "k", "gpu": "T4", "seconds": 4.0, "usd": 4.0}],
+    }  # fmt: skip
+    live = dict(gone, run_id="live", pid=os.getppid(), spend_usd=1.0, accrued_usd=0.5)
+    quiet = dict(gone, run_id="quiet", host="elsewhere", updated=1.0, spend_usd=2.0, accrued_usd=0.0, in_flight=[])
+    clock = Clock()
+    be = Scripted(spec, clock, manifests=[gone, live, quiet])
+    s = orchestrate(spec, be, clock)
+    assert be.written["killed"]["status"] == "abandoned" and be.written["killed"]["spend_usd"] == 7.0
+    assert be.written["killed"]["attempts"][0]["status"] == "killed"
+    assert be.written["quiet"]["status"] == "abandoned"
+    assert "live" not in be.written  # its process is alive: still running
+    assert s.progress.prior_usd == pytest.approx(7.0 + 1.5 + 2.0)
+
+
+def test_sigterm_stops_like_ctrl_c_charges_and_exits_143(tmp_path: Path) -> None:
+    spec = make_job(tmp_path, T4_1USD_PER_S, seeds=4)
+    clock = Clock()
+
+    def term(be: Scripted) -> None:
+        if be.polls == 3:
+            os.kill(os.getpid(), signal.SIGTERM)
+
+    be = Scripted(spec, clock, cap=2, lasting=100.0, on_poll=term)
+    before = signal.getsignal(signal.SIGTERM)
+    s = orchestrate(spec, be, clock)
+    assert s.exit_code == EXIT_TERMINATED and s.stopped_by == "terminate"
+    assert signal.getsignal(signal.SIGTERM) == before
+    m = be.written["run-test"]
+    assert m["status"] == "terminated" and [a["status"] for a in m["attempts"]] == ["cancelled"] * 2
+    # Two polls of 0.25 s ran before the signal: each attempt is charged 0.5 s.
+    assert s.progress.spend_usd == pytest.approx(2 * 0.5)
+    assert be.stopped == [True]
 
 
 def test_prior_spend_alone_can_stop_a_run(tmp_path: Path) -> None:

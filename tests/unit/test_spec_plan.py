@@ -220,3 +220,25 @@ def test_nothing_to_do_when_every_shard_exists(tmp_path: Path) -> None:
     plan = make_plan(spec, store_dir=tmp_path)
     assert plan.todo == 0 and "nothing to do" in plan.render()
     assert all(e.usd == 0 for e in plan.estimates)
+
+
+def test_plan_shows_the_cap_the_downgrade_point_the_large_tier_and_what_the_cap_pays_for(tmp_path: Path) -> None:
+    # $1 per H200 second (6.04 s/shard in the model: $6.04) and $0.1 per T4 second
+    # (6.5 s/shard: $0.65). $50 (half the cap) buys 8.3 shards on H200, the other $50 76.9 on T4.
+    p = job(
+        tmp_path,
+        "{mode: marginalized, base_seeds: {start: 0, stop: 100}, opp_seeds: 10}",
+        "compute: {gpu: H200, large: {gpu: B200, timeout_s: 3600, max_states: 900000000}}\n"
+        "pricing: {H200: 3600, T4: 360, B200: 7200}\n",
+    )
+    text = p.read_text().replace("budget: {max_usd: 5}", "budget: {max_usd: 100, on_exceed: {downgrade: T4, at: 0.5}}")
+    p.write_text(text)
+    plan = make_plan(load_job(p), backend="modal")
+    doc = plan.to_json()["budget"]
+    assert doc["downgrade_at_usd"] == 50.0 and doc["affordable_shards"] == 85 and doc["share"] == 0.0852
+    assert doc["downgrade_estimate"]["gpu"] == "T4" and doc["large_estimate"]["gpu"] == "B200"
+    text = plan.render()
+    assert "move to T4 at 50% of the cap ($50.00), stop at the cap" in text
+    assert "downgrade GPU T4: $360.00/h, 6.5 s/shard, $0.6500/shard" in text
+    assert "large tier B200: $7200.00/h" in text
+    assert "the cap pays for ~85 of the 1,000 shards to do (9%)" in text

@@ -8,8 +8,9 @@ from pathlib import Path
 
 from runner.train.loop import TrainConfig
 from runner.train.sweep import (
-    Budget,
+    SweepOutcome,
     Trial,
+    TrialBackend,
     checkpoint_path,
     is_finished,
     read_records,
@@ -51,13 +52,32 @@ def test_ranking_puts_the_best_first_and_unfinished_last() -> None:
     assert [r["index"] for r in sort_rows(rows, "val_accuracy", "min")] == [1, 5, 3, 2, 4]
 
 
-def test_budget_reserves_the_worst_case_and_settles_the_actual() -> None:
-    b = Budget(max_usd=10.0, spent=1.0)
-    assert b.try_reserve(4.0) and b.try_reserve(4.0)
-    assert not b.try_reserve(1.5)  # 1 spent + 8 in flight + 1.5 > 10
-    b.settle(4.0, 0.5)  # a trial came back cheaper than its worst case
-    assert b.spent == 1.5 and b.reserved == 4.0
-    assert b.try_reserve(4.5) and not b.try_reserve(0.01)
+def test_spend_of_records_from_before_manifests_counts_once(tmp_path: Path) -> None:
+    # Records written before sweeps had run manifests carry their own spend; records
+    # of a run with a manifest are counted there, not twice.
+    trial = Trial(1, "old1", {"lr": 0.1}, TrainConfig())
+    failed = {"trial_id": "old1", "status": "failed", "error": "boom", "seconds": 10.0}
+    save_result(tmp_path, trial, failed, backend="local", gpu="local", cost_usd=0.25)
+    rec = json.loads(record_path(tmp_path, "old1").read_text())
+    del rec["run_id"]  # as written before
+    record_path(tmp_path, "old1").write_text(json.dumps(rec))
+    save_result(tmp_path, Trial(2, "new2", {}, TrainConfig()), failed | {"trial_id": "new2"},
+                backend="local", gpu="local", cost_usd=0.5, run_id="r1")  # fmt: skip
+
+    class Folder(TrialBackend):  # only the results-folder side of a sweep backend
+        def start(self) -> None: ...
+        def capacity(self, tier: str = "default") -> int: return 1  # type: ignore[override]  # noqa: E704
+        def in_flight(self) -> int: return 0  # noqa: E704
+        def submit(self, wave: object) -> None: ...  # type: ignore[override]
+        def poll(self, timeout: float) -> list: return []  # type: ignore[type-arg]  # noqa: E704
+        def stop(self, *, interrupted: bool) -> None: ...
+
+    outcome = SweepOutcome(None, tmp_path, "local", [], read_records(tmp_path))  # type: ignore[arg-type]
+    be = Folder(None, None, outcome, lambda k, i: None, "r2")  # type: ignore[arg-type]
+    be.write_manifest("r1", {"run_id": "r1", "status": "budget", "spend_usd": 0.5, "accrued_usd": 0.0})
+    from runner.backends.orchestrate import prior_spend
+
+    assert prior_spend(be.manifests()) == 0.25 + 0.5
 
 
 def test_a_retried_trial_keeps_counting_what_its_attempts_cost(tmp_path: Path) -> None:

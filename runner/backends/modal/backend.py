@@ -21,7 +21,7 @@ from typing import Any
 import modal
 import modal.exception
 
-from runner.backends.base import Backend, RunContext, SurveyState, TaskRequest, Tier
+from runner.backends.base import Attempt, Backend, RunContext, SurveyState, TaskRequest, Tier
 from runner.backends.modal.claims import DictClaims, release_run_claims
 from runner.backends.modal.compile import FunctionPlan, compile_job, enter_app
 from runner.backends.modal.errors import ModalUserError, require_credentials, user_error
@@ -98,6 +98,7 @@ class ModalBackend(Backend):
         self._run_cm: Any = None
         self._results: queue.Queue[TaskResult] = queue.Queue()
         self._pending: dict[str, TaskRequest] = {}
+        self._sent: dict[str, float] = {}  # key -> time.monotonic() at submit (live metering)
         self._tasks: dict[str, ShardTask] = {}  # every task submitted in this run
         self._surveyed = False  # the first survey trusts only the volume (see classify)
         self._lock = threading.Lock()
@@ -252,6 +253,7 @@ class ModalBackend(Backend):
         with self._lock:
             for req in wave:
                 self._pending[req.task.key] = req
+                self._sent[req.task.key] = time.monotonic()
                 self._tasks[req.task.key] = req.task
         for name, req in routed:
             threading.Thread(
@@ -287,29 +289,56 @@ class ModalBackend(Backend):
             self._release_claim_of_run(result.key)
             self._deliver(result)
 
-    def cancel(self, keys: Collection[str] | None = None) -> int:
-        """Cancel attempts in flight (all, or those of ``keys``); how many were asked to stop.
+    def running(self) -> dict[str, Attempt]:
+        # Billed from the submit (a container's start is billed too), at the dearest
+        # GPU the input may land on: which one it got is known only from its result.
+        now = time.monotonic()
+        with self._lock:
+            return {
+                k: Attempt(k, now - self._sent.get(k, now), self.price_name(r.gpu))
+                for k, r in self._pending.items()
+            }
+
+    def cancel(self, keys: Collection[str] | None = None) -> list[TaskResult]:
+        """Cancel attempts in flight (all, or those of ``keys``); one ``cancelled`` result each.
 
         ``FunctionCall.cancel(terminate_containers=True)`` (modal/_functions.py:2523)
         ends the input without a Modal retry and stops its container, so its GPU
         stops billing; other inputs of that container are rescheduled by Modal and
-        find their shard claimed or done. Each cancelled attempt comes back from
-        ``poll`` as a failed result. For the orchestrator's budget cap.
+        find their shard claimed or done. Each cancelled attempt is answered here,
+        charged from its submit at the dearest GPU it may have had (the budget's
+        hard stop, Ctrl+C, SIGTERM); whatever its call answers later is dropped.
         """
+        now = time.monotonic()
         with self._lock:
             wanted = set(self._pending) if keys is None else set(keys) & set(self._pending)
             self._cancelled |= wanted
             calls = [c for k, c in self._calls.items() if k in wanted]
+            reqs = [self._pending.pop(k) for k in sorted(wanted)]
         for call in calls:
             try:
                 call.cancel(terminate_containers=True)
             except Exception as e:
                 self.say(f"warning: cancelling a Modal call failed: {e}")
-        return len(wanted)
+        prices = dict(self.spec.pricing)
+        out = []
+        for req in reqs:
+            secs = now - self._sent.get(req.task.key, now)
+            gpu = self.price_name(req.gpu)
+            out.append(
+                TaskResult(
+                    key=req.task.key, status="cancelled", seconds=secs, gpu=gpu,
+                    usd=secs * prices.get(gpu, 0.0) / 3600.0, error="cancelled by forge",
+                    tier=req.tier, attempt=req.attempt, run_id=self.run_id,
+                )
+            )  # fmt: skip
+            self._release_claim_of_run(req.task.key)
+        return out
 
     def _deliver(self, r: TaskResult) -> None:
         with self._lock:
-            self._pending.pop(r.key, None)
+            if self._pending.pop(r.key, None) is None:
+                return  # cancelled meanwhile: already answered by cancel()
         self._results.put(r)
 
     def poll(self, timeout: float) -> list[TaskResult]:

@@ -1,0 +1,26 @@
+"""Backends by name: the one place that knows every implementation.
+
+It sits above ``base.py`` and the implementations, so none of them imports
+another (``base`` used to import ``local`` and ``modal``, which import ``base``).
+"""
+
+from __future__ import annotations
+
+from runner.backends.base import Backend, RunContext
+
+BACKENDS = ("local", "modal")
+
+
+def make_backend(name: str, ctx: RunContext) -> Backend:
+    """The backend called ``name`` ("local" or "modal")."""
+    if name == "local":
+        from runner.backends.local import LocalBackend
+
+        return LocalBackend(ctx)
+    if name == "modal":
+        # Imported only when chosen: modal is a heavy import a local run does not need.
+        from runner.backends import modal as modal_backend
+
+        backend: Backend = modal_backend.ModalBackend(ctx)  # type: ignore[attr-defined,unused-ignore]
+        return backend
+    raise ValueError(f"unknown backend {name!r} (choose local or modal)")

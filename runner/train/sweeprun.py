@@ -1,0 +1,106 @@
+"""``forge sweep``: the trials of a sweep file through the shared orchestrator.
+
+Trials are tasks like shards: the same dispatch loop, budget, live metering and
+stop rules (``runner.backends.orchestrate``), through a sweep backend chosen
+here by name. This module sits above ``sweep.py`` and both backends, so none of
+them imports another.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+from runner.backends.orchestrate import Orchestrator, RunOptions, new_run_id
+from runner.spec.model import SweepSpec
+from runner.train.sweep import (
+    DataPlan,
+    Event,
+    SweepError,
+    SweepOutcome,
+    TrialBackend,
+    default_out_dir,
+    expand,
+    is_finished,
+    read_records,
+    resolve_data,
+    write_results,
+)
+
+BACKENDS = ("local", "modal")
+
+
+def _backend(
+    name: str, spec: SweepSpec, data: DataPlan, outcome: SweepOutcome, emit: Event, run_id: str
+) -> TrialBackend:
+    if name == "local":
+        from runner.train.local_sweep import LocalSweepBackend
+
+        return LocalSweepBackend(spec, data, outcome, emit, run_id)
+    from runner.train.modal_sweep import ModalSweepBackend
+
+    return ModalSweepBackend(spec, data, outcome, emit, run_id)
+
+
+def run_sweep(
+    spec: SweepSpec,
+    *,
+    backend: str = "local",
+    data_dir: str | os.PathLike[str] | None = None,
+    out_dir: str | os.PathLike[str] | None = None,
+    on_event: Event | None = None,
+    max_usd: float | None = None,
+    options: RunOptions | None = None,
+) -> SweepOutcome:
+    """Run every unfinished trial of ``spec`` and write the results files.
+
+    ``on_event(kind, info)`` reports progress: ``start`` (what will run), ``trial_start``,
+    ``eval`` (local only: a trial's periodic metrics), ``trial_done``, ``budget_stop``.
+    ``max_usd`` replaces ``budget.max_usd`` for this call.
+    """
+    if backend not in BACKENDS:
+        raise SweepError(f"unknown backend {backend!r}; choose one of {', '.join(BACKENDS)}")
+    emit: Event = on_event or (lambda kind, info: None)
+    if backend == "local":
+        data = resolve_data(spec, data_dir)
+    else:
+        from runner.train.modal_sweep import resolve_volume_data
+
+        data = resolve_volume_data(spec, None if data_dir is None else str(data_dir))
+    out = Path(out_dir) if out_dir is not None else default_out_dir(spec)
+    trials = expand(spec, data)
+    records = read_records(out)
+    outcome = SweepOutcome(spec, out, backend, trials, records)
+    todo = [t for t in trials if not is_finished(records.get(t.trial_id), out)]
+    outcome.skipped = [t.trial_id for t in trials if t not in todo]
+    emit(
+        "start",
+        {
+            "trials": len(trials),
+            "todo": len(todo),
+            "skipped": len(outcome.skipped),
+            "data": data,
+            "out_dir": out,
+            "backend": backend,
+        },
+    )
+    if todo:
+        out.mkdir(parents=True, exist_ok=True)
+        run_id = new_run_id()
+        be = _backend(backend, spec, data, outcome, emit, run_id)
+        opts = options or RunOptions()
+        opts.max_usd = max_usd
+        if opts.model_s is None:  # until trials are measured: the worst case, the whole time limit
+            opts.model_s = float(spec.compute.timeout_s)
+        summary = Orchestrator(spec, be, todo, run_id=run_id, options=opts).run()
+        outcome.exit_code = summary.exit_code
+        outcome.spent_usd = summary.progress.job_spend
+        if summary.stopped_by == "budget" or summary.exit_code == 3:
+            left = [t for t in todo if not is_finished(outcome.records.get(t.trial_id), out)]
+            outcome.budget_stopped = [t.trial_id for t in left]
+            emit("budget_stop", {"trials": left, "spent": outcome.spent_usd, "max_usd": summary.progress.max_usd})
+    outcome.records = read_records(out)
+    # a rerun with nothing to do leaves every file as it was
+    if todo or (out.exists() and not (out / "results.json").exists()):
+        write_results(outcome)
+    return outcome
