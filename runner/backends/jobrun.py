@@ -12,6 +12,7 @@ from runner.backends.orchestrate import Orchestrator, RunOptions, RunSummary, ne
 from runner.backends.progress import RunDisplay
 from runner.spec.load import load_job
 from runner.spec.plan import tasks as plan_tasks
+from runner.store.shards import ShardStore, job_root
 
 
 def run_job(
@@ -23,13 +24,25 @@ def run_job(
     max_usd: float | None = None,
     console: Console | None = None,
     options: RunOptions | None = None,
+    verify: bool = False,
 ) -> RunSummary:
-    """Run what is missing of ``job``; raises SpecErrors for a bad file, BackendError for setup."""
+    """Run what is missing of ``job``; raises SpecErrors for a bad file, BackendError for setup.
+
+    ``verify``: fully verify the shards already there first; failing ones are moved
+    aside and solved again (the skip check alone reads only each file's footer).
+    """
     spec = load_job(job)
     tasks = plan_tasks(spec)
     run_id = new_run_id()
     ctx = RunContext(spec, run_id, store_dir=Path(out) if out is not None else None)
     be = make_backend(backend, ctx)
+    store = ShardStore(job_root(spec, out))
+    store.clean_debris(s.name for s in spec.splits)
+    verified: list[str] = []
+    if verify:
+        checked, moved = store.verify_existing(tasks)
+        verified.append(f"--verify: {checked} existing shard(s) checked, {len(moved)} failed")
+        verified += [f"  moved {key} to {aside.name} ({why}); solving it again" for key, why, aside in moved]
     opts = options or RunOptions()
     opts.limit, opts.max_usd = limit, max_usd
     display = RunDisplay(console)
@@ -38,6 +51,7 @@ def run_job(
         [
             f"forge run {spec.name} ({spec.path}): {len(tasks)} shard(s) in the job; run {run_id}",
             f"backend {be.describe()}; budget ${cap:,.2f}",
+            *verified,
         ]
     )
     with display:

@@ -34,7 +34,7 @@ ShardState = Literal["done", "unrecorded", "missing", "corrupt", "skipped"]
 RUNS_DIR = "_runs"
 RECORD_SUFFIX = ".json"
 TMP_MARK = ".tmp"
-CORRUPT_MARK = ".corrupt-"
+DEBRIS_AGE_S = 60.0  # a temporary JSON file older than this has no live writer
 
 # The "auto" commit policy batches: durable every this many shards or seconds.
 AUTO_EVERY_SHARDS = 16
@@ -48,10 +48,6 @@ def job_root(spec: JobSpec, store_dir: str | os.PathLike[str] | None = None) -> 
     if "{" in rel:
         rel = rel.format(name=spec.name)
     return base / rel
-
-
-def utc_stamp(t: float | None = None) -> str:
-    return time.strftime("%Y%m%dT%H%M%SZ", time.gmtime(time.time() if t is None else t))
 
 
 def fsync_path(path: Path) -> None:
@@ -180,8 +176,12 @@ STATUS_COLUMNS = ("done", "missing", "claimed", "stale", "failed", "corrupt", "s
 def _write_json_atomic(path: Path, obj: Any) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f"{path.name}{TMP_MARK}-{os.getpid()}")
-    tmp.write_text(json.dumps(obj, indent=1, sort_keys=True) + "\n")
-    os.replace(tmp, path)
+    try:
+        tmp.write_text(json.dumps(obj, indent=1, sort_keys=True) + "\n")
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)  # e.g. disk full: leave no half-written file behind
+        raise
 
 
 def _read_json(path: Path) -> dict[str, Any] | None:
@@ -296,31 +296,74 @@ class ShardStore:
     # -- repairs -------------------------------------------------------------
     def quarantine(self, task: ShardTask, why: str = "") -> Path | None:
         """Move a bad file under the final name aside to ``NAME.parquet.corrupt-<time>``."""
-        path = self.shard_path(task)
-        aside = path.with_name(f"{path.name}{CORRUPT_MARK}{utc_stamp()}")
-        n = 0
-        while aside.exists():
-            n += 1
-            aside = path.with_name(f"{path.name}{CORRUPT_MARK}{utc_stamp()}-{n}")
-        try:
-            os.rename(path, aside)
-        except FileNotFoundError:
-            return None
-        if why:
-            with contextlib.suppress(OSError):
-                aside.with_name(aside.name + ".why").write_text(why + "\n")
-        return aside
+        from runner.oracle.shard import move_aside
+
+        return move_aside(self.shard_path(task), why)
+
+    def verify_existing(self, tasks: Iterable[ShardTask]) -> tuple[int, list[tuple[str, str, Path]]]:
+        """Fully verify every shard under its final name (``forge run --verify``).
+
+        The quick check reads only the footer, so a flipped byte in the data
+        passes it; this reads every page (CRCs, digests, order, V against Q).
+        Failing shards are moved aside so the run solves them again. Returns
+        (shards checked, [(key, why, where it went)]).
+        """
+        from runner.oracle.shard import move_aside, verify_shard
+
+        checked = 0
+        moved: list[tuple[str, str, Path]] = []
+        for t in tasks:
+            path = self.shard_path(t)
+            if not path.is_file():
+                continue
+            checked += 1
+            errors = verify_shard(path)
+            if errors:
+                why = "; ".join(errors)
+                aside = move_aside(path, "forge run --verify: " + why)
+                if aside is not None:
+                    moved.append((t.key, why, aside))
+        return checked, moved
 
     def clean_tmp(self, task: ShardTask) -> list[Path]:
-        """Remove temporary files of this shard (left by a writer that died)."""
+        """Remove temporary files of this shard and its record (left by a writer that died).
+
+        Only for a shard whose claim the caller holds: nobody else writes them then.
+        """
         path = self.shard_path(task)
         removed: list[Path] = []
         if not path.parent.is_dir():
             return removed
-        for p in path.parent.glob(f"*{path.name}{TMP_MARK}*"):
-            with contextlib.suppress(FileNotFoundError):
-                p.unlink()
-                removed.append(p)
+        record = self.record_path(task).name
+        for pattern in (f"*{path.name}{TMP_MARK}*", f"{record}{TMP_MARK}-*"):
+            for p in path.parent.glob(pattern):
+                with contextlib.suppress(FileNotFoundError):
+                    p.unlink()
+                    removed.append(p)
+        return removed
+
+    def clean_debris(self, splits: Iterable[str], *, now: float | None = None) -> list[Path]:
+        """Remove the temporary JSON files (records, manifests) of writers that died.
+
+        Such a file lives for milliseconds between write and rename, so one older
+        than DEBRIS_AGE_S is an orphan whoever made it, on whatever host. Shard
+        temporaries are cleaned per shard under its claim (``clean_tmp``): a live
+        writer may take minutes over one. One listing per folder.
+        """
+        t = time.time() if now is None else now
+        removed: list[Path] = []
+        for folder in [self.root / RUNS_DIR, *(self.root / s for s in splits)]:
+            try:
+                entries = list(os.scandir(folder))
+            except OSError:
+                continue
+            for e in entries:
+                if f"{RECORD_SUFFIX}{TMP_MARK}-" not in e.name:
+                    continue
+                with contextlib.suppress(OSError):
+                    if e.is_file(follow_symlinks=False) and t - e.stat().st_mtime > DEBRIS_AGE_S:
+                        os.unlink(e.path)
+                        removed.append(Path(e.path))
         return removed
 
     def recover_record(self, task: ShardTask) -> dict[str, Any]:
