@@ -7,12 +7,12 @@ from pathlib import Path
 
 from rich.console import Console
 
-from runner.backends.base import RunContext, make_backend
+from runner.backends.base import BackendError, RunContext, make_backend
 from runner.backends.orchestrate import Orchestrator, RunOptions, RunSummary, new_run_id
 from runner.backends.progress import RunDisplay
 from runner.spec.load import load_job
 from runner.spec.plan import tasks as plan_tasks
-from runner.store.shards import ShardStore, job_root
+from runner.store.shards import ShardStore, StoreError, job_root
 
 
 def run_job(
@@ -36,10 +36,17 @@ def run_job(
     run_id = new_run_id()
     ctx = RunContext(spec, run_id, store_dir=Path(out) if out is not None else None)
     be = make_backend(backend, ctx)
-    store = ShardStore(job_root(spec, out))
-    store.clean_debris(s.name for s in spec.splits)
     verified: list[str] = []
+    if backend == "local":  # the Modal backend's store is its volume, not a folder here
+        store = ShardStore(job_root(spec, out))
+        try:
+            store.prepare(s.name for s in spec.splits)
+        except StoreError as e:
+            raise BackendError(str(e)) from None
+        store.clean_debris(s.name for s in spec.splits)
     if verify:
+        if backend != "local":
+            raise BackendError("--verify reads the shards here: use it with the local backend")
         checked, moved = store.verify_existing(tasks)
         verified.append(f"--verify: {checked} existing shard(s) checked, {len(moved)} failed")
         verified += [f"  moved {key} to {aside.name} ({why}); solving it again" for key, why, aside in moved]

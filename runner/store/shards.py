@@ -204,6 +204,18 @@ def manifest_outcomes(manifests: Sequence[dict[str, Any]]) -> tuple[dict[str, st
     return failed_last, sum(float(m.get("spend_usd") or 0.0) for m in manifests)
 
 
+class StoreError(Exception):
+    """The store cannot hold the job's files: one line naming the path and why."""
+
+
+def _first_non_folder(path: Path) -> Path | None:
+    """The nearest existing ancestor-or-self of ``path`` that is not a folder."""
+    for p in [path, *path.parents]:
+        if p.exists() or p.is_symlink():
+            return None if p.is_dir() else p
+    return None
+
+
 class ShardStore:
     """Shards, records and run manifests below one job output root."""
 
@@ -232,6 +244,32 @@ class ShardStore:
         return self.root / RUNS_DIR / f"{run_id}.json"
 
     # -- checks ------------------------------------------------------------
+    def prepare(self, splits: Iterable[str]) -> None:
+        """Create the job root, its split folders and ``_runs``, or raise StoreError.
+
+        Called once before a run, so that a store that cannot be written is one
+        message at the start rather than a traceback or a failure per shard. A
+        split folder that is a symlink is refused: shards would land outside the
+        store (and outside whatever the user backs up or downloads).
+        """
+        for d in [self.root, *(self.root / s for s in splits), self.root / RUNS_DIR]:
+            if d != self.root and d.is_symlink():
+                raise StoreError(
+                    f"{d} is a symlink (to {os.readlink(d)}): shards would be written outside "
+                    "the store; replace it with a real folder, or point --out at the other disk"
+                )
+            try:
+                d.mkdir(parents=True, exist_ok=True)
+            except FileExistsError:
+                raise StoreError(f"{d} exists and is not a folder; move it away") from None
+            except NotADirectoryError:
+                blocker = _first_non_folder(d) or d
+                raise StoreError(f"{blocker} is a file, not a folder: cannot create {d}") from None
+            except OSError as e:
+                raise StoreError(f"cannot create {d}: {e.strerror or e}") from None
+            if not os.access(d, os.W_OK | os.X_OK):
+                raise StoreError(f"{d} is not writable (read-only mount or permissions)")
+
     def read_record(self, task: ShardTask) -> dict[str, Any] | None:
         return _read_json(self.record_path(task))
 
