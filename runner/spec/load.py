@@ -422,6 +422,13 @@ def _prices(ctx: _Context, data: dict[str, Any]) -> dict[str, float]:
     return pricing.merged_prices(overrides)
 
 
+def _section(data: dict[str, Any], key: str) -> dict[str, Any]:
+    """``data[key]`` if it is a mapping, else empty: the schema reports a wrong type,
+    and the semantic checks (guarded by ``ctx.clean``) must not trip over it first."""
+    value = data.get(key)
+    return value if isinstance(value, dict) else {}
+
+
 def _seedset(value: dict[str, Any]) -> SeedSet:
     if "list" in value:
         return SeedSet(values=tuple(value["list"]))
@@ -439,10 +446,10 @@ def _check_range(ctx: _Context, value: dict[str, Any], path: KeyPath) -> bool:
 
 
 def _job(ctx: _Context, data: dict[str, Any], path: Path, sha: str) -> JobSpec | None:
-    deals = data.get("deals") or {}
-    compute = data.get("compute") or {}
-    output = data.get("output") or {}
-    budget = data.get("budget") or {}
+    deals = _section(data, "deals")
+    compute = _section(data, "compute")
+    output = _section(data, "output")
+    budget = _section(data, "budget")
     name = data.get("name") if ctx.clean(("name",)) else None
 
     mode: Any = deals.get("mode")
@@ -712,11 +719,11 @@ def _budget(
 def _sweep(
     ctx: _Context, data: dict[str, Any], path: Path, sha: str, seen: frozenset[Path]
 ) -> SweepSpec | None:
-    d = data.get("data") or {}
-    search = data.get("search") or {}
-    train = data.get("train") or {}
-    objective = data.get("objective") or {}
-    compute = data.get("compute") or {}
+    d = _section(data, "data")
+    search = _section(data, "search")
+    train = _section(data, "train")
+    objective = _section(data, "objective")
+    compute = _section(data, "compute")
 
     sweep_data: SweepData | None = None
     if ctx.clean(("data",)):
