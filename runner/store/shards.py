@@ -128,6 +128,31 @@ class ShardCheck:
     record: dict[str, Any] | None = None
 
 
+def shard_state(
+    chk: ShardCheck, claim: dict[str, Any] | None, *, stale: bool, failed: str | None = None
+) -> tuple[str, str]:
+    """(state, why) of one planned shard: the one place the seven states are decided.
+
+    From the file check (``chk``: file and record), the claim on the key (None if
+    none; ``stale`` from ``claims.is_stale``) and the error of the last run that
+    gave up on it (``failed``, from the manifests). A finished, skipped or corrupt
+    file decides alone; a missing one is claimed, stale, failed or missing.
+    """
+    if chk.state in ("done", "unrecorded"):
+        return "done", ""
+    if chk.state in ("skipped", "corrupt"):
+        return chk.state, chk.why
+    if claim is not None:
+        if claim.get("unreadable"):
+            why = f"lock file {claim.get('why', 'unreadable')}"
+            return ("stale", why + "; the next run takes it over") if stale else ("claimed", why)
+        owner = f"run {claim.get('run_id', '?')} on {claim.get('host', '?')} pid {claim.get('pid', '?')}"
+        return ("stale" if stale else "claimed"), owner
+    if failed is not None:
+        return "failed", failed
+    return "missing", ""
+
+
 @dataclass
 class KeyStatus:
     """One planned shard as ``forge status`` sees it."""
@@ -495,22 +520,11 @@ class ShardStore:
         for task in tasks:
             counts = st.splits.setdefault(task.split, dict.fromkeys(STATUS_COLUMNS, 0))
             chk = self.check(task)
-            state: str = chk.state
-            why = chk.why
-            if state in ("done", "unrecorded"):
-                state = "done"
-                if chk.record is not None:
-                    st.spend_usd += float(chk.record.get("usd", 0.0))
-            elif state in ("missing", "corrupt"):
-                claim = claims.get(task.key) if claims is not None else None
-                if claim is not None:
-                    stale = is_stale(claim, t, timeout_s, h, pid_alive)
-                    owner = f"run {claim.get('run_id', '?')} on {claim.get('host', '?')} pid {claim.get('pid', '?')}"
-                    if state == "missing":
-                        state = "stale" if stale else "claimed"
-                        why = owner
-                elif state == "missing" and task.key in failed_last:
-                    state, why = "failed", failed_last[task.key]
+            claim = claims.get(task.key) if claims is not None and chk.state == "missing" else None
+            stale = claim is not None and is_stale(claim, t, timeout_s, h, pid_alive)
+            state, why = shard_state(chk, claim, stale=stale, failed=failed_last.get(task.key))
+            if state == "done" and chk.record is not None:
+                st.spend_usd += float(chk.record.get("usd", 0.0))
             counts[state] = counts.get(state, 0) + 1
             st.details.append(KeyStatus(task.key, task.split, state, why))
         return st

@@ -269,3 +269,28 @@ def test_manifest_json_is_still_read_after_cleaning(tmp_path: Path) -> None:
     store.clean_debris([])
     assert [m["status"] for m in store.manifests()] == ["done"]
     assert json.loads(store.manifest_path("run-1").read_text())["started"] == 1.0
+
+
+# --- the seven states, decided in one place --------------------------------------------
+
+
+def test_shard_state_from_file_claim_and_last_failure() -> None:
+    from runner.store.shards import ShardCheck, shard_state
+
+    live = {"run_id": "r1", "host": "h", "pid": 7}
+    odd = {"unreadable": True, "why": "not a regular file"}
+    done, missing = ShardCheck("k", "done"), ShardCheck("k", "missing")
+    corrupt = ShardCheck("k", "corrupt", "3 rows but metadata says 4")
+    cases = [
+        (done, live, False, "boom", ("done", "")),  # a finished file decides alone
+        (ShardCheck("k", "unrecorded"), None, False, None, ("done", "")),
+        (ShardCheck("k", "skipped", "too_large"), live, True, "boom", ("skipped", "too_large")),
+        (corrupt, live, False, None, ("corrupt", "3 rows but metadata says 4")),
+        (missing, live, False, "boom", ("claimed", "run r1 on h pid 7")),
+        (missing, live, True, "boom", ("stale", "run r1 on h pid 7")),
+        (missing, odd, True, None, ("stale", "lock file not a regular file; the next run takes it over")),
+        (missing, None, False, "boom", ("failed", "boom")),
+        (missing, None, False, None, ("missing", "")),
+    ]
+    for chk, claim, stale, failed, want in cases:
+        assert shard_state(chk, claim, stale=stale, failed=failed) == want, (chk, claim, stale)
