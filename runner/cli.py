@@ -265,7 +265,7 @@ def run(
     """Run what is missing of a job: claim, solve, write and record each shard.
 
     Finished shards are skipped, so a rerun only does what is missing (a crashed
-    run's leftovers are taken over). Shows a progress bar (done, skipped, failed,
+    run's leftovers are taken over); --verify first fully verifies them. Shows a progress bar (done, skipped, failed,
     shards/min, states/s, ETA, spend) and a summary. Stops dispatching once the
     job's spend plus the work in flight reaches the budget. Ctrl+C stops the
     workers and releases their claims.
