@@ -132,6 +132,8 @@ def _json_type(value: Any) -> str:
 
 
 def _show(value: Any) -> str:
+    if value is None:
+        return "an empty value"  # what `key:` with nothing after it reads as; not "None"
     if isinstance(value, dict):
         return "a mapping"
     if isinstance(value, list):
