@@ -43,9 +43,14 @@ def test_a_bit_flipped_shard_is_found_and_redone_by_run_verify(tmp_path: Path) -
     r = forge("verify", str(shard), "--no-repair", cwd=tmp_path)
     assert r.returncode == 1 and "CRC" in r.stdout and shard.exists()
 
+    # and a lock that is a dangling symlink, which used to make runs wait forever
+    lock = root(tmp_path) / f"{KEY}.lock"
+    lock.symlink_to(tmp_path / "gone")
     r = forge("run", "job.yaml", "--verify", cwd=tmp_path)
     assert r.returncode == 0, r.stdout + r.stderr
     assert "--verify: 1 existing shard(s) checked, 1 failed" in r.stdout
+    assert "took over a stale claim" in r.stdout
+    assert not os.path.lexists(lock)
     assert verify_shard(shard) == []
     assert len(read_shard(shard).states) == 3_791_685  # solved for real this time
     aside = [p for p in shard.parent.iterdir() if ".corrupt-" in p.name]
