@@ -351,8 +351,14 @@ def status(job: str, out: str | None, as_json: bool, backend: str) -> None:
 
         st = _modal_call(status_on_modal, job)
     if backend != "modal":
-        with _user_errors():
-            st = job_status(job, out)
+        from runner.store.shards import StoreError
+
+        try:
+            with _user_errors():
+                st = job_status(job, out)
+        except StoreError as e:
+            click.echo(f"error: {e}", err=True)
+            raise SystemExit(1) from None
     if as_json:
         click.echo(json.dumps(st.to_json(), indent=2))
         return

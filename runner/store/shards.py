@@ -212,7 +212,7 @@ def _write_json_atomic(path: Path, obj: Any) -> None:
 def _read_json(path: Path) -> dict[str, Any] | None:
     try:
         obj = json.loads(path.read_text())
-    except (FileNotFoundError, ValueError):
+    except (OSError, ValueError):  # absent, a folder, unreadable, not JSON: no record
         return None
     return obj if isinstance(obj, dict) else None
 
@@ -231,6 +231,13 @@ def manifest_outcomes(manifests: Sequence[dict[str, Any]]) -> tuple[dict[str, st
 
 class StoreError(Exception):
     """The store cannot hold the job's files: one line naming the path and why."""
+
+
+def check_root(root: Path) -> None:
+    """Raise StoreError if a file stands where the job's folder or one above it should be."""
+    blocker = _first_non_folder(root)
+    if blocker is not None:
+        raise StoreError(f"{blocker} is a file, not a folder: no store at {root}")
 
 
 def _first_non_folder(path: Path) -> Path | None:

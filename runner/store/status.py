@@ -17,7 +17,7 @@ from runner.spec.model import JobSpec
 from runner.spec.plan import existing_tasks
 from runner.spec.plan import tasks as plan_tasks
 from runner.store.claims import LocalClaims
-from runner.store.shards import STATUS_COLUMNS, ShardStore, StoreStatus, job_root
+from runner.store.shards import STATUS_COLUMNS, ShardStore, StoreStatus, check_root, job_root
 
 
 def done_relpaths(spec: JobSpec, store_dir: str | os.PathLike[str] | Path = ".") -> set[str]:
@@ -53,6 +53,7 @@ def job_status(job: str | os.PathLike[str], out: str | os.PathLike[str] | None =
     """Per split: done, missing, claimed (live), stale, failed, corrupt, skipped; spend so far."""
     spec = load_job(job)
     root = job_root(spec, out)
+    check_root(root)
     store = ShardStore(root)
     timeout = max(spec.compute.timeout_s, spec.compute.large.timeout_s if spec.compute.large else 0)
     return store.status(plan_tasks(spec), LocalClaims(root), timeout_s=timeout)

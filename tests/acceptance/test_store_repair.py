@@ -92,6 +92,10 @@ def test_a_store_that_cannot_hold_the_job_is_one_message(tmp_path: Path) -> None
         assert r.returncode == 1, (out, r.stdout, r.stderr)
         assert "Traceback" not in r.stderr and message in r.stderr, r.stderr
     assert list(elsewhere.iterdir()) == []
+    for out in ("afile/sub", "st1"):
+        r = forge("status", "job.yaml", "--out", out, cwd=tmp_path)
+        assert r.returncode == 1 and "Traceback" not in r.stderr, r.stderr
+        assert "is a file, not a folder" in r.stderr
 
 
 def test_a_dangling_symlink_lock_is_stale_not_missing(tmp_path: Path) -> None:
