@@ -73,7 +73,10 @@ def verify_paths(
     """
     files: list[Path] = []
     for p in map(Path, paths):
-        files.extend(sorted(p.rglob("*.parquet")) if p.is_dir() else [p])
+        if p.is_dir():  # only regular files: a FIFO named *.parquet would block the read
+            files.extend(sorted(f for f in p.rglob("*.parquet") if f.is_file()))
+        else:
+            files.append(p)
     out: list[tuple[str, list[str], str | None]] = []
     for f in files:
         errors = verify_shard(f)
