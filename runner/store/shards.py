@@ -6,8 +6,11 @@ Layout below the job's output root (``<store dir>/<output.root>``)::
     <split>/<NAME>.json                 its record: states, root value, digests, seconds, device, cost
     <split>/<NAME>.lock                 a live claim (see claims.py)
     <split>/<NAME>.parquet.tmp-*        a shard being written (removed when its writer is gone)
-    <split>/<NAME>.parquet.corrupt-<t>  a file that failed the quick check, moved aside
+    <split>/<NAME>.json.tmp-<pid>       a record being written (orphans removed by the next run)
+    <split>/<NAME>.parquet.corrupt-<t>  a file that failed the quick check or forge verify, moved aside
+    <split>/<NAME>.lock.takeover-*      a stale claim being taken over (removed at once)
     _runs/<run_id>.json                 one manifest per ``forge run``
+    _runs/<run_id>.json.tmp-<pid>       a manifest being written (orphans removed by the next run)
 
 The same code runs on a Modal volume mount: the commit hook decides when
 written data becomes durable (``volume.commit`` there, fsync here).
