@@ -260,13 +260,26 @@ def sweep(sweep_file: str, backend: str, data_dir: str | None, out_dir: str | No
     help="With --backend modal: run the orchestrator itself on Modal and return once it is "
     "spawned (Ctrl+C before that stops the app, exit 130).",
 )
+@click.option(
+    "--verify",
+    "verify_first",
+    is_flag=True,
+    help="Local backend: fully verify the shards already there before skipping them; "
+    "failing ones are moved aside and solved again.",
+)
 def run(
-    job: str, backend: str, out: str | None, limit: int | None, max_usd: float | None, detach: bool
+    job: str,
+    backend: str,
+    out: str | None,
+    limit: int | None,
+    max_usd: float | None,
+    detach: bool,
+    verify_first: bool = False,
 ) -> None:
     """Run what is missing of a job: claim, solve, write and record each shard.
 
     Finished shards are skipped, so a rerun only does what is missing (a crashed
-    run's leftovers are taken over). Shows a progress bar (done, skipped, failed,
+    run's leftovers are taken over); --verify first fully verifies them. Shows a progress bar (done, skipped, failed,
     shards/min, states/s, ETA, spend) and a summary. The budget is metered
     live: no shard starts unless its estimate fits under the cap with the work
     in flight, and the work in flight is stopped (and charged) when the job's
@@ -282,6 +295,7 @@ def run(
       forge run jobs/valtest.yaml --backend modal --limit 20 --max-usd 5
       forge run jobs/valtest.yaml --backend modal --detach
       forge run jobs/smoke.yaml --out /data/forge
+      forge run jobs/smoke.yaml --verify
     """
     from runner.backends.base import BackendError
     from runner.backends.jobrun import run_job
@@ -289,6 +303,8 @@ def run(
     if detach and backend != "modal":
         raise click.UsageError("--detach runs the job on Modal: add --backend modal")
     if backend == "modal":
+        if verify_first:
+            raise click.UsageError("--verify reads the shards here: use it with --backend local")
         if out is not None:
             raise click.UsageError("--out is for the local backend; on Modal shards go to output.volume")
         from runner.backends.modal.ops import run_on_modal
@@ -298,7 +314,9 @@ def run(
         )
     try:
         with _user_errors():
-            summary = run_job(job, backend=backend, out=out, limit=limit, max_usd=max_usd)
+            summary = run_job(
+                job, backend=backend, out=out, limit=limit, max_usd=max_usd, verify=verify_first
+            )
     except BackendError as e:
         click.echo(f"error: {e}", err=True)
         raise SystemExit(1) from None
@@ -349,8 +367,14 @@ def status(job: str, out: str | None, as_json: bool, backend: str) -> None:
 
         st = _modal_call(status_on_modal, job)
     if backend != "modal":
-        with _user_errors():
-            st = job_status(job, out)
+        from runner.store.shards import StoreError
+
+        try:
+            with _user_errors():
+                st = job_status(job, out)
+        except StoreError as e:
+            click.echo(f"error: {e}", err=True)
+            raise SystemExit(1) from None
     if as_json:
         click.echo(json.dumps(st.to_json(), indent=2))
         return
@@ -528,33 +552,42 @@ def solve(
 @main.command()
 @click.argument("paths", nargs=-1, required=True, type=click.Path(exists=True, path_type=str))
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON report.")
-def verify(paths: tuple[str, ...], as_json: bool) -> None:
-    """Re-read shards and check them: schema, metadata, order, digests, V against Q, root.
+@click.option(
+    "--no-repair", is_flag=True, help="Only report failing shards; leave them where they are."
+)
+def verify(paths: tuple[str, ...], as_json: bool, no_repair: bool) -> None:
+    """Re-read shards and check them: page checksums, schema, metadata, order, digests, V against Q, root.
 
-    PATHS are shard files or folders (searched recursively for *.parquet). Exit 1
-    if any shard fails, naming the file and what failed.
+    PATHS are shard files or folders (searched recursively for *.parquet). A
+    failing shard is moved aside to NAME.parquet.corrupt-<time> (the reason in
+    NAME.parquet.corrupt-<time>.why), so the next `forge run` solves it again;
+    --no-repair only reports. Exit 1 if any shard fails, naming the file and
+    what failed.
 
     \b
     Example:
       forge verify x.parquet
       forge verify shards/smoke/
+      forge verify shards/smoke/ --no-repair --json
     """
     import json
 
     from runner.oracle.report import verify_paths
 
-    results = verify_paths(paths)
+    results = verify_paths(paths, repair=not no_repair)
     if as_json:
-        click.echo(json.dumps({"ok": all(not e for _, e in results), "files": [
-            {"path": p, "errors": e} for p, e in results]}, indent=2))
+        click.echo(json.dumps({"ok": all(not e for _, e, _ in results), "files": [
+            {"path": p, "errors": e, "moved_to": m} for p, e, m in results]}, indent=2))
     else:
-        for path, errors in results:
+        for path, errors, moved in results:
             click.echo(f"ok    {path}" if not errors else f"FAIL  {path}: " + "; ".join(errors))
-        bad = sum(1 for _, e in results if e)
+            if moved:
+                click.echo(f"      moved to {moved}; the next forge run solves it again")
+        bad = sum(1 for _, e, _ in results if e)
         click.echo(f"{len(results)} shard(s) checked, {bad} failed", err=bool(bad))
     if not results:
         click.echo("no shards (*.parquet) found", err=True)
-    if not results or any(e for _, e in results):
+    if not results or any(e for _, e, _ in results):
         raise SystemExit(1)
 
 

@@ -7,12 +7,13 @@ from pathlib import Path
 
 from rich.console import Console
 
-from runner.backends.base import RunContext
+from runner.backends.base import BackendError, RunContext
 from runner.backends.orchestrate import Orchestrator, RunOptions, RunSummary, new_run_id
 from runner.backends.progress import RunDisplay
 from runner.backends.registry import make_backend
 from runner.spec.load import load_job
 from runner.spec.plan import tasks as plan_tasks
+from runner.store.shards import ShardStore, StoreError, job_root
 
 
 def run_job(
@@ -24,13 +25,32 @@ def run_job(
     max_usd: float | None = None,
     console: Console | None = None,
     options: RunOptions | None = None,
+    verify: bool = False,
 ) -> RunSummary:
-    """Run what is missing of ``job``; raises SpecErrors for a bad file, BackendError for setup."""
+    """Run what is missing of ``job``; raises SpecErrors for a bad file, BackendError for setup.
+
+    ``verify``: fully verify the shards already there first; failing ones are moved
+    aside and solved again (the skip check alone reads only each file's footer).
+    """
     spec = load_job(job)
     tasks = plan_tasks(spec)
     run_id = new_run_id()
     ctx = RunContext(spec, run_id, store_dir=Path(out) if out is not None else None)
     be = make_backend(backend, ctx)
+    verified: list[str] = []
+    if backend == "local":  # the Modal backend's store is its volume, not a folder here
+        store = ShardStore(job_root(spec, out))
+        try:
+            store.prepare(s.name for s in spec.splits)
+        except StoreError as e:
+            raise BackendError(str(e)) from None
+        store.clean_debris(s.name for s in spec.splits)
+    if verify:
+        if backend != "local":
+            raise BackendError("--verify reads the shards here: use it with the local backend")
+        checked, moved = store.verify_existing(tasks)
+        verified.append(f"--verify: {checked} existing shard(s) checked, {len(moved)} failed")
+        verified += [f"  moved {key} to {aside.name} ({why}); solving it again" for key, why, aside in moved]
     opts = options or RunOptions()
     opts.limit, opts.max_usd = limit, max_usd
     display = RunDisplay(console)
@@ -39,6 +59,7 @@ def run_job(
         [
             f"forge run {spec.name} ({spec.path}): {len(tasks)} shard(s) in the job; run {run_id}",
             f"backend {be.describe()}; budget ${cap:,.2f}",
+            *verified,
         ]
     )
     with display:

@@ -42,7 +42,7 @@ from runner.backends.base import Attempt, Backend, RunContext, SurveyState, Task
 from runner.backends.task import TaskResult, TaskRun, run_task
 from runner.spec.model import Commit, JobSpec, ShardTask
 from runner.store.claims import LocalClaims, clear_stale, is_stale, pid_alive, this_host
-from runner.store.shards import ShardStore, job_root
+from runner.store.shards import ShardStore, job_root, shard_state
 
 LOCAL_GPU = "local"  # the price-table name of this machine
 MODE_ENV = "FORGE_LOCAL_MODE"
@@ -369,16 +369,8 @@ class LocalBackend(Backend):
             if chk.state in ("done", "unrecorded") and claim is not None and not live:
                 # Its claimer died after finishing it: nobody else would remove the lock.
                 clear_stale(self.claims, t.key, claim, self.ctx.run_id)
-            if chk.state in ("done", "unrecorded"):
-                out[t.key] = "done"
-            elif chk.state == "skipped":
-                out[t.key] = "skipped"
-            elif chk.state == "missing" and claim is not None:
-                out[t.key] = "claimed" if live else "stale"
-            elif chk.state == "corrupt":
-                out[t.key] = "corrupt"
-            else:
-                out[t.key] = "missing"
+            # without `failed`, shard_state never says "failed": the rest are SurveyStates
+            out[t.key] = shard_state(chk, claim, stale=not live)[0]  # type: ignore[assignment]
         return out
 
     def manifests(self) -> list[dict[str, Any]]:

@@ -13,7 +13,7 @@ from typing import Any
 from runner.oracle.bench import DealBench, parse_seeds, run_bench
 from runner.oracle.deal import deal_hands, default_decl
 from runner.oracle.rules import DECL_NAMES, tile_name
-from runner.oracle.shard import COMPRESSIONS, table_digests, verify_shard, write_shard
+from runner.oracle.shard import COMPRESSIONS, move_aside, table_digests, verify_shard, write_shard
 from runner.oracle.solve import solve_deal
 
 
@@ -63,11 +63,26 @@ def solve_report(doc: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
-def verify_paths(paths: tuple[str, ...] | list[str]) -> list[tuple[str, list[str]]]:
+def verify_paths(
+    paths: tuple[str, ...] | list[str], *, repair: bool = False
+) -> list[tuple[str, list[str], str | None]]:
+    """(file, errors, where it was moved) for every shard named or found under a folder.
+
+    With ``repair`` a failing shard is moved aside (``NAME.parquet.corrupt-<time>``),
+    so the next ``forge run`` sees it missing and solves it again.
+    """
     files: list[Path] = []
     for p in map(Path, paths):
-        files.extend(sorted(p.rglob("*.parquet")) if p.is_dir() else [p])
-    return [(str(f), verify_shard(f)) for f in files]
+        if p.is_dir():  # only regular files: a FIFO named *.parquet would block the read
+            files.extend(sorted(f for f in p.rglob("*.parquet") if f.is_file()))
+        else:
+            files.append(p)
+    out: list[tuple[str, list[str], str | None]] = []
+    for f in files:
+        errors = verify_shard(f)
+        moved = move_aside(f, "forge verify: " + "; ".join(errors)) if errors and repair else None
+        out.append((str(f), errors, str(moved) if moved else None))
+    return out
 
 
 def _deal_line(d: DealBench) -> str:

@@ -5,6 +5,7 @@ The only module of ``runner.oracle`` that touches the file system.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import os
@@ -108,7 +109,7 @@ def write_shard(
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex[:8]}.tmp")
     try:
-        pq.write_table(table, tmp, compression=None if compression == "none" else compression)
+        pq.write_table(table, tmp, compression=None if compression == "none" else compression, write_page_checksum=True)
         if fsync:
             with open(tmp, "rb") as fh:
                 os.fsync(fh.fileno())
@@ -134,7 +135,9 @@ def read_shard_meta(path: str | os.PathLike[str]) -> dict[str, str]:
 
 
 def read_shard(path: str | os.PathLike[str]) -> ShardData:
-    table = pq.read_table(path)
+    """The whole shard; a page whose CRC does not match raises (OSError) instead of
+    returning flipped values. Files written without page checksums still read."""
+    table = pq.read_table(path, page_checksum_verification=True)
     meta = {k.decode(): v.decode() for k, v in (table.schema.metadata or {}).items()}
     states = table.column("state").to_numpy()
     V = table.column("V").to_numpy()
@@ -155,6 +158,32 @@ def quick_check(path: str | os.PathLike[str]) -> str | None:
     except (OSError, ValueError, pa.ArrowException) as exc:
         return f"unreadable: {exc}"
     return None
+
+
+CORRUPT_MARK = ".corrupt-"
+
+
+def move_aside(path: str | os.PathLike[str], why: str = "") -> Path | None:
+    """Move a bad shard to ``NAME.parquet.corrupt-<UTC time>`` (reason in ``.why`` beside it).
+
+    Kept rather than deleted: the user may want to look at it; under its final
+    name it would count as done. None when the file is already gone.
+    """
+    path = Path(path)
+    stamp = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime())
+    aside = path.with_name(f"{path.name}{CORRUPT_MARK}{stamp}")
+    n = 0
+    while aside.exists():
+        n += 1
+        aside = path.with_name(f"{path.name}{CORRUPT_MARK}{stamp}-{n}")
+    try:
+        os.rename(path, aside)
+    except FileNotFoundError:
+        return None
+    if why:
+        with contextlib.suppress(OSError):  # the move is what matters; the reason is a courtesy
+            aside.with_name(aside.name + ".why").write_text(why + "\n")
+    return aside
 
 
 def best_legal(Q: np.ndarray, states: np.ndarray) -> np.ndarray:

@@ -56,7 +56,7 @@ class SpecError:
 
 
 class SpecErrors(Exception):
-    """A spec file failed to load; ``errors`` holds every problem found, best first."""
+    """A spec file failed to load; ``errors`` holds every problem found, in file order."""
 
     def __init__(self, errors: Sequence[SpecError]):
         self.errors = list(errors)

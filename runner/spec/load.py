@@ -3,7 +3,7 @@
 parse (YAML with positions, duplicate keys rejected) -> schema (JSON Schema
 2020-12, shipped in ``runner/schemas/``) -> semantic checks -> dataclasses.
 Every problem found is collected and reported as ``file:line:col: $.path: message``,
-best first; nothing after this module touches a raw dict.
+in file order; nothing after this module touches a raw dict.
 """
 
 from __future__ import annotations
@@ -13,6 +13,7 @@ import functools
 import hashlib
 import json
 import os
+import stat
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from importlib import resources
@@ -49,6 +50,9 @@ KINDS = {"oracle": "job.schema.json", "sweep": "sweep.schema.json"}
 DEFAULT_SPLITS: dict[str, list[int]] = {"train": [0, 900], "val": [900, 950], "test": [950, 1000]}
 MAX_SHARDS = 10_000_000  # one job file; beyond this, planning itself gets slow
 MAX_TRIALS = 10_000
+# Job files are a few KB. PyYAML parses about 40 KB/s on a busy 2-core box, so this
+# bounds the worst case at seconds (50 MB took 182 s and 4.5 GB before any check).
+MAX_FILE_BYTES = 256_000
 YAML_SUFFIXES = (".yaml", ".yml")
 METRIC_GOALS = {"val_accuracy": "max", "q_gap": "min", "blunder_rate": "min"}
 
@@ -130,6 +134,8 @@ def _json_type(value: Any) -> str:
 
 
 def _show(value: Any) -> str:
+    if value is None:
+        return "an empty value"  # what `key:` with nothing after it reads as; not "None"
     if isinstance(value, dict):
         return "a mapping"
     if isinstance(value, list):
@@ -155,6 +161,8 @@ def _schema_errors(ctx: _Context, data: Any, kind: str) -> None:
     for err in raw:
         for path, message, at in _explain(err):
             ctx.dirty.append(path)
+            if any(path[: len(b)] == b for b in ctx.parsed.bad):
+                continue  # the value was dropped for a parse error already reported
             if (path, message) not in seen:  # e.g. `required` reports each missing key apart
                 seen.add((path, message))
                 ctx.add(path, message, at)
@@ -204,11 +212,16 @@ def _explain(err: ValidationError) -> list[tuple[KeyPath, str, KeyPath]]:
             err.validator_value if isinstance(err.validator_value, list) else [err.validator_value]
         )
         names = [{"object": "mapping", "array": "list"}.get(str(w), str(w)) for w in want]
-        return [
-            (path, f"expected {' or '.join(names)}, got {_json_type(inst)} {_show(inst)}", path)
-        ]
+        got = "nothing (an empty value)" if inst is None else f"{_json_type(inst)} {_show(inst)}"
+        message = f"expected {' or '.join(names)}, got {got}"
+        if isinstance(inst, str) and {"number", "integer"} & set(names):
+            message += _number_hint(inst)
+        return [(path, message, path)]
     if v in _BOUNDS:
-        return [(path, f"must be {_BOUNDS[v]} {err.validator_value}, got {_show(inst)}", path)]
+        message = f"must be {_BOUNDS[v]} {err.validator_value}, got {_show(inst)}"
+        if "x-hint" in sch:
+            message += f" ({sch['x-hint']})"
+        return [(path, message, path)]
     if v == "uniqueItems":
         return [(path, "values must be unique", path)]
     if v in ("minItems", "maxItems") and isinstance(inst, list):
@@ -222,17 +235,62 @@ def _explain(err: ValidationError) -> list[tuple[KeyPath, str, KeyPath]]:
     return [(path, err.message, path)]
 
 
+def _number_hint(text: str) -> str:
+    """How to write a number that was written as a string (`$25`, `1,000`, `80%`)."""
+    bare = text.strip().lstrip("$").rstrip("%").replace(",", "").replace("_", "")
+    try:
+        float(bare)
+    except ValueError:
+        return ""
+    if text.strip().startswith("$"):
+        return f"; drop the '$': write {bare}"
+    if text.strip().endswith("%"):
+        return f"; write a fraction, e.g. {float(bare) / 100:g} for {text.strip()}"
+    return f"; write it without quotes or commas: {bare}"
+
+
 # --- the pipeline --------------------------------------------------------------
 
 
 def _read(path: Path, shown: str) -> tuple[bytes | None, list[SpecError]]:
+    """The file's bytes, if it is a regular file of at most MAX_FILE_BYTES.
+
+    Devices and FIFOs are refused before opening (``/dev/zero`` never ends, a
+    FIFO blocks until someone writes), and the size is checked before parsing:
+    PyYAML needs minutes and gigabytes for a few tens of megabytes.
+    """
+
+    def fail(message: str) -> tuple[None, list[SpecError]]:
+        return None, [SpecError(shown, None, None, "", message)]
+
     try:
-        raw = path.read_bytes()
-    except IsADirectoryError:
-        return None, [SpecError(shown, None, None, "", "is a directory")]
+        st = path.stat()
+        if stat.S_ISDIR(st.st_mode):
+            return fail("is a directory")
+        if not stat.S_ISREG(st.st_mode):
+            return fail("is not a regular file (a device, FIFO or socket); give a YAML file")
+        if st.st_size > MAX_FILE_BYTES:
+            return fail(_too_big(st.st_size))
+        # O_NONBLOCK: should the path become a FIFO after the check, open must not hang.
+        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK)
+        with os.fdopen(fd, "rb") as fh:
+            if not stat.S_ISREG(os.fstat(fd).st_mode):
+                return fail("is not a regular file (a device, FIFO or socket); give a YAML file")
+            raw = fh.read(MAX_FILE_BYTES + 1)
     except OSError as e:
-        return None, [SpecError(shown, None, None, "", f"cannot read: {e.strerror or e}")]
+        return fail(f"cannot read: {e.strerror or e}")
+    except ValueError as e:  # a path with a NUL byte
+        return fail(f"cannot read: {e}")
+    if len(raw) > MAX_FILE_BYTES:
+        return fail(_too_big(len(raw)))
     return raw, []
+
+
+def _too_big(size: int) -> str:
+    return (
+        f"is {size:,} bytes; a job or sweep file is a few KB and at most "
+        f"{MAX_FILE_BYTES:,} bytes (list seeds as {{start, stop}}, not one by one)"
+    )
 
 
 def check_file(
@@ -243,8 +301,16 @@ def check_file(
 ) -> tuple[Spec | None, list[SpecError]]:
     """Load one file; ``kind`` None dispatches on the file's own ``kind:``.
 
-    Returns (spec, []) when the file is valid, else (None, every error found).
+    Returns (spec, []) when the file is valid, else (None, every error found),
+    in file order (line, then column) so a reader can follow them down the file.
     """
+    spec, errors = _check_file(path, kind, _seen)
+    return spec, sorted(errors, key=lambda e: (e.line or 0, e.col or 0))
+
+
+def _check_file(
+    path: str | os.PathLike[str], kind: str | None, _seen: frozenset[Path]
+) -> tuple[Spec | None, list[SpecError]]:
     shown = str(path)
     p = Path(path)
     raw, errors = _read(p, shown)
@@ -268,14 +334,17 @@ def check_file(
         return None, ctx.errors
 
     file_kind = data.get("kind")
+    if not isinstance(file_kind, str):
+        file_kind = None  # a list or mapping here cannot be looked up; the schema reports it
     if kind is not None and file_kind in KINDS and file_kind != kind:
         want = "an oracle job" if kind == "oracle" else "a sweep"
-        ctx.add(("kind",), f"this is a {file_kind} file; expected {want} (kind: {kind})")
+        have = "an oracle job" if file_kind == "oracle" else "a sweep"
+        ctx.add(("kind",), f"this is {have} file; expected {want} (kind: {kind})")
         return None, ctx.errors
     if kind is None:
         if isinstance(file_kind, str) and file_kind in KINDS:
             kind = file_kind
-        elif isinstance(file_kind, str):
+        elif file_kind is not None:
             ctx.add(
                 ("kind",),
                 f"unknown kind {file_kind!r}; expected one of {', '.join(KINDS)}"
@@ -357,6 +426,13 @@ def _prices(ctx: _Context, data: dict[str, Any]) -> dict[str, float]:
     return pricing.merged_prices(overrides)
 
 
+def _section(data: dict[str, Any], key: str) -> dict[str, Any]:
+    """``data[key]`` if it is a mapping, else empty: the schema reports a wrong type,
+    and the semantic checks (guarded by ``ctx.clean``) must not trip over it first."""
+    value = data.get(key)
+    return value if isinstance(value, dict) else {}
+
+
 def _seedset(value: dict[str, Any]) -> SeedSet:
     if "list" in value:
         return SeedSet(values=tuple(value["list"]))
@@ -374,10 +450,10 @@ def _check_range(ctx: _Context, value: dict[str, Any], path: KeyPath) -> bool:
 
 
 def _job(ctx: _Context, data: dict[str, Any], path: Path, sha: str) -> JobSpec | None:
-    deals = data.get("deals") or {}
-    compute = data.get("compute") or {}
-    output = data.get("output") or {}
-    budget = data.get("budget") or {}
+    deals = _section(data, "deals")
+    compute = _section(data, "compute")
+    output = _section(data, "output")
+    budget = _section(data, "budget")
     name = data.get("name") if ctx.clean(("name",)) else None
 
     mode: Any = deals.get("mode")
@@ -412,9 +488,10 @@ def _job(ctx: _Context, data: dict[str, Any], path: Path, sha: str) -> JobSpec |
 
     splits: tuple[Split, ...] | None = None
     if ctx.clean(("splits",)):
-        splits = _splits(ctx, data.get("splits") or DEFAULT_SPLITS)
-    if base is not None and splits is not None:
-        _coverage(ctx, base, splits)
+        splits, ranges = _splits(ctx, data.get("splits") or DEFAULT_SPLITS)
+        # Overlapping splits still cover what they cover: report the seeds they miss too.
+        if base is not None and ranges:
+            _coverage(ctx, base, ranges)
     if base is not None and decl is not None and (mode == "standard" or opp is not None):
         n = len(base) * (len(opp) if opp is not None else 1) * (1 if decl == "auto" else len(decl))
         if n > MAX_SHARDS:
@@ -526,7 +603,10 @@ def _decls(ctx: _Context, value: Any) -> Any:
     return tuple(ids) if ok else None
 
 
-def _splits(ctx: _Context, value: dict[str, list[int]]) -> tuple[Split, ...] | None:
+def _splits(
+    ctx: _Context, value: dict[str, list[int]]
+) -> tuple[tuple[Split, ...] | None, tuple[Split, ...]]:
+    """(the splits if all are valid, the non-empty ones whatever their overlaps)."""
     out: list[Split] = []
     ok = True
     for name, (lo, hi) in value.items():
@@ -543,7 +623,7 @@ def _splits(ctx: _Context, value: dict[str, list[int]]) -> tuple[Split, ...] | N
                 )
                 ok = False
         out.append(Split(name, lo, hi))
-    return tuple(out) if ok else None
+    return (tuple(out) if ok else None), tuple(out)
 
 
 def _coverage(ctx: _Context, base: SeedSet, splits: tuple[Split, ...]) -> None:
@@ -585,6 +665,19 @@ def _root(ctx: _Context, value: str, name: str) -> str | None:
         ctx.add(path, f"{value!r} must stay inside the store (no '..')")
         return None
     parts = [p for p in posix.parts if p != "."]
+    # What validate accepts, the store must be able to create on any file system.
+    try:
+        encoded = [p.encode("utf-8") for p in parts]
+    except UnicodeEncodeError:
+        ctx.add(path, f"{value!r} is not valid Unicode (a lone surrogate escape)")
+        return None
+    if any(ord(c) < 32 or c == "\x7f" for c in root):
+        ctx.add(path, f"{value!r} holds a control character; a folder name cannot")
+        return None
+    long = next((p for p, b in zip(parts, encoded, strict=True) if len(b) > 255), None)
+    if long is not None:
+        ctx.add(path, f"folder name {long[:20]!r}... is {len(long.encode())} bytes; at most 255")
+        return None
     if not parts:
         ctx.add(
             path, f"{value!r} names the store itself; give a folder inside it, e.g. shards/{{name}}"
@@ -630,11 +723,11 @@ def _budget(
 def _sweep(
     ctx: _Context, data: dict[str, Any], path: Path, sha: str, seen: frozenset[Path]
 ) -> SweepSpec | None:
-    d = data.get("data") or {}
-    search = data.get("search") or {}
-    train = data.get("train") or {}
-    objective = data.get("objective") or {}
-    compute = data.get("compute") or {}
+    d = _section(data, "data")
+    search = _section(data, "search")
+    train = _section(data, "train")
+    objective = _section(data, "objective")
+    compute = _section(data, "compute")
 
     sweep_data: SweepData | None = None
     if ctx.clean(("data",)):

@@ -38,6 +38,12 @@ class SeedSet:
         assert self.start is not None and self.stop is not None
         return max(0, self.stop - self.start)
 
+    def __contains__(self, seed: object) -> bool:
+        if self.values is not None:
+            return seed in self.values  # lists are short: a spec file is at most 1 MB
+        assert self.start is not None and self.stop is not None
+        return isinstance(seed, int) and self.start <= seed < self.stop
+
 
 @dataclass(frozen=True)
 class Deals:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -76,6 +77,39 @@ def existing_shards(job_dir: Path, splits: Iterable[str]) -> set[str]:
         except (FileNotFoundError, NotADirectoryError):
             continue
     return found
+
+
+_SHARD_NAME = re.compile(r"^seed_(\d+)(?:_opp(\d+))?_decl_(\d+)\.parquet$")
+
+
+def task_of(spec: JobSpec, relpath: str) -> ShardTask | None:
+    """The job's task whose shard is ``relpath`` (``split/NAME.parquet``), or None.
+
+    Arithmetic, not a search of the task list: a job may plan 10,000,000 shards,
+    and asking about the few that exist must not enumerate them all.
+    """
+    split_name, _, name = relpath.partition("/")
+    split = next((s for s in spec.splits if s.name == split_name), None)
+    m = _SHARD_NAME.match(name)
+    if split is None or m is None:
+        return None
+    base, decl = int(m.group(1)), int(m.group(3))
+    opp = int(m.group(2)) if m.group(2) is not None else None
+    if not split.lo <= base % 1000 < split.hi or base not in spec.deals.base_seeds:
+        return None
+    opps = spec.deals.opp_seeds
+    if (opp is None) != (opps is None) or (opps is not None and opp not in opps):
+        return None
+    if decl not in spec.decls_for(base):
+        return None
+    task = ShardTask(split=split.name, base_seed=base, opp_seed=opp, decl_id=decl)
+    return task if task.relpath == relpath else None  # e.g. seed_7 vs seed_00000007
+
+
+def existing_tasks(spec: JobSpec, store_dir: str | os.PathLike[str] = ".") -> list[ShardTask]:
+    """The job's tasks with a file under the final name: one listing per split folder."""
+    found = existing_shards(shard_dir(spec, store_dir), [s.name for s in spec.splits])
+    return [t for t in map(lambda r: task_of(spec, r), sorted(found)) if t is not None]
 
 
 DoneCheck = Callable[[JobSpec, Path], set[str]]
@@ -201,14 +235,14 @@ class Plan:
             f"job {spec.name} ({spec.path}): {d.mode} deals, {deals}, decl {decl}",
             f"shards under {shard_dir(spec, self.store_dir)}",
             "",
-            f"{'split':<12}{'shards':>10}{'done':>10}{'todo':>10}",
+            f"{'split':<12}{'shards':>12}{'done':>12}{'todo':>12}",
         ]
         todo = self.todo_by_split
         for name, n in self.by_split.items():
             lines.append(
-                f"{name:<12}{n:>10,}{self.done_by_split.get(name, 0):>10,}{todo[name]:>10,}"
+                f"{name:<12}{n:>12,}{self.done_by_split.get(name, 0):>12,}{todo[name]:>12,}"
             )
-        lines.append(f"{'total':<12}{self.total:>10,}{self.done:>10,}{self.todo:>10,}")
+        lines.append(f"{'total':<12}{self.total:>12,}{self.done:>12,}{self.todo:>12,}")
         lines.append("")
         if self.todo == 0:
             lines.append("nothing to do: every shard exists")
@@ -272,10 +306,10 @@ def make_plan(
     by_split = count_by_split(spec)
     existing = done(spec, store)
     done_by_split = dict.fromkeys(by_split, 0)
-    if existing:
-        for t in iter_tasks(spec):
-            if t.relpath in existing:
-                done_by_split[t.split] += 1
+    for rel in existing:
+        t = task_of(spec, rel)
+        if t is not None:
+            done_by_split[t.split] += 1
     # A split with no planned shards is noise in the report.
     by_split = {k: n for k, n in by_split.items() if n > 0}
     done_by_split = {k: n for k, n in done_by_split.items() if k in by_split}

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import difflib
 import math
+import re
 from collections.abc import Mapping
 from dataclasses import dataclass
 
@@ -33,8 +34,9 @@ GPU_NAMES: tuple[str, ...] = (
     "H200",
     "B200",
 )
-# Modal reads a bare "A100" as the 40 GB card.
-GPU_ALIASES: dict[str, str] = {"A100": "A100-40GB"}
+# Modal reads a bare "A100" as the 40 GB card; a job file that says A100 may
+# mean either, and the two differ in memory and price, so it must say which.
+AMBIGUOUS_GPUS: dict[str, tuple[str, ...]] = {"A100": ("A100-40GB", "A100-80GB")}
 
 # $/hour, seed prices (Modal's list prices when the project started). A job's
 # ``pricing:`` map overrides any of them; ``local`` prices this machine.
@@ -82,12 +84,23 @@ SOLVE_STATES_PER_S: dict[str, float] = {
 
 
 def _unknown(name: str, known: tuple[str, ...]) -> ValueError:
+    text = str(name).strip().upper()
+    if text in AMBIGUOUS_GPUS:
+        both = " or ".join(AMBIGUOUS_GPUS[text])
+        return ValueError(f"{name!r} is ambiguous: write {both}")
     message = f"unknown GPU {name!r}; known: {', '.join(known)}"
-    close = difflib.get_close_matches(
-        str(name).strip().upper(), [k.upper() for k in known + tuple(GPU_ALIASES)], n=1, cutoff=0.5
-    )
-    if close:
-        match = next((k for k in known + tuple(GPU_ALIASES) if k.upper() == close[0]), close[0])
+    # By meaning first: `H100-80GB` is an H100 with its memory written out, not an A100-80GB.
+    prefixes = [
+        k
+        for k in known
+        if text.startswith(k.upper()) and re.fullmatch(r"[-_ ]?\d+ ?GB?", text[len(k) :])
+    ]
+    if prefixes:
+        match = max(prefixes, key=len)
+    else:
+        close = difflib.get_close_matches(text, [k.upper() for k in known], n=1, cutoff=0.5)
+        match = next((k for k in known if close and k.upper() == close[0]), "")
+    if match:
         message += f"; did you mean {match!r}?"
     return ValueError(message)
 
@@ -97,8 +110,6 @@ def normalize_gpu(name: str) -> str:
     text = str(name).strip().upper()
     if text in GPU_NAMES:
         return text
-    if text in GPU_ALIASES:
-        return GPU_ALIASES[text]
     raise _unknown(name, GPU_NAMES)
 
 

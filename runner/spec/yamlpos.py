@@ -21,10 +21,40 @@ from yaml.nodes import MappingNode, Node, ScalarNode, SequenceNode
 from runner.spec.errors import KeyPath, SpecError, format_path
 
 MAX_NODES = 100_000  # alias bombs expand exponentially; no real spec is near this
+MAX_DEPTH = 64  # job files nest 4 deep; PyYAML's composer recurses and would blow the stack
+MAX_INT_DIGITS = 30  # every number a spec takes fits; int() of 4,300+ digits raises, float() overflows
+
+
+class _TooDeep(Exception):
+    def __init__(self, mark: yaml.Mark):
+        self.mark = mark
 
 
 class _Loader(yaml.SafeLoader):
     yaml_implicit_resolvers: dict[str, list[tuple[str, re.Pattern[str]]]] = {}
+
+    def __init__(self, stream: str) -> None:
+        super().__init__(stream)
+        self.depth = 0
+        self.tags: dict[int, str] = {}  # id(node) -> tag written in the file (`!!str`, `!x`)
+        self.aliased = False  # an alias was used (the composer forgets its anchors at the end)
+
+    def compose_node(self, parent: Node | None, index: Any) -> Node:
+        # The composer resolves an explicit `!!str` to the same tag as a plain
+        # scalar, so the tag is only visible on the event, before composing.
+        event = self.peek_event()
+        tag = getattr(event, "tag", None)
+        self.aliased |= isinstance(event, yaml.AliasEvent)
+        self.depth += 1
+        try:
+            if self.depth > MAX_DEPTH:
+                raise _TooDeep(event.start_mark)
+            node: Node = super().compose_node(parent, index)  # type: ignore[misc,assignment]
+        finally:
+            self.depth -= 1
+        if tag is not None:
+            self.tags[id(node)] = tag
+        return node
 
 
 def _add(tag: str, pattern: str, first: str | list[str]) -> None:
@@ -67,6 +97,7 @@ class Parsed:
     data: Any
     positions: dict[KeyPath, tuple[int, int]] = field(default_factory=dict)
     errors: list[SpecError] = field(default_factory=list)
+    bad: list[KeyPath] = field(default_factory=list)  # values dropped for an error (tag, size)
 
     def where(self, path: KeyPath) -> tuple[int, int] | None:
         """The position of ``path`` or of its nearest written ancestor."""
@@ -94,10 +125,12 @@ class _Builder:
         self.filename = filename
         self.positions: dict[KeyPath, tuple[int, int]] = {}
         self.errors: list[SpecError] = []
+        self.bad: list[KeyPath] = []
         self.count = 0
         self.active: set[int] = set()
 
     def error(self, node: Node, path: KeyPath, message: str) -> None:
+        self.bad.append(path)
         line, col = _mark(node)
         self.errors.append(SpecError(self.filename, line, col, format_path(path), message))
 
@@ -108,11 +141,18 @@ class _Builder:
         if id(node) in self.active:
             self.error(node, path, "recursive alias")
             return None
-        if node.tag not in _PLAIN_TAGS:
-            # Tags would let a file build arbitrary objects (or sets, dates, bytes).
-            self.error(node, path, f"YAML tag {node.tag!r} is not allowed in spec files")
+        written = self.loader.tags.get(id(node))
+        if written is not None or node.tag not in _PLAIN_TAGS:
+            # Tags would let a file build arbitrary objects (or sets, dates, bytes);
+            # even `!!str` is refused, so that one rule covers every tag.
+            tag = written if written is not None else node.tag
+            tag = tag.replace("tag:yaml.org,2002:", "!!")
+            self.error(node, path, f"YAML tag {tag!r} is not allowed in spec files; remove it")
             return None
         if isinstance(node, ScalarNode):
+            if node.tag.endswith(":int") and len(node.value.lstrip("+-")) > MAX_INT_DIGITS:
+                self.error(node, path, f"number too large ({len(node.value)} digits)")
+                return None
             value = self.loader.construct_object(node, deep=True)
             if isinstance(value, float) and not math.isfinite(value):
                 self.error(node, path, f"{node.value!r} is not a finite number")
@@ -155,26 +195,78 @@ class _TooLarge(Exception):
 
 def parse_yaml(text: str, filename: str) -> Parsed:
     """Parse one YAML document. Syntax errors come back in ``errors`` (data None)."""
-    loader = _Loader(text)
+    loader: _Loader | None = None
     try:
+        # The reader rejects control characters while it is being built.
+        loader = _Loader(text)
         node = loader.get_single_node()
         if node is None:
             return Parsed(None, {}, [SpecError(filename, 1, 1, "$", "the file is empty")])
         builder = _Builder(loader, filename)
         builder.positions[()] = _mark(node)
         data = builder.build(node, ())
-        return Parsed(data, builder.positions, builder.errors)
+        return Parsed(data, builder.positions, builder.errors, builder.bad)
     except _TooLarge as e:
         line, col = _mark(e.node)
-        return Parsed(
-            None, {}, [SpecError(filename, line, col, "", "document too large (alias expansion?)")]
+        why = (
+            "aliases expand to too many values"
+            if loader is not None and loader.aliased
+            else "list seeds as {start, stop} rather than one by one"
         )
+        return Parsed(
+            None,
+            {},
+            [SpecError(filename, line, col, "", f"more than {MAX_NODES:,} values: {why}")],
+        )
+    except _TooDeep as e:
+        line, col = e.mark.line + 1, e.mark.column + 1
+        message = f"nested more than {MAX_DEPTH} levels deep; a spec file needs a handful"
+        return Parsed(None, {}, [SpecError(filename, line, col, "", message)])
     except yaml.MarkedYAMLError as e:
         return Parsed(None, {}, [_yaml_error(filename, e)])
-    except yaml.YAMLError as e:  # e.g. reader errors on bad characters
+    except yaml.reader.ReaderError as e:
+        line, col = _line_col(text, e.position)
+        message = f"character {_char(e.character)} is not allowed in a YAML file"
+        return Parsed(None, {}, [SpecError(filename, line, col, "", message)])
+    except yaml.YAMLError as e:
         return Parsed(None, {}, [SpecError(filename, None, None, "", f"YAML error: {e}")])
     finally:
-        loader.dispose()
+        if loader is not None:
+            loader.dispose()
+
+
+_HINTS = (
+    ("'\\t'", "indent with spaces, not tabs"),
+    (
+        "mapping values are not allowed",
+        "check the indentation: this line is indented deeper than a key: value above it, "
+        "or a value holds ': ' and needs quotes",
+    ),
+    (
+        "expected <block end>",
+        "check the indentation: keys of one mapping must start in the same column",
+    ),
+)
+
+
+def _hint(problem: str) -> str:
+    """How to fix the PyYAML problems newcomers meet most."""
+    for needle, hint in _HINTS:
+        if needle in problem:
+            return f" ({hint})"
+    return ""
+
+
+def _line_col(text: str, position: int) -> tuple[int, int]:
+    """1-based line and column of a character offset."""
+    before = text[:position]
+    return before.count("\n") + 1, position - (before.rfind("\n") + 1) + 1
+
+
+def _char(c: int | bytes | str) -> str:
+    code = c if isinstance(c, int) else ord(c)
+    names = {0: "NUL", 9: "TAB", 0x7F: "DEL"}
+    return f"U+{code:04X}" + (f" ({names[code]})" if code in names else "")
 
 
 def _yaml_error(filename: str, e: yaml.MarkedYAMLError) -> SpecError:
@@ -193,6 +285,7 @@ def _yaml_error(filename: str, e: yaml.MarkedYAMLError) -> SpecError:
     message = f"{kind}: " + ("; ".join(parts) if parts else str(e))
     if e.context_mark is not None and e.problem_mark is not None and e.context:
         message += f" (started at line {e.context_mark.line + 1})"
+    message += _hint(e.problem or "")
     line = mark.line + 1 if mark is not None else None
     col = mark.column + 1 if mark is not None else None
     return SpecError(filename, line, col, "", message)

@@ -15,6 +15,7 @@ import contextlib
 import json
 import os
 import socket
+import stat
 import time
 import uuid
 from collections.abc import Callable, Iterator
@@ -174,24 +175,39 @@ class LocalClaims:
         try:
             os.write(fd, json.dumps(claim, sort_keys=True).encode())
             os.fsync(fd)
-        finally:
+        except BaseException:
+            # A half-written lock of our own (disk full) would make this very run wait on it.
             os.close(fd)
+            p.unlink(missing_ok=True)
+            raise
+        os.close(fd)
         return True
 
     def get(self, key: str) -> Claim | None:
         p = self.path(key)
         try:
-            text = p.read_text()
-            mtime = p.stat().st_mtime
+            st = p.lstat()
         except FileNotFoundError:
             return None
+        if not stat.S_ISREG(st.st_mode):
+            # A symlink (dangling or not) or a folder is no lock forge wrote: nobody
+            # is about to finish writing it, so it is stale at once. O_EXCL refuses
+            # to create over it, so ignoring it would make every run wait forever.
+            return {"key": key, "unreadable": True, "started": 0.0, "why": "not a regular file"}
+        try:
+            text = p.read_text()
+        except FileNotFoundError:
+            return None
+        except (OSError, UnicodeDecodeError):
+            return {"key": key, "unreadable": True, "started": 0.0, "why": "cannot be read"}
         try:
             claim = json.loads(text)
             if not isinstance(claim, dict):
                 raise ValueError("not an object")
             return claim
         except ValueError:
-            return {"key": key, "unreadable": True, "started": mtime}
+            # Possibly a lock being written right now: stale only after the grace.
+            return {"key": key, "unreadable": True, "started": st.st_mtime, "why": "not a claim"}
 
     def replace(self, key: str, expected: Claim, new: Claim) -> bool:
         p = self.path(key)
@@ -202,12 +218,9 @@ class LocalClaims:
             os.rename(p, aside)
         except FileNotFoundError:
             return False
-        try:
-            moved = json.loads(aside.read_text())
-        except ValueError:
-            moved = {"unreadable": True}
+        moved = _read_moved(aside)
         if (expected.get("unreadable") and moved.get("unreadable")) or same_claim(moved, expected):
-            aside.unlink(missing_ok=True)
+            _remove(aside)
             return self.put_if_absent(key, new)
         # Someone replaced it between our read and the rename: put theirs back.
         with contextlib.suppress(OSError):
@@ -227,6 +240,26 @@ class LocalClaims:
         for p in self.root.rglob("*" + LOCK_SUFFIX):
             rel = p.relative_to(self.root).as_posix()
             yield rel.removesuffix(LOCK_SUFFIX)
+
+
+def _read_moved(aside: Path) -> Claim:
+    """The claim just renamed aside by ``replace``; ``unreadable`` when it is not one."""
+    if aside.is_symlink() or not aside.is_file():
+        return {"unreadable": True}
+    try:
+        moved = json.loads(aside.read_text())
+    except (OSError, ValueError):
+        return {"unreadable": True}
+    return moved if isinstance(moved, dict) else {"unreadable": True}
+
+
+def _remove(aside: Path) -> None:
+    """Remove a taken-over lock; a folder in a lock's place goes only if empty."""
+    if aside.is_dir() and not aside.is_symlink():
+        with contextlib.suppress(OSError):
+            aside.rmdir()
+        return
+    aside.unlink(missing_ok=True)
 
 
 def clear_stale(claims: ClaimTable, key: str, stale: Claim, run_id: str = "cleanup") -> bool:

@@ -6,8 +6,11 @@ Layout below the job's output root (``<store dir>/<output.root>``)::
     <split>/<NAME>.json                 its record: states, root value, digests, seconds, device, cost
     <split>/<NAME>.lock                 a live claim (see claims.py)
     <split>/<NAME>.parquet.tmp-*        a shard being written (removed when its writer is gone)
-    <split>/<NAME>.parquet.corrupt-<t>  a file that failed the quick check, moved aside
+    <split>/<NAME>.json.tmp-<pid>       a record being written (orphans removed by the next run)
+    <split>/<NAME>.parquet.corrupt-<t>  a file that failed the quick check or forge verify, moved aside
+    <split>/<NAME>.lock.takeover-*      a stale claim being taken over (removed at once)
     _runs/<run_id>.json                 one manifest per ``forge run``
+    _runs/<run_id>.json.tmp-<pid>       a manifest being written (orphans removed by the next run)
 
 The same code runs on a Modal volume mount: the commit hook decides when
 written data becomes durable (``volume.commit`` there, fsync here).
@@ -34,7 +37,7 @@ ShardState = Literal["done", "unrecorded", "missing", "corrupt", "skipped"]
 RUNS_DIR = "_runs"
 RECORD_SUFFIX = ".json"
 TMP_MARK = ".tmp"
-CORRUPT_MARK = ".corrupt-"
+DEBRIS_AGE_S = 60.0  # a temporary JSON file older than this has no live writer
 
 # The "auto" commit policy batches: durable every this many shards or seconds.
 AUTO_EVERY_SHARDS = 16
@@ -48,10 +51,6 @@ def job_root(spec: JobSpec, store_dir: str | os.PathLike[str] | None = None) -> 
     if "{" in rel:
         rel = rel.format(name=spec.name)
     return base / rel
-
-
-def utc_stamp(t: float | None = None) -> str:
-    return time.strftime("%Y%m%dT%H%M%SZ", time.gmtime(time.time() if t is None else t))
 
 
 def fsync_path(path: Path) -> None:
@@ -132,6 +131,31 @@ class ShardCheck:
     record: dict[str, Any] | None = None
 
 
+def shard_state(
+    chk: ShardCheck, claim: dict[str, Any] | None, *, stale: bool, failed: str | None = None
+) -> tuple[str, str]:
+    """(state, why) of one planned shard: the one place the seven states are decided.
+
+    From the file check (``chk``: file and record), the claim on the key (None if
+    none; ``stale`` from ``claims.is_stale``) and the error of the last run that
+    gave up on it (``failed``, from the manifests). A finished, skipped or corrupt
+    file decides alone; a missing one is claimed, stale, failed or missing.
+    """
+    if chk.state in ("done", "unrecorded"):
+        return "done", ""
+    if chk.state in ("skipped", "corrupt"):
+        return chk.state, chk.why
+    if claim is not None:
+        if claim.get("unreadable"):
+            why = f"lock file {claim.get('why', 'unreadable')}"
+            return ("stale", why + "; the next run takes it over") if stale else ("claimed", why)
+        owner = f"run {claim.get('run_id', '?')} on {claim.get('host', '?')} pid {claim.get('pid', '?')}"
+        return ("stale" if stale else "claimed"), owner
+    if failed is not None:
+        return "failed", failed
+    return "missing", ""
+
+
 @dataclass
 class KeyStatus:
     """One planned shard as ``forge status`` sees it."""
@@ -180,14 +204,18 @@ STATUS_COLUMNS = ("done", "missing", "claimed", "stale", "failed", "corrupt", "s
 def _write_json_atomic(path: Path, obj: Any) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f"{path.name}{TMP_MARK}-{os.getpid()}")
-    tmp.write_text(json.dumps(obj, indent=1, sort_keys=True) + "\n")
-    os.replace(tmp, path)
+    try:
+        tmp.write_text(json.dumps(obj, indent=1, sort_keys=True) + "\n")
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)  # e.g. disk full: leave no half-written file behind
+        raise
 
 
 def _read_json(path: Path) -> dict[str, Any] | None:
     try:
         obj = json.loads(path.read_text())
-    except (FileNotFoundError, ValueError):
+    except (OSError, ValueError):  # absent, a folder, unreadable, not JSON: no record
         return None
     return obj if isinstance(obj, dict) else None
 
@@ -202,6 +230,25 @@ def manifest_outcomes(manifests: Sequence[dict[str, Any]]) -> tuple[dict[str, st
         for k in m.get("solved", []):
             failed_last.pop(str(k), None)
     return failed_last, sum(float(m.get("spend_usd") or 0.0) for m in manifests)
+
+
+class StoreError(Exception):
+    """The store cannot hold the job's files: one line naming the path and why."""
+
+
+def check_root(root: Path) -> None:
+    """Raise StoreError if a file stands where the job's folder or one above it should be."""
+    blocker = _first_non_folder(root)
+    if blocker is not None:
+        raise StoreError(f"{blocker} is a file, not a folder: no store at {root}")
+
+
+def _first_non_folder(path: Path) -> Path | None:
+    """The nearest existing ancestor-or-self of ``path`` that is not a folder."""
+    for p in [path, *path.parents]:
+        if p.exists() or p.is_symlink():
+            return None if p.is_dir() else p
+    return None
 
 
 class ShardStore:
@@ -232,6 +279,32 @@ class ShardStore:
         return self.root / RUNS_DIR / f"{run_id}.json"
 
     # -- checks ------------------------------------------------------------
+    def prepare(self, splits: Iterable[str]) -> None:
+        """Create the job root, its split folders and ``_runs``, or raise StoreError.
+
+        Called once before a run, so that a store that cannot be written is one
+        message at the start rather than a traceback or a failure per shard. A
+        split folder that is a symlink is refused: shards would land outside the
+        store (and outside whatever the user backs up or downloads).
+        """
+        for d in [self.root, *(self.root / s for s in splits), self.root / RUNS_DIR]:
+            if d != self.root and d.is_symlink():
+                raise StoreError(
+                    f"{d} is a symlink (to {os.readlink(d)}): shards would be written outside "
+                    "the store; replace it with a real folder, or point --out at the other disk"
+                )
+            try:
+                d.mkdir(parents=True, exist_ok=True)
+            except FileExistsError:
+                raise StoreError(f"{d} exists and is not a folder; move it away") from None
+            except NotADirectoryError:
+                blocker = _first_non_folder(d) or d
+                raise StoreError(f"{blocker} is a file, not a folder: cannot create {d}") from None
+            except OSError as e:
+                raise StoreError(f"cannot create {d}: {e.strerror or e}") from None
+            if not os.access(d, os.W_OK | os.X_OK):
+                raise StoreError(f"{d} is not writable (read-only mount or permissions)")
+
     def read_record(self, task: ShardTask) -> dict[str, Any] | None:
         return _read_json(self.record_path(task))
 
@@ -296,31 +369,74 @@ class ShardStore:
     # -- repairs -------------------------------------------------------------
     def quarantine(self, task: ShardTask, why: str = "") -> Path | None:
         """Move a bad file under the final name aside to ``NAME.parquet.corrupt-<time>``."""
-        path = self.shard_path(task)
-        aside = path.with_name(f"{path.name}{CORRUPT_MARK}{utc_stamp()}")
-        n = 0
-        while aside.exists():
-            n += 1
-            aside = path.with_name(f"{path.name}{CORRUPT_MARK}{utc_stamp()}-{n}")
-        try:
-            os.rename(path, aside)
-        except FileNotFoundError:
-            return None
-        if why:
-            with contextlib.suppress(OSError):
-                aside.with_name(aside.name + ".why").write_text(why + "\n")
-        return aside
+        from runner.oracle.shard import move_aside
+
+        return move_aside(self.shard_path(task), why)
+
+    def verify_existing(self, tasks: Iterable[ShardTask]) -> tuple[int, list[tuple[str, str, Path]]]:
+        """Fully verify every shard under its final name (``forge run --verify``).
+
+        The quick check reads only the footer, so a flipped byte in the data
+        passes it; this reads every page (CRCs, digests, order, V against Q).
+        Failing shards are moved aside so the run solves them again. Returns
+        (shards checked, [(key, why, where it went)]).
+        """
+        from runner.oracle.shard import move_aside, verify_shard
+
+        checked = 0
+        moved: list[tuple[str, str, Path]] = []
+        for t in tasks:
+            path = self.shard_path(t)
+            if not path.is_file():
+                continue
+            checked += 1
+            errors = verify_shard(path)
+            if errors:
+                why = "; ".join(errors)
+                aside = move_aside(path, "forge run --verify: " + why)
+                if aside is not None:
+                    moved.append((t.key, why, aside))
+        return checked, moved
 
     def clean_tmp(self, task: ShardTask) -> list[Path]:
-        """Remove temporary files of this shard (left by a writer that died)."""
+        """Remove temporary files of this shard and its record (left by a writer that died).
+
+        Only for a shard whose claim the caller holds: nobody else writes them then.
+        """
         path = self.shard_path(task)
         removed: list[Path] = []
         if not path.parent.is_dir():
             return removed
-        for p in path.parent.glob(f"*{path.name}{TMP_MARK}*"):
-            with contextlib.suppress(FileNotFoundError):
-                p.unlink()
-                removed.append(p)
+        record = self.record_path(task).name
+        for pattern in (f"*{path.name}{TMP_MARK}*", f"{record}{TMP_MARK}-*"):
+            for p in path.parent.glob(pattern):
+                with contextlib.suppress(FileNotFoundError):
+                    p.unlink()
+                    removed.append(p)
+        return removed
+
+    def clean_debris(self, splits: Iterable[str], *, now: float | None = None) -> list[Path]:
+        """Remove the temporary JSON files (records, manifests) of writers that died.
+
+        Such a file lives for milliseconds between write and rename, so one older
+        than DEBRIS_AGE_S is an orphan whoever made it, on whatever host. Shard
+        temporaries are cleaned per shard under its claim (``clean_tmp``): a live
+        writer may take minutes over one. One listing per folder.
+        """
+        t = time.time() if now is None else now
+        removed: list[Path] = []
+        for folder in [self.root / RUNS_DIR, *(self.root / s for s in splits)]:
+            try:
+                entries = list(os.scandir(folder))
+            except OSError:
+                continue
+            for e in entries:
+                if f"{RECORD_SUFFIX}{TMP_MARK}-" not in e.name:
+                    continue
+                with contextlib.suppress(OSError):
+                    if e.is_file(follow_symlinks=False) and t - e.stat().st_mtime > DEBRIS_AGE_S:
+                        os.unlink(e.path)
+                        removed.append(Path(e.path))
         return removed
 
     def recover_record(self, task: ShardTask) -> dict[str, Any]:
@@ -414,22 +530,11 @@ class ShardStore:
         for task in tasks:
             counts = st.splits.setdefault(task.split, dict.fromkeys(STATUS_COLUMNS, 0))
             chk = self.check(task)
-            state: str = chk.state
-            why = chk.why
-            if state in ("done", "unrecorded"):
-                state = "done"
-                if chk.record is not None:
-                    st.spend_usd += float(chk.record.get("usd", 0.0))
-            elif state in ("missing", "corrupt"):
-                claim = claims.get(task.key) if claims is not None else None
-                if claim is not None:
-                    stale = is_stale(claim, t, timeout_s, h, pid_alive)
-                    owner = f"run {claim.get('run_id', '?')} on {claim.get('host', '?')} pid {claim.get('pid', '?')}"
-                    if state == "missing":
-                        state = "stale" if stale else "claimed"
-                        why = owner
-                elif state == "missing" and task.key in failed_last:
-                    state, why = "failed", failed_last[task.key]
+            claim = claims.get(task.key) if claims is not None and chk.state == "missing" else None
+            stale = claim is not None and is_stale(claim, t, timeout_s, h, pid_alive)
+            state, why = shard_state(chk, claim, stale=stale, failed=failed_last.get(task.key))
+            if state == "done" and chk.record is not None:
+                st.spend_usd += float(chk.record.get("usd", 0.0))
             counts[state] = counts.get(state, 0) + 1
             st.details.append(KeyStatus(task.key, task.split, state, why))
         return st

@@ -14,9 +14,10 @@ from rich.table import Table
 
 from runner.spec.load import load_job
 from runner.spec.model import JobSpec
+from runner.spec.plan import existing_tasks
 from runner.spec.plan import tasks as plan_tasks
 from runner.store.claims import LocalClaims
-from runner.store.shards import STATUS_COLUMNS, ShardStore, StoreStatus, job_root
+from runner.store.shards import STATUS_COLUMNS, ShardStore, StoreStatus, check_root, job_root
 
 
 def done_relpaths(spec: JobSpec, store_dir: str | os.PathLike[str] | Path = ".") -> set[str]:
@@ -26,7 +27,8 @@ def done_relpaths(spec: JobSpec, store_dir: str | os.PathLike[str] | Path = ".")
     row count equal to its metadata). Matches ``runner.spec.plan.DoneCheck``.
     """
     store = ShardStore(job_root(spec, store_dir))
-    return {t.relpath for t in plan_tasks(spec) if store.is_done(t)}
+    # Only the files there are opened: listing beats a stat per planned shard.
+    return {t.relpath for t in existing_tasks(spec, store_dir) if store.is_done(t)}
 
 
 def measured_seconds_per_state(
@@ -36,7 +38,7 @@ def measured_seconds_per_state(
     store = ShardStore(job_root(spec, store_dir))
     secs: dict[str, float] = {}
     states: dict[str, int] = {}
-    for t in plan_tasks(spec):
+    for t in existing_tasks(spec, store_dir):
         r = store.read_record(t)
         if not r or r.get("status") != "done" or r.get("recovered"):
             continue
@@ -51,6 +53,7 @@ def job_status(job: str | os.PathLike[str], out: str | os.PathLike[str] | None =
     """Per split: done, missing, claimed (live), stale, failed, corrupt, skipped; spend so far."""
     spec = load_job(job)
     root = job_root(spec, out)
+    check_root(root)
     store = ShardStore(root)
     timeout = max(spec.compute.timeout_s, spec.compute.large.timeout_s if spec.compute.large else 0)
     return store.status(plan_tasks(spec), LocalClaims(root), timeout_s=timeout)

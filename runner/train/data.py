@@ -56,7 +56,7 @@ class Dataset:
 def shard_info(path: Path) -> ShardInfo:
     """Row count and deal of a shard, from its parquet footer only."""
     try:
-        pf = pq.ParquetFile(path)
+        pf = pq.ParquetFile(path, page_checksum_verification=True)
         meta = {k.decode(): v.decode() for k, v in (pf.schema_arrow.metadata or {}).items()}
         rows = pf.metadata.num_rows
         names = set(pf.schema_arrow.names)
@@ -87,7 +87,7 @@ OVERSAMPLE = 4
 def _read_rows(info: ShardInfo, take: int, seed: int, index: int) -> tuple[np.ndarray, np.ndarray]:
     """``take`` rows of one shard, drawn without replacement from random row groups."""
     rng = np.random.default_rng([seed, index])
-    pf = pq.ParquetFile(info.path)
+    pf = pq.ParquetFile(info.path, page_checksum_verification=True)
     groups = list(range(pf.metadata.num_row_groups))
     if take < info.rows:
         rng.shuffle(groups)

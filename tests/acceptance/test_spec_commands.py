@@ -71,3 +71,21 @@ def test_broken_files_are_rejected_with_file_line_and_key(tmp_path: Path, case: 
     assert message in first
     p = forge("plan", str(f))
     assert p.returncode == 1 and "Traceback" not in p.stderr and f"{f}:{line}:" in p.stderr
+
+
+@pytest.mark.parametrize("command", ["plan", "status", "run"])
+def test_every_command_reading_a_job_gives_one_located_error(tmp_path: Path, command: str) -> None:
+    bad = tmp_path / "bad.yaml"
+    bad.write_text(
+        "version: 1\nname: bad\nkind: []\n"
+        "deals: {mode: standard, base_seeds: {list: [1]}}\nbudget: {max_usd: 1}\n"
+    )
+    fifo = tmp_path / "fifo.yaml"
+    import os
+
+    os.mkfifo(fifo)
+    r = forge(command, str(bad), cwd=tmp_path)
+    assert r.returncode == 1 and "Traceback" not in r.stderr, r.stderr
+    assert r.stderr.startswith(f"{bad}:3:1: $.kind: a list is not 'oracle'"), r.stderr
+    r = forge(command, str(fifo), cwd=tmp_path)  # used to block on open
+    assert r.returncode == 1 and "is not a regular file" in r.stderr, r.stderr

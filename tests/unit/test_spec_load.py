@@ -127,7 +127,7 @@ def test_alias_bomb_is_an_error_not_a_hang() -> None:
     for i in range(1, 9):
         lines.append(f"a{i}: &a{i} [" + ", ".join([f"*a{i - 1}"] * 10) + "]")
     p = parse_yaml("\n".join(lines), "x")
-    assert p.data is None and "too large" in p.errors[0].message
+    assert p.data is None and "aliases expand to too many values" in p.errors[0].message
 
 
 def test_python_tags_are_refused(tmp_path: Path) -> None:
@@ -216,7 +216,7 @@ def test_load_dispatches_on_kind_and_load_job_refuses_a_sweep() -> None:
     assert isinstance(load(VALID / "sweep-grid.yaml"), SweepSpec)
     with pytest.raises(SpecErrors, match="this is a sweep file"):
         load_job(VALID / "sweep-grid.yaml")
-    with pytest.raises(SpecErrors, match="this is a oracle file"):
+    with pytest.raises(SpecErrors, match="this is an oracle job file; expected a sweep"):
         load_sweep(VALID / "minimal.yaml")
 
 
@@ -326,3 +326,68 @@ def test_byte_order_mark_crlf_and_second_documents(tmp_path: Path) -> None:
     assert [(e.line, e.message) for e in errors] == [
         (6, "YAML syntax error: a spec file holds one document; a second one starts here")
     ]
+
+
+# --- input that used to crash or hang ------------------------------------------------
+
+
+def test_only_regular_files_of_bounded_size_are_read(tmp_path: Path) -> None:
+    import os
+
+    fifo = tmp_path / "pipe.yaml"
+    os.mkfifo(fifo)  # opening it for reading would block until a writer came
+    _, errors = check_file(fifo)
+    assert [e.message for e in errors] == [
+        "is not a regular file (a device, FIFO or socket); give a YAML file"
+    ]
+    _, errors = check_file("/dev/zero")  # never ends: MemoryError before the check
+    assert "not a regular file" in errors[0].message
+    big = write(tmp_path, MINIMAL + "#" * 256_000)
+    _, errors = check_file(big)
+    assert len(errors) == 1 and "at most 256,000 bytes" in errors[0].message
+    assert check_file(write(tmp_path, MINIMAL + "#" * 200_000, "ok.yaml"))[1] == []
+
+
+@pytest.mark.parametrize(
+    ("text", "where", "fragment"),
+    [
+        (MINIMAL + "x: " + "[" * 500 + "]" * 500 + "\n", (6, 67), "nested more than 64 levels"),
+        (MINIMAL.replace("name: t", "name: t\x00"), (2, 8), "U+0000 (NUL) is not allowed"),
+        (MINIMAL.replace("name: t", "na\x1bme: t"), (2, 3), "U+001B is not allowed"),
+        (MINIMAL.replace("max_usd: 1", "max_usd: 1" + "0" * 400), (5, 19), "number too large"),
+        (MINIMAL.replace("max_usd: 1", "max_usd: " + "9" * 4400), (5, 19), "number too large"),
+    ],
+    ids=["deep", "nul", "escape", "overflow", "4400-digits"],
+)
+def test_hostile_yaml_is_one_located_error(
+    tmp_path: Path, text: str, where: tuple[int, int], fragment: str
+) -> None:
+    _, errors = check_file(write(tmp_path, text))
+    assert len(errors) == 1, errors
+    assert (errors[0].line, errors[0].col) == where and fragment in errors[0].message
+
+
+@pytest.mark.parametrize("kind", ["[]", "{}", "[oracle]"])
+def test_unhashable_kind_is_a_schema_error_in_jobs_and_in_the_sweeps_using_them(
+    tmp_path: Path, kind: str
+) -> None:
+    job = write(tmp_path, MINIMAL.replace("kind: oracle", f"kind: {kind}"))
+    _, errors = check_file(job)
+    assert [(e.line, e.path) for e in errors] == [(3, "$.kind")]
+    sweep = (VALID / "sweep-grid.yaml").read_text().replace("job: minimal.yaml", "job: job.yaml")
+    _, errors = check_file(write(tmp_path, sweep, "sweep.yaml"))
+    assert len(errors) == 1 and "'job.yaml' is not a valid job file" in errors[0].message
+
+
+def test_errors_come_in_file_order(tmp_path: Path) -> None:
+    text = """\
+version: 2
+name: BAD
+kind: oracle
+deals: {mode: standard, base_seeds: {list: [1]}, decl: nope}
+compute: {gpu: K80, retries: -1}
+budget: {max_usd: 0}
+"""
+    _, errors = check_file(write(tmp_path, text))
+    assert len(errors) == 6
+    assert [(e.line, e.col) for e in errors] == sorted((e.line or 0, e.col or 0) for e in errors)

@@ -19,6 +19,7 @@ from runner.spec.plan import (
     iter_tasks,
     make_plan,
     shard_dir,
+    task_of,
     tasks,
 )
 from runner.spec.pricing import BUILTIN_PRICES
@@ -242,3 +243,49 @@ def test_plan_shows_the_cap_the_downgrade_point_the_large_tier_and_what_the_cap_
     assert "downgrade GPU T4: $360.00/h, 6.5 s/shard, $0.6500/shard" in text
     assert "large tier B200: $7200.00/h" in text
     assert "the cap pays for ~85 of the 1,000 shards to do (9%)" in text
+
+
+def test_task_of_inverts_every_planned_relpath_and_refuses_the_rest(tmp_path: Path) -> None:
+    spec = load_job(
+        job(
+            tmp_path,
+            "{mode: marginalized, base_seeds: {list: [5, 905, 2905]}, opp_seeds: 3, decl: [0, 7]}",
+        )
+    )
+    planned = tasks(spec)
+    assert [task_of(spec, t.relpath) for t in planned] == planned
+    foreign = [
+        "val/seed_00000005_opp0_decl_0.parquet",  # 5 % 1000 is in train
+        "train/seed_00000006_opp0_decl_0.parquet",  # not a base seed of the job
+        "train/seed_00000005_opp3_decl_0.parquet",  # opp seeds are 0..2
+        "train/seed_00000005_opp0_decl_3.parquet",  # decl 3 is not solved
+        "train/seed_00000005_decl_0.parquet",  # a standard name in a marginalized job
+        "train/seed_5_opp0_decl_0.parquet",  # not the canonical spelling
+        "nosplit/seed_00000005_opp0_decl_0.parquet",
+        "train/stranger.parquet",
+    ]
+    assert [task_of(spec, r) for r in foreign] == [None] * len(foreign)
+
+
+def test_the_largest_job_plans_without_enumerating_its_shards(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import runner.spec.plan as plan_module
+
+    def enumerate_all(spec: object) -> None:
+        raise AssertionError("planning enumerated the job's 10,000,000 shards")
+
+    spec = load_job(job(tmp_path, "{mode: standard, base_seeds: {start: 0, stop: 10000000}}"))
+    some = [
+        plan_module.ShardTask("train", 5, None, 5),
+        plan_module.ShardTask("val", 1_000_901, None, 1),
+        plan_module.ShardTask("test", 9_999_999, None, 9),
+    ]
+    for t in some:
+        f = shard_dir(spec, tmp_path) / t.relpath
+        f.parent.mkdir(parents=True, exist_ok=True)
+        f.write_bytes(b"x")
+    monkeypatch.setattr(plan_module, "iter_tasks", enumerate_all)
+    p = make_plan(spec, store_dir=tmp_path)
+    assert p.total == 10_000_000 and p.done_by_split == {"train": 1, "val": 1, "test": 1}
+    assert "10,000,000" in p.render()

@@ -13,7 +13,6 @@ from runner.spec import pricing as P
         ("t4", "T4"),
         (" h100! ", "H100!"),
         ("a100-80gb", "A100-80GB"),
-        ("A100", "A100-40GB"),
         ("l40s", "L40S"),
     ],
 )
@@ -27,6 +26,14 @@ def test_unknown_gpu_suggests_the_closest() -> None:
     with pytest.raises(ValueError, match="unknown GPU 'K80'"):
         P.normalize_gpu("K80")
     assert P.normalize_price_key("LOCAL") == P.LOCAL
+
+
+def test_gpu_suggestions_go_by_meaning_and_a100_names_its_memory() -> None:
+    # H100-80GB is an H100 with its memory spelled out; spelling alone says A100-80GB
+    with pytest.raises(ValueError, match="did you mean 'H100'\\?"):
+        P.normalize_gpu("H100-80GB")
+    with pytest.raises(ValueError, match="'a100' is ambiguous: write A100-40GB or A100-80GB"):
+        P.normalize_gpu("a100")
 
 
 def test_every_gpu_has_a_price_and_a_speed() -> None:
