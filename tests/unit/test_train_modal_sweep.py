@@ -3,6 +3,7 @@ and its body run here through ``Function.local()``. Nothing talks to Modal."""
 
 from __future__ import annotations
 
+import time
 import tomllib
 from pathlib import Path
 
@@ -104,3 +105,54 @@ def test_trials_without_a_result_fail_and_timeouts_are_charged(spec: SweepSpec, 
     assert all("timed out" in r["error"] and "container lost" in r["error"] for r in results)
     # one timeout among the errors: one trial is charged its whole timeout
     assert [r["seconds"] for r in results] == [float(spec.compute.timeout_s), 0.0, 0.0]
+
+
+@pytest.mark.filterwarnings("ignore:The train_trial function is executing locally")
+def test_ctrl_c_cancels_the_trial_in_flight_charged_and_unfinished(
+    spec: SweepSpec, sample_store: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    """Ctrl+C (or the budget's hard stop) reaches the orchestrator, which cancels what is
+    in flight: the app is stopped (modal/app.py:1724), the finished trial keeps its record,
+    the one still running is charged for its seconds but gets no record, so a rerun
+    trains it. Modal's app.run would have swallowed the interrupt (modal/runner.py:502-522);
+    here the app is entered by hand, so it never sees it."""
+    import threading
+    from dataclasses import replace
+
+    from runner.backends.base import TaskRequest
+    from runner.train.sweep import SweepOutcome, is_finished
+
+    monkeypatch.setenv("MODAL_TOKEN_ID", "ak-offline-test")
+    monkeypatch.setenv("MODAL_TOKEN_SECRET", "as-offline-test")
+    two = replace(spec, search=replace(spec.search, parameters=(("lr", (0.003, 0.01)),) + tuple(
+        (k, v) for k, v in spec.search.parameters if k != "lr"
+    )))  # fmt: skip
+    data = resolve_data(two, sample_store / "shards" / "tiny")
+    trials = expand(two, data)
+    assert len(trials) == 2
+    outcome = SweepOutcome(two, tmp_path, "modal", trials, {})
+    backend = modal_sweep.ModalSweepBackend(two, data, outcome, lambda k, i: None, "run-1")
+    release = threading.Event()
+
+    def mapper(requests: list[dict[str, object]], **kw: object) -> object:
+        yield backend.compiled.function.local(requests[0])  # the first trial finishes ...
+        release.wait(60)  # ... the second is still training when Ctrl+C comes
+
+    backend.map = mapper
+    backend.submit([TaskRequest(t, gpu=tuple(two.compute.gpu)) for t in trials])
+    done = []
+    deadline = time.monotonic() + 120
+    while not done and time.monotonic() < deadline:
+        done = backend.poll(0.5)
+    (first,) = done
+    assert first.key == trials[0].trial_id and first.status == "done"
+    (cancelled,) = backend.cancel([t.trial_id for t in trials])
+    release.set()
+    assert cancelled.key == trials[1].trial_id and cancelled.status == "cancelled"
+    assert cancelled.seconds > 0 and cancelled.usd > cancelled.seconds * dict(two.pricing)["H100"] / 3600.0
+    assert is_finished(outcome.records[trials[0].trial_id], tmp_path)
+    assert trials[1].trial_id not in outcome.records  # a rerun trains it
+    assert backend.in_flight() == 0 and backend.poll(0.2) == []
+    # offline the compiled app is not running, so Modal's App.stop refuses: said, not hidden
+    assert "stopping Modal app forge-sweep-tiny-modal" in capsys.readouterr().err
