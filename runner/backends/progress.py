@@ -98,7 +98,7 @@ class RunDisplay:
                 f"{r.seconds:.1f} s on {r.device or r.gpu}"
             )
             if r.takeover_of:
-                line += f"  (took over a stale claim of run {r.takeover_of.get('run_id', '?')})"
+                line += f"  ({takeover_text(r.takeover_of)})"
             if r.quarantined:
                 line += f"  (a corrupt file was moved to {r.quarantined})"
         elif r.status == "failed":
@@ -171,3 +171,10 @@ class RunDisplay:
             self.console.print(f"[green]Nothing to do: all {p.planned} planned shards exist.[/green]")
         elif s.exit_code == 0:
             self.console.print("[green]All planned shards exist.[/green]")
+
+
+def takeover_text(old: dict[str, Any]) -> str:
+    """What a run says when it took a shard's lock over: whose claim, or why the lock was no claim."""
+    if old.get("unreadable"):
+        return f"took over a lock that was no claim ({old.get('why', 'unreadable')})"
+    return f"took over a stale claim of run {old.get('run_id', '?')}"

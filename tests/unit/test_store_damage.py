@@ -294,3 +294,11 @@ def test_shard_state_from_file_claim_and_last_failure() -> None:
     ]
     for chk, claim, stale, failed, want in cases:
         assert shard_state(chk, claim, stale=stale, failed=failed) == want, (chk, claim, stale)
+
+
+def test_a_taken_over_lock_that_was_no_claim_is_named_as_such() -> None:
+    from runner.backends.progress import takeover_text
+
+    assert takeover_text({"run_id": "run-7"}) == "took over a stale claim of run run-7"
+    said = takeover_text({"unreadable": True, "why": "not a regular file"})
+    assert "run ?" not in said and "not a regular file" in said
