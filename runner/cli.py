@@ -26,6 +26,18 @@ def _user_errors() -> Iterator[None]:
         raise SystemExit(1) from None
 
 
+def _must_exist(path: str, what: str = "file or folder") -> None:
+    """The one rule for a path that is not there: a line naming it, exit 1.
+
+    (click's ``exists=True`` would make it a usage error, exit 2, in some commands only.)
+    """
+    import os
+
+    if not os.path.exists(path):
+        click.echo(f"{path}: no such {what}", err=True)
+        raise SystemExit(1)
+
+
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(__version__, prog_name="forge")
 def main() -> None:
@@ -53,8 +65,10 @@ def validate(paths: tuple[str, ...], as_json: bool) -> None:
     """Check job and sweep files: YAML, JSON Schema, then semantic checks.
 
     PATHS are files or folders (searched for *.yaml and *.yml). Every error is
-    reported as FILE:LINE:COL: $.key.path: message. Exit 0 when every file is
-    valid, 1 otherwise.
+    reported as FILE:LINE:COL: $.key.path: message.
+
+    Exit codes: 0 every file is valid, 1 some file is invalid or a path does
+    not exist, 2 usage error.
 
     \b
     Example:
@@ -109,6 +123,10 @@ def plan(job: str, backend: str | None, out: str, as_json: bool) -> None:
     flight) and for this machine (`local` price, compute.workers); a warning
     says when it exceeds budget.max_usd.
 
+    Exit codes: 0 the plan is printed (over budget too: see the warning), 1 the
+    job file is invalid or JOB or --out does not exist, 2 usage error or (with
+    --backend modal) no Modal credentials.
+
     \b
     Example:
       forge plan jobs/valtest.yaml
@@ -119,6 +137,7 @@ def plan(job: str, backend: str | None, out: str, as_json: bool) -> None:
     from runner.spec.load import load_job
     from runner.spec.plan import make_plan
 
+    _must_exist(out, "store folder (--out)")
     with _user_errors():
         spec = load_job(job)
     from runner.store.status import done_relpaths, measured_seconds_per_state
@@ -162,7 +181,9 @@ def plan(job: str, backend: str | None, out: str, as_json: bool) -> None:
     "data_dir",
     type=click.Path(file_okay=False, path_type=str),
     default=None,
-    help="Folder holding the data job's split folders (default: the job's output.root).",
+    help="The store the data job's shards are in, as `forge run --out` takes it (default: the "
+    "current directory); its shard folder STORE/<output.root> works too. "
+    "With --backend modal: a folder inside the job's volume.",
 )
 @click.option(
     "--out",
@@ -178,15 +199,19 @@ def sweep(sweep_file: str, backend: str, data_dir: str | None, out_dir: str | No
     its checkpoint in OUT/checkpoints/) and skipped when the sweep runs again, so a
     rerun only trains what is missing. The budget guard starts a trial only if its
     worst case (the whole compute.timeout_s) fits in budget.max_usd. Ends with a
-    results table sorted by the objective, OUT/results.json and OUT/results.csv,
-    and the best config and its checkpoint. Exit 1 if a trial failed or the budget
-    stopped the sweep.
+    results table sorted by the objective (decision accuracy, Q-gap in points,
+    blunder rate) beside two baselines on the same val rows, OUT/results.json and
+    OUT/results.csv, and the best config and its checkpoint.
+
+    Exit codes: 0 every trial finished, 1 a trial failed, the budget stopped the
+    sweep, or the sweep file, its data job or its shards are missing or invalid,
+    2 usage error or (with --backend modal) no Modal credentials.
 
     \b
     Example:
       forge sweep jobs/sweep.yaml
       forge sweep jobs/sweep-gpu.yaml --backend modal
-      forge sweep jobs/sweep.yaml --data /data/shards/smoke --out /tmp/my-sweep
+      forge sweep jobs/sweep.yaml --data /data/forge --out /tmp/my-sweep
     """
     from rich.console import Console
 
@@ -195,6 +220,8 @@ def sweep(sweep_file: str, backend: str, data_dir: str | None, out_dir: str | No
     from runner.train.report import Reporter, print_outcome
     from runner.train.sweep import SweepError, run_sweep
 
+    if backend == "local" and data_dir is not None:
+        _must_exist(data_dir, "data folder (--data)")
     with _user_errors():
         spec = load_sweep(sweep_file)
     import sys
@@ -208,8 +235,8 @@ def sweep(sweep_file: str, backend: str, data_dir: str | None, out_dir: str | No
     except SweepError as e:
         click.echo(f"error: {e}", err=True)
         raise SystemExit(1) from None
-    except ModalUserError as e:
-        click.echo(f"error: {e}", err=True)
+    except ModalUserError as e:  # worded like every other command's (_modal_call)
+        click.echo(str(e), err=True)
         raise SystemExit(e.exit_code) from None
     print_outcome(console, outcome)
     raise SystemExit(1 if outcome.failed or outcome.budget_stopped else 0)
@@ -234,7 +261,9 @@ def sweep(sweep_file: str, backend: str, data_dir: str | None, out_dir: str | No
     default=None,
     help="The store folder (default: the current directory); shards go to OUT/<output.root>.",
 )
-@click.option("--limit", type=click.IntRange(min=0), default=None, help="Do at most N of the missing shards.")
+@click.option(
+    "--limit", type=click.IntRange(min=1), default=None, help="Do at most N (>= 1) of the missing shards."
+)
 @click.option(
     "--max-usd",
     type=click.FloatRange(min=0, min_open=True),
@@ -257,8 +286,10 @@ def run(
     job's spend plus the work in flight reaches the budget. Ctrl+C stops the
     workers and releases their claims.
 
-    Exit codes: 0 all planned shards exist, 1 some failed, 3 stopped by the
-    budget, 130 interrupted.
+    Exit codes: 0 all planned shards exist (or --limit of them were done), 1
+    some failed, the job file is invalid or JOB does not exist, 2 usage error
+    or (with --backend modal) no Modal credentials, 3 stopped by the budget,
+    130 interrupted.
 
     \b
     Example:
@@ -317,6 +348,10 @@ def status(job: str, out: str | None, as_json: bool, backend: str) -> None:
     corrupt (a file under the final name fails the quick check; the next run
     redoes it), skipped (over max_states). Also the spend so far.
 
+    Exit codes: 0 the status is printed, 1 the job file is invalid or JOB or
+    --out does not exist, 2 usage error or (with --backend modal) no Modal
+    credentials.
+
     \b
     Example:
       forge status jobs/smoke.yaml
@@ -333,6 +368,8 @@ def status(job: str, out: str | None, as_json: bool, backend: str) -> None:
 
         st = _modal_call(status_on_modal, job)
     if backend != "modal":
+        if out is not None:  # a mistyped store would show every shard missing
+            _must_exist(out, "store folder (--out)")
         with _user_errors():
             st = job_status(job, out)
     if as_json:
@@ -373,6 +410,9 @@ def stop(job: str) -> None:
     Also frees the claims those containers held, so the next run does not wait
     for them to go stale. A Ctrl+C of `forge run --backend modal` does the same.
 
+    Exit codes: 0 done, 1 the job file is invalid or JOB does not exist, 2
+    usage error or no Modal credentials.
+
     \b
     Example:
       forge stop jobs/valtest.yaml
@@ -400,6 +440,10 @@ def download(job: str, to: str, split: str | None) -> None:
     file that differs is kept as it is and listed (exit 1). Every file lands
     through a temporary name, so an interrupted download leaves no partial shard.
 
+    Exit codes: 0 every file is there, 1 a local file differs (listed), the job
+    file is invalid or JOB does not exist, 2 usage error or no Modal
+    credentials.
+
     \b
     Example:
       forge download jobs/valtest.yaml --to data/valtest
@@ -423,6 +467,9 @@ def cost(job: str, days: int, as_json: bool) -> None:
     forge's numbers come from the run manifests on the volume (measured seconds x
     the price of the GPU that ran); Modal's from its billing report for tag
     forge-job=<name>, where the workspace's plan allows billing reports.
+
+    Exit codes: 0 done, 1 the job file is invalid or JOB does not exist, 2
+    usage error or no Modal credentials.
 
     \b
     Example:
@@ -478,6 +525,7 @@ def _decl_option(value: str) -> int | None:
     type=click.Choice(["zstd", "snappy", "lz4", "none"]),
     default="zstd",
     show_default=True,
+    help="Parquet compression of the --out shard.",
 )
 @click.option("--force", is_flag=True, help="Replace --out if it already exists.")
 @click.option("--json", "as_json", is_flag=True, help="Print the result as JSON.")
@@ -491,6 +539,12 @@ def solve(
     as_json: bool,
 ) -> None:
     """Solve one deal exactly: hands, state count, root value, digests, time per phase.
+
+    The deal is printed at once; the first solve on a machine says when it
+    compiles the solver kernels, and a terminal shows the phase being solved.
+
+    Exit codes: 0 solved (and written), 2 usage error (a bad option, or --out
+    exists without --force).
 
     \b
     Example:
@@ -510,13 +564,15 @@ def solve(
 
 
 @main.command()
-@click.argument("paths", nargs=-1, required=True, type=click.Path(exists=True, path_type=str))
+@click.argument("paths", nargs=-1, required=True, type=click.Path(path_type=str))
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON report.")
 def verify(paths: tuple[str, ...], as_json: bool) -> None:
     """Re-read shards and check them: schema, metadata, order, digests, V against Q, root.
 
-    PATHS are shard files or folders (searched recursively for *.parquet). Exit 1
-    if any shard fails, naming the file and what failed.
+    PATHS are shard files or folders (searched recursively for *.parquet).
+
+    Exit codes: 0 every shard is ok, 1 a shard failed (naming the file and what
+    failed), no shard was found or a path does not exist, 2 usage error.
 
     \b
     Example:
@@ -527,6 +583,8 @@ def verify(paths: tuple[str, ...], as_json: bool) -> None:
 
     from runner.oracle.report import verify_paths
 
+    for p in paths:
+        _must_exist(p)
     results = verify_paths(paths)
     if as_json:
         click.echo(json.dumps({"ok": all(not e for _, e in results), "files": [
@@ -585,6 +643,9 @@ def bench(
     are a long run's steady state. Each shard is written once per compression
     to a temporary folder and removed. --end-to-end measures whole marginalized
     shards per second through the local backend instead.
+
+    Exit codes: 0 measured, 1 the --end-to-end run failed, 2 usage error (a bad
+    option or --seeds).
 
     \b
     Example:

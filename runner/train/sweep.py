@@ -27,7 +27,6 @@ from typing import Any
 
 from runner.spec import plan, pricing
 from runner.spec.model import JobSpec, ShardTask, SweepSpec
-from runner.store.shards import job_root
 from runner.train.loop import (
     TRAINER_VERSION,
     TrainConfig,
@@ -171,11 +170,12 @@ def pick_shards(
 
 
 def resolve_data(spec: SweepSpec, data_dir: str | os.PathLike[str] | None = None) -> DataPlan:
-    """The finished shards on this machine: under ``data_dir`` (the folder holding the
-    job's split folders) or by default the job's own output root."""
+    """The finished shards on this machine, in the store ``data_dir`` (see
+    :func:`runner.train.data.shard_folder`)."""
     from runner.oracle.shard import quick_check
+    from runner.train.data import shard_folder
 
-    root = Path(data_dir) if data_dir is not None else job_root(spec.data.job)
+    root = shard_folder(spec.data.job, data_dir)
 
     def done(t: ShardTask) -> bool:
         path = root / t.relpath

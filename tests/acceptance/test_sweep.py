@@ -125,11 +125,12 @@ def test_missing_shards_say_how_to_make_them(project: Path) -> None:
 
 def test_data_and_out_flags_and_the_budget_guard(project: Path, tmp_path_factory: pytest.TempPathFactory) -> None:
     elsewhere = tmp_path_factory.mktemp("data")
-    shutil.move(project / "shards" / "tiny", elsewhere / "tiny")
+    # --data takes the store root, as `forge run --out` does
+    shutil.move(project / "shards", elsewhere / "shards")
     # $1 per second locally: a trial's worst case (its 60 s timeout) is $60, over the $5 cap
     sweep_file(project, timeout=60, max_usd=5, extra="pricing: {local: 3600}\n")
     results = tmp_path_factory.mktemp("results")
-    r = forge("sweep", "sweep.yaml", "--data", str(elsewhere / "tiny"), "--out", str(results), cwd=project)
+    r = forge("sweep", "sweep.yaml", "--data", str(elsewhere), "--out", str(results), cwd=project)
     assert r.returncode == 1, r.stdout + r.stderr
     assert "budget" in r.stdout and "2 trial(s) not started" in r.stdout
     table = json.loads((results / "results.json").read_text())
