@@ -32,7 +32,7 @@ from typing import TYPE_CHECKING, Any, Literal
 
 from runner.spec.model import ShardTask
 from runner.store.claims import Claim, ClaimTable, acquire, make_claim, release
-from runner.store.shards import ShardStore, record_from_meta
+from runner.store.shards import ShardStore, deal_fields, record_from_meta
 
 if TYPE_CHECKING:
     from runner.oracle.solve import Solution
@@ -286,9 +286,7 @@ class TaskRun:
         return {
             "key": self.task.key,
             "split": self.task.split,
-            "base_seed": self.task.base_seed,
-            "opp_seed": self.task.opp_seed,
-            "decl_id": self.task.decl_id,
+            **deal_fields(self.task),
             "states": r.states,
             "root_value": r.root_value,
             "device": r.device,
