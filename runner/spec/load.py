@@ -50,7 +50,7 @@ DEFAULT_SPLITS: dict[str, list[int]] = {"train": [0, 900], "val": [900, 950], "t
 MAX_SHARDS = 10_000_000  # one job file; beyond this, planning itself gets slow
 MAX_TRIALS = 10_000
 YAML_SUFFIXES = (".yaml", ".yml")
-METRIC_GOALS = {"val_accuracy": "max", "q_gap": "min", "blunder_rate": "min"}
+METRIC_GOALS = {"decision_accuracy": "max", "val_accuracy": "max", "q_gap": "min", "blunder_rate": "min"}
 
 Spec = JobSpec | SweepSpec
 

@@ -36,7 +36,7 @@ from runner.train.loop import (
 )
 
 BACKENDS = ("local", "modal")
-REPORTED = ("val_accuracy", "q_gap", "blunder_rate")
+REPORTED = ("decision_accuracy", "val_accuracy", "q_gap", "blunder_rate")
 TRIALS_DIR = "trials"
 CHECKPOINTS_DIR = "checkpoints"
 
@@ -108,6 +108,14 @@ class SweepOutcome:
     def best(self) -> dict[str, Any] | None:
         rows = [r for r in self.rows() if r["status"] == "finished"]
         return rows[0] if rows and _finite(rows[0]["metrics"].get(self.metric)) else None
+
+    def baselines(self) -> tuple[int | None, dict[str, dict[str, float]]]:
+        """(val rows, baseline -> metrics) from a finished trial's record: every trial of
+        the sweep is scored on the same val rows, so any one of them gives the baselines."""
+        for r in self.records.values():
+            if r.get("status") == "finished" and r.get("baselines"):
+                return r.get("val_rows"), r["baselines"]
+        return None, {}
 
     @property
     def failed(self) -> list[str]:
@@ -317,6 +325,7 @@ def save_result(
         "stopped_early": result.get("stopped_early", False),
         "train_rows": result.get("train_rows"),
         "val_rows": result.get("val_rows"),
+        "baselines": result.get("baselines"),
         "seconds": round(float(result.get("seconds", 0.0)), 3),
         "cost_usd": round(cost_usd, 6),
         "spent_usd": round(spent_before + cost_usd, 6),

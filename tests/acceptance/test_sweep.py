@@ -74,7 +74,7 @@ def test_sweep_trains_ranks_and_resumes(project: Path) -> None:
     }
     for t in results:
         assert t["status"] == "finished"
-        for k in ("val_accuracy", "q_gap", "blunder_rate"):
+        for k in ("decision_accuracy", "val_accuracy", "q_gap", "blunder_rate"):
             assert isinstance(t["metrics"][k], float)
         assert 0 <= t["metrics"]["val_accuracy"] <= 1 and t["metrics"]["q_gap"] >= 0
         assert Path(project / t["checkpoint"]).stat().st_size > 0
@@ -87,6 +87,15 @@ def test_sweep_trains_ranks_and_resumes(project: Path) -> None:
     # the table, then the best config and its checkpoint, last
     for t in results:
         assert t["trial_id"] in r.stdout
+    # columns named as the metrics, with units; the baselines on the same val rows
+    rec = json.loads((out / "trials" / f"{results[0]['trial_id']}.json").read_text())
+    assert set(rec["baselines"]) == {"random", "highest_tile"}
+    header = next(ln for ln in r.stdout.splitlines() if "trial" in ln and "status" in ln).split()
+    assert header[-8:-4] == ["decision_accuracy", "val_accuracy", "q_gap", "blunder_rate"]
+    assert "q_gap: points lost per move" in " ".join(r.stdout.split())
+    assert "more than 10 points" in " ".join(r.stdout.split())
+    assert f"baselines on the same {rec['val_rows']:,} val rows" in r.stdout
+    assert f"{100 * rec['baselines']['random']['decision_accuracy']:.2f}%" in r.stdout
     lines = r.stdout.strip().splitlines()
     assert lines[-2].startswith(f"best: trial {results[0]['trial_id']}")
     assert lines[-1] == f"checkpoint: {results[0]['checkpoint']}"
