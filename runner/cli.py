@@ -554,13 +554,25 @@ def solve(
     import json
     from pathlib import Path
 
-    from runner.oracle.report import solve_and_write, solve_report
+    from runner.oracle.report import deal_lines, solve_and_write, solve_report
 
     decl_id = _decl_option(decl)
     if out is not None and Path(out).exists() and not force:
         raise click.UsageError(f"{out} already exists; pass --force to replace it")
-    doc = solve_and_write(seed, opp_seed, decl_id, out=out, compression=compression)
-    click.echo(json.dumps(doc, indent=2) if as_json else solve_report(doc))
+    if not as_json:  # at once: the solve can take minutes
+        click.echo("\n".join(deal_lines(seed, opp_seed, decl_id)))
+    import sys
+
+    def redraw(text: str) -> None:
+        sys.stderr.write(text)
+        sys.stderr.flush()
+
+    live = redraw if sys.stderr.isatty() else None
+    doc = solve_and_write(
+        seed, opp_seed, decl_id, out=out, compression=compression,
+        say=lambda line: click.echo(line, err=True), live=live,
+    )  # fmt: skip
+    click.echo(json.dumps(doc, indent=2) if as_json else solve_report(doc, deal=False))
 
 
 @main.command()

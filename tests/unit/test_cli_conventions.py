@@ -53,3 +53,15 @@ def test_limit_takes_at_least_one_shard(limit: str, tmp_path: Path) -> None:
     assert r.exit_code == 2, r.output
     assert "--limit" in r.output
     assert list(tmp_path.iterdir()) == []  # no manifest, no shard folder
+
+
+def test_plan_shows_that_declarations_multiply_the_shards(tmp_path: Path) -> None:
+    job = tmp_path / "decls.yaml"
+    job.write_text(
+        "version: 1\nname: decls\nkind: oracle\n"
+        "deals: {mode: standard, base_seeds: {list: [1, 2, 3, 4, 5, 930]}, decl: [5, 9, 0]}\n"
+        "budget: {max_usd: 1}\n"
+    )
+    r = CliRunner().invoke(main, ["plan", str(job), "--backend", "local", "--out", str(tmp_path)])
+    assert r.exit_code == 0, r.output
+    assert "6 base seeds x 3 decls (5, 9, 0) = 18 shards" in r.output.splitlines()[0]
