@@ -45,6 +45,7 @@ class CompileWatch:
     compile_s: float = 0.0
     loaded: int = 0
     load_s: float = 0.0
+    busy: bool = False  # a compile (or cache load) is under way
     _hit: bool = False
     _lock: threading.Lock = field(default_factory=threading.Lock)
 
@@ -53,6 +54,7 @@ class CompileWatch:
             return
         with self._lock:
             self._hit = False
+            self.busy = True
         if self.cache_dir is None:  # no cache: every compile is a real one
             self._first()
 
@@ -66,6 +68,7 @@ class CompileWatch:
             return
         with self._lock:
             hit, self._hit = self._hit, False
+            self.busy = False
             if hit:
                 self.loaded += 1
                 self.load_s += duration_secs
@@ -110,8 +113,8 @@ def compile_summary(w: CompileWatch) -> str | None:
 # kernel name -> phase; the solver looks them up in its module at call time
 _KERNELS = {
     "_forward_chunk": "enumerate",
-    "_backward_chunk": "values",
-    "_backward_append": "values",
+    "_backward_chunk": "values (last trick first)",
+    "_backward_append": "values (last trick first)",
     "_sort_device": "sort",
 }
 
@@ -123,6 +126,7 @@ class PhaseWatch:
         self.phase = "starting"
         self.trick: int | None = None
         self.t0 = time.perf_counter()
+        self.seen: list[tuple[str, int | None]] = []  # each (phase, trick) as it began
 
     def text(self) -> str:
         trick = f", trick {self.trick} of 7" if self.trick is not None else ""
@@ -130,9 +134,11 @@ class PhaseWatch:
 
     def _wrap(self, fn: Callable[..., Any], phase: str) -> Callable[..., Any]:
         def watched(*args: Any, **kwargs: Any) -> Any:
-            self.phase = phase
             r = kwargs.get("r")
-            self.trick = 8 - r if isinstance(r, int) else None
+            now = (phase, 8 - r if isinstance(r, int) else None)  # r tiles left: trick 8 - r
+            if not self.seen or self.seen[-1] != now:
+                self.seen.append(now)
+            self.phase, self.trick = now
             return fn(*args, **kwargs)
 
         return watched

@@ -45,19 +45,21 @@ def solve_and_write(
     decl = default_decl(seed) if decl_id is None else decl_id
     hands = deal_hands(seed, opp_seed)
     cache = enable_compile_cache()
+    ticker: Ticker | None = None
+
+    def first_compile() -> None:
+        if ticker is not None:
+            ticker.clear()
+        if say is not None:
+            say(compile_notice(cache))
+
     with ExitStack() as stack:
-        ticker = None
+        watch = stack.enter_context(CompileWatch(cache, first_compile).installed())
         if live is not None:
             phases = stack.enter_context(PhaseWatch().installed())
-            ticker = stack.enter_context(Ticker(phases.text, live))
-
-        def first_compile() -> None:
-            if ticker is not None:
-                ticker.clear()
-            if say is not None:
-                say(compile_notice(cache))
-
-        watch = stack.enter_context(CompileWatch(cache, first_compile).installed())
+            ticker = stack.enter_context(
+                Ticker(lambda: phases.text() + ("  (compiling)" if watch.busy else ""), live)
+            )
         t0 = time.perf_counter()
         sol = solve_deal(hands, decl)
         total = time.perf_counter() - t0

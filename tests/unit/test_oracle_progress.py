@@ -1,0 +1,52 @@
+"""What a solve reports while it runs: real compiles seen through jax.monitoring, and the
+solver's phases seen through its kernels, on a real (tiny) solve."""
+
+from __future__ import annotations
+
+import time
+
+import jax
+import jax.numpy as jnp
+
+from runner.oracle import solve
+from runner.oracle.deal import deal_hands
+from runner.oracle.progress import CompileWatch, PhaseWatch, compile_notice, compile_summary
+
+
+def test_a_new_kernel_is_a_compile_and_a_second_call_is_not() -> None:
+    salt = time.time_ns() % 1_000_003  # a function no cache has seen
+    fn = jax.jit(lambda x: jnp.sin(x) * salt + 1)
+    notices: list[str] = []
+    watch = CompileWatch("/some/cache", lambda: notices.append(compile_notice("/some/cache")))
+    with watch.installed():
+        fn(jnp.arange(3.0)).block_until_ready()
+        first = watch.compiled
+        fn(jnp.arange(3.0)).block_until_ready()  # compiled in memory: no compile at all
+    assert first >= 1 and watch.compiled == first and watch.compile_s > 0
+    assert notices == ["compiling the solver kernels (once per machine, cached in /some/cache) ..."]
+    assert "later processes load them from the cache" in (compile_summary(watch) or "")
+    # uninstalled: compiles are no longer counted
+    jax.jit(lambda x: x * salt - 2)(jnp.arange(3.0)).block_until_ready()
+    assert watch.compiled == first
+
+
+def test_nothing_compiled_says_nothing() -> None:
+    assert compile_summary(CompileWatch(None)) is None
+    assert "FORGE_JAX_CACHE=off" in compile_notice(None)
+
+
+def test_phases_of_a_real_solve_in_order_and_the_solver_left_as_it_was() -> None:
+    names = ("_forward_chunk", "_backward_chunk", "_backward_append", "_sort_device")
+    before = {n: getattr(solve, n, None) for n in names}
+    host_sort = solve._HostTable.sort
+    watch = PhaseWatch()
+    with watch.installed():
+        # the last trick only (one tile in every hand): a full solve in miniature
+        sol = solve.solve_position(deal_hands(3), 3, leader=0, masks=(1, 2, 4, 8))
+    assert sol.n_states > 0
+    phases = [p for p, _ in watch.seen]
+    assert phases[0] == "enumerate" and "values (last trick first)" in phases
+    assert phases.index("enumerate") < phases.index("values (last trick first)")
+    assert ("enumerate", 7) in watch.seen and phases[-1] == "sort"
+    assert {n: getattr(solve, n, None) for n in before} == before
+    assert solve._HostTable.sort is host_sort
