@@ -183,9 +183,14 @@ class TaskRun:
 
     def solve(self) -> Solution:
         from runner.oracle.deal import deal_hands
+        from runner.oracle.progress import watch_compiles
         from runner.oracle.solve import solve_deal
 
-        return solve_deal(deal_hands(self.task.base_seed, self.task.opp_seed), self.task.decl_id)
+        with watch_compiles() as watch:
+            sol = solve_deal(deal_hands(self.task.base_seed, self.task.opp_seed), self.task.decl_id)
+        if watch.compiled:  # the shard's "solved" line says what the compile cost
+            sol.timings["compile"] = watch.compile_s
+        return sol
 
     def finish(self, sol: Solution) -> TaskResult:
         """Write the solved shard and its record, commit, release the claim."""

@@ -96,6 +96,27 @@ class CompileWatch:
             monitoring.unregister_event_duration_listener(self._duration)
 
 
+@contextmanager
+def watch_compiles(say: Callable[[str], None] | None = None) -> Iterator[CompileWatch]:
+    """Watch the compiles of the solves inside, with the solver's compile cache on; the
+    first real compile ``say``s :func:`compile_notice`. By default that goes to stderr: a
+    worker solving a shard has no other channel to the terminal until its shard is done."""
+    import sys
+
+    from runner.oracle.solve import enable_compile_cache
+
+    cache = enable_compile_cache()
+
+    def notice() -> None:
+        if say is not None:
+            say(compile_notice(cache))
+        else:
+            print(compile_notice(cache), file=sys.stderr, flush=True)
+
+    with CompileWatch(cache, notice).installed() as watch:
+        yield watch
+
+
 def compile_notice(cache_dir: str | None) -> str:
     """The line a first compile prints."""
     where = f"cached in {cache_dir}" if cache_dir else "not cached: FORGE_JAX_CACHE=off"

@@ -14,10 +14,10 @@ from typing import Any
 
 from runner.oracle.bench import DealBench, parse_seeds, run_bench
 from runner.oracle.deal import deal_hands, default_decl
-from runner.oracle.progress import CompileWatch, PhaseWatch, Ticker, compile_notice, compile_summary
+from runner.oracle.progress import PhaseWatch, Ticker, compile_summary, watch_compiles
 from runner.oracle.rules import DECL_NAMES, tile_name
 from runner.oracle.shard import COMPRESSIONS, table_digests, verify_shard, write_shard
-from runner.oracle.solve import enable_compile_cache, solve_deal
+from runner.oracle.solve import solve_deal
 
 
 def deal_lines(seed: int, opp_seed: int | None, decl_id: int | None) -> list[str]:
@@ -44,17 +44,16 @@ def solve_and_write(
     notice); ``live`` gets a terminal's progress line, redrawn in place (``\r``)."""
     decl = default_decl(seed) if decl_id is None else decl_id
     hands = deal_hands(seed, opp_seed)
-    cache = enable_compile_cache()
     ticker: Ticker | None = None
 
-    def first_compile() -> None:
+    def notice(line: str) -> None:
         if ticker is not None:
             ticker.clear()
         if say is not None:
-            say(compile_notice(cache))
+            say(line)
 
     with ExitStack() as stack:
-        watch = stack.enter_context(CompileWatch(cache, first_compile).installed())
+        watch = stack.enter_context(watch_compiles(notice))
         if live is not None:
             phases = stack.enter_context(PhaseWatch().installed())
             ticker = stack.enter_context(
@@ -78,7 +77,7 @@ def solve_and_write(
         "device": sol.device,
         "seconds": {**{k: round(v, 4) for k, v in sol.timings.items()}, "total": round(total, 4)},
         # compiles are inside the phases' seconds: a first solve on a machine pays them
-        "compile": {"kernels": watch.compiled, "seconds": round(watch.compile_s, 3), "cache": cache},
+        "compile": {"kernels": watch.compiled, "seconds": round(watch.compile_s, 3), "cache": watch.cache_dir},
     }
     if out is not None:
         meta = write_shard(out, sol, base_seed=seed, opp_seed=opp_seed, compression=compression)

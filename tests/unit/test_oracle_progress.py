@@ -50,3 +50,42 @@ def test_phases_of_a_real_solve_in_order_and_the_solver_left_as_it_was() -> None
     assert ("enumerate", 7) in watch.seen and phases[-1] == "sort"
     assert {n: getattr(solve, n, None) for n in before} == before
     assert solve._HostTable.sort is host_sort
+
+
+def test_solve_prints_the_deal_first_and_says_when_it_compiles(monkeypatch, tmp_path) -> None:  # type: ignore[no-untyped-def]
+    from click.testing import CliRunner
+
+    from runner.cli import main
+    from runner.oracle import report
+
+    salt = time.time_ns() % 1_000_003
+
+    def small_solve(hands, decl_id):  # type: ignore[no-untyped-def]
+        print("SOLVING", flush=True)
+        jax.jit(lambda x: x * salt + 3)(jnp.arange(2.0)).block_until_ready()  # a real compile
+        return solve.solve_position(hands, decl_id, leader=0, masks=(1, 2, 4, 8))
+
+    monkeypatch.setattr(report, "solve_deal", small_solve)
+    r = CliRunner().invoke(main, ["solve", "--seed", "1"])
+    assert r.exit_code == 0, r.output
+    assert r.stdout.index("deal: seed 1 (standard)") < r.stdout.index("SOLVING")
+    assert "compiling the solver kernels (once per machine, cached in " in r.stderr
+    assert "compiled " in r.stderr and r.stdout.rstrip().splitlines()[-1].startswith("time:")
+
+
+def test_run_says_what_the_compile_cost(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    import io
+
+    from rich.console import Console
+
+    from runner.backends.progress import RunDisplay
+    from runner.backends.task import TaskResult
+
+    buf = io.StringIO()
+    display = RunDisplay(Console(file=buf, width=200))
+    done = {"key": "train/seed_00000001_decl_1", "status": "done", "states": 10, "root_value": 2}
+    display.result(TaskResult(**done, seconds=50.0, device="cpu", timings={"compile": 41.5}))  # type: ignore[arg-type]
+    display.result(TaskResult(**done, seconds=5.0, device="cpu", timings={"values": 4.0}))  # type: ignore[arg-type]
+    first, second = buf.getvalue().splitlines()
+    assert "(incl. 41.5 s compiling the solver kernels, once per machine)" in first
+    assert "compiling" not in second
