@@ -98,7 +98,7 @@ class RunDisplay:
                 f"{r.seconds:.1f} s on {r.device or r.gpu}"
             )
             if r.timings.get("compile"):  # measured in the worker (oracle.progress)
-                line += f"  (incl. {r.timings['compile']:.1f} s compiling the solver kernels, once per machine)"
+                line += f"  (incl. {r.timings['compile']:.1f} s compiling solver kernels, once per machine and table size)"
             if r.takeover_of:
                 line += f"  (took over a stale claim of run {r.takeover_of.get('run_id', '?')})"
             if r.quarantined:

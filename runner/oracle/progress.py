@@ -96,11 +96,16 @@ class CompileWatch:
             monitoring.unregister_event_duration_listener(self._duration)
 
 
+_announced = False  # this process said compile_notice already
+
+
 @contextmanager
 def watch_compiles(say: Callable[[str], None] | None = None) -> Iterator[CompileWatch]:
     """Watch the compiles of the solves inside, with the solver's compile cache on; the
-    first real compile ``say``s :func:`compile_notice`. By default that goes to stderr: a
-    worker solving a shard has no other channel to the terminal until its shard is done."""
+    first real compile of the process ``say``s :func:`compile_notice`. By default that goes
+    to stderr: a worker solving a shard has no other channel to the terminal until its shard
+    is done. (A later deal of another size compiles a few kernels more; its shard's line
+    says so, with no second notice.)"""
     import sys
 
     from runner.oracle.solve import enable_compile_cache
@@ -108,6 +113,10 @@ def watch_compiles(say: Callable[[str], None] | None = None) -> Iterator[Compile
     cache = enable_compile_cache()
 
     def notice() -> None:
+        global _announced
+        if _announced:
+            return
+        _announced = True
         if say is not None:
             say(compile_notice(cache))
         else:

@@ -56,7 +56,7 @@ def test_solve_prints_the_deal_first_and_says_when_it_compiles(monkeypatch, tmp_
     from click.testing import CliRunner
 
     from runner.cli import main
-    from runner.oracle import report
+    from runner.oracle import progress, report
 
     salt = time.time_ns() % 1_000_003
 
@@ -66,6 +66,7 @@ def test_solve_prints_the_deal_first_and_says_when_it_compiles(monkeypatch, tmp_
         return solve.solve_position(hands, decl_id, leader=0, masks=(1, 2, 4, 8))
 
     monkeypatch.setattr(report, "solve_deal", small_solve)
+    monkeypatch.setattr(progress, "_announced", False)  # once per process: this is a new one
     r = CliRunner().invoke(main, ["solve", "--seed", "1"])
     assert r.exit_code == 0, r.output
     assert r.stdout.index("deal: seed 1 (standard)") < r.stdout.index("SOLVING")
@@ -87,5 +88,5 @@ def test_run_says_what_the_compile_cost(tmp_path) -> None:  # type: ignore[no-un
     display.result(TaskResult(**done, seconds=50.0, device="cpu", timings={"compile": 41.5}))  # type: ignore[arg-type]
     display.result(TaskResult(**done, seconds=5.0, device="cpu", timings={"values": 4.0}))  # type: ignore[arg-type]
     first, second = buf.getvalue().splitlines()
-    assert "(incl. 41.5 s compiling the solver kernels, once per machine)" in first
+    assert "(incl. 41.5 s compiling solver kernels, once per machine and table size)" in first
     assert "compiling" not in second
