@@ -26,6 +26,18 @@ def _user_errors() -> Iterator[None]:
         raise SystemExit(1) from None
 
 
+def _must_exist(path: str, what: str = "file or folder") -> None:
+    """The one rule for a path that is not there: a line naming it, exit 1.
+
+    (click's ``exists=True`` would make it a usage error, exit 2, in some commands only.)
+    """
+    import os
+
+    if not os.path.exists(path):
+        click.echo(f"{path}: no such {what}", err=True)
+        raise SystemExit(1)
+
+
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(__version__, prog_name="forge")
 def main() -> None:
@@ -53,8 +65,10 @@ def validate(paths: tuple[str, ...], as_json: bool) -> None:
     """Check job and sweep files: YAML, JSON Schema, then semantic checks.
 
     PATHS are files or folders (searched for *.yaml and *.yml). Every error is
-    reported as FILE:LINE:COL: $.key.path: message. Exit 0 when every file is
-    valid, 1 otherwise.
+    reported as FILE:LINE:COL: $.key.path: message.
+
+    Exit codes: 0 every file is valid, 1 some file is invalid or a path does
+    not exist, 2 usage error.
 
     \b
     Example:
@@ -109,6 +123,10 @@ def plan(job: str, backend: str | None, out: str, as_json: bool) -> None:
     flight) and for this machine (`local` price, compute.workers); a warning
     says when it exceeds budget.max_usd.
 
+    Exit codes: 0 the plan is printed (over budget too: see the warning), 1 the
+    job file is invalid or JOB or --out does not exist, 2 usage error or (with
+    --backend modal) no Modal credentials.
+
     \b
     Example:
       forge plan jobs/valtest.yaml
@@ -119,6 +137,7 @@ def plan(job: str, backend: str | None, out: str, as_json: bool) -> None:
     from runner.spec.load import load_job
     from runner.spec.plan import make_plan
 
+    _must_exist(out, "store folder (--out)")
     with _user_errors():
         spec = load_job(job)
     from runner.store.status import done_relpaths, measured_seconds_per_state
@@ -162,7 +181,9 @@ def plan(job: str, backend: str | None, out: str, as_json: bool) -> None:
     "data_dir",
     type=click.Path(file_okay=False, path_type=str),
     default=None,
-    help="Folder holding the data job's split folders (default: the job's output.root).",
+    help="The store the data job's shards are in, as `forge run --out` takes it (default: the "
+    "current directory); its shard folder STORE/<output.root> works too. "
+    "With --backend modal: a folder inside the job's volume.",
 )
 @click.option(
     "--out",
@@ -186,15 +207,20 @@ def sweep(sweep_file: str, backend: str, data_dir: str | None, out_dir: str | No
     (see README, Budget): a trial starts only if its estimate fits under the cap,
     and trials in flight are stopped when the spend reaches it (recorded as not
     finished; a rerun trains them). Ends with a results table sorted by the
-    objective, OUT/results.json and OUT/results.csv, and the best config and its
-    checkpoint. Exit 1 if a trial failed, 3 if the budget stopped the sweep, 130
-    on Ctrl+C, 143 on SIGTERM.
+    objective (decision accuracy, Q-gap in points, blunder rate) beside two
+    baselines on the same val rows, OUT/results.json and OUT/results.csv, and the
+    best config and its checkpoint.
+
+    Exit codes: 0 every trial finished, 1 a trial failed, or the sweep file, its
+    data job or its shards are missing or invalid, 2 usage error or (with
+    --backend modal) no Modal credentials, 3 the budget stopped the sweep, 130
+    Ctrl+C, 143 SIGTERM.
 
     \b
     Example:
       forge sweep jobs/sweep.yaml
       forge sweep jobs/sweep-gpu.yaml --backend modal
-      forge sweep jobs/sweep.yaml --data /data/shards/smoke --out /tmp/my-sweep
+      forge sweep jobs/sweep.yaml --data /data/forge --out /tmp/my-sweep
       forge sweep jobs/sweep.yaml --max-usd 5
     """
     from rich.console import Console
@@ -205,6 +231,8 @@ def sweep(sweep_file: str, backend: str, data_dir: str | None, out_dir: str | No
     from runner.train.sweep import SweepError
     from runner.train.sweeprun import run_sweep
 
+    if backend == "local" and data_dir is not None:
+        _must_exist(data_dir, "data folder (--data)")
     with _user_errors():
         spec = load_sweep(sweep_file)
     import sys
@@ -218,8 +246,8 @@ def sweep(sweep_file: str, backend: str, data_dir: str | None, out_dir: str | No
     except SweepError as e:
         click.echo(f"error: {e}", err=True)
         raise SystemExit(1) from None
-    except ModalUserError as e:
-        click.echo(f"error: {e}", err=True)
+    except ModalUserError as e:  # worded like every other command's (_modal_call)
+        click.echo(str(e), err=True)
         raise SystemExit(e.exit_code) from None
     except KeyboardInterrupt:  # Modal: the app was stopped, trials in flight recorded as interrupted
         click.echo("interrupted: unfinished trials run again on the next forge sweep", err=True)
@@ -247,7 +275,9 @@ def sweep(sweep_file: str, backend: str, data_dir: str | None, out_dir: str | No
     default=None,
     help="The store folder (default: the current directory); shards go to OUT/<output.root>.",
 )
-@click.option("--limit", type=click.IntRange(min=0), default=None, help="Do at most N of the missing shards.")
+@click.option(
+    "--limit", type=click.IntRange(min=1), default=None, help="Do at most N (>= 1) of the missing shards."
+)
 @click.option(
     "--max-usd",
     type=click.FloatRange(min=0, min_open=True),
@@ -286,8 +316,10 @@ def run(
     spend reaches the cap. Ctrl+C or SIGTERM stops the workers, charges what
     they ran and releases their claims.
 
-    Exit codes: 0 all planned shards exist, 1 some failed, 3 stopped by the
-    budget (or ended above it), 130 interrupted, 143 SIGTERM.
+    Exit codes: 0 all planned shards exist (or --limit of them were done), 1
+    some failed, the job file is invalid or JOB does not exist, 2 usage error
+    or (with --backend modal) no Modal credentials, 3 stopped by the budget (or
+    ended above it), 130 interrupted, 143 SIGTERM.
 
     \b
     Example:
@@ -351,6 +383,10 @@ def status(job: str, out: str | None, as_json: bool, backend: str) -> None:
     corrupt (a file under the final name fails the quick check; the next run
     redoes it), skipped (over max_states). Also the spend so far.
 
+    Exit codes: 0 the status is printed, 1 the job file is invalid or JOB or
+    --out does not exist, 2 usage error or (with --backend modal) no Modal
+    credentials.
+
     \b
     Example:
       forge status jobs/smoke.yaml
@@ -369,6 +405,8 @@ def status(job: str, out: str | None, as_json: bool, backend: str) -> None:
     if backend != "modal":
         from runner.store.shards import StoreError
 
+        if out is not None:  # a mistyped store would show every shard missing
+            _must_exist(out, "store folder (--out)")
         try:
             with _user_errors():
                 st = job_status(job, out)
@@ -413,6 +451,9 @@ def stop(job: str) -> None:
     Also frees the claims those containers held, so the next run does not wait
     for them to go stale. A Ctrl+C of `forge run --backend modal` does the same.
 
+    Exit codes: 0 done, 1 the job file is invalid or JOB does not exist, 2
+    usage error or no Modal credentials.
+
     \b
     Example:
       forge stop jobs/valtest.yaml
@@ -440,6 +481,10 @@ def download(job: str, to: str, split: str | None) -> None:
     file that differs is kept as it is and listed (exit 1). Every file lands
     through a temporary name, so an interrupted download leaves no partial shard.
 
+    Exit codes: 0 every file is there, 1 a local file differs (listed), the job
+    file is invalid or JOB does not exist, 2 usage error or no Modal
+    credentials.
+
     \b
     Example:
       forge download jobs/valtest.yaml --to data/valtest
@@ -463,6 +508,9 @@ def cost(job: str, days: int, as_json: bool) -> None:
     forge's numbers come from the run manifests on the volume (measured seconds x
     the price of the GPU that ran); Modal's from its billing report for tag
     forge-job=<name>, where the workspace's plan allows billing reports.
+
+    Exit codes: 0 done, 1 the job file is invalid or JOB does not exist, 2
+    usage error or no Modal credentials.
 
     \b
     Example:
@@ -518,6 +566,7 @@ def _decl_option(value: str) -> int | None:
     type=click.Choice(["zstd", "snappy", "lz4", "none"]),
     default="zstd",
     show_default=True,
+    help="Parquet compression of the --out shard.",
 )
 @click.option("--force", is_flag=True, help="Replace --out if it already exists.")
 @click.option("--json", "as_json", is_flag=True, help="Print the result as JSON.")
@@ -532,6 +581,12 @@ def solve(
 ) -> None:
     """Solve one deal exactly: hands, state count, root value, digests, time per phase.
 
+    The deal is printed at once; the first solve on a machine says when it
+    compiles the solver kernels, and a terminal shows the phase being solved.
+
+    Exit codes: 0 solved (and written), 2 usage error (a bad option, or --out
+    exists without --force).
+
     \b
     Example:
       forge solve --seed 1
@@ -540,17 +595,29 @@ def solve(
     import json
     from pathlib import Path
 
-    from runner.oracle.report import solve_and_write, solve_report
+    from runner.oracle.report import deal_lines, solve_and_write, solve_report
 
     decl_id = _decl_option(decl)
     if out is not None and Path(out).exists() and not force:
         raise click.UsageError(f"{out} already exists; pass --force to replace it")
-    doc = solve_and_write(seed, opp_seed, decl_id, out=out, compression=compression)
-    click.echo(json.dumps(doc, indent=2) if as_json else solve_report(doc))
+    if not as_json:  # at once: the solve can take minutes
+        click.echo("\n".join(deal_lines(seed, opp_seed, decl_id)))
+    import sys
+
+    def redraw(text: str) -> None:
+        sys.stderr.write(text)
+        sys.stderr.flush()
+
+    live = redraw if sys.stderr.isatty() else None
+    doc = solve_and_write(
+        seed, opp_seed, decl_id, out=out, compression=compression,
+        say=lambda line: click.echo(line, err=True), live=live,
+    )  # fmt: skip
+    click.echo(json.dumps(doc, indent=2) if as_json else solve_report(doc, deal=False))
 
 
 @main.command()
-@click.argument("paths", nargs=-1, required=True, type=click.Path(exists=True, path_type=str))
+@click.argument("paths", nargs=-1, required=True, type=click.Path(path_type=str))
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON report.")
 @click.option(
     "--no-repair", is_flag=True, help="Only report failing shards; leave them where they are."
@@ -561,8 +628,10 @@ def verify(paths: tuple[str, ...], as_json: bool, no_repair: bool) -> None:
     PATHS are shard files or folders (searched recursively for *.parquet). A
     failing shard is moved aside to NAME.parquet.corrupt-<time> (the reason in
     NAME.parquet.corrupt-<time>.why), so the next `forge run` solves it again;
-    --no-repair only reports. Exit 1 if any shard fails, naming the file and
-    what failed.
+    --no-repair only reports.
+
+    Exit codes: 0 every shard is ok, 1 a shard failed (naming the file and what
+    failed), no shard was found or a path does not exist, 2 usage error.
 
     \b
     Example:
@@ -574,6 +643,8 @@ def verify(paths: tuple[str, ...], as_json: bool, no_repair: bool) -> None:
 
     from runner.oracle.report import verify_paths
 
+    for p in paths:
+        _must_exist(p)
     results = verify_paths(paths, repair=not no_repair)
     if as_json:
         click.echo(json.dumps({"ok": all(not e for _, e, _ in results), "files": [
@@ -634,6 +705,9 @@ def bench(
     are a long run's steady state. Each shard is written once per compression
     to a temporary folder and removed. --end-to-end measures whole marginalized
     shards per second through the local backend instead.
+
+    Exit codes: 0 measured, 1 the --end-to-end run failed, 2 usage error (a bad
+    option or --seeds).
 
     \b
     Example:

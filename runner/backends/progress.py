@@ -97,6 +97,8 @@ class RunDisplay:
                 f"  solved  {r.key}  {r.states or 0:,} states  root {r.root_value:+d}  "
                 f"{r.seconds:.1f} s on {r.device or r.gpu}"
             )
+            if r.timings.get("compile"):  # measured in the worker (oracle.progress)
+                line += f"  (incl. {r.timings['compile']:.1f} s compiling solver kernels, once per machine and table size)"
             if r.takeover_of:
                 line += f"  ({takeover_text(r.takeover_of)})"
             if r.quarantined:

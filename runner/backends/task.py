@@ -33,7 +33,7 @@ from typing import TYPE_CHECKING, Any, Literal
 
 from runner.spec.model import ShardTask
 from runner.store.claims import Claim, ClaimTable, acquire, make_claim, release
-from runner.store.shards import ShardStore, record_from_meta
+from runner.store.shards import ShardStore, deal_fields, record_from_meta
 
 if TYPE_CHECKING:
     from runner.oracle.solve import Solution
@@ -178,9 +178,14 @@ class TaskRun:
 
     def solve(self) -> Solution:
         from runner.oracle.deal import deal_hands
+        from runner.oracle.progress import watch_compiles
         from runner.oracle.solve import solve_deal
 
-        return solve_deal(deal_hands(self.task.base_seed, self.task.opp_seed), self.task.decl_id)
+        with watch_compiles() as watch:
+            sol = solve_deal(deal_hands(self.task.base_seed, self.task.opp_seed), self.task.decl_id)
+        if watch.compiled:  # the shard's "solved" line says what the compile cost
+            sol.timings["compile"] = watch.compile_s
+        return sol
 
     def finish(self, sol: Solution) -> TaskResult:
         """Write the solved shard and its record, commit, release the claim."""
@@ -286,9 +291,7 @@ class TaskRun:
         return {
             "key": self.task.key,
             "split": self.task.split,
-            "base_seed": self.task.base_seed,
-            "opp_seed": self.task.opp_seed,
-            "decl_id": self.task.decl_id,
+            **deal_fields(self.task),
             "states": r.states,
             "root_value": r.root_value,
             "device": r.device,

@@ -7,24 +7,64 @@ import json
 import os
 import sys
 import time
+from collections.abc import Callable
+from contextlib import ExitStack
 from pathlib import Path
 from typing import Any
 
 from runner.oracle.bench import DealBench, parse_seeds, run_bench
 from runner.oracle.deal import deal_hands, default_decl
+from runner.oracle.progress import PhaseWatch, Ticker, compile_summary, watch_compiles
 from runner.oracle.rules import DECL_NAMES, tile_name
 from runner.oracle.shard import COMPRESSIONS, move_aside, table_digests, verify_shard, write_shard
 from runner.oracle.solve import solve_deal
 
 
+def deal_lines(seed: int, opp_seed: int | None, decl_id: int | None) -> list[str]:
+    """The deal a solve is about: printed before solving, which can take minutes."""
+    decl = default_decl(seed) if decl_id is None else decl_id
+    kind = "standard" if opp_seed is None else f"marginalized, opp seed {opp_seed}"
+    lines = [f"deal: seed {seed} ({kind}), declaration {decl} ({DECL_NAMES[decl]})"]
+    for seat, hand in enumerate(deal_hands(seed, opp_seed)):
+        lines.append(f"  seat {seat}: " + " ".join(tile_name(t) for t in hand))
+    return lines
+
+
 def solve_and_write(
-    seed: int, opp_seed: int | None, decl_id: int | None, *, out: str | None, compression: str
+    seed: int,
+    opp_seed: int | None,
+    decl_id: int | None,
+    *,
+    out: str | None,
+    compression: str,
+    say: Callable[[str], None] | None = None,
+    live: Callable[[str], None] | None = None,
 ) -> dict[str, Any]:
+    """Solve (and write) one deal. ``say`` gets whole lines while it runs (the compile
+    notice); ``live`` gets a terminal's progress line, redrawn in place (``\r``)."""
     decl = default_decl(seed) if decl_id is None else decl_id
     hands = deal_hands(seed, opp_seed)
-    t0 = time.perf_counter()
-    sol = solve_deal(hands, decl)
-    total = time.perf_counter() - t0
+    ticker: Ticker | None = None
+
+    def notice(line: str) -> None:
+        if ticker is not None:
+            ticker.clear()
+        if say is not None:
+            say(line)
+
+    with ExitStack() as stack:
+        watch = stack.enter_context(watch_compiles(notice))
+        if live is not None:
+            phases = stack.enter_context(PhaseWatch().installed())
+            ticker = stack.enter_context(
+                Ticker(lambda: phases.text() + ("  (compiling)" if watch.busy else ""), live)
+            )
+        t0 = time.perf_counter()
+        sol = solve_deal(hands, decl)
+        total = time.perf_counter() - t0
+    summary = compile_summary(watch)
+    if summary is not None and say is not None:
+        say(summary)
     doc: dict[str, Any] = {
         "seed": seed,
         "opp_seed": opp_seed,
@@ -36,6 +76,8 @@ def solve_and_write(
         **table_digests(sol.states, sol.V, sol.Q),
         "device": sol.device,
         "seconds": {**{k: round(v, 4) for k, v in sol.timings.items()}, "total": round(total, 4)},
+        # compiles are inside the phases' seconds: a first solve on a machine pays them
+        "compile": {"kernels": watch.compiled, "seconds": round(watch.compile_s, 3), "cache": watch.cache_dir},
     }
     if out is not None:
         meta = write_shard(out, sol, base_seed=seed, opp_seed=opp_seed, compression=compression)
@@ -44,11 +86,9 @@ def solve_and_write(
     return doc
 
 
-def solve_report(doc: dict[str, Any]) -> str:
-    kind = "standard" if doc["opp_seed"] is None else f"marginalized, opp seed {doc['opp_seed']}"
-    lines = [f"deal: seed {doc['seed']} ({kind}), declaration {doc['decl_id']} ({doc['decl']})"]
-    for seat, hand in enumerate(doc["hands"]):
-        lines.append(f"  seat {seat}: " + " ".join(tile_name(t) for t in hand))
+def solve_report(doc: dict[str, Any], *, deal: bool = True) -> str:
+    """The solve's result as text; ``deal=False`` leaves out the deal lines (printed first)."""
+    lines = deal_lines(doc["seed"], doc["opp_seed"], doc["decl_id"]) if deal else []
     s = doc["seconds"]
     rate = doc["states"] / s["total"] / 1e6 if s["total"] else 0.0
     lines += [

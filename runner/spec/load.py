@@ -54,7 +54,7 @@ MAX_TRIALS = 10_000
 # bounds the worst case at seconds (50 MB took 182 s and 4.5 GB before any check).
 MAX_FILE_BYTES = 256_000
 YAML_SUFFIXES = (".yaml", ".yml")
-METRIC_GOALS = {"val_accuracy": "max", "q_gap": "min", "blunder_rate": "min"}
+METRIC_GOALS = {"decision_accuracy": "max", "val_accuracy": "max", "q_gap": "min", "blunder_rate": "min"}
 
 Spec = JobSpec | SweepSpec
 

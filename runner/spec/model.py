@@ -163,7 +163,7 @@ class ShardTask:
 # --- sweep files (kind: sweep) -------------------------------------------------
 
 SearchMethod = Literal["grid", "random"]
-Metric = Literal["val_accuracy", "q_gap", "blunder_rate"]
+Metric = Literal["decision_accuracy", "val_accuracy", "q_gap", "blunder_rate"]
 ParamValue = int | float | str | bool
 
 

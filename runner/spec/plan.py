@@ -230,9 +230,12 @@ class Plan:
         deals = f"{len(d.base_seeds)} base seeds"
         if d.opp_seeds is not None:
             deals += f" x {len(d.opp_seeds)} opp seeds"
-        decl = "auto (base_seed % 10)" if d.decl == "auto" else ", ".join(str(x) for x in d.decl)
+        if d.decl == "auto":
+            decl = ", decl auto (base_seed % 10)"
+        else:  # each declaration is a shard of its own: say that it multiplies
+            decl = f" x {len(d.decl)} decl{'s' if len(d.decl) > 1 else ''} ({', '.join(str(x) for x in d.decl)})"
         lines = [
-            f"job {spec.name} ({spec.path}): {d.mode} deals, {deals}, decl {decl}",
+            f"job {spec.name} ({spec.path}): {d.mode} deals, {deals}{decl} = {self.total:,} shards",
             f"shards under {shard_dir(spec, self.store_dir)}",
             "",
             f"{'split':<12}{'shards':>12}{'done':>12}{'todo':>12}",

@@ -306,7 +306,7 @@ class ShardStore:
                 raise StoreError(f"{d} is not writable (read-only mount or permissions)")
 
     def read_record(self, task: ShardTask) -> dict[str, Any] | None:
-        return _read_json(self.record_path(task))
+        return upgrade_record(_read_json(self.record_path(task)))
 
     def check(self, task: ShardTask) -> ShardCheck:
         """The state of one shard: done / unrecorded / missing / corrupt / skipped.
@@ -540,6 +540,19 @@ class ShardStore:
         return st
 
 
+def deal_fields(task: ShardTask) -> dict[str, Any]:
+    """A record's deal keys, named as the shard's metadata names them (ORACLE.md): ``seed``
+    is the base seed, ``opp_seed`` null for a standard deal (an empty string in the shard)."""
+    return {"seed": task.base_seed, "opp_seed": task.opp_seed, "decl_id": task.decl_id}
+
+
+def upgrade_record(record: dict[str, Any] | None) -> dict[str, Any] | None:
+    """A record as this version names its keys: older records say ``base_seed`` for ``seed``."""
+    if record is not None and "base_seed" in record and "seed" not in record:
+        record = {("seed" if k == "base_seed" else k): v for k, v in record.items()}
+    return record
+
+
 def record_from_meta(task: ShardTask, meta: dict[str, str]) -> dict[str, Any]:
     """The part of a record that the shard's own metadata gives."""
 
@@ -551,9 +564,7 @@ def record_from_meta(task: ShardTask, meta: dict[str, str]) -> dict[str, Any]:
         "status": "done",
         "key": task.key,
         "split": task.split,
-        "base_seed": task.base_seed,
-        "opp_seed": task.opp_seed,
-        "decl_id": task.decl_id,
+        **deal_fields(task),
         "states": _int("states"),
         "root_value": _int("root_value"),
         "h_states": meta.get("h_states", ""),

@@ -10,6 +10,7 @@ keeps the index of its shard so features are built on the device.
 from __future__ import annotations
 
 import json
+import os
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -18,6 +19,8 @@ from pathlib import Path
 import numpy as np
 import pyarrow.parquet as pq
 
+from runner.spec.model import JobSpec
+from runner.store.shards import job_root
 from runner.train.features import split_states
 
 Q_COLUMNS = tuple(f"q{i}" for i in range(7))
@@ -51,6 +54,23 @@ class Dataset:
 
     def arrays(self) -> tuple[np.ndarray, ...]:
         return (self.lo, self.hi, self.q, self.shard, self.hands, self.decls)
+
+
+def shard_folder(job: JobSpec, data_dir: str | os.PathLike[str] | None = None) -> Path:
+    """The folder holding a data job's split folders.
+
+    ``data_dir`` is the store, as ``forge run --out`` takes it (default: the current
+    directory): the shards are under ``data_dir/<output.root>``. The shard folder itself
+    is accepted too (what ``--data`` meant before), told apart by holding one of the job's
+    split folders while ``data_dir/<output.root>`` does not exist.
+    """
+    root = job_root(job, data_dir)
+    if data_dir is None or root.is_dir():
+        return root
+    given = Path(data_dir)
+    if any((given / s.name).is_dir() for s in job.splits):
+        return given
+    return root
 
 
 def shard_info(path: Path) -> ShardInfo:

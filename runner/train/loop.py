@@ -21,7 +21,7 @@ import optax
 
 from runner.train.data import Dataset
 from runner.train.features import N_FEATURES, features, split_states
-from runner.train.metrics import ILLEGAL, move_sums, mover_q, summarize
+from runner.train.metrics import ILLEGAL, MoveSums, move_sums, mover_q, summarize
 from runner.train.model import PolicyValueNet
 
 F32 = jnp.float32
@@ -246,14 +246,15 @@ def train(
         logits, values, team = _scores(model, p, lo, hi, q, shard, hands, decls)
         ce, _ = _losses(logits, values, q, team)
         sums = move_sums(logits, q, team, w)
-        return jnp.stack([sums.rows, sums.correct, sums.gap, sums.blunders, (ce * w).sum()])
+        return jnp.stack([*sums, (ce * w).sum()])
 
     def evaluate(p: Any) -> dict[str, float]:
-        total = np.zeros(5, np.float64)
+        total = np.zeros(len(MoveSums._fields) + 1, np.float64)
         for start in range(0, n_pad, e):
             total += np.asarray(eval_chunk(p, jnp.int32(start), val_dev), np.float64)
-        rows, correct, gap, blunders, ce_sum = (float(x) for x in total)
-        m = summarize(rows, correct, gap, blunders)
+        *sums, ce_sum = (float(x) for x in total)
+        m = summarize(*sums)
+        rows = sums[0]
         m["val_loss"] = ce_sum / rows if rows else float("nan")
         return m
 

@@ -13,17 +13,30 @@ from rich.markup import escape
 from rich.table import Table
 
 from runner.spec.pricing import format_duration
+from runner.train.metrics import BASELINES, BLUNDER_POINTS
 from runner.train.sweep import REPORTED, SweepOutcome, Trial, params_text
 
-LABELS = {"val_accuracy": "accuracy", "q_gap": "Q-gap", "blunder_rate": "blunders"}
+# Columns and progress lines say the metrics' own names (as results.csv and
+# objective.metric do); the table's caption says what each means, with its unit.
+MEANING = (
+    "decision_accuracy: right moves where not every legal move is optimal; "
+    "val_accuracy: right moves over all rows; q_gap: points lost per move against the "
+    f"oracle's best; blunder_rate: moves losing more than {BLUNDER_POINTS} points"
+)
 
 
 def _metric(name: str, v: Any) -> str:
     if not isinstance(v, int | float) or not math.isfinite(v):
         return "-"
-    if name in ("val_accuracy", "blunder_rate"):
-        return f"{100 * v:.2f}%"
-    return f"{v:.3f}"
+    if name == "q_gap":
+        return f"{v:.3f}"
+    return f"{100 * v:.2f}%"
+
+
+def _metrics_text(m: dict[str, Any]) -> str:
+    return "  ".join(
+        f"{k} {_metric(k, m.get(k))}" + (" points" if k == "q_gap" else "") for k in REPORTED
+    )
 
 
 def _usd(v: Any) -> str:
@@ -83,7 +96,7 @@ class Reporter:
             m = info["metrics"]
             say(
                 f"  step {int(m['step'])}/{self.steps}  "
-                + "  ".join(f"{LABELS[k]} {_metric(k, m.get(k))}" for k in REPORTED)
+                + _metrics_text(m)
                 + f"  ({format_duration(m['seconds'])})"
             )
         elif kind == "trial_done":
@@ -94,7 +107,7 @@ class Reporter:
                 early = f", stopped at step {rec['steps_done']} (time limit)" if rec.get("stopped_early") else ""
                 say(
                     f"  {t.trial_id} done: "
-                    + "  ".join(f"{LABELS[k]} {_metric(k, m.get(k))}" for k in REPORTED)
+                    + _metrics_text(m)
                     + f"  in {format_duration(rec['seconds'])}, {_usd(rec['cost_usd'])}{early}"
                 )
             else:
@@ -116,7 +129,9 @@ def results_table(outcome: SweepOutcome) -> Table:
                 names.append(k)
     goal = "higher" if outcome.goal == "max" else "lower"
     table = Table(
-        title=f"sweep {outcome.spec.name}: {len(rows)} trials, best {outcome.metric} ({goal}) first",
+        title=f"sweep {outcome.spec.name}: {len(rows)} trials, best {outcome.metric} ({goal} is better) first",
+        caption=MEANING,
+        caption_justify="left",
         box=box.SIMPLE_HEAD,
         pad_edge=False,
     )
@@ -126,7 +141,7 @@ def results_table(outcome: SweepOutcome) -> Table:
         table.add_column(k, justify="right")
     for k in REPORTED:
         style = "bold" if k == outcome.metric else None
-        table.add_column(LABELS[k], justify="right", style=style)
+        table.add_column(k, justify="right", style=style, no_wrap=True)
     table.add_column("steps", justify="right")
     table.add_column("time", justify="right")
     table.add_column("cost", justify="right")
@@ -146,9 +161,25 @@ def results_table(outcome: SweepOutcome) -> Table:
     return table
 
 
+def baseline_lines(outcome: SweepOutcome) -> list[str]:
+    """The two baselines, scored on the same val rows as the trials, to judge them by."""
+    val_rows, base = outcome.baselines()
+    if not base:
+        return []
+    rows = f"{val_rows:,} " if isinstance(val_rows, int) else ""
+    lines = [f"baselines on the same {rows}val rows (a model worth keeping beats both):"]
+    for name, what in BASELINES.items():
+        if name in base:
+            lines.append(f"  {name:<14}{_metrics_text(base[name])}  - {what}")
+    return lines
+
+
 def print_outcome(console: Console, outcome: SweepOutcome) -> None:
-    """The table, where the results went, then the best config and its checkpoint, last."""
+    """The table and the baselines, where the results went, then the best config and its
+    checkpoint, last."""
     console.print(results_table(outcome))
+    for line in baseline_lines(outcome):
+        console.print(line, soft_wrap=True, markup=False, highlight=False)
     for r in outcome.rows():
         if r["status"] == "failed":
             console.print(f"trial {r['trial_id']} failed: {r.get('error')}", soft_wrap=True, markup=False)
@@ -162,8 +193,7 @@ def print_outcome(console: Console, outcome: SweepOutcome) -> None:
         return
     m = best["metrics"]
     console.print(
-        f"best: trial {best['trial_id']}  {params_text(best['params'])}  "
-        + "  ".join(f"{LABELS[k]} {_metric(k, m.get(k))}" for k in REPORTED),
+        f"best: trial {best['trial_id']}  {params_text(best['params'])}  " + _metrics_text(m),
         soft_wrap=True,
     )
     console.print(f"checkpoint: {best['checkpoint']}", soft_wrap=True, markup=False)

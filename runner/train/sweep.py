@@ -34,7 +34,6 @@ from runner.backends.base import Backend, SurveyState
 from runner.backends.task import TaskResult
 from runner.spec import plan
 from runner.spec.model import JobSpec, ShardTask, SweepSpec
-from runner.store.shards import job_root
 from runner.train.loop import (
     TRAINER_VERSION,
     TrainConfig,
@@ -43,7 +42,7 @@ from runner.train.loop import (
     params_from_bytes,
 )
 
-REPORTED = ("val_accuracy", "q_gap", "blunder_rate")
+REPORTED = ("decision_accuracy", "val_accuracy", "q_gap", "blunder_rate")
 TRIALS_DIR = "trials"
 CHECKPOINTS_DIR = "checkpoints"
 RUNS_DIR = "_runs"
@@ -123,6 +122,14 @@ class SweepOutcome:
         rows = [r for r in self.rows() if r["status"] == "finished"]
         return rows[0] if rows and _finite(rows[0]["metrics"].get(self.metric)) else None
 
+    def baselines(self) -> tuple[int | None, dict[str, dict[str, float]]]:
+        """(val rows, baseline -> metrics) from a finished trial's record: every trial of
+        the sweep is scored on the same val rows, so any one of them gives the baselines."""
+        for r in self.records.values():
+            if r.get("status") == "finished" and r.get("baselines"):
+                return r.get("val_rows"), r["baselines"]
+        return None, {}
+
     @property
     def failed(self) -> list[str]:
         return [
@@ -184,11 +191,12 @@ def pick_shards(
 
 
 def resolve_data(spec: SweepSpec, data_dir: str | os.PathLike[str] | None = None) -> DataPlan:
-    """The finished shards on this machine: under ``data_dir`` (the folder holding the
-    job's split folders) or by default the job's own output root."""
+    """The finished shards on this machine, in the store ``data_dir`` (see
+    :func:`runner.train.data.shard_folder`)."""
     from runner.oracle.shard import quick_check
+    from runner.train.data import shard_folder
 
-    root = Path(data_dir) if data_dir is not None else job_root(spec.data.job)
+    root = shard_folder(spec.data.job, data_dir)
 
     def done(t: ShardTask) -> bool:
         path = root / t.relpath
@@ -330,6 +338,7 @@ def save_result(
         "stopped_early": result.get("stopped_early", False),
         "train_rows": result.get("train_rows"),
         "val_rows": result.get("val_rows"),
+        "baselines": result.get("baselines"),
         "seconds": round(float(result.get("seconds", 0.0)), 3),
         "cost_usd": round(cost_usd, 6),
         "spent_usd": round(spent_before + cost_usd, 6),

@@ -15,6 +15,7 @@ from typing import Any
 
 from runner.train.data import Dataset, load_rows
 from runner.train.loop import config_from_dict, params_to_bytes, train
+from runner.train.metrics import val_baselines
 
 # Rows loaded in this process, so trials that share data (every trial of a sweep) read the
 # shards once per process: once per local run, once per warm Modal container.
@@ -69,6 +70,7 @@ def run_trial(
             stopped_early=result.stopped_early,
             train_rows=len(train_ds),
             val_rows=len(val_ds),
+            baselines=val_baselines(val_ds),
             load_seconds=load_s,
             device=result.device,
             params=params_to_bytes(result.params),

@@ -11,79 +11,16 @@ from __future__ import annotations
 import json
 import os
 import signal
-import subprocess
-import sys
 import time
 from pathlib import Path
 from typing import Any
 
 import pytest
+from forge_runs import forge, manifests, root, start_forge, write_job
 
 from runner.oracle.shard import verify_shard
 
-FORGE = Path(sys.executable).with_name("forge")
-
 SMALL = {"train/seed_00000030_decl_0": 3_791_685, "train/seed_00000001_decl_1": 5_181_785}
-
-
-def write_job(d: Path, seeds: list[int], *, workers: int = 1, extra: str = "", max_usd: float = 1.0) -> Path:
-    job = d / "job.yaml"
-    job.write_text(
-        "version: 1\n"
-        "name: acc\n"
-        "kind: oracle\n"
-        "deals:\n"
-        "  mode: standard\n"
-        f"  base_seeds: {{list: {seeds}}}\n"
-        "  decl: auto\n"
-        "compute:\n"
-        f"  workers: {workers}\n"
-        "  retries: 0\n"
-        "budget:\n"
-        f"  max_usd: {max_usd}\n" + extra
-    )
-    return job
-
-
-def command(*args: str) -> list[str]:
-    if FORGE.exists():
-        return [str(FORGE), *args]
-    return [sys.executable, "-c", "from runner.cli import main; main()", *args]
-
-
-def clean_env(extra: dict[str, str] | None = None) -> dict[str, str]:
-    env = {k: v for k, v in os.environ.items() if k not in ("FORGE_FAULT", "FORGE_LOCAL_MODE")}
-    env.update(extra or {})
-    return env
-
-
-def forge(
-    *args: str, cwd: Path, env: dict[str, str] | None = None, timeout: float = 900
-) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        command(*args), cwd=cwd, env=clean_env(env), capture_output=True, text=True, timeout=timeout
-    )
-
-
-def start_forge(*args: str, cwd: Path) -> subprocess.Popen[str]:
-    return subprocess.Popen(
-        command(*args),
-        cwd=cwd,
-        env=clean_env(),
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        text=True,
-        start_new_session=True,
-    )
-
-
-def root(d: Path) -> Path:
-    return d / "shards" / "acc"
-
-
-def manifests(d: Path) -> list[dict[str, Any]]:
-    ms = [json.loads(p.read_text()) for p in (root(d) / "_runs").glob("*.json")]
-    return sorted(ms, key=lambda m: m["started"])
 
 
 def status(d: Path) -> dict[str, Any]:

@@ -2,24 +2,21 @@
 cannot be written is one message, odd lock files do not stall anybody.
 
 Only one test solves a deal (standard seed 30, declaration 0: 3.8 M states); the
-others stop before any solve (``--limit 0``) or use synthetic shards.
+others fail before any solve (the store is checked first) or use synthetic shards.
 """
 
 from __future__ import annotations
 
 import json
 import os
-import sys
 from pathlib import Path
 
 import numpy as np
-from test_run import forge, root, write_job  # tests/acceptance is on sys.path
+from forge_runs import forge, root, write_job
+from shard_fakes import flip_middle, sound
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "unit"))
-from test_store_damage import flip_middle, sound  # noqa: E402
-
-from runner.oracle.shard import read_shard, verify_shard, write_shard  # noqa: E402
-from runner.spec.model import ShardTask  # noqa: E402
+from runner.oracle.shard import read_shard, verify_shard, write_shard
+from runner.spec.model import ShardTask
 
 KEY = "train/seed_00000030_decl_0"
 TASK = ShardTask(split="train", base_seed=30, opp_seed=None, decl_id=0)
@@ -88,14 +85,14 @@ def test_a_store_that_cannot_hold_the_job_is_one_message(tmp_path: Path) -> None
         "st2": "st2/shards/acc/train is a symlink",
     }
     for out, message in cases.items():
-        r = forge("run", "job.yaml", "--out", out, "--limit", "0", cwd=tmp_path)
+        r = forge("run", "job.yaml", "--out", out, "--limit", "1", cwd=tmp_path)
         assert r.returncode == 1, (out, r.stdout, r.stderr)
         assert "Traceback" not in r.stderr and message in r.stderr, r.stderr
     assert list(elsewhere.iterdir()) == []
-    for out in ("afile/sub", "st1"):
+    for out, message in {"afile/sub": "no such store folder", "st1": "is a file, not a folder"}.items():
         r = forge("status", "job.yaml", "--out", out, cwd=tmp_path)
         assert r.returncode == 1 and "Traceback" not in r.stderr, r.stderr
-        assert "is a file, not a folder" in r.stderr
+        assert message in r.stderr
 
 
 def test_a_dangling_symlink_lock_is_stale_not_missing(tmp_path: Path) -> None:

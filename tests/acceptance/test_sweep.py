@@ -77,7 +77,7 @@ def test_sweep_trains_ranks_and_resumes(project: Path) -> None:
     }
     for t in results:
         assert t["status"] == "finished"
-        for k in ("val_accuracy", "q_gap", "blunder_rate"):
+        for k in ("decision_accuracy", "val_accuracy", "q_gap", "blunder_rate"):
             assert isinstance(t["metrics"][k], float)
         assert 0 <= t["metrics"]["val_accuracy"] <= 1 and t["metrics"]["q_gap"] >= 0
         assert Path(project / t["checkpoint"]).stat().st_size > 0
@@ -90,6 +90,15 @@ def test_sweep_trains_ranks_and_resumes(project: Path) -> None:
     # the table, then the best config and its checkpoint, last
     for t in results:
         assert t["trial_id"] in r.stdout
+    # columns named as the metrics, with units; the baselines on the same val rows
+    rec = json.loads((out / "trials" / f"{results[0]['trial_id']}.json").read_text())
+    assert set(rec["baselines"]) == {"random", "highest_tile"}
+    header = next(ln for ln in r.stdout.splitlines() if "trial" in ln and "status" in ln).split()
+    assert header[-8:-4] == ["decision_accuracy", "val_accuracy", "q_gap", "blunder_rate"]
+    assert "q_gap: points lost per move" in " ".join(r.stdout.split())
+    assert "more than 10 points" in " ".join(r.stdout.split())
+    assert f"baselines on the same {rec['val_rows']:,} val rows" in r.stdout
+    assert f"{100 * rec['baselines']['random']['decision_accuracy']:.2f}%" in r.stdout
     lines = r.stdout.strip().splitlines()
     assert lines[-2].startswith(f"best: trial {results[0]['trial_id']}")
     assert lines[-1] == f"checkpoint: {results[0]['checkpoint']}"
@@ -128,11 +137,12 @@ def test_missing_shards_say_how_to_make_them(project: Path) -> None:
 
 def test_data_and_out_flags_and_the_budget_guard(project: Path, tmp_path_factory: pytest.TempPathFactory) -> None:
     elsewhere = tmp_path_factory.mktemp("data")
-    shutil.move(project / "shards" / "tiny", elsewhere / "tiny")
+    # --data takes the store root, as `forge run --out` does
+    shutil.move(project / "shards", elsewhere / "shards")
     # $1 per second locally: a trial's worst case (its 60 s timeout) is $60, over the $5 cap
     sweep_file(project, timeout=60, max_usd=5, extra="pricing: {local: 3600}\n")
     results = tmp_path_factory.mktemp("results")
-    r = forge("sweep", "sweep.yaml", "--data", str(elsewhere / "tiny"), "--out", str(results), cwd=project)
+    r = forge("sweep", "sweep.yaml", "--data", str(elsewhere), "--out", str(results), cwd=project)
     assert r.returncode == 3, r.stdout + r.stderr
     assert "budget" in r.stdout and "2 trial(s) not finished" in r.stdout
     table = json.loads((results / "results.json").read_text())

@@ -43,3 +43,15 @@ def test_help_has_an_example_block(path: tuple[str, ...]) -> None:
     assert example.strip().startswith("forge"), (
         f"first example line should be a forge command: {example!r}"
     )
+
+
+@pytest.mark.parametrize("path", [p for p in COMMANDS if p], ids=lambda p: " ".join(("forge", *p)))
+def test_help_states_the_exit_codes(path: tuple[str, ...]) -> None:
+    # one convention: every command names its codes, 2 (usage errors) among them
+    result = CliRunner().invoke(main, [*path, "--help"])
+    text = " ".join(result.output.split())
+    assert "Exit codes: 0 " in text, f"forge {' '.join(path)} --help has no 'Exit codes:' line"
+    section = text.split("Exit codes:", 1)[1].split("Example:", 1)[0]
+    assert " 2 usage error" in section, section
+    if "modal" in text.lower():  # a command that can reach Modal says what missing credentials give
+        assert "no Modal credentials" in section, section

@@ -15,10 +15,10 @@ from typing import Any
 
 import numpy as np
 import pytest
+from shard_fakes import flip_middle, sound
 
-from runner.oracle.deal import deal_hands
 from runner.oracle.report import verify_paths
-from runner.oracle.shard import INITIAL_STATE, best_legal, read_shard, verify_shard, write_shard
+from runner.oracle.shard import read_shard, verify_shard, write_shard
 from runner.spec.model import ShardTask
 from runner.store.claims import LocalClaims, acquire, make_claim, same_claim
 from runner.store.shards import DEBRIS_AGE_S, ShardStore
@@ -26,39 +26,9 @@ from runner.store.shards import DEBRIS_AGE_S, ShardStore
 TASK = ShardTask(split="train", base_seed=7, opp_seed=None, decl_id=3)
 
 
-def sound(task: ShardTask = TASK, n: int = 3000, seed: int = 0) -> Any:
-    """A Solution-shaped table that ``verify_shard`` accepts: sorted unique states with the
-    initial state among them, V the best legal Q of the side to move, the task's deal."""
-    rng = np.random.default_rng(seed)
-    states = np.unique(np.append(rng.integers(0, 1 << 41, size=n, dtype=np.int64), INITIAL_STATE))
-    q = rng.integers(-42, 43, size=(len(states), 7)).astype(np.int8)
-    q[rng.random(q.shape) < 0.3] = -128  # some moves illegal
-    v = best_legal(q, states).astype(np.int8)
-    i = int(np.searchsorted(states, INITIAL_STATE))
-    return SimpleNamespace(
-        hands=deal_hands(task.base_seed, task.opp_seed),
-        decl_id=task.decl_id,
-        states=states,
-        V=v,
-        Q=q,
-        root_value=int(v[i]),
-        timings={"solve": 0.01},
-        device="cpu",
-    )
-
-
 def write(path: Path, sol: Any) -> Path:
     write_shard(path, sol, base_seed=TASK.base_seed, opp_seed=None, compression="zstd")
     return path
-
-
-def flip_middle(path: Path) -> None:
-    """XOR four bytes in the middle of the file: same size, footer intact."""
-    raw = bytearray(path.read_bytes())
-    mid = len(raw) // 3
-    for k in range(4):
-        raw[mid + k] ^= 0xFF
-    path.write_bytes(bytes(raw))
 
 
 def test_the_synthetic_table_is_sound(tmp_path: Path) -> None:

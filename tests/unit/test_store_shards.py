@@ -6,14 +6,11 @@ import json
 import os
 import time
 from pathlib import Path
-from types import SimpleNamespace
-from typing import Any
 
-import numpy as np
 import pytest
+from shard_fakes import produce
 
 from runner.backends.task import TaskRun
-from runner.oracle.deal import deal_hands
 from runner.oracle.shard import quick_check, read_shard
 from runner.spec.model import Commit, ShardTask
 from runner.store.claims import LocalClaims, make_claim
@@ -21,32 +18,6 @@ from runner.store.shards import Committer, ShardStore
 
 TASK = ShardTask(split="train", base_seed=7, opp_seed=None, decl_id=3)
 OTHER = ShardTask(split="val", base_seed=907, opp_seed=2, decl_id=3)
-
-
-def table(task: ShardTask, n: int = 2000, seed: int = 0) -> Any:
-    """A Solution-shaped table (made-up values; the store does not care what they mean)."""
-    rng = np.random.default_rng(seed)
-    states = np.unique(rng.integers(0, 1 << 41, size=n, dtype=np.int64))
-    q = rng.integers(-42, 43, size=(len(states), 7)).astype(np.int8)
-    return SimpleNamespace(
-        hands=deal_hands(task.base_seed, task.opp_seed),
-        decl_id=task.decl_id,
-        states=states,
-        V=q.max(axis=1).astype(np.int8),
-        Q=q,
-        root_value=int(q[0].max()),
-        timings={"solve": 0.01},
-        device="cpu",
-    )
-
-
-def produce(store: ShardStore, task: ShardTask, **kw: Any) -> Any:
-    """Begin and finish one attempt with a synthetic table (what run_task does around the solver)."""
-    tr = TaskRun(task, store, LocalClaims(store.root), run_id="run-1", **kw)
-    early = tr.begin()
-    if early is not None:
-        return early
-    return tr.finish(table(task))
 
 
 def test_finished_shard_is_done_with_a_record(tmp_path: Path) -> None:

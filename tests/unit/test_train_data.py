@@ -11,7 +11,8 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from runner.train.data import MIN_ROWS_PER_SHARD, DataError, load_rows, shard_info
+from runner.spec.load import load_job
+from runner.train.data import MIN_ROWS_PER_SHARD, DataError, load_rows, shard_folder, shard_info
 
 
 def _shards(store: Path) -> list[Path]:
@@ -107,3 +108,14 @@ def test_many_shards_for_few_rows_reads_a_subset_of_them(sample_store: Path, tmp
     assert ds.hands.shape == (2, 4, 7) and set(np.unique(ds.shard).tolist()) == {0, 1}
     assert ds.source_rows == 2 * pq.ParquetFile(src).metadata.num_rows
     assert load_rows(copies, None, seed=0).hands.shape == (6, 4, 7)
+
+
+def test_data_folder_is_the_store_root_or_the_shard_folder(sample_store: Path, tmp_path: Path) -> None:
+    job = load_job(sample_store / "tiny.yaml")
+    shards = sample_store / "shards" / "tiny"
+    # the store, as `forge run --out` takes it, and the shard folder below it, both work
+    assert shard_folder(job, sample_store) == shards
+    assert shard_folder(job, shards) == shards
+    # a store that has no shards yet stays the store: the error then names where it looked
+    assert shard_folder(job, tmp_path) == tmp_path / "shards" / "tiny"
+    assert shard_folder(job, None) == Path.cwd() / "shards" / "tiny"
