@@ -579,7 +579,7 @@ def bench(
     n_opp: int,
     workers: int | None,
 ) -> None:
-    """Solver throughput: per deal and in total, states/s, phases, write time, memory.
+    """Solver throughput per deal and in total: states/s, phases, shard write s and bytes/state, memory.
 
     An untimed first pass over the deals pays the JIT compiles, so the figures
     are a long run's steady state. Each shard is written once per compression
