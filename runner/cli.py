@@ -568,7 +568,8 @@ def verify(paths: tuple[str, ...], as_json: bool) -> None:
 @click.option("--opp-seeds", "n_opp", type=click.IntRange(1, 1000), default=4, show_default=True,
               help="With --end-to-end: opponent seeds per base seed.")
 @click.option("--workers", type=click.IntRange(1, 256), default=None,
-              help="With --end-to-end: local worker processes (default: one per core).")
+              help="With --end-to-end: local worker processes (default 1; a GPU machine adds "
+              "writers).")
 def bench(
     seeds: str,
     opp_seed: int | None,
