@@ -42,18 +42,11 @@ INITIAL_STATE = 0x7F | 0x7F << 7 | 0x7F << 14 | 0x7F << 21 | 7 << 32 | 7 << 35 |
 ILLEGAL = -128
 
 
-# Writer settings, chosen by measurement (BENCHMARKS.md, "Shard writing"; 2-core CPU, pyarrow 26,
-# seeds 1 and 30, bytes per row / write s per million rows, page checksums on):
-#   today's defaults (dictionary, plain)            zstd 3.87 / 0.73   none 11.9
-#   state DELTA_BINARY_PACKED, dictionary off        zstd 3.16 / 0.48
-#   state BYTE_STREAM_SPLIT, dictionary off          zstd 2.89 / 0.33 (level 1), 2.76 / 0.43 (level 3)
-#   ... also V/Q BYTE_STREAM_SPLIT                   zstd 2.74 (no faster; not worth a second rule)
-#   ... V dictionary                                 zstd 2.83 / 0.53
-#   V/Q DELTA_BINARY_PACKED or BYTE_STREAM_SPLIT with a delta state: 4.30 / 4.08 (worse)
-#   row groups of 512 Ki / 2 Mi rows, 256 KiB pages: within 0.2 % of the defaults
-# Split into byte planes, the high bytes of sorted 41-bit states are long runs a compressor
-# squeezes better than the delta encoder's bit-packed residues, and faster. Uncompressed
-# (``none``) those planes stay raw, so there a delta state and dictionary V/Q win (6.0 vs 11.9).
+# Writer settings, chosen by measurement: BENCHMARKS.md, "Writer settings" has every variant
+# tried (seeds 1 and 30: 3.87 -> 2.76 bytes per state, and faster to write). Split into byte
+# planes, the high bytes of sorted 41-bit states are long runs zstd squeezes better than the
+# delta encoder's bit-packed residues; V and Q compress best plain, without dictionaries.
+# Uncompressed (``none``) the planes stay raw, so there a delta state and dictionary V/Q win.
 # BYTE_STREAM_SPLIT on int64 needs pyarrow >= 17 to write and to read (pyproject's floor).
 ZSTD_LEVEL = 3
 ROW_GROUP_ROWS = 1 << 20  # pyarrow's default; pinned so a pyarrow upgrade cannot move it
