@@ -688,7 +688,8 @@ def verify(paths: tuple[str, ...], as_json: bool, no_repair: bool) -> None:
 @click.option("--opp-seeds", "n_opp", type=click.IntRange(1, 1000), default=4, show_default=True,
               help="With --end-to-end: opponent seeds per base seed.")
 @click.option("--workers", type=click.IntRange(1, 256), default=None,
-              help="With --end-to-end: local worker processes (default: one per core).")
+              help="With --end-to-end: local worker processes (default 1; a GPU machine adds "
+              "writers).")
 def bench(
     seeds: str,
     opp_seed: int | None,
@@ -699,7 +700,7 @@ def bench(
     n_opp: int,
     workers: int | None,
 ) -> None:
-    """Solver throughput: per deal and in total, states/s, phases, write time, memory.
+    """Solver throughput per deal and in total: states/s, phases, shard write s and bytes/state, memory.
 
     An untimed first pass over the deals pays the JIT compiles, so the figures
     are a long run's steady state. Each shard is written once per compression

@@ -7,7 +7,6 @@ throw-away job in a temporary store, so the figure includes everything a user wa
 from __future__ import annotations
 
 import io
-import os
 import tempfile
 import time
 from pathlib import Path
@@ -61,7 +60,10 @@ def bench_end_to_end(
 
     The warm-up runs one shard first (other opp seeds), so worker start-up and compiles of a
     long run are not what the figure measures; the timed run includes worker start-up."""
-    workers = workers or max(1, os.cpu_count() or 1)
+    # One worker by default: on a 2-core CPU one solver process (XLA uses both cores) with its
+    # background write kept pace with solve-only (1.02x) where two workers reached 0.60x
+    # (BENCHMARKS.md). On a GPU machine the local backend adds writer processes on its own.
+    workers = workers or 1
     opps = list(range(n_opp))
     with tempfile.TemporaryDirectory(prefix="forge-bench-e2e-") as tmp:
         folder = Path(tmp)

@@ -3,7 +3,8 @@
 Two layouts, chosen by what the machine has (``mode``):
 
 - ``pool`` (CPU machines): ``compute.workers`` processes, each running the whole
-  task (claim, solve, write, record) one shard at a time.
+  task (claim, solve, write, record), solving the next shard while a thread
+  writes the last one (``overlap.py``).
 - ``pipeline`` (a GPU JAX can use): one *solver* process holds the device and
   only claims and solves; finished tables go through ``/dev/shm`` to a pool of
   *writer* processes that compress and write them, so the device never waits
@@ -39,7 +40,8 @@ from pathlib import Path
 from typing import Any
 
 from runner.backends.base import Attempt, Backend, RunContext, SurveyState, TaskRequest, Tier
-from runner.backends.task import TaskResult, TaskRun, run_task
+from runner.backends.overlap import DEPTH, BackgroundWriter, solve_then_write
+from runner.backends.task import TaskResult, TaskRun
 from runner.spec.model import Commit, JobSpec, ShardTask
 from runner.store.claims import LocalClaims, clear_stale, is_stale, pid_alive, this_host
 from runner.store.shards import ShardStore, job_root, shard_state
@@ -99,6 +101,7 @@ def _worker_main(role: str, conn: Connection, cfg: dict[str, Any]) -> None:
     store = ShardStore(cfg["root"], commit=cfg["commit"])
     claims = LocalClaims(cfg["root"])
     shm = Path(cfg["shm"])
+    writer = BackgroundWriter(conn.send)  # pool workers write behind their solver (overlap.py)
     try:
         while True:
             try:
@@ -110,13 +113,14 @@ def _worker_main(role: str, conn: Connection, cfg: dict[str, Any]) -> None:
             op = msg[0]
             if op == "run":
                 req: TaskRequest = msg[1]
-                res = run_task(req.task, store, claims, **_task_kwargs(cfg, req))
-                conn.send(("result", res.to_json()))
+                tr = TaskRun(req.task, store, claims, **_task_kwargs(cfg, req))
+                solve_then_write(tr, writer)
             elif op == "solve":
                 conn.send(_solve_only(msg[1], store, claims, cfg, shm))
             elif op == "write":
                 conn.send(("result", _write_only(msg[1], msg[2], store, claims).to_json()))
     finally:
+        writer.wait()
         store.flush()
 
 
@@ -280,7 +284,7 @@ class LocalBackend(Backend):
 
     def capacity(self, tier: Tier = "default") -> int:
         # Pipeline: enough queued work that the solver never idles while writers catch up.
-        cap = self.n_workers + 2 if self.mode == "pipeline" else self.n_workers
+        cap = self.n_workers + 2 if self.mode == "pipeline" else self.n_workers * DEPTH
         if tier == "large" and self.spec.compute.large is not None:
             cap = min(cap, max(1, self.spec.compute.large.concurrency))
         return cap
@@ -448,7 +452,7 @@ class LocalBackend(Backend):
             self._start_workers()
         now = time.monotonic()
         if self.mode == "pool":
-            for w in self._idle("full"):
+            for w in self._free_full():
                 if not self._queue:
                     break
                 key = self._queue.popleft()
@@ -478,6 +482,14 @@ class LocalBackend(Backend):
                 job.stage, job.sent = "solving", now
                 self._send(s, key, ("solve", job.req))
 
+    def _free_full(self) -> list[_Worker]:
+        """Pool workers that can take a shard: nothing in hand, or only a write behind them."""
+        return [
+            w for w in self._workers
+            if w.role == "full" and w.proc.is_alive() and len(w.keys) < DEPTH
+            and all(k in self._jobs and self._jobs[k].stage == "writing" for k in w.keys)
+        ]  # fmt: skip
+
     def _send(self, w: _Worker, key: str, msg: tuple[Any, ...]) -> None:
         w.keys.append(key)
         # If the worker is gone, _reap turns its keys into failures.
@@ -499,6 +511,10 @@ class LocalBackend(Backend):
                         w.keys.remove(res.key)
                     self._jobs.pop(res.key, None)
                     self._out.append(res)
+                elif msg[0] == "writing":  # a pool worker's write went to its thread
+                    job = self._jobs.get(msg[1])
+                    if job is not None:
+                        job.stage = "writing"
                 elif msg[0] == "solved":
                     key = msg[1]
                     if key in w.keys:

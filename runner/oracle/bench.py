@@ -28,6 +28,7 @@ class DealBench:
     phases: dict[str, float]
     write_seconds: dict[str, float]  # per compression
     file_mb: dict[str, float]
+    bytes_per_state: dict[str, float]  # per compression: file bytes / states
 
     @property
     def states_per_s(self) -> float:
@@ -58,6 +59,12 @@ class BenchReport:
             out[c] = sum(d.write_seconds[c] for d in self.deals) / rows if rows else 0.0
         return out
 
+    def bytes_per_state(self) -> dict[str, float]:
+        """Over all deals together (big deals weigh more), as a dataset of them would be."""
+        n = self.total_states
+        comps = self.deals[0].bytes_per_state if self.deals else {}
+        return {c: sum(d.bytes_per_state[c] * d.states for d in self.deals) / n for c in comps} if n else {}
+
     def to_json(self) -> dict[str, Any]:
         biggest = max((d.states for d in self.deals), default=0)
         return {
@@ -69,6 +76,7 @@ class BenchReport:
             "states_per_s": self.total_states / self.total_seconds if self.total_seconds else 0.0,
             "warmup_seconds": self.warmup_seconds,
             "write_seconds_per_million_rows": self.write_s_per_mrows(),
+            "bytes_per_state": self.bytes_per_state(),
             "peak_bytes": self.peak_bytes,
             "peak_kind": self.peak_kind,
             "peak_bytes_per_state": self.peak_bytes / biggest if biggest else 0.0,
@@ -138,15 +146,18 @@ def run_bench(
             seconds = time.perf_counter() - t0
             writes: dict[str, float] = {}
             sizes: dict[str, float] = {}
+            per_state: dict[str, float] = {}
             for comp in compressions:
                 path = Path(tmp) / f"{seed}.{comp}.parquet"
                 meta = write_shard(path, sol, base_seed=seed, opp_seed=opp_seed, compression=comp)
                 writes[comp] = float(meta["write_seconds"])
-                sizes[comp] = path.stat().st_size / 1e6
+                size = path.stat().st_size
+                sizes[comp] = size / 1e6
+                per_state[comp] = size / sol.n_states if sol.n_states else 0.0
                 path.unlink()
             deal = DealBench(
                 seed, opp_seed, decl, sol.n_states, sol.root_value, seconds,
-                dict(sol.timings), writes, sizes,
+                dict(sol.timings), writes, sizes, per_state,
             )  # fmt: skip
             report.deals.append(deal)
             if progress is not None:

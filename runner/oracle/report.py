@@ -161,6 +161,10 @@ def bench_command(
         + ", ".join(f"{c} {v:.3f}" for c, v in doc["write_seconds_per_million_rows"].items())
     )
     print(
+        "shard size, bytes per state: "
+        + ", ".join(f"{c} {v:.2f}" for c, v in doc["bytes_per_state"].items())
+    )
+    print(
         f"peak memory: {doc['peak_bytes'] / 2**30:.2f} GiB ({doc['peak_kind']}), "
         f"{doc['peak_bytes_per_state']:.0f} bytes per state of the largest deal"
     )

@@ -27,6 +27,11 @@ def test_solver_bench_reports_each_deal_and_the_total(tmp_path: Path) -> None:
     assert deal["seed"] == 1 and deal["states"] == 5_181_785 and deal["root_value"] == 38
     assert set(deal["phases"]) == {"enumerate", "values", "sort"}
     assert set(deal["write_seconds"]) == {"none", "lz4"} and deal["file_mb"]["lz4"] > 0
+    # bytes per state is the file size over the row count, per compression and in total
+    per = deal["bytes_per_state"]
+    assert per["lz4"] == pytest.approx(deal["file_mb"]["lz4"] * 1e6 / 5_181_785, rel=1e-3)
+    assert per["lz4"] < per["none"] and doc["bytes_per_state"] == pytest.approx(per)
+    assert "bytes per state: none" in res.stdout
     assert doc["total_states"] == 5_181_785 and doc["states_per_s"] > 0
     assert doc["peak_bytes_per_state"] > 0
     assert "M states/s" in res.stdout and not list(tmp_path.glob("*.parquet"))

@@ -1,0 +1,109 @@
+"""A pool worker writes behind its solver (runner/backends/overlap.py): order, bound, failures.
+
+The attempts are stand-ins for ``TaskRun`` that log what ran on which thread; the real
+``TaskRun`` phases are exercised end to end by tests/acceptance/test_run.py.
+"""
+
+from __future__ import annotations
+
+import threading
+from dataclasses import dataclass, field
+from typing import Any
+
+from runner.backends.overlap import BackgroundWriter, solve_then_write
+from runner.backends.task import TaskResult
+
+
+@dataclass
+class _Task:
+    key: str
+
+
+@dataclass
+class _Store:
+    cleaned: list[str] = field(default_factory=list)
+
+    def clean_tmp(self, task: _Task) -> None:
+        self.cleaned.append(task.key)
+
+
+class _Attempt:
+    """Logs ``(event, key, thread name)``; ``finish`` blocks until ``release_write`` is set."""
+
+    def __init__(self, key: str, log: list[tuple[str, str, str]], store: _Store, *, fail: str = "") -> None:
+        self.task, self.store, self.log, self.fail_at = _Task(key), store, log, fail
+        self.claim: dict[str, Any] | None = {"run_id": "r"}
+        self.release_write = threading.Event()
+
+    def _note(self, what: str) -> None:
+        self.log.append((what, self.task.key, threading.current_thread().name))
+
+    def begin(self) -> None:
+        self._note("begin")
+
+    def solve(self) -> str:
+        self._note("solve")
+        if self.fail_at == "solve":
+            raise RuntimeError("solver broke")
+        return f"table {self.task.key}"
+
+    def finish(self, sol: str) -> TaskResult:
+        assert sol == f"table {self.task.key}"
+        self._note("write")
+        assert self.release_write.wait(10)
+        if self.fail_at == "write":
+            raise OSError("disk full")
+        self.claim = None
+        return TaskResult(key=self.task.key, status="done")
+
+    def fail(self, exc: BaseException) -> TaskResult:
+        self.claim = None
+        return TaskResult(key=self.task.key, status="failed", error=str(exc))
+
+
+def test_next_solve_runs_while_the_last_write_is_in_progress() -> None:
+    log: list[tuple[str, str, str]] = []
+    sent: list[tuple[Any, ...]] = []
+    store = _Store()
+    writer = BackgroundWriter(sent.append)
+    a, b = _Attempt("a", log, store), _Attempt("b", log, store)
+    solve_then_write(a, writer)  # type: ignore[arg-type]
+    # a's write is blocked, yet b is claimed and solved on the main thread
+    threading.Thread(target=lambda: solve_then_write(b, writer), daemon=True).start()  # type: ignore[arg-type]
+    for _ in range(1000):
+        if ("solve", "b") in [(e, k) for e, k, _ in log]:
+            break
+        threading.Event().wait(0.01)
+    assert ("solve", "b") in [(e, k) for e, k, _ in log]
+    assert ("write", "b") not in [(e, k) for e, k, _ in log], "two writes at once"
+    a.release_write.set()
+    b.release_write.set()
+    writer.wait()
+    for _ in range(1000):
+        if len(sent) == 4:
+            break
+        threading.Event().wait(0.01)
+    main = threading.main_thread().name
+    writes = {k: t for e, k, t in log if e == "write"}
+    assert writes["a"] != main and [e for e, k, _ in log if k == "a"] == ["begin", "solve", "write"]
+    assert sent[0] == ("writing", "a")
+    assert [m[0] for m in sent] == ["writing", "result", "writing", "result"]
+    assert [TaskResult.from_json(m[1]).status for m in sent if m[0] == "result"] == ["done", "done"]
+
+
+def test_failed_write_and_failed_solve_come_back_as_failures_and_clean_up() -> None:
+    log: list[tuple[str, str, str]] = []
+    sent: list[tuple[Any, ...]] = []
+    store = _Store()
+    writer = BackgroundWriter(sent.append)
+    bad_write = _Attempt("w", log, store, fail="write")
+    bad_write.release_write.set()
+    solve_then_write(bad_write, writer)  # type: ignore[arg-type]
+    writer.wait()
+    bad_solve = _Attempt("s", log, store, fail="solve")
+    solve_then_write(bad_solve, writer)  # type: ignore[arg-type]
+    results = [TaskResult.from_json(m[1]) for m in sent if m[0] == "result"]
+    assert [(r.key, r.status) for r in results] == [("w", "failed"), ("s", "failed")]
+    assert "disk full" in results[0].error and "solver broke" in results[1].error
+    assert store.cleaned == ["w", "s"]  # both held their claim, so both removed their temporary files
+    assert ("writing", "s") not in sent
