@@ -117,6 +117,12 @@ def tree(ctx: tuple[jax.Array, ...], digits: jax.Array, r: int) -> Tree:
     return Tree(*parts)
 
 
+# A jit of its own, so its outputs are materialised buffers: inside one jit with the leaf
+# loops, XLA's CPU fusion recomputed seats, masks and legality (selects, compares) per leaf,
+# r**2 times over, and the leaf kernels ran ~5x slower.
+tree_chunk = jax.jit(tree, static_argnames=("r",))
+
+
 def _at(a: jax.Array, axis: int) -> jax.Array:
     """A (r, nb) per-slot array placed on leaf axis ``axis`` of (a, b, c, d, nb)."""
     return a.reshape((1,) * axis + (a.shape[0],) + (1,) * (3 - axis) + (a.shape[1],))
@@ -149,10 +155,9 @@ def leaves(t: Tree, r: int) -> tuple[jax.Array, jax.Array, jax.Array]:
 
 
 @partial(jax.jit, static_argnames=("r",))
-def forward_chunk(ctx, digits, valid, reach, rows, *, r: int):  # type: ignore[no-untyped-def]
-    """Mark the next trick's boundaries reached from this chunk's valid boundaries, and add
-    the number of states in the chunk's tricks to ``rows``."""
-    t = tree(ctx, digits, r)
+def forward_chunk(t: Tree, valid, reach, rows, *, r: int):  # type: ignore[no-untyped-def]
+    """Mark the next trick's boundaries reached from this chunk's valid boundaries (``t`` from
+    ``tree_chunk``), and add the number of states in the chunk's tricks to ``rows``."""
     legal, _, child = leaves(t, r)
     ok = legal & valid
     target = jnp.where(ok, child, reach.shape[0]).reshape(-1)
@@ -185,40 +190,67 @@ def _payload(v: jax.Array, slot_values: jax.Array, legal: jax.Array | bool, x: j
     return jax.lax.bitcast_convert_type(word, jnp.int64)
 
 
-def _order_keys(t: Tree, states: list[jax.Array], r: int) -> list[jax.Array]:
-    """Each state's 35-bit order key: its 13 bits above the masks, then the rank of its mask
-    quad among the quads its (plays, leader) allows (< 2**22). Sorting these sorts states."""
+class Keys(NamedTuple):
+    """Per boundary and per slot, the parts of a state's packed key and order key.
+
+    A state of the trick is its boundary's key plus one term per slot played so far (a played
+    slot moves a bit between the mask and the play fields, without carries), so both keys of
+    every state are broadcast sums of these small arrays.
+    """
+
+    s0: jax.Array  # (nb,) packed boundary state
+    ds: jax.Array  # (3, r, nb) change of the packed state when position p plays its slot
+    o_const: jax.Array  # (4, nb) order key part of positions still holding, per plays
+    o_slot: jax.Array  # (6, r, nb) order key part of a played slot: plays p, position q < p
+
+
+def _keys(t: Tree, r: int) -> Keys:
+    """The ``Keys`` of a chunk. Order key: a state's 13 bits above the masks, then the rank
+    of its mask quad among the quads its (plays, leader) allows (< 2**22); sorting these
+    sorts states."""
     nb = t.leader.shape[0]
     mrank = jnp.asarray(MASK_RANK).astype(jnp.int64)
     seat3 = jnp.asarray(_SEAT3_OFFSET)
+    m = t.masks.astype(jnp.int64)
+    base = m[0] | (m[1] << 7) | (m[2] << 14) | (m[3] << 21) | (t.leader.astype(jnp.int64) << 28)
+    s0 = base + NONE7
+    # a played tile's bit at its seat's place in the packed masks, and in its play field;
+    # ``high`` is the part at bits >= 28 (the play fields), ``high >> 28`` exact
+    bv = t.bit.astype(jnp.int64) << (7 * t.seats.astype(jnp.int64))[:, None, :]
+    xf = t.x.astype(jnp.int64)
+    high = [(xf[p] << (32 + 3 * p)) + (1 << 30) - (7 << (32 + 3 * p)) for p in range(3)]
+    ds = jnp.stack([high[p] - bv[p] for p in range(3)])
     after = t.mrel[:, None, :] ^ t.bit  # (4, r, nb): a position's mask once the slot is played
     pos_of_seat = (jnp.arange(4)[:, None] - t.leader[None, :]) & 3  # (4 seats, nb)
-    out = []
+    o_const, o_slot = [], []
     for p in range(4):
         size = jnp.where(pos_of_seat < p, comb(7, r - 1), comb(7, r)).astype(jnp.int64)
         one, zero = jnp.ones(nb, jnp.int64), jnp.zeros(nb, jnp.int64)
         w_seat = jnp.stack([one, size[0], size[0] * size[1], zero])
         w_pos = jnp.take_along_axis(w_seat, t.seats, axis=0)  # (4 positions, nb)
-        total = jnp.zeros((nb,), jnp.int64)
+        total = (s0 >> 28) << 22
         for q in range(p, 4):  # positions still holding their trick-start mask
-            m, is3 = t.mrel[q], t.seats[q] == 3
-            total = total + jnp.where(is3, seat3[p, t.leader, m], mrank[m] * w_pos[q])
-        for q in range(p):  # positions that played a slot: one term per slot, on axis q
-            m, is3 = after[q], (t.seats[q] == 3)[None, :]
-            c = jnp.where(is3, seat3[p, t.leader[None, :], m], mrank[m] * w_pos[q][None, :])
-            total = total + c.reshape((1,) * q + (r,) + (1,) * (p - q - 1) + (nb,))
-        out.append(((states[p] >> 28) << 22) + total)
-    return out
+            mq, is3 = t.mrel[q], t.seats[q] == 3
+            total = total + jnp.where(is3, seat3[p, t.leader, mq], mrank[mq] * w_pos[q])
+        o_const.append(total)
+        for q in range(p):  # positions that played a slot
+            mq, is3 = after[q], (t.seats[q] == 3)[None, :]
+            c = jnp.where(is3, seat3[p, t.leader[None, :], mq], mrank[mq] * w_pos[q][None, :])
+            o_slot.append(c + ((high[q] >> 28) << 22))
+    return Keys(s0, ds, jnp.stack(o_const), jnp.stack(o_slot))
 
 
-def backward_rows(ctx, digits, v_next, r: int):  # type: ignore[no-untyped-def]
-    """V and Q of every state in this chunk's tricks, given V of the next boundaries.
+keys_chunk = jax.jit(_keys, static_argnames=("r",))
+
+
+def backward_rows(t: Tree, k: Keys, v_next, r: int):  # type: ignore[no-untyped-def]
+    """V and Q of every state in this chunk's tricks (``t``, ``k`` from ``tree_chunk``,
+    ``keys_chunk``), given V of the next boundaries.
 
     Returns V of the boundaries and, for plays 0, 1, 2, 3, the packed states, the order keys,
     the rows as int64 payloads (see ``_payload``), each of shape (r,) * plays + (nb,), and, for
     plays 2 and 3, which slots are legal states.
     """
-    t = tree(ctx, digits, r)
     legal, reward, child = leaves(t, r)
     leaf = reward + v_next[child]  # int8: |V| <= 42
     sign = jnp.where((t.seats & 1) == 0, 1, -1).astype(jnp.int8)  # (4, nb) by position
@@ -235,20 +267,17 @@ def backward_rows(ctx, digits, v_next, r: int):  # type: ignore[no-untyped-def]
     q2 = _payload(v2, v3, l2b, x[2])
     q3 = _payload(v3, leaf, l3b, x[3])
 
-    m = t.masks.astype(jnp.int64)
-    base = m[0] | (m[1] << 7) | (m[2] << 14) | (m[3] << 21) | (t.leader.astype(jnp.int64) << 28)
-    # a played tile's bit at its seat's place in the packed masks, and in its play field
-    bv = t.bit.astype(jnp.int64) << (7 * t.seats.astype(jnp.int64))[:, None, :]
-    xf = x.astype(jnp.int64)
-    d0 = (xf[0] << 32) - bv[0] + (1 << 30) - (7 << 32)  # (a, nb)
-    d1 = (xf[1] << 35) - bv[1] + (1 << 30) - (7 << 35)  # (b, nb)
-    d2 = (xf[2] << 38) - bv[2] + (1 << 30) - (7 << 38)  # (c, nb)
-    s0 = base + NONE7
-    s1 = s0[None, :] + d0
-    s2 = s1[:, None, :] + d1[None, :, :]
-    s3 = s2[:, :, None, :] + d2[None, None, :, :]
+    ds, oc, os_ = k.ds, k.o_const, k.o_slot
+    s0 = k.s0
+    s1 = s0[None, :] + ds[0]
+    s2 = s1[:, None, :] + ds[1][None, :, :]
+    s3 = s2[:, :, None, :] + ds[2][None, None, :, :]
+    o0 = oc[0]
+    o1 = oc[1][None, :] + os_[0]
+    o2 = (oc[2][None, :] + os_[1])[:, None, :] + os_[2][None, :, :]
+    o3 = (oc[3][None, :] + os_[3])[:, None, None, :] + os_[4][None, :, None, :] + os_[5][None, None, :, :]
+    order = (o0, o1, o2, o3)
     ok3 = l1[:, :, None, :] & l2[:, None, :, :]
-    order = _order_keys(t, [s0, s1, s2, s3], r)
     return v0, (s0, s1, s2, s3), tuple(order), (q0, q1, q2, q3), (l1, ok3)
 
 
@@ -256,11 +285,11 @@ backward_chunk = jax.jit(backward_rows, static_argnames=("r",))
 
 
 @partial(jax.jit, static_argnames=("r",), donate_argnums=(3,))
-def backward_append(ctx, digits, v_next, bufs, offset, n_valid, *, r: int):  # type: ignore[no-untyped-def]
+def backward_append(t: Tree, k: Keys, v_next, bufs, offset, n_valid, *, r: int):  # type: ignore[no-untyped-def]
     """``backward_rows``, then append the chunk's legal rows to device buffers at ``offset``
     (the accelerator path: nothing leaves the device until the table is sorted)."""
-    v0, keys, order, rows, (l1, ok3) = backward_rows(ctx, digits, v_next, r)
-    nb = digits.shape[1]
+    v0, keys, order, rows, (l1, ok3) = backward_rows(t, k, v_next, r)
+    nb = t.leader.shape[0]
     live = jnp.arange(nb) < n_valid
     oks = [live, jnp.broadcast_to(live, (r, nb)), l1 & live, ok3 & live]
     ok = jnp.concatenate([m.reshape(-1) for m in oks])

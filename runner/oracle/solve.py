@@ -42,8 +42,10 @@ from runner.oracle.kernels import (
     decode,
     backward_chunk,
     forward_chunk,
+    keys_chunk,
     scatter_v,
     sort_device,
+    tree_chunk,
 )
 
 Hands = tuple[tuple[int, ...], ...]
@@ -296,7 +298,8 @@ def _solve(
         r = 7 - t
         reach = jnp.zeros(n_boundaries(r - 1), bool)
         for _, digits, valid, _ in _chunks(bounds[t], chunk_size(r, leaf_budget, len(bounds[t])), r):
-            reach, n_rows = forward_chunk(ctx, digits, valid, reach, n_rows, r=r)
+            t_chunk = tree_chunk(ctx, digits, r=r)
+            reach, n_rows = forward_chunk(t_chunk, valid, reach, n_rows, r=r)
         bounds.append(np.flatnonzero(np.asarray(reach)).astype(np.int32))
     n_states = int(n_rows) + len(bounds[7])
     timings["enumerate"] = time.perf_counter() - t0
@@ -314,7 +317,9 @@ def _solve(
         v_dense = jnp.zeros(n_boundaries(r), jnp.int8)
         pending = None
         for bidx, digits, valid, n_valid in _chunks(bounds[t], chunk_size(r, leaf_budget, len(bounds[t])), r):
-            v0, keys, order, rows, oks = backward_chunk(ctx, digits, v_next, r=r)
+            t_chunk = tree_chunk(ctx, digits, r=r)
+            k_chunk = keys_chunk(t_chunk, r=r)
+            v0, keys, order, rows, oks = backward_chunk(t_chunk, k_chunk, v_next, r=r)
             v_dense = scatter_v(v_dense, bidx, valid, v0)
             # copy the previous chunk out while this one computes (dispatch is asynchronous)
             if pending is not None:
@@ -369,7 +374,9 @@ def _solve_device(  # type: ignore[no-untyped-def]
         r = 7 - t
         v_dense = jnp.zeros(n_boundaries(r), jnp.int8)
         for bidx, digits, valid, n_valid in _chunks(bounds[t], chunk_size(r, leaf_budget, len(bounds[t])), r):
-            v0, bufs, offset = backward_append(ctx, digits, v_next, bufs, offset, n_valid, r=r)
+            t_chunk = tree_chunk(ctx, digits, r=r)
+            k_chunk = keys_chunk(t_chunk, r=r)
+            v0, bufs, offset = backward_append(t_chunk, k_chunk, v_next, bufs, offset, n_valid, r=r)
             v_dense = scatter_v(v_dense, bidx, valid, v0)
             if t == t_start:
                 root_v = v0
