@@ -293,10 +293,10 @@ def backward_append(t: Tree, k: Keys, v_next, bufs, offset, n_valid, *, r: int):
     live = jnp.arange(nb) < n_valid
     oks = [live, jnp.broadcast_to(live, (r, nb)), l1 & live, ok3 & live]
     ok = jnp.concatenate([m.reshape(-1) for m in oks])
-    k, o, q = (jnp.concatenate([a.reshape(-1) for a in col]) for col in (keys, order, rows))
+    cols = [jnp.concatenate([a.reshape(-1) for a in col]) for col in (keys, order, rows)]
     size = bufs[0].shape[0]
     pos = jnp.where(ok, offset + jnp.cumsum(ok, dtype=jnp.int64) - 1, size)
-    bufs = tuple(b.at[pos].set(v, mode="drop") for b, v in zip(bufs, (k, o, q), strict=True))
+    bufs = tuple(b.at[pos].set(v, mode="drop") for b, v in zip(bufs, cols, strict=True))
     return v0, bufs, offset + ok.sum(dtype=jnp.int64)
 
 
