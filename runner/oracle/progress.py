@@ -142,10 +142,10 @@ def compile_summary(w: CompileWatch) -> str | None:
 
 # kernel name -> phase; the solver looks them up in its module at call time
 _KERNELS = {
-    "_forward_chunk": "enumerate",
-    "_backward_chunk": "values (last trick first)",
-    "_backward_append": "values (last trick first)",
-    "_sort_device": "sort",
+    "forward_chunk": "enumerate",
+    "backward_chunk": "values (last trick first)",
+    "backward_append": "values (last trick first)",
+    "sort_device": "sort",
 }
 
 

@@ -36,7 +36,7 @@ def test_nothing_compiled_says_nothing() -> None:
 
 
 def test_phases_of_a_real_solve_in_order_and_the_solver_left_as_it_was() -> None:
-    names = ("_forward_chunk", "_backward_chunk", "_backward_append", "_sort_device")
+    names = ("forward_chunk", "backward_chunk", "backward_append", "sort_device")
     before = {n: getattr(solve, n, None) for n in names}
     host_sort = solve._HostTable.sort
     watch = PhaseWatch()
