@@ -25,6 +25,9 @@ from typing import Any, Protocol, runtime_checkable
 Claim = dict[str, Any]
 
 LOCK_SUFFIX = ".lock"
+TAKEOVER_SUFFIX = ".takeover"  # NAME.lock.takeover: one taker of a stale lock at a time
+LOCK_TMP_MARK = ".tmp-"  # NAME.lock.tmp-<hex>: the claim a taker swaps in
+TAKEOVER_GRACE_S = 30.0  # a takeover mutex older than this was left by a taker that died
 # A lock file that exists but cannot be parsed was left by a process killed
 # between create and write; once it is this old nobody is still writing it.
 UNREADABLE_GRACE_S = 30.0
@@ -210,23 +213,45 @@ class LocalClaims:
             return {"key": key, "unreadable": True, "started": st.st_mtime, "why": "not a claim"}
 
     def replace(self, key: str, expected: Claim, new: Claim) -> bool:
+        """Swap ``expected`` for ``new`` under a per-key takeover mutex: one winner.
+
+        The mutex (``NAME.lock.takeover``, created with ``O_EXCL``) admits one
+        taker at a time; it re-reads the lock and, if it is still ``expected``,
+        swaps in ``new`` with one atomic rename, so the lock is never absent and
+        no racing ``put_if_absent`` can slip in beside the winner. A mutex left
+        by a taker that died is removed after ``TAKEOVER_GRACE_S``.
+        """
         p = self.path(key)
-        # Renaming is atomic: of several processes taking over the same lock,
-        # exactly one moves it aside; the others see it gone and lose.
-        aside = p.with_name(f"{p.name}.takeover-{uuid.uuid4().hex[:8]}")
+        mutex = p.with_name(p.name + TAKEOVER_SUFFIX)
         try:
-            os.rename(p, aside)
-        except FileNotFoundError:
+            os.close(os.open(mutex, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644))
+        except FileExistsError:
+            with contextlib.suppress(OSError):
+                if time.time() - mutex.lstat().st_mtime > TAKEOVER_GRACE_S:
+                    mutex.unlink()
             return False
-        moved = _read_moved(aside)
-        if (expected.get("unreadable") and moved.get("unreadable")) or same_claim(moved, expected):
-            _remove(aside)
-            return self.put_if_absent(key, new)
-        # Someone replaced it between our read and the rename: put theirs back.
-        with contextlib.suppress(OSError):
-            os.link(aside, p)
-        aside.unlink(missing_ok=True)
-        return False
+        try:
+            current = self.get(key)
+            if current is None:  # released meanwhile: an ordinary claim, O_EXCL decides
+                return self.put_if_absent(key, new)
+            if not ((expected.get("unreadable") and current.get("unreadable")) or same_claim(current, expected)):
+                return False  # someone else's claim now: it stays
+            if p.is_dir() and not p.is_symlink():
+                with contextlib.suppress(OSError):
+                    p.rmdir()  # a folder in a lock's place goes only if empty
+            tmp = p.with_name(f"{p.name}{LOCK_TMP_MARK}{uuid.uuid4().hex[:8]}")
+            try:
+                with open(tmp, "w") as fh:
+                    fh.write(json.dumps(new, sort_keys=True))
+                    fh.flush()
+                    os.fsync(fh.fileno())
+                os.replace(tmp, p)  # replaces a symlink itself, never its target
+            except OSError:
+                tmp.unlink(missing_ok=True)
+                return False
+            return True
+        finally:
+            mutex.unlink(missing_ok=True)
 
     def delete(self, key: str) -> None:
         self.path(key).unlink(missing_ok=True)
@@ -240,26 +265,6 @@ class LocalClaims:
         for p in self.root.rglob("*" + LOCK_SUFFIX):
             rel = p.relative_to(self.root).as_posix()
             yield rel.removesuffix(LOCK_SUFFIX)
-
-
-def _read_moved(aside: Path) -> Claim:
-    """The claim just renamed aside by ``replace``; ``unreadable`` when it is not one."""
-    if aside.is_symlink() or not aside.is_file():
-        return {"unreadable": True}
-    try:
-        moved = json.loads(aside.read_text())
-    except (OSError, ValueError):
-        return {"unreadable": True}
-    return moved if isinstance(moved, dict) else {"unreadable": True}
-
-
-def _remove(aside: Path) -> None:
-    """Remove a taken-over lock; a folder in a lock's place goes only if empty."""
-    if aside.is_dir() and not aside.is_symlink():
-        with contextlib.suppress(OSError):
-            aside.rmdir()
-        return
-    aside.unlink(missing_ok=True)
 
 
 def clear_stale(claims: ClaimTable, key: str, stale: Claim, run_id: str = "cleanup") -> bool:

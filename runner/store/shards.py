@@ -8,7 +8,8 @@ Layout below the job's output root (``<store dir>/<output.root>``)::
     <split>/<NAME>.parquet.tmp-*        a shard being written (removed when its writer is gone)
     <split>/<NAME>.json.tmp-<pid>       a record being written (orphans removed by the next run)
     <split>/<NAME>.parquet.corrupt-<t>  a file that failed the quick check or forge verify, moved aside
-    <split>/<NAME>.lock.takeover-*      a stale claim being taken over (removed at once)
+    <split>/<NAME>.lock.takeover        one taker of a stale claim at a time (removed at once)
+    <split>/<NAME>.lock.tmp-<hex>       the claim a taker swaps in (renamed at once)
     _runs/<run_id>.json                 one manifest per ``forge run``
     _runs/<run_id>.json.tmp-<pid>       a manifest being written (orphans removed by the next run)
 
@@ -28,6 +29,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 
 from runner.spec.model import Commit, JobSpec, ShardTask
+from runner.store.claims import LOCK_SUFFIX, LOCK_TMP_MARK, TAKEOVER_SUFFIX
 
 if TYPE_CHECKING:
     from runner.oracle.solve import Solution
@@ -431,7 +433,9 @@ class ShardStore:
             except OSError:
                 continue
             for e in entries:
-                if f"{RECORD_SUFFIX}{TMP_MARK}-" not in e.name:
+                if f"{RECORD_SUFFIX}{TMP_MARK}-" not in e.name and not e.name.endswith(
+                    TAKEOVER_SUFFIX
+                ) and f"{LOCK_SUFFIX}{LOCK_TMP_MARK}" not in e.name:
                     continue
                 with contextlib.suppress(OSError):
                     if e.is_file(follow_symlinks=False) and t - e.stat().st_mtime > DEBRIS_AGE_S:

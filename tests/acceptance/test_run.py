@@ -34,7 +34,7 @@ def leftovers(d: Path) -> list[str]:
     return sorted(
         p.relative_to(root(d)).as_posix()
         for p in root(d).rglob("*")
-        if p.is_file() and (p.name.endswith(".lock") or ".tmp" in p.name or ".takeover-" in p.name)
+        if p.is_file() and (p.name.endswith(".lock") or ".tmp" in p.name or ".takeover" in p.name)
     )
 
 

@@ -151,5 +151,7 @@ def test_mutated_files_give_exit_0_or_located_errors(tmp_path: Path, case: tuple
         return
     if "kind: sweep" in text:
         return
-    res = runner.invoke(main, ["plan", str(path), "--out", str(tmp_path / "store")])
+    store = tmp_path / "store"  # --out must name an existing store (a typo is an error)
+    store.mkdir(exist_ok=True)
+    res = runner.invoke(main, ["plan", str(path), "--out", str(store)])
     assert res.exit_code == 0 and res.exception is None, (res.output, res.exc_info)

@@ -91,7 +91,7 @@ def test_acquire_takes_over_a_dead_pids_claim_and_says_so(tmp_path: Path) -> Non
     assert mine["takeover_of"]["run_id"] == "crashed-run"
     assert release(claims, KEY, mine)
     assert claims.get(KEY) is None
-    assert not list(tmp_path.rglob("*.takeover-*"))
+    assert not list(tmp_path.rglob("*.takeover*"))
 
 
 def test_acquire_leaves_a_live_claim_alone(tmp_path: Path) -> None:
@@ -124,7 +124,7 @@ def test_replace_fails_when_the_claim_changed(tmp_path: Path) -> None:
     assert claims.replace(KEY, seen, second)
     assert not claims.replace(KEY, seen, make_claim("c", KEY))
     assert same_claim(claims.get(KEY), second)
-    assert not list(tmp_path.rglob("*.takeover-*"))
+    assert not list(tmp_path.rglob("*.takeover*"))
 
 
 def _race(root: str, n: int, q: mp.Queue) -> None:  # type: ignore[type-arg]
@@ -172,3 +172,23 @@ def test_clear_stale_removes_only_the_claim_it_saw(tmp_path: Path) -> None:
     assert same_claim(claims.get(KEY), newer)
     assert clear_stale(claims, KEY, newer)
     assert claims.get(KEY) is None
+
+
+def test_a_takeover_mutex_left_by_a_dead_taker_is_cleared_after_its_grace(tmp_path: Path) -> None:
+    """A taker killed while holding NAME.lock.takeover must not block takeovers forever."""
+    from runner.store.claims import TAKEOVER_GRACE_S, TAKEOVER_SUFFIX, LocalClaims, acquire, make_claim
+
+    table = LocalClaims(tmp_path)
+    key = "train/seed_00000001_decl_1"
+    dead = make_claim("dead-run", key, host="gone", now=time.time() - 7200)
+    assert table.put_if_absent(key, dead)
+    mutex = table.path(key).with_name(table.path(key).name + TAKEOVER_SUFFIX)
+    mutex.touch()
+    mine = make_claim("run-b", key, host="here", pid=1)
+    assert acquire(table, key, dict(mine), timeout_s=600)[0] is False  # a taker holds it
+    old = time.time() - TAKEOVER_GRACE_S - 5
+    os.utime(mutex, (old, old))
+    assert acquire(table, key, dict(mine), timeout_s=600)[0] is False  # this call clears it
+    won, previous = acquire(table, key, dict(mine), timeout_s=600)
+    assert won and previous is not None and previous["run_id"] == "dead-run"
+    assert not mutex.exists() and table.get(key)["run_id"] == "run-b"
