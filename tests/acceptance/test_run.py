@@ -123,20 +123,24 @@ def test_kill_at_each_point_then_rerun(tmp_path: Path, point: str) -> None:
     keys = list(SMALL)
     r = forge("run", "job.yaml", cwd=tmp_path, env={"FORGE_FAULT": point})
     assert r.returncode == -signal.SIGKILL, r.stdout + r.stderr
-    locks = list(root(tmp_path).rglob("*.lock"))
-    assert len(locks) == 1, "the dead run's claim is left behind"
+    locks = {p.relative_to(root(tmp_path)).as_posix() for p in root(tmp_path).rglob("*.lock")}
+    # The first shard's claim is left behind; the worker may already have claimed the
+    # second (it solves the next shard while the first is written: backends/overlap.py).
+    assert 1 <= len(locks) <= 2 and locks <= {f"{k}.lock" for k in keys}, locks
+    behind = len(locks) - 1
     tmps = [p for p in root(tmp_path).rglob("*") if ".tmp" in p.name]
     assert bool(tmps) == (point == "during_write")
     st = status(tmp_path)
-    assert st["totals"]["stale"] == (0 if point == "after_write" else 1)
+    assert st["totals"]["stale"] == (0 if point == "after_write" else 1) + behind
     r = forge("run", "job.yaml", cwd=tmp_path)
     assert r.returncode == 0, r.stdout + r.stderr
     assert_complete(tmp_path, keys)
     last = manifests(tmp_path)[-1]
     if point == "after_write":
         assert last["counts"]["solved"] == 1 and last["counts"]["already_done"] == 1
+        assert last["counts"]["takeovers"] == behind
     else:
-        assert last["counts"]["solved"] == 2 and last["counts"]["takeovers"] == 1
+        assert last["counts"]["solved"] == 2 and last["counts"]["takeovers"] == 1 + behind
         assert "took over a stale claim" in r.stdout
 
 
