@@ -256,10 +256,6 @@ def estimate(
 # Budget arithmetic. ``spent`` is what the job has cost so far (sum of records).
 
 
-def remaining_usd(max_usd: float, spent: float) -> float:
-    return max(0.0, max_usd - spent)
-
-
 def can_afford(max_usd: float, spent: float, next_usd: float) -> bool:
     """Whether spending ``next_usd`` more keeps the job within its hard cap."""
     return spent + next_usd <= max_usd + 1e-9
@@ -268,16 +264,6 @@ def can_afford(max_usd: float, spent: float, next_usd: float) -> bool:
 def downgrade_due(max_usd: float, spent: float, at: float | None) -> bool:
     """Whether spend has reached fraction ``at`` of the cap (the downgrade rule)."""
     return at is not None and spent >= at * max_usd - 1e-9
-
-
-def affordable_shards(
-    budget_left: float, gpu: str, pricing: Mapping[str, float], per_shard_s: float
-) -> int | None:
-    """How many more shards ``budget_left`` buys on ``gpu``; None when they are free."""
-    per = usd(per_shard_s, gpu, pricing)
-    if per <= 0:
-        return None
-    return max(0, math.floor(budget_left / per + 1e-9))
 
 
 def format_duration(seconds: float) -> str:

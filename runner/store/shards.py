@@ -338,36 +338,6 @@ class ShardStore:
         """True if the shard exists under its final name and passes the quick check."""
         return self.check(task).state in ("done", "unrecorded")
 
-    def done_keys(self, tasks: Iterable[ShardTask] | None = None, *, quick: bool = True) -> set[str]:
-        """Keys of finished shards.
-
-        With ``tasks``, only those are looked at; with ``quick`` each file's
-        footer is checked (a truncated file is not done). Without ``tasks`` the
-        tree is listed (``quick=False`` then only lists names, no file is opened).
-        """
-        out: set[str] = set()
-        if tasks is not None:
-            for t in tasks:
-                if quick:
-                    if self.is_done(t):
-                        out.add(t.key)
-                elif self.shard_path(t).exists():
-                    out.add(t.key)
-            return out
-        if not self.root.is_dir():
-            return out
-        from runner.oracle.shard import quick_check
-
-        for p in self.root.glob("*/*.parquet"):
-            if quick:
-                try:
-                    if quick_check(p) is not None:
-                        continue
-                except Exception:
-                    continue
-            out.add(p.relative_to(self.root).as_posix().removesuffix(".parquet"))
-        return out
-
     # -- repairs -------------------------------------------------------------
     def quarantine(self, task: ShardTask, why: str = "") -> Path | None:
         """Move a bad file under the final name aside to ``NAME.parquet.corrupt-<time>``."""

@@ -176,7 +176,13 @@ def test_clear_stale_removes_only_the_claim_it_saw(tmp_path: Path) -> None:
 
 def test_a_takeover_mutex_left_by_a_dead_taker_is_cleared_after_its_grace(tmp_path: Path) -> None:
     """A taker killed while holding NAME.lock.takeover must not block takeovers forever."""
-    from runner.store.claims import TAKEOVER_GRACE_S, TAKEOVER_SUFFIX, LocalClaims, acquire, make_claim
+    from runner.store.claims import (
+        TAKEOVER_GRACE_S,
+        TAKEOVER_SUFFIX,
+        LocalClaims,
+        acquire,
+        make_claim,
+    )
 
     table = LocalClaims(tmp_path)
     key = "train/seed_00000001_decl_1"
