@@ -92,6 +92,22 @@ def _shm_dir(run_id: str) -> Path:
 # --- the worker process ---------------------------------------------------------
 
 
+def shut_down(workers: Sequence[Any], grace_s: float = STOP_GRACE_S) -> None:
+    """End worker processes: each is asked to finish (``None`` on its pipe), and one
+    still alive after ``grace_s`` is killed; every pipe is closed."""
+    for w in workers:
+        with contextlib.suppress(OSError, ValueError):
+            w.conn.send(None)
+    deadline = time.monotonic() + grace_s
+    for w in workers:
+        w.proc.join(max(0.0, deadline - time.monotonic()))
+        if w.proc.is_alive():
+            w.proc.kill()
+            w.proc.join(1.0)
+        with contextlib.suppress(OSError):
+            w.conn.close()
+
+
 def _worker_main(role: str, conn: Connection, cfg: dict[str, Any]) -> None:
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     signal.signal(signal.SIGTERM, signal.SIG_DFL)
@@ -389,17 +405,7 @@ class LocalBackend(Backend):
                 if w.keys and w.proc.is_alive():
                     with contextlib.suppress(OSError):
                         os.kill(w.proc.pid or 0, signal.SIGKILL)
-        for w in self._workers:
-            with contextlib.suppress(OSError, ValueError):
-                w.conn.send(None)
-        deadline = time.monotonic() + STOP_GRACE_S
-        for w in self._workers:
-            w.proc.join(max(0.0, deadline - time.monotonic()))
-            if w.proc.is_alive():
-                w.proc.kill()
-                w.proc.join(1.0)
-            with contextlib.suppress(OSError):
-                w.conn.close()
+        shut_down(self._workers)
         self._workers.clear()
         self._started = False
         # Whatever was still in flight is abandoned: its claims and temporary files go.

@@ -20,7 +20,7 @@ from multiprocessing.process import BaseProcess
 from typing import Any
 
 from runner.backends.base import Attempt, TaskRequest, Tier
-from runner.backends.local import STOP_GRACE_S, _die_with_parent
+from runner.backends.local import _die_with_parent, shut_down
 from runner.backends.task import TaskResult
 from runner.spec import pricing
 from runner.spec.model import SweepSpec
@@ -171,16 +171,6 @@ class LocalSweepBackend(TrialBackend):
     def stop(self, *, interrupted: bool) -> None:
         if interrupted:
             self.cancel([w.key for w in self._workers if w.key is not None])
-        for w in self._workers:
-            with contextlib.suppress(OSError, ValueError):
-                w.conn.send(None)
-        deadline = time.monotonic() + STOP_GRACE_S
-        for w in self._workers:
-            w.proc.join(max(0.0, deadline - time.monotonic()))
-            if w.proc.is_alive():
-                w.proc.kill()
-                w.proc.join(1.0)
-            with contextlib.suppress(OSError):
-                w.conn.close()
+        shut_down(self._workers)
         self._workers.clear()
         self._trials.clear()
