@@ -32,7 +32,7 @@ import signal
 import tempfile
 import time
 from collections import deque
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from multiprocessing.connection import Connection, wait
 from multiprocessing.process import BaseProcess
@@ -92,6 +92,18 @@ def _shm_dir(run_id: str) -> Path:
 # --- the worker process ---------------------------------------------------------
 
 
+def messages(conn: Connection) -> Iterator[Any]:
+    """What a worker process is sent, until ``None`` (finish) or its parent's end of the pipe closes."""
+    while True:
+        try:
+            msg = conn.recv()
+        except EOFError:
+            return
+        if msg is None:
+            return
+        yield msg
+
+
 def shut_down(workers: Sequence[Any], grace_s: float = STOP_GRACE_S) -> None:
     """End worker processes: each is asked to finish (``None`` on its pipe), and one
     still alive after ``grace_s`` is killed; every pipe is closed."""
@@ -119,13 +131,7 @@ def _worker_main(role: str, conn: Connection, cfg: dict[str, Any]) -> None:
     shm = Path(cfg["shm"])
     writer = BackgroundWriter(conn.send)  # pool workers write behind their solver (overlap.py)
     try:
-        while True:
-            try:
-                msg = conn.recv()
-            except EOFError:
-                break
-            if msg is None:
-                break
+        for msg in messages(conn):
             op = msg[0]
             if op == "run":
                 req: TaskRequest = msg[1]

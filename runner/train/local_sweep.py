@@ -20,7 +20,7 @@ from multiprocessing.process import BaseProcess
 from typing import Any
 
 from runner.backends.base import Attempt, TaskRequest, Tier
-from runner.backends.local import _die_with_parent, shut_down
+from runner.backends.local import _die_with_parent, messages, shut_down
 from runner.backends.task import TaskResult
 from runner.spec import pricing
 from runner.spec.model import SweepSpec
@@ -38,13 +38,7 @@ def _worker_main(conn: Connection, parent: int) -> None:
     # trials share this machine's GPU: each process takes memory as it needs it instead of
     # JAX's default 75% up front, which the second process could not get
     os.environ.setdefault("XLA_PYTHON_CLIENT_PREALLOCATE", "false")
-    while True:
-        try:
-            msg = conn.recv()
-        except EOFError:
-            break
-        if msg is None:
-            break
+    for msg in messages(conn):
         tid = str(msg["trial_id"])
 
         def on_eval(m: dict[str, float], tid: str = tid) -> None:
