@@ -104,6 +104,16 @@ def messages(conn: Connection) -> Iterator[Any]:
         yield msg
 
 
+def start_ignoring_sigint(proc: BaseProcess) -> None:
+    """Start a worker that inherits "ignore SIGINT" from the moment it exists, so a
+    Ctrl+C during its start cannot kill it with a traceback."""
+    old = signal.signal(signal.SIGINT, signal.SIG_IGN)
+    try:
+        proc.start()
+    finally:
+        signal.signal(signal.SIGINT, old)
+
+
 def shut_down(workers: Sequence[Any], grace_s: float = STOP_GRACE_S) -> None:
     """End worker processes: each is asked to finish (``None`` on its pipe), and one
     still alive after ``grace_s`` is killed; every pipe is closed."""
@@ -444,13 +454,7 @@ class LocalBackend(Backend):
         proc = self._ctx.Process(
             target=_worker_main, args=(role, child_conn, self._cfg()), name=f"forge-{role}", daemon=True
         )
-        # The child inherits "ignore SIGINT" from the moment it exists, so a
-        # Ctrl+C during its start cannot kill it with a traceback.
-        old = signal.signal(signal.SIGINT, signal.SIG_IGN)
-        try:
-            proc.start()
-        finally:
-            signal.signal(signal.SIGINT, old)
+        start_ignoring_sigint(proc)
         child_conn.close()
         w = _Worker(role, proc, parent_conn)
         self._workers.append(w)

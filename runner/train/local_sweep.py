@@ -20,7 +20,7 @@ from multiprocessing.process import BaseProcess
 from typing import Any
 
 from runner.backends.base import Attempt, TaskRequest, Tier
-from runner.backends.local import _die_with_parent, messages, shut_down
+from runner.backends.local import _die_with_parent, messages, shut_down, start_ignoring_sigint
 from runner.backends.task import TaskResult
 from runner.spec import pricing
 from runner.spec.model import SweepSpec
@@ -85,12 +85,7 @@ class LocalSweepBackend(TrialBackend):
     def _spawn(self) -> _Worker:
         parent, child = self._ctx.Pipe(duplex=True)
         proc = self._ctx.Process(target=_worker_main, args=(child, os.getpid()), name="forge-trial", daemon=True)
-        # ignore SIGINT from the start, so a Ctrl+C while it starts cannot kill it with a traceback
-        old = signal.signal(signal.SIGINT, signal.SIG_IGN)
-        try:
-            proc.start()
-        finally:
-            signal.signal(signal.SIGINT, old)
+        start_ignoring_sigint(proc)
         child.close()
         w = _Worker(proc, parent)
         self._workers.append(w)
