@@ -16,7 +16,7 @@ from runner import __version__
 @contextmanager
 def _user_errors() -> Iterator[None]:
     """A bad job or sweep file: every error as file:line: path: message, exit 1, no traceback."""
-    from runner.spec.errors import SpecErrors
+    from runner.jobspec.errors import SpecErrors
 
     try:
         yield
@@ -52,10 +52,10 @@ def main() -> None:
 
 
 # Commands are added below, one block per command; each block keeps its logic
-# in the layer it belongs to (runner.spec, runner.oracle, runner.backends, runner.train).
+# in the layer it belongs to (runner.jobspec, runner.oracle, runner.backends, runner.train).
 
 
-# --- validate / plan (runner.spec) -------------------------------------------------
+# --- validate / plan (runner.jobspec) -------------------------------------------------
 
 
 @main.command()
@@ -77,7 +77,7 @@ def validate(paths: tuple[str, ...], as_json: bool) -> None:
     """
     import json
 
-    from runner.spec.load import check_paths
+    from runner.jobspec.load import check_paths
 
     reports = check_paths(paths)
     bad = [r for r in reports if not r.ok]
@@ -134,8 +134,8 @@ def plan(job: str, backend: str | None, out: str, as_json: bool) -> None:
     """
     import json
 
-    from runner.spec.load import load_job
-    from runner.spec.plan import make_plan
+    from runner.jobspec.load import load_job
+    from runner.jobspec.plan import make_plan
 
     _must_exist(out, "store folder (--out)")
     with _user_errors():
@@ -226,7 +226,7 @@ def sweep(sweep_file: str, backend: str, data_dir: str | None, out_dir: str | No
     from rich.console import Console
 
     from runner.backends.modal import ModalUserError
-    from runner.spec.load import load_sweep
+    from runner.jobspec.load import load_sweep
     from runner.train.report import Reporter, print_outcome
     from runner.train.sweep import SweepError
     from runner.train.sweeprun import run_sweep

@@ -12,9 +12,9 @@ from typing import Any
 import numpy as np
 
 from runner.backends.task import TaskRun
+from runner.jobspec.model import ShardTask
 from runner.oracle.deal import deal_hands
 from runner.oracle.shard import INITIAL_STATE, best_legal
-from runner.spec.model import ShardTask
 from runner.store.claims import LocalClaims
 from runner.store.shards import ShardStore
 

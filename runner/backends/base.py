@@ -30,7 +30,7 @@ from pathlib import Path
 from typing import Any, Generic, Literal, Protocol, TypeVar
 
 from runner.backends.task import TaskResult
-from runner.spec.model import JobSpec
+from runner.jobspec.model import JobSpec
 
 
 class Keyed(Protocol):

@@ -11,8 +11,8 @@ from runner.backends.base import BackendError, RunContext
 from runner.backends.orchestrate import Orchestrator, RunOptions, RunSummary, new_run_id
 from runner.backends.progress import RunDisplay
 from runner.backends.registry import make_backend
-from runner.spec.load import load_job
-from runner.spec.plan import tasks as plan_tasks
+from runner.jobspec.load import load_job
+from runner.jobspec.plan import tasks as plan_tasks
 from runner.store.shards import ShardStore, StoreError, job_root
 
 

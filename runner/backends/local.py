@@ -42,7 +42,7 @@ from typing import Any
 from runner.backends.base import Attempt, Backend, RunContext, SurveyState, TaskRequest, Tier
 from runner.backends.overlap import DEPTH, BackgroundWriter, solve_then_write
 from runner.backends.task import TaskResult, TaskRun
-from runner.spec.model import Commit, JobSpec, ShardTask
+from runner.jobspec.model import Commit, JobSpec, ShardTask
 from runner.store.claims import LocalClaims, clear_stale, is_stale, pid_alive, this_host
 from runner.store.shards import ShardStore, job_root, shard_state
 

@@ -51,8 +51,8 @@ from typing import Any
 from runner import __version__
 from runner.backends.base import Backend, Keyed, TaskRequest, Tier
 from runner.backends.task import TaskResult
-from runner.spec import pricing
-from runner.spec.model import Compute, JobSpec, LargeTier, SweepSpec
+from runner.jobspec import pricing
+from runner.jobspec.model import Compute, JobSpec, LargeTier, SweepSpec
 from runner.store.claims import pid_alive, this_host
 
 EXIT_OK = 0

@@ -16,7 +16,7 @@ from rich.table import Table
 from runner.backends.orchestrate import Progress as RunProgress
 from runner.backends.orchestrate import RunSummary
 from runner.backends.task import TaskResult
-from runner.spec.pricing import format_duration
+from runner.jobspec.pricing import format_duration
 
 LOG_EVERY_S = 30.0
 

@@ -31,7 +31,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 
-from runner.spec.model import ShardTask
+from runner.jobspec.model import ShardTask
 from runner.store.claims import Claim, ClaimTable, acquire, make_claim, release
 from runner.store.shards import ShardStore, deal_fields, record_from_meta
 

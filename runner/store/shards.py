@@ -28,7 +28,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 
-from runner.spec.model import Commit, JobSpec, ShardTask
+from runner.jobspec.model import Commit, JobSpec, ShardTask
 from runner.store.claims import LOCK_SUFFIX, LOCK_TMP_MARK, TAKEOVER_SUFFIX
 
 if TYPE_CHECKING:

@@ -12,10 +12,10 @@ from pathlib import Path
 from rich import box
 from rich.table import Table
 
-from runner.spec.load import load_job
-from runner.spec.model import JobSpec
-from runner.spec.plan import existing_tasks
-from runner.spec.plan import tasks as plan_tasks
+from runner.jobspec.load import load_job
+from runner.jobspec.model import JobSpec
+from runner.jobspec.plan import existing_tasks
+from runner.jobspec.plan import tasks as plan_tasks
 from runner.store.claims import LocalClaims
 from runner.store.shards import STATUS_COLUMNS, ShardStore, StoreStatus, check_root, job_root
 
@@ -24,7 +24,7 @@ def done_relpaths(spec: JobSpec, store_dir: str | os.PathLike[str] | Path = ".")
     """Relpaths (``split/NAME.parquet``) of the job's shards that are finished.
 
     Finished: under its final name and passing the quick check (footer readable,
-    row count equal to its metadata). Matches ``runner.spec.plan.DoneCheck``.
+    row count equal to its metadata). Matches ``runner.jobspec.plan.DoneCheck``.
     """
     store = ShardStore(job_root(spec, store_dir))
     # Only the files there are opened: listing beats a stat per planned shard.

@@ -19,7 +19,7 @@ from pathlib import Path
 import numpy as np
 import pyarrow.parquet as pq
 
-from runner.spec.model import JobSpec
+from runner.jobspec.model import JobSpec
 from runner.store.shards import job_root
 from runner.train.features import split_states
 

@@ -22,8 +22,8 @@ from typing import Any
 from runner.backends.base import Attempt, TaskRequest, Tier
 from runner.backends.local import _die_with_parent, messages, shut_down, start_ignoring_sigint
 from runner.backends.task import TaskResult
-from runner.spec import pricing
-from runner.spec.model import SweepSpec
+from runner.jobspec import pricing
+from runner.jobspec.model import SweepSpec
 from runner.train.sweep import Trial, TrialBackend, payload
 from runner.train.trial import run_trial
 

@@ -1,6 +1,6 @@
 """The Modal backend of ``forge sweep``: trials mapped over GPU containers.
 
-``compile_sweep`` turns a :class:`~runner.spec.model.SweepSpec` into a ``modal.App``
+``compile_sweep`` turns a :class:`~runner.jobspec.model.SweepSpec` into a ``modal.App``
 (``forge-sweep-<name>``) with one GPU function, ``train_trial``: the sweep's GPU fallback
 list, timeout and container cap, and the data job's volume mounted read-mostly at the
 same place the oracle functions use. Like the solve functions it has Modal retries 0
@@ -50,7 +50,7 @@ from runner.backends.modal import (
 )
 from runner.backends.modal.compile import enter_app
 from runner.backends.task import TaskResult
-from runner.spec.model import SweepSpec
+from runner.jobspec.model import SweepSpec
 from runner.train.sweep import DataPlan, Trial, TrialBackend, payload, pick_shards
 from runner.train.trial import run_trial
 
@@ -116,7 +116,7 @@ def hourly(gpu: str, prices: dict[str, float]) -> float:
     """$/hour of a trial container: its GPU plus the CPU and memory it requests
     (Modal bills both on top of the GPU; pricing.container_usd)."""
     from runner.backends.modal.container import CPU_CORES, MEMORY_MIB
-    from runner.spec.pricing import container_usd
+    from runner.jobspec.pricing import container_usd
 
     extra = container_usd(3600.0, prices, cores=CPU_CORES, gib=MEMORY_MIB / 1024)
     return float(prices.get(gpu, 0.0)) + extra

@@ -12,7 +12,7 @@ from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
-from runner.spec.pricing import format_duration
+from runner.jobspec.pricing import format_duration
 from runner.train.metrics import BASELINES, BLUNDER_POINTS
 from runner.train.sweep import REPORTED, SweepOutcome, Trial, params_text
 

@@ -32,8 +32,8 @@ from typing import Any
 
 from runner.backends.base import Backend, SurveyState
 from runner.backends.task import TaskResult
-from runner.spec import plan
-from runner.spec.model import JobSpec, ShardTask, SweepSpec
+from runner.jobspec import plan
+from runner.jobspec.model import JobSpec, ShardTask, SweepSpec
 from runner.train.loop import (
     TRAINER_VERSION,
     TrainConfig,

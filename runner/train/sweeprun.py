@@ -12,7 +12,7 @@ import os
 from pathlib import Path
 
 from runner.backends.orchestrate import Orchestrator, RunOptions, new_run_id
-from runner.spec.model import SweepSpec
+from runner.jobspec.model import SweepSpec
 from runner.train.sweep import (
     DataPlan,
     Event,

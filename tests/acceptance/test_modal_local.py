@@ -22,9 +22,9 @@ from runner.backends.base import TaskRequest
 from runner.backends.modal import container
 from runner.backends.modal.names import ENV_CLAIMS, ENV_STORE_ROOT
 from runner.backends.task import TaskResult
-from runner.spec.load import load_job
-from runner.spec.model import JobSpec
-from runner.spec.plan import tasks as plan_tasks
+from runner.jobspec.load import load_job
+from runner.jobspec.model import JobSpec
+from runner.jobspec.plan import tasks as plan_tasks
 from runner.store.claims import LocalClaims, make_claim
 
 REPO = Path(__file__).resolve().parents[2]

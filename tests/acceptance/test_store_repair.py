@@ -15,8 +15,8 @@ import numpy as np
 from forge_runs import forge, root, write_job
 from shard_fakes import flip_middle, sound
 
+from runner.jobspec.model import ShardTask
 from runner.oracle.shard import read_shard, verify_shard, write_shard
-from runner.spec.model import ShardTask
 
 KEY = "train/seed_00000030_decl_0"
 TASK = ShardTask(split="train", base_seed=30, opp_seed=None, decl_id=0)

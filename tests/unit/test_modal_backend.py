@@ -22,8 +22,8 @@ from runner.backends.modal import ModalBackend, unanswered_results
 from runner.backends.modal.claims import DictClaims
 from runner.backends.orchestrate import Orchestrator, RunOptions
 from runner.backends.task import TaskResult
-from runner.spec.load import load
-from runner.spec.model import JobSpec, ShardTask
+from runner.jobspec.load import load
+from runner.jobspec.model import JobSpec, ShardTask
 from runner.store.claims import make_claim
 
 REPO = Path(__file__).resolve().parents[2]
@@ -191,7 +191,7 @@ class LosesOnce(Backend):
 
 def test_a_shard_the_store_lost_is_solved_again() -> None:
     spec = job("jobs/smoke.yaml")
-    from runner.spec.plan import tasks as plan_tasks
+    from runner.jobspec.plan import tasks as plan_tasks
 
     tasks = plan_tasks(spec)
     lost = tasks[1].key
@@ -251,7 +251,7 @@ def test_one_retry_layer_every_attempt_runs_once_and_is_charged() -> None:
     """
     spec = job("jobs/valtest.yaml")
     assert spec.compute.retries == 2
-    from runner.spec.plan import tasks as plan_tasks
+    from runner.jobspec.plan import tasks as plan_tasks
 
     (task,) = plan_tasks(spec)[:1]
     timeout = modal.exception.FunctionTimeoutError("Function timed out after 900s")
@@ -274,7 +274,7 @@ def test_what_a_container_adds_to_the_gpu_seconds_is_charged() -> None:
     """A Modal result prices CPU, memory and start-up on top of its GPU seconds: the
     orchestrator charges that figure, not seconds x GPU price alone."""
     spec = job("jobs/smoke.yaml")
-    from runner.spec.plan import tasks as plan_tasks
+    from runner.jobspec.plan import tasks as plan_tasks
 
     (task,) = plan_tasks(spec)[:1]
     gpu_only = 10.0 * spec.price_per_hour("H100") / 3600

@@ -21,7 +21,7 @@ from claim_fakes import LockedDict
 from runner.backends.modal.claims import DictClaims, release_run_claims
 from runner.backends.modal.container import TaggedClaims, forget_own_claim
 from runner.backends.modal.volume import classify
-from runner.spec.model import ShardTask
+from runner.jobspec.model import ShardTask
 from runner.store.claims import ClaimTable, LocalClaims, acquire, make_claim, release
 
 

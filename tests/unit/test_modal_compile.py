@@ -22,8 +22,8 @@ import pytest
 
 from runner.backends import modal as fm
 from runner.backends.modal.container import solve_shard
-from runner.spec.load import load
-from runner.spec.model import JobSpec
+from runner.jobspec.load import load
+from runner.jobspec.model import JobSpec
 
 REPO = Path(__file__).resolve().parents[2]
 FORGE = str(Path(sys.executable).parent / "forge")

@@ -30,9 +30,9 @@ from runner.backends.base import TaskRequest
 from runner.backends.modal import container, modal_settings
 from runner.backends.modal.compile import SHIPPED_FILES, compile_job
 from runner.backends.task import TaskResult
-from runner.spec import pricing
-from runner.spec.load import load, load_job, load_sweep
-from runner.spec.model import JobSpec, ShardTask
+from runner.jobspec import pricing
+from runner.jobspec.load import load, load_job, load_sweep
+from runner.jobspec.model import JobSpec, ShardTask
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -158,7 +158,7 @@ def test_a_gpu_function_without_a_gpu_refuses_and_is_priced_as_a_gpu(
 
     assert jax.devices()[0].platform == "cpu"  # this machine: the GPU function's body sees no GPU
     spec = one_deal_job(tmp_path)
-    (task,) = __import__("runner.spec.plan", fromlist=["tasks"]).tasks(spec)
+    (task,) = __import__("runner.jobspec.plan", fromlist=["tasks"]).tasks(spec)
     fn = compile_job(spec, "run-1").functions["solve_main"]
     request = TaskRequest(task, gpu=spec.compute.gpu, timeout_s=900)
     monkeypatch.setenv("JAX_PLATFORMS", "cuda")  # what GPU_ENV sets in the container

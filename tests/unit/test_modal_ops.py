@@ -19,9 +19,9 @@ from runner.backends.modal.ops import (
     cost_lines,
     status_from,
 )
+from runner.jobspec.load import load_job
+from runner.jobspec.plan import tasks as plan_tasks
 from runner.oracle.shard import read_shard_meta
-from runner.spec.load import load_job
-from runner.spec.plan import tasks as plan_tasks
 from runner.store.claims import make_claim
 
 REPO = Path(__file__).resolve().parents[2]

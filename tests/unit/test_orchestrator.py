@@ -29,9 +29,9 @@ from runner.backends.orchestrate import (
     RunOptions,
 )
 from runner.backends.task import TaskResult
-from runner.spec.load import load_job
-from runner.spec.model import JobSpec, ShardTask
-from runner.spec.plan import tasks as plan_tasks
+from runner.jobspec.load import load_job
+from runner.jobspec.model import JobSpec, ShardTask
+from runner.jobspec.plan import tasks as plan_tasks
 
 
 def make_job(tmp_path: Path, extra: str = "", seeds: int = 6, budget: str = "max_usd: 100") -> JobSpec:

@@ -9,7 +9,7 @@ import pyarrow.parquet as pq
 import pytest
 from shard_fakes import produce
 
-from runner.spec.model import ShardTask
+from runner.jobspec.model import ShardTask
 from runner.store.shards import ShardStore
 
 STANDARD = ShardTask(split="train", base_seed=7, opp_seed=None, decl_id=3)

@@ -14,8 +14,8 @@ from pathlib import Path
 
 import pytest
 
-from runner.spec.errors import SpecError
-from runner.spec.load import check_file
+from runner.jobspec.errors import SpecError
+from runner.jobspec.load import check_file
 
 SPECS = Path(__file__).resolve().parents[1] / "specs"
 VALID = sorted((SPECS / "valid").glob("*.yaml"))

@@ -9,12 +9,12 @@ import jsonschema
 import pytest
 from reference_data import reference_rows
 
-from runner.spec.errors import SpecErrors, format_path
-from runner.spec.load import check_file, check_paths, load, load_job, load_sweep, schema
-from runner.spec.model import JobSpec, ParamRange, SweepSpec, expand_trials
-from runner.spec.plan import tasks
-from runner.spec.pricing import BUILTIN_PRICES
-from runner.spec.yamlpos import parse_yaml
+from runner.jobspec.errors import SpecErrors, format_path
+from runner.jobspec.load import check_file, check_paths, load, load_job, load_sweep, schema
+from runner.jobspec.model import JobSpec, ParamRange, SweepSpec, expand_trials
+from runner.jobspec.plan import tasks
+from runner.jobspec.pricing import BUILTIN_PRICES
+from runner.jobspec.yamlpos import parse_yaml
 
 ROOT = Path(__file__).resolve().parents[2]
 VALID = ROOT / "tests" / "specs" / "valid"

@@ -9,9 +9,9 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from runner.spec.load import load_job
-from runner.spec.model import SeedSet, Split
-from runner.spec.plan import (
+from runner.jobspec.load import load_job
+from runner.jobspec.model import SeedSet, Split
+from runner.jobspec.plan import (
     Backend,
     _count_residues,
     count_by_split,
@@ -22,7 +22,7 @@ from runner.spec.plan import (
     task_of,
     tasks,
 )
-from runner.spec.pricing import BUILTIN_PRICES
+from runner.jobspec.pricing import BUILTIN_PRICES
 
 ROOT = Path(__file__).resolve().parents[2]
 JOBS = ROOT / "jobs"
@@ -92,7 +92,7 @@ def test_range_counts_match_enumeration(start: int, length: int, lo: int, width:
 @settings(max_examples=50, deadline=None)
 @given(seeds=st.lists(st.integers(0, 2**32 - 1), min_size=1, max_size=50, unique=True))
 def test_count_by_split_matches_tasks_for_lists(seeds: list[int]) -> None:
-    from runner.spec.model import Budget, Compute, Deals, JobSpec, Output
+    from runner.jobspec.model import Budget, Compute, Deals, JobSpec, Output
 
     spec = JobSpec(
         version=1,
@@ -270,7 +270,7 @@ def test_task_of_inverts_every_planned_relpath_and_refuses_the_rest(tmp_path: Pa
 def test_the_largest_job_plans_without_enumerating_its_shards(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    import runner.spec.plan as plan_module
+    import runner.jobspec.plan as plan_module
 
     def enumerate_all(spec: object) -> None:
         raise AssertionError("planning enumerated the job's 10,000,000 shards")

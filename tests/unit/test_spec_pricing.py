@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from runner.spec import pricing as P
+from runner.jobspec import pricing as P
 
 
 @pytest.mark.parametrize(

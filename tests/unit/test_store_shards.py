@@ -11,8 +11,8 @@ import pytest
 from shard_fakes import produce
 
 from runner.backends.task import TaskRun
+from runner.jobspec.model import Commit, ShardTask
 from runner.oracle.shard import quick_check, read_shard
-from runner.spec.model import Commit, ShardTask
 from runner.store.claims import LocalClaims, make_claim
 from runner.store.shards import Committer, ShardStore
 

@@ -11,7 +11,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from runner.spec.load import load_job
+from runner.jobspec.load import load_job
 from runner.train.data import MIN_ROWS_PER_SHARD, DataError, load_rows, shard_folder, shard_info
 
 

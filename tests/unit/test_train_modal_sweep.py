@@ -10,8 +10,8 @@ from pathlib import Path
 import pytest
 
 from runner.backends.modal import MOUNT, modal_settings
-from runner.spec.load import load_sweep
-from runner.spec.model import SweepSpec
+from runner.jobspec.load import load_sweep
+from runner.jobspec.model import SweepSpec
 from runner.train import modal_sweep
 from runner.train.sweep import expand, payload, resolve_data
 

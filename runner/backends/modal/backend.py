@@ -28,7 +28,7 @@ from runner.backends.modal.errors import ModalUserError, require_credentials, us
 from runner.backends.modal.names import claim_timeout_s
 from runner.backends.modal.volume import VolumeView, classify
 from runner.backends.task import TaskResult, is_oom
-from runner.spec.model import JobSpec, ShardTask
+from runner.jobspec.model import JobSpec, ShardTask
 from runner.store.shards import RECORD_SUFFIX, RUNS_DIR
 
 

@@ -1,6 +1,6 @@
 """A job spec compiled into a ``modal.App``, and that app described as data.
 
-``compile_job`` turns a :class:`~runner.spec.model.JobSpec` into Modal objects:
+``compile_job`` turns a :class:`~runner.jobspec.model.JobSpec` into Modal objects:
 
 - ``modal.App(f"forge-{name}")`` tagged with the job name and the run id, so
   Modal's billing report can attribute spend to the job;
@@ -50,7 +50,7 @@ from runner.backends.modal.names import (
     claims_name,
     container_store_root,
 )
-from runner.spec.model import JobSpec
+from runner.jobspec.model import JobSpec
 
 ORCHESTRATOR_NAME = "orchestrate"
 ORCHESTRATOR_TIMEOUT_S = 24 * 3600  # Modal's ceiling for one input

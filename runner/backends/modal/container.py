@@ -43,8 +43,8 @@ from runner.backends.modal.names import (
     container_store_root,
 )
 from runner.backends.task import TaskResult
-from runner.spec import pricing as prices
-from runner.spec.model import JobSpec, ShardTask
+from runner.jobspec import pricing as prices
+from runner.jobspec.model import JobSpec, ShardTask
 
 _MODULE_T0 = time.time()
 

@@ -9,7 +9,7 @@ from __future__ import annotations
 from pathlib import PurePosixPath
 
 from runner.backends.modal.errors import ModalUserError
-from runner.spec.model import JobSpec
+from runner.jobspec.model import JobSpec
 
 MOUNT = "/forge"  # where the output volume is mounted in every container
 JAX_CACHE = f"{MOUNT}/.cache/jax"  # outside every job's output root

@@ -18,7 +18,7 @@ from modal.types import FileEntryType
 
 from runner.backends.base import SurveyState
 from runner.backends.modal.names import volume_root
-from runner.spec.model import JobSpec, ShardTask
+from runner.jobspec.model import JobSpec, ShardTask
 from runner.store.claims import is_stale, this_host
 from runner.store.shards import RECORD_SUFFIX, RUNS_DIR
 

@@ -18,7 +18,7 @@ from typing import Any
 import yaml
 from yaml.nodes import MappingNode, Node, ScalarNode, SequenceNode
 
-from runner.spec.errors import KeyPath, SpecError, format_path
+from runner.jobspec.errors import KeyPath, SpecError, format_path
 
 MAX_NODES = 100_000  # alias bombs expand exponentially; no real spec is near this
 MAX_DEPTH = 64  # job files nest 4 deep; PyYAML's composer recurses and would blow the stack

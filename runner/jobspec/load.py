@@ -23,10 +23,9 @@ from typing import Any
 import jsonschema
 from jsonschema.exceptions import ValidationError, best_match, relevance
 
-from runner.oracle.rules import DECL_NAMES, N_DECLS, decl_names, parse_decl
-from runner.spec import pricing
-from runner.spec.errors import KeyPath, SpecError, SpecErrors, format_path
-from runner.spec.model import (
+from runner.jobspec import pricing
+from runner.jobspec.errors import KeyPath, SpecError, SpecErrors, format_path
+from runner.jobspec.model import (
     Budget,
     Commit,
     Compute,
@@ -44,7 +43,8 @@ from runner.spec.model import (
     SweepSpec,
     TrainSettings,
 )
-from runner.spec.yamlpos import Parsed, parse_yaml
+from runner.jobspec.yamlpos import Parsed, parse_yaml
+from runner.oracle.rules import DECL_NAMES, N_DECLS, decl_names, parse_decl
 
 KINDS = {"oracle": "job.schema.json", "sweep": "sweep.schema.json"}
 DEFAULT_SPLITS: dict[str, list[int]] = {"train": [0, 900], "val": [900, 950], "test": [950, 1000]}

@@ -9,8 +9,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
-from runner.spec import pricing
-from runner.spec.model import JobSpec, SeedSet, ShardTask
+from runner.jobspec import pricing
+from runner.jobspec.model import JobSpec, SeedSet, ShardTask
 
 Backend = Literal["local", "modal"]
 
