@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
+import difflib
 import re
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 
 PathPart = str | int
@@ -61,3 +62,39 @@ class SpecErrors(Exception):
     def __init__(self, errors: Sequence[SpecError]):
         self.errors = list(errors)
         super().__init__("\n".join(str(e) for e in self.errors))
+
+
+def _same(text: str) -> str:
+    return text
+
+
+def closest(
+    word: object,
+    options: Iterable[object],
+    cutoff: float = 0.6,
+    *,
+    fold: Callable[[str], str] = _same,
+) -> str | None:
+    """The option most like ``word`` (difflib ratio >= ``cutoff``), compared after ``fold``
+    (e.g. ``str.upper`` for names in any case) but returned as written; None if none is."""
+    written = [str(o) for o in options]
+    close = difflib.get_close_matches(
+        fold(str(word)), [fold(o) for o in written], n=1, cutoff=cutoff
+    )
+    return next((o for o in written if close and fold(o) == close[0]), None)
+
+
+def suggestion(match: str | None) -> str:
+    """The tail every "did you mean" message ends with; empty when there is nothing to suggest."""
+    return f"; did you mean {match!r}?" if match else ""
+
+
+def did_you_mean(
+    word: object,
+    options: Iterable[object],
+    cutoff: float = 0.6,
+    *,
+    fold: Callable[[str], str] = _same,
+) -> str:
+    """``suggestion(closest(...))``: the hint after an unknown name, or empty."""
+    return suggestion(closest(word, options, cutoff, fold=fold))

@@ -8,7 +8,6 @@ in file order; nothing after this module touches a raw dict.
 
 from __future__ import annotations
 
-import difflib
 import functools
 import hashlib
 import json
@@ -24,7 +23,7 @@ import jsonschema
 from jsonschema.exceptions import ValidationError, best_match, relevance
 
 from runner.jobspec import pricing
-from runner.jobspec.errors import KeyPath, SpecError, SpecErrors, format_path
+from runner.jobspec.errors import KeyPath, SpecError, SpecErrors, did_you_mean, format_path
 from runner.jobspec.model import (
     Budget,
     Commit,
@@ -112,11 +111,6 @@ class _Context:
         return True
 
 
-def _did_you_mean(word: str, options: Iterable[str], cutoff: float = 0.6) -> str:
-    close = difflib.get_close_matches(str(word), [str(o) for o in options], n=1, cutoff=cutoff)
-    return f"; did you mean {close[0]!r}?" if close else ""
-
-
 def _json_type(value: Any) -> str:
     if value is None:
         return "null"
@@ -145,7 +139,7 @@ def _show(value: Any) -> str:
 
 def _unknown_key_message(key: str, allowed: list[str], schema_node: dict[str, Any]) -> str:
     message = f"unknown key {key!r}"
-    hint = _did_you_mean(key, allowed)
+    hint = did_you_mean(key, allowed)
     if hint:
         return message + hint
     # A key written one level too high: `gpu: T4` at the top instead of under compute.
@@ -205,7 +199,7 @@ def _explain(err: ValidationError) -> list[tuple[KeyPath, str, KeyPath]]:
         shown = ", ".join(repr(o) for o in options)
         message = f"{_show(inst)} is not {'one of ' if len(options) > 1 else ''}{shown}"
         if isinstance(inst, str):
-            message += _did_you_mean(inst, [str(o) for o in options], cutoff=0.5)
+            message += did_you_mean(inst, [str(o) for o in options], cutoff=0.5)
         return [(path, message, path)]
     if v == "type":
         want = (
@@ -348,7 +342,7 @@ def _check_file(
             ctx.add(
                 ("kind",),
                 f"unknown kind {file_kind!r}; expected one of {', '.join(KINDS)}"
-                + _did_you_mean(file_kind, KINDS, 0.5),
+                + did_you_mean(file_kind, KINDS, 0.5),
             )
             return None, ctx.errors
         else:
@@ -592,7 +586,7 @@ def _decls(ctx: _Context, value: Any) -> Any:
             ctx.add(
                 p,
                 f"{e}; use an id 0-9, a name ({', '.join(DECL_NAMES)}) or an alias, or auto/all"
-                + _did_you_mean(str(item).lower(), decl_names() + ["auto", "all"], 0.5),
+                + did_you_mean(str(item).lower(), decl_names() + ["auto", "all"], 0.5),
             )
             ok = False
             continue
@@ -848,7 +842,7 @@ def _sweep_data(
             ctx.add(
                 ("data", key),
                 f"job {job.name!r} has no split {d[key]!r} (its splits: {', '.join(names)})"
-                + _did_you_mean(d[key], names),
+                + did_you_mean(d[key], names),
             )
             ok = False
     if ok and d["train_split"] == d["val_split"]:

@@ -8,11 +8,12 @@ records: pass ``seconds_per_shard`` or ``seconds_per_state`` to :func:`estimate`
 
 from __future__ import annotations
 
-import difflib
 import math
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass
+
+from runner.jobspec.errors import closest, suggestion
 
 LOCAL = "local"  # the pricing key for this machine (the local backend)
 # A container's CPU and memory, billed on top of its GPU (Modal: max(request, use)).
@@ -95,14 +96,8 @@ def _unknown(name: str, known: tuple[str, ...]) -> ValueError:
         for k in known
         if text.startswith(k.upper()) and re.fullmatch(r"[-_ ]?\d+ ?GB?", text[len(k) :])
     ]
-    if prefixes:
-        match = max(prefixes, key=len)
-    else:
-        close = difflib.get_close_matches(text, [k.upper() for k in known], n=1, cutoff=0.5)
-        match = next((k for k in known if close and k.upper() == close[0]), "")
-    if match:
-        message += f"; did you mean {match!r}?"
-    return ValueError(message)
+    match = max(prefixes, key=len) if prefixes else closest(text, known, 0.5, fold=str.upper)
+    return ValueError(message + suggestion(match))
 
 
 def normalize_gpu(name: str) -> str:
