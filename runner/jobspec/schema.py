@@ -1,0 +1,184 @@
+"""The JSON Schemas of spec files (``runner/schemas/``) and their errors in plain words.
+
+A schema error becomes (key path, message, position path): unknown keys get a
+did-you-mean, numbers written as strings a hint how to write them, anyOf/oneOf the
+message of their best branch.
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+from importlib import resources
+from typing import Any
+
+import jsonschema
+from jsonschema.exceptions import ValidationError, best_match, relevance
+
+from runner.jobspec.checks import Context
+from runner.jobspec.errors import KeyPath, did_you_mean
+
+KINDS = {"oracle": "job.schema.json", "sweep": "sweep.schema.json"}
+Problem = tuple[KeyPath, str, KeyPath]  # (path, message, where to point)
+
+_BOUNDS = {"minimum": ">=", "maximum": "<=", "exclusiveMinimum": ">", "exclusiveMaximum": "<"}
+
+
+@functools.cache
+def schema(kind: str) -> dict[str, Any]:
+    """The JSON Schema for ``kind`` (oracle or sweep), read from the package."""
+    text = resources.files("runner").joinpath("schemas", KINDS[kind]).read_text("utf-8")
+    return json.loads(text)  # type: ignore[no-any-return]
+
+
+def _strict_integer(_checker: Any, instance: Any) -> bool:
+    # JSON Schema counts 4096.0 as an integer; a job file meaning 4096 should say so.
+    return isinstance(instance, int) and not isinstance(instance, bool)
+
+
+_Validator = jsonschema.validators.extend(
+    jsonschema.Draft202012Validator,
+    type_checker=jsonschema.Draft202012Validator.TYPE_CHECKER.redefine("integer", _strict_integer),
+)
+
+
+@functools.cache
+def _validator(kind: str) -> Any:
+    return _Validator(schema(kind))
+
+
+def schema_errors(ctx: Context, data: Any, kind: str) -> None:
+    """Add every schema error of ``data`` to ``ctx``, and mark its path dirty."""
+    raw = sorted(_validator(kind).iter_errors(data), key=relevance, reverse=True)
+    seen: set[tuple[KeyPath, str]] = set()
+    for err in raw:
+        for path, message, at in _explain(err):
+            ctx.dirty.append(path)
+            if any(path[: len(b)] == b for b in ctx.parsed.bad):
+                continue  # the value was dropped for a parse error already reported
+            if (path, message) not in seen:  # e.g. `required` reports each missing key apart
+                seen.add((path, message))
+                ctx.add(path, message, at)
+
+
+def json_type(value: Any) -> str:
+    """The YAML reader's word for the type of ``value``."""
+    if value is None:
+        return "null"
+    if isinstance(value, bool):
+        return "boolean"
+    if isinstance(value, int):
+        return "integer"
+    if isinstance(value, float):
+        return "number"
+    if isinstance(value, str):
+        return "string"
+    if isinstance(value, list):
+        return "list"
+    return "mapping"
+
+
+def _show(value: Any) -> str:
+    if value is None:
+        return "an empty value"  # what `key:` with nothing after it reads as; not "None"
+    if isinstance(value, dict):
+        return "a mapping"
+    if isinstance(value, list):
+        return "a list"
+    return repr(value)
+
+
+def _explain(err: ValidationError) -> list[Problem]:
+    """The problems one schema error stands for; anyOf/oneOf descend to the best branch."""
+    sch = err.schema if isinstance(err.schema, dict) else {}
+    if err.context and "x-message" not in sch:
+        best = best_match([err])
+        if best is not None and best is not err:
+            return _explain(best)
+    path: KeyPath = tuple(err.absolute_path)
+    inst = err.instance
+    unknown = err.validator == "additionalProperties" and err.validator_value is False
+    if unknown and isinstance(inst, dict):
+        return _unknown_keys(path, inst, sch)
+    if "propertyNames" in err.schema_path:
+        message = sch.get("x-message", err.message)
+        return [(path + (str(inst),), f"{message} (got {inst!r})", path + (str(inst),))]
+    if err.validator == "required" and isinstance(inst, dict):
+        if "x-message" in sch:
+            return [(path, sch["x-message"], path)]
+        missing = [k for k in err.validator_value if k not in inst]
+        return [(path + (k,), f"missing required key {k!r}", path) for k in missing]
+    return [(path, _message(err, sch), path)]
+
+
+def _message(err: ValidationError, sch: dict[str, Any]) -> str:
+    """The message for an error about one value (not about a mapping's keys)."""
+    inst, v, want = err.instance, err.validator, err.validator_value
+    if "x-message" in sch:
+        return sch["x-message"] + ("" if isinstance(inst, dict | list) else f" (got {inst!r})")
+    if v in ("enum", "const"):
+        return _not_one_of(inst, list(want) if v == "enum" else [want])
+    if v == "type":
+        return _wrong_type(inst, want if isinstance(want, list) else [want])
+    if v in _BOUNDS:
+        hint = f" ({sch['x-hint']})" if "x-hint" in sch else ""
+        return f"must be {_BOUNDS[v]} {want}, got {_show(inst)}{hint}"
+    if v == "uniqueItems":
+        return "values must be unique"
+    if v in ("minItems", "maxItems") and isinstance(inst, list):
+        return (
+            f"expected {'at least' if v == 'minItems' else 'at most'} {want} items, got {len(inst)}"
+        )
+    return err.message
+
+
+def _unknown_keys(path: KeyPath, inst: dict[str, Any], sch: dict[str, Any]) -> list[Problem]:
+    allowed = list(sch.get("properties", {}))
+    return [
+        (path + (key,), _unknown_key_message(key, allowed, sch), path + (key,))
+        for key in inst
+        if key not in allowed
+    ]
+
+
+def _unknown_key_message(key: str, allowed: list[str], schema_node: dict[str, Any]) -> str:
+    message = f"unknown key {key!r}"
+    hint = did_you_mean(key, allowed)
+    if hint:
+        return message + hint
+    # A key written one level too high: `gpu: T4` at the top instead of under compute.
+    for section, sub in schema_node.get("properties", {}).items():
+        if isinstance(sub, dict) and key in sub.get("properties", {}):
+            return message + f"; did you mean {section}.{key}?"
+    return message + (f"; allowed keys: {', '.join(allowed)}" if allowed else "")
+
+
+def _not_one_of(inst: Any, options: list[Any]) -> str:
+    shown = ", ".join(repr(o) for o in options)
+    message = f"{_show(inst)} is not {'one of ' if len(options) > 1 else ''}{shown}"
+    if isinstance(inst, str):
+        message += did_you_mean(inst, [str(o) for o in options], cutoff=0.5)
+    return message
+
+
+def _wrong_type(inst: Any, want: list[Any]) -> str:
+    names = [{"object": "mapping", "array": "list"}.get(str(w), str(w)) for w in want]
+    got = "nothing (an empty value)" if inst is None else f"{json_type(inst)} {_show(inst)}"
+    message = f"expected {' or '.join(names)}, got {got}"
+    if isinstance(inst, str) and {"number", "integer"} & set(names):
+        message += _number_hint(inst)
+    return message
+
+
+def _number_hint(text: str) -> str:
+    """How to write a number that was written as a string (`$25`, `1,000`, `80%`)."""
+    bare = text.strip().lstrip("$").rstrip("%").replace(",", "").replace("_", "")
+    try:
+        float(bare)
+    except ValueError:
+        return ""
+    if text.strip().startswith("$"):
+        return f"; drop the '$': write {bare}"
+    if text.strip().endswith("%"):
+        return f"; write a fraction, e.g. {float(bare) / 100:g} for {text.strip()}"
+    return f"; write it without quotes or commas: {bare}"
