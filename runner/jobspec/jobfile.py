@@ -27,7 +27,6 @@ from runner.jobspec.model import (
 )
 from runner.oracle.rules import DECL_NAMES, N_DECLS, decl_names, parse_decl
 
-DEFAULT_SPLITS: dict[str, list[int]] = {"train": [0, 900], "val": [900, 950], "test": [950, 1000]}
 MAX_SHARDS = 10_000_000  # one job file; beyond this, planning itself gets slow
 
 
@@ -58,12 +57,12 @@ def build_job(ctx: Context, data: dict[str, Any], path: Path, sha: str) -> JobSp
     price_table = prices(ctx, data)
     main_gpus: tuple[str, ...] = ()
     if ctx.clean(("compute", "gpu")):
-        main_gpus = gpus(ctx, compute.get("gpu", "A10"), ("compute", "gpu"))
+        main_gpus = gpus(ctx, compute["gpu"], ("compute", "gpu"))
     large = _large(ctx, compute)
     output = section(data, "output")
     root: str | None = None
     if ctx.clean(("output", "root")) and name is not None:
-        root = _root(ctx, output.get("root", "shards/{name}"), name)
+        root = _root(ctx, output["root"], name)
     bud: Budget | None = None
     if ctx.clean(("budget",)) and "max_usd" in budget:
         bud = _budget(ctx, budget, main_gpus, price_table)
@@ -102,7 +101,7 @@ def _deals(ctx: Context, deals: dict[str, Any]) -> _DealParts:
         opp = _opp_seeds(ctx, mode, deals.get("opp_seeds"))
     decl: Any = None
     if ctx.clean(("deals", "decl")):
-        decl = _decls(ctx, deals.get("decl", "auto"))
+        decl = _decls(ctx, deals["decl"])
     return _DealParts(mode, base, opp, decl)
 
 
@@ -193,7 +192,7 @@ def _split_table(
 ) -> tuple[Split, ...] | None:
     if not ctx.clean(("splits",)):
         return None
-    splits, ranges = _splits(ctx, data.get("splits") or DEFAULT_SPLITS)
+    splits, ranges = _splits(ctx, data["splits"])
     # Overlapping splits still cover what they cover: report the seeds they miss too.
     if base is not None and ranges:
         _coverage(ctx, base, ranges)
@@ -256,7 +255,7 @@ def _large(ctx: Context, compute: dict[str, Any]) -> LargeTier | None:
         return None
     lg = compute["large"]
     large_gpus = gpus(ctx, lg["gpu"], ("compute", "large", "gpu"))
-    main_max = compute.get("max_states", 500_000_000)
+    main_max = compute["max_states"]
     if "max_states" in lg and ctx.clean(("compute", "max_states")) and lg["max_states"] <= main_max:
         ctx.add(
             ("compute", "large", "max_states"),
@@ -264,9 +263,9 @@ def _large(ctx: Context, compute: dict[str, Any]) -> LargeTier | None:
         )
     return LargeTier(
         gpu=large_gpus,
-        timeout_s=lg.get("timeout_s", 3600),
+        timeout_s=lg["timeout_s"],
         max_states=lg.get("max_states"),
-        concurrency=lg.get("concurrency", 1),
+        concurrency=lg["concurrency"],
     )
 
 
@@ -275,13 +274,13 @@ def _compute(
 ) -> Compute:
     return Compute(
         gpu=main_gpus,
-        concurrency=compute.get("concurrency", 1),
-        max_containers=compute.get("max_containers", 10),
-        timeout_s=compute.get("timeout_s", 600),
-        retries=compute.get("retries", 2),
-        max_states=compute.get("max_states", 500_000_000),
+        concurrency=compute["concurrency"],
+        max_containers=compute["max_containers"],
+        timeout_s=compute["timeout_s"],
+        retries=compute["retries"],
+        max_states=compute["max_states"],
         large=large,
-        workers=compute.get("workers", 1),
+        workers=compute["workers"],
     )
 
 
@@ -324,7 +323,7 @@ def _root(ctx: Context, value: str, name: str) -> str | None:
 
 
 def _output(output: dict[str, Any], root: str) -> Output:
-    commit = output.get("commit", "auto")
+    commit = output["commit"]
     if isinstance(commit, dict):
         ((policy, every),) = commit.items()
         commit_ = Commit(policy=policy, every=every)
@@ -332,9 +331,9 @@ def _output(output: dict[str, Any], root: str) -> Output:
         commit_ = Commit(policy=commit)
     return Output(
         root=root,
-        volume=output.get("volume", "forge-shards"),
+        volume=output["volume"],
         commit=commit_,
-        compression=output.get("compression", "zstd"),
+        compression=output["compression"],
     )
 
 
@@ -344,7 +343,7 @@ def _output(output: dict[str, Any], root: str) -> Output:
 def _budget(
     ctx: Context, budget: dict[str, Any], main_gpus: tuple[str, ...], price_table: dict[str, float]
 ) -> Budget | None:
-    on = budget.get("on_exceed", "stop")
+    on = budget["on_exceed"]
     if on == "stop":
         return Budget(max_usd=float(budget["max_usd"]))
     path: KeyPath = ("budget", "on_exceed", "downgrade")

@@ -21,7 +21,7 @@ from runner.jobspec.checks import Context
 from runner.jobspec.errors import SpecError, SpecErrors, did_you_mean
 from runner.jobspec.jobfile import build_job
 from runner.jobspec.model import JobSpec, SweepSpec
-from runner.jobspec.schema import KINDS, json_type, schema, schema_errors
+from runner.jobspec.schema import KINDS, json_type, schema, schema_errors, with_defaults
 from runner.jobspec.sweepfile import build_sweep
 from runner.jobspec.yamlpos import parse_yaml
 
@@ -163,6 +163,7 @@ def _kind(ctx: Context, data: dict[str, Any], kind: str | None) -> str | None:
 def _build(
     ctx: Context, data: dict[str, Any], kind: str, p: Path, sha: str, seen: frozenset[Path]
 ) -> Spec | None:
+    data = with_defaults(data, kind)
     if kind == "oracle":
         return build_job(ctx, data, p, sha)
     return build_sweep(ctx, data, p, sha, seen | {p.resolve()}, _check_job)

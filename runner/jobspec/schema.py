@@ -2,13 +2,16 @@
 
 A schema error becomes (key path, message, position path): unknown keys get a
 did-you-mean, numbers written as strings a hint how to write them, anyOf/oneOf the
-message of their best branch.
+message of their best branch. The schemas' ``default`` keys are the one place defaults
+are written: :func:`with_defaults` fills a file's missing values from them.
 """
 
 from __future__ import annotations
 
+import copy
 import functools
 import json
+from collections.abc import Iterator
 from importlib import resources
 from typing import Any
 
@@ -182,3 +185,58 @@ def _number_hint(text: str) -> str:
     if text.strip().endswith("%"):
         return f"; write a fraction, e.g. {float(bare) / 100:g} for {text.strip()}"
     return f"; write it without quotes or commas: {bare}"
+
+
+def with_defaults(data: dict[str, Any], kind: str) -> dict[str, Any]:
+    """``data`` with every key it leaves out that has a ``default`` in the schema filled in.
+
+    The walk follows the data down the schema, through ``$ref`` and the if/then/else
+    branch that applies; a section left out that requires nothing (``compute``,
+    ``output``) is filled as if written empty. Only mappings are filled, so a file with
+    schema errors fills what it can and keeps its wrong values for the messages.
+    """
+    root = schema(kind)
+    return _fill(data, root, root)  # type: ignore[no-any-return]
+
+
+def _fill(value: Any, node: dict[str, Any], root: dict[str, Any]) -> Any:
+    if not isinstance(value, dict):
+        return value
+    out = dict(value)
+    for sub in _branches(node, root, value):
+        for key, prop in sub.get("properties", {}).items():
+            if key in out:
+                out[key] = _fill(out[key], prop, root)
+            elif "default" in prop:
+                out[key] = copy.deepcopy(prop["default"])
+            elif _optional_section(prop, root):
+                filled = _fill({}, prop, root)
+                if filled:
+                    out[key] = filled
+    return out
+
+
+def _branches(node: dict[str, Any], root: dict[str, Any], value: Any) -> Iterator[dict[str, Any]]:
+    """``node`` and the subschemas that apply to ``value`` through ``$ref`` and if/then/else."""
+    yield node
+    if "$ref" in node:
+        yield from _branches(_resolve(root, node["$ref"]), root, value)
+    if "if" in node:
+        branch = node.get("then" if _Validator(node["if"]).is_valid(value) else "else")
+        if isinstance(branch, dict):
+            yield from _branches(branch, root, value)
+
+
+def _resolve(root: dict[str, Any], ref: str) -> dict[str, Any]:
+    node: Any = root
+    for part in ref.removeprefix("#/").split("/"):
+        node = node[part]
+    return node  # type: ignore[no-any-return]
+
+
+def _optional_section(node: dict[str, Any], root: dict[str, Any]) -> bool:
+    """True for a mapping of keys none of which is required: left out, it reads as empty."""
+    subs = list(_branches(node, root, {}))
+    return any(s.get("type") == "object" and "properties" in s for s in subs) and not any(
+        "required" in s for s in subs
+    )

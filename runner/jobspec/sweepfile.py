@@ -61,7 +61,7 @@ def build_sweep(
     price_table = prices(ctx, data)
     main_gpus: tuple[str, ...] = ()
     if ctx.clean(("compute", "gpu")):
-        main_gpus = gpus(ctx, compute.get("gpu", "T4"), ("compute", "gpu"))
+        main_gpus = gpus(ctx, compute["gpu"], ("compute", "gpu"))
     if ctx.errors:
         return None
     assert sweep_data is not None and goal is not None
@@ -76,7 +76,7 @@ def build_sweep(
         train=TrainSettings(
             steps=train["steps"],
             eval_every=train.get("eval_every", train["steps"]),
-            seed=train.get("seed", 0),
+            seed=train["seed"],
         ),
         objective=Objective(metric=data["objective"]["metric"], goal=goal),  # type: ignore[arg-type]
         compute=_compute(compute, main_gpus),
@@ -164,7 +164,7 @@ def _parameters(ctx: Context, search: dict[str, Any]) -> Params:
 
 
 def _range(ctx: Context, p: KeyPath, value: dict[str, Any]) -> ParamRange:
-    lo, hi, log = value["min"], value["max"], value.get("log", False)
+    lo, hi, log = value["min"], value["max"], value["log"]
     if lo >= hi:
         ctx.add(p, f"empty range: min {lo} >= max {hi}")
     elif log and lo <= 0:
@@ -191,8 +191,8 @@ def _goal(ctx: Context, objective: dict[str, Any]) -> str | None:
 def _compute(compute: dict[str, Any], main_gpus: tuple[str, ...]) -> SweepCompute:
     return SweepCompute(
         gpu=main_gpus,
-        timeout_s=compute.get("timeout_s", 3600),
-        max_containers=compute.get("max_containers", 10),
-        retries=compute.get("retries", 0),
-        workers=compute.get("workers", 1),
+        timeout_s=compute["timeout_s"],
+        max_containers=compute["max_containers"],
+        retries=compute["retries"],
+        workers=compute["workers"],
     )

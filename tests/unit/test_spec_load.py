@@ -1,4 +1,4 @@
-"""The loader: YAML positions, schema shipping, defaults, dataclasses and the sweep half."""
+"""The loader: YAML positions, schema shipping, dataclasses and the sweep half (defaults: test_spec_defaults.py)."""
 
 from __future__ import annotations
 
@@ -65,27 +65,6 @@ def test_every_object_in_schema_forbids_unknown_keys(kind: str) -> None:
         if where.endswith("/then") or where.endswith("/if"):
             continue  # these refine an object already closed by its $ref or parent
         assert node.get("additionalProperties") is False, where
-
-
-def test_schema_defaults_match_what_the_loader_fills_in(tmp_path: Path) -> None:
-    spec = load_job(write(tmp_path, MINIMAL))
-    props = schema("oracle")["properties"]
-    c = props["compute"]["properties"]
-    assert spec.compute.gpu == (c["gpu"]["default"],)
-    for key in ("concurrency", "max_containers", "timeout_s", "retries", "max_states", "workers"):
-        assert getattr(spec.compute, key) == c[key]["default"], key
-    o = props["output"]["properties"]
-    assert spec.output.root == o["root"]["default"].replace("{name}", spec.name)
-    assert spec.output.volume == o["volume"]["default"]
-    assert spec.output.commit.policy == o["commit"]["default"]
-    assert spec.output.compression == o["compression"]["default"]
-    assert spec.budget.on_exceed == props["budget"]["properties"]["on_exceed"]["default"]
-    assert spec.deals.decl == props["deals"]["properties"]["decl"]["default"]
-    assert [(s.name, s.lo, s.hi) for s in spec.splits] == [
-        ("train", 0, 900),
-        ("val", 900, 950),
-        ("test", 950, 1000),
-    ]
 
 
 # --- YAML ----------------------------------------------------------------------------
