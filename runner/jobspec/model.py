@@ -88,6 +88,8 @@ class Commit:
 
 @dataclass(frozen=True)
 class Output:
+    # Relative to the store and final: {name} replaced, '/'-joined, no '.', '..', anchor or
+    # empty part (the loader's _root checks it), so readers join it as it is.
     root: str
     volume: str = "forge-shards"
     commit: Commit = field(default_factory=Commit)

@@ -67,6 +67,21 @@ def test_every_object_in_schema_forbids_unknown_keys(kind: str) -> None:
         assert node.get("additionalProperties") is False, where
 
 
+@pytest.mark.parametrize(
+    ("written", "loaded"),
+    [
+        ("shards/{name}", "shards/t"),
+        ("./shards//{name}/", "shards/t"),
+        ("a\\b/./{name}-{name}", "a/b/t-t"),
+        ("{name}", "t"),
+    ],
+)
+def test_output_root_is_loaded_final(tmp_path: Path, written: str, loaded: str) -> None:
+    # Other layers join output.root as it is: no expansion or '..' check after the loader.
+    text = MINIMAL + f"output: {{root: '{written}'}}\n"
+    assert load_job(write(tmp_path, text)).output.root == loaded
+
+
 # --- YAML ----------------------------------------------------------------------------
 
 
