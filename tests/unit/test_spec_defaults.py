@@ -169,3 +169,40 @@ def test_dataclass_defaults_are_the_schemas(cls: type, kind: str, pointer: str) 
             checked += 1
     assert checked or cls is LargeTier  # LargeTier's fields have no defaults of their own
     assert Commit().policy == _at("oracle", "/properties/output/properties/commit")["default"]
+
+
+def _readme_defaults(kind: str) -> dict[str, str]:
+    """``key -> default`` of the README's key table for ``kind``, for rows naming one key."""
+    readme = (Path(__file__).resolve().parents[2] / "README.md").read_text()
+    tables: list[dict[str, str]] = []
+    for line in readme.splitlines():
+        cells = [c.strip() for c in line.strip().strip("|").split("|")]
+        if cells == ["key", "value", "default"]:
+            tables.append({})
+        elif tables and line.startswith("|") and len(cells) == 3 and _one_key(cells[0]):
+            tables[-1][cells[0].strip("`")] = cells[2].replace("`", "")
+    marker = "deals.mode" if kind == "oracle" else "search.method"
+    (table,) = [t for t in tables if marker in t]
+    return table
+
+
+def _one_key(cell: str) -> bool:
+    return cell.count("`") == 2 and "," not in cell
+
+
+def _as_readme_writes_it(default: Any) -> str:
+    if isinstance(default, dict):  # splits
+        return ", ".join(f"{name} [{lo}, {hi}]" for name, (lo, hi) in default.items())
+    return str(default)
+
+
+@pytest.mark.parametrize("kind", ["oracle", "sweep"])
+def test_readme_tables_give_the_schema_defaults(kind: str) -> None:
+    readme = _readme_defaults(kind)
+    checked = 0
+    for pointer, default in _defaults(schema(kind)):
+        key = ".".join(pointer.split("/")[2::2])  # /properties/a/properties/b -> a.b
+        if pointer.startswith("/properties/") and key in readme and readme[key] != "required":
+            assert readme[key] == _as_readme_writes_it(default), key
+            checked += 1
+    assert checked >= (10 if kind == "oracle" else 3)
