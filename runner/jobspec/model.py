@@ -1,6 +1,9 @@
 """The typed, frozen form of a job file. Nothing after the loader touches a raw dict.
 
 ``load.py`` builds these; ``plan.py``, the store, the backends and the CLI read them.
+The loader fills every default from the schema's ``default`` keys; the field defaults
+below serve code that builds a dataclass directly, and test_spec_defaults.py holds
+them equal to the schema's.
 """
 
 from __future__ import annotations
