@@ -11,7 +11,7 @@ from typing import Any
 
 import numpy as np
 
-from runner.backends.task import TaskRun
+from runner.backends.task import TaskEnv, TaskRequest, TaskRun
 from runner.jobspec.model import ShardTask
 from runner.oracle.deal import deal_hands
 from runner.oracle.shard import INITIAL_STATE, best_legal
@@ -38,9 +38,19 @@ def table(task: ShardTask, n: int = 2000, seed: int = 0) -> Any:
     )
 
 
-def produce(store: ShardStore, task: ShardTask, **kw: Any) -> Any:
-    """Begin and finish one attempt with a synthetic table (what run_task does around the solver)."""
-    tr = TaskRun(task, store, LocalClaims(store.root), run_id="run-1", **kw)
+def produce(
+    store: ShardStore,
+    task: ShardTask,
+    *,
+    max_states: int | None = None,
+    final_tier: bool = True,
+    **env: Any,
+) -> Any:
+    """Begin and finish one attempt with a synthetic table (what run_task does around the solver).
+
+    ``env``: the ``TaskEnv`` facts besides the store (``gpu``, ``price_per_hour``...)."""
+    request = TaskRequest(task, max_states=max_states, final_tier=final_tier)
+    tr = TaskRun(request, TaskEnv(store, LocalClaims(store.root), run_id="run-1", **env))
     early = tr.begin()
     if early is not None:
         return early

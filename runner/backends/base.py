@@ -27,23 +27,12 @@ import abc
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Generic, Literal, Protocol, TypeVar
+from typing import Any, Generic, Literal
 
-from runner.backends.task import TaskResult
+# TaskRequest and its types live beside run_task (task.py); older imports name them here.
+from runner.backends.task import Keyed as Keyed
+from runner.backends.task import T, TaskRequest, TaskResult, Tier
 from runner.jobspec.model import JobSpec
-
-
-class Keyed(Protocol):
-    """What the orchestrator needs of a task: a key naming it in results and manifests."""
-
-    @property
-    def key(self) -> str: ...
-
-
-# What a task is: a spec.model.ShardTask for runs, a train.sweep.Trial for sweeps.
-T = TypeVar("T", bound=Keyed)
-
-Tier = Literal["default", "large"]
 
 # survey() answers one of these per key.
 SurveyState = Literal["done", "missing", "corrupt", "skipped", "claimed", "stale"]
@@ -51,20 +40,6 @@ SurveyState = Literal["done", "missing", "corrupt", "skipped", "claimed", "stale
 
 class BackendError(Exception):
     """A backend cannot start (missing credentials, bad setup): one clear message, no traceback."""
-
-
-@dataclass(frozen=True)
-class TaskRequest(Generic[T]):
-    """One attempt at one task (a shard, a trial), as the orchestrator hands it to a backend."""
-
-    task: T
-    tier: Tier = "default"
-    attempt: int = 0  # 0 for the first try
-    gpu: tuple[str, ...] = ()  # GPU choices for this attempt (budget downgrade may change them)
-    timeout_s: int = 600
-    max_states: int | None = None  # more states than this: too_large / skipped
-    final_tier: bool = True  # no tier to reroute to: a too-large deal is recorded as skipped
-    exclusive: bool = False  # run alone (an out-of-memory retry)
 
 
 @dataclass(frozen=True)

@@ -41,7 +41,7 @@ from typing import Any
 
 from runner.backends.base import Attempt, Backend, RunContext, SurveyState, TaskRequest, Tier
 from runner.backends.overlap import DEPTH, BackgroundWriter, solve_then_write
-from runner.backends.task import TaskResult, TaskRun
+from runner.backends.task import TaskEnv, TaskResult, TaskRun
 from runner.jobspec.model import Commit, JobSpec, ShardTask
 from runner.store.claims import LocalClaims, clear_stale, is_stale, pid_alive, this_host
 from runner.store.shards import ShardStore, job_root, shard_state
@@ -145,7 +145,7 @@ def _worker_main(role: str, conn: Connection, cfg: dict[str, Any]) -> None:
             op = msg[0]
             if op == "run":
                 req: TaskRequest = msg[1]
-                tr = TaskRun(req.task, store, claims, **_task_kwargs(cfg, req))
+                tr = TaskRun(req, _task_env(cfg, store, claims))
                 solve_then_write(tr, writer)
             elif op == "solve":
                 conn.send(_solve_only(msg[1], store, claims, cfg, shm))
@@ -156,19 +156,16 @@ def _worker_main(role: str, conn: Connection, cfg: dict[str, Any]) -> None:
         store.flush()
 
 
-def _task_kwargs(cfg: dict[str, Any], req: TaskRequest) -> dict[str, Any]:
-    return {
-        "run_id": cfg["run_id"],
-        "compression": cfg["compression"],
-        "gpu": LOCAL_GPU,
-        "price_per_hour": cfg["price"],
-        "timeout_s": req.timeout_s,
-        "max_states": req.max_states,
-        "final_tier": req.final_tier,
-        "tier": req.tier,
-        "attempt": req.attempt,
-        "kill_with": (cfg["parent"],),  # a FORGE_FAULT kill takes the whole run down
-    }
+def _task_env(cfg: dict[str, Any], store: ShardStore, claims: LocalClaims) -> TaskEnv:
+    return TaskEnv(
+        store,
+        claims,
+        run_id=cfg["run_id"],
+        compression=cfg["compression"],
+        gpu=LOCAL_GPU,
+        price_per_hour=cfg["price"],
+        kill_with=(cfg["parent"],),  # a FORGE_FAULT kill takes the whole run down
+    )
 
 
 def _solve_only(
@@ -177,7 +174,7 @@ def _solve_only(
     """Pipeline solver: claim and solve; hand the table over through shared memory."""
     import numpy as np
 
-    tr = TaskRun(req.task, store, claims, **_task_kwargs(cfg, req))
+    tr = TaskRun(req, _task_env(cfg, store, claims))
     try:
         early = tr.begin()
         if early is not None:

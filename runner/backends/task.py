@@ -27,9 +27,9 @@ import socket
 import time
 import traceback
 import uuid
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Literal
+from typing import TYPE_CHECKING, Any, Generic, Literal, Protocol, TypeVar
 
 from runner.jobspec.model import ShardTask
 from runner.store.claims import Claim, ClaimTable, acquire, make_claim, release
@@ -45,6 +45,54 @@ FAULT_ENV = "FORGE_FAULT"
 FAULT_POINTS = ("before_write", "during_write", "after_write")
 
 _OOM_MARKERS = ("RESOURCE_EXHAUSTED", "out of memory", "Out of memory", "OOM", "MemoryError")
+
+
+class Keyed(Protocol):
+    """What the orchestrator needs of a task: a key naming it in results and manifests."""
+
+    @property
+    def key(self) -> str: ...
+
+
+# What a task is: a jobspec.model.ShardTask for runs, a train.sweep.Trial for sweeps.
+T = TypeVar("T", bound=Keyed)
+
+Tier = Literal["default", "large"]
+
+
+@dataclass(frozen=True)
+class TaskRequest(Generic[T]):
+    """One attempt at one task (a shard, a trial), as the orchestrator hands it to a backend."""
+
+    task: T
+    tier: Tier = "default"
+    attempt: int = 0  # 0 for the first try
+    gpu: tuple[str, ...] = ()  # GPU choices for this attempt (budget downgrade may change them)
+    timeout_s: int = 600
+    max_states: int | None = None  # more states than this: too_large / skipped
+    final_tier: bool = True  # no tier to reroute to: a too-large deal is recorded as skipped
+    exclusive: bool = False  # run alone (an out-of-memory retry)
+
+
+@dataclass(frozen=True)
+class TaskEnv:
+    """Where an attempt runs, the same for every attempt a worker or container makes;
+    the attempt's own facts (tier, attempt, timeout, states) are its ``TaskRequest``."""
+
+    store: ShardStore
+    claims: ClaimTable
+    run_id: str
+    compression: str = "zstd"
+    gpu: str = "local"  # price-table name of the hardware (e.g. "local", "H100")
+    price_per_hour: float = 0.0
+    kill_with: tuple[int, ...] = ()  # pids a FORGE_FAULT kill takes down too
+
+    def facts(self) -> dict[str, Any]:
+        """Everything but the store and claim table, which another process opens itself."""
+        return {f.name: getattr(self, f.name) for f in fields(self) if f.name not in _OPENED}
+
+
+_OPENED = ("store", "claims")
 
 
 @dataclass
@@ -102,42 +150,22 @@ def fault_point(point: str, tmp: Path | None = None, kill_with: tuple[int, ...] 
 class TaskRun:
     """One attempt at one shard, in phases (``run_task`` runs them in order)."""
 
-    def __init__(
-        self,
-        task: ShardTask,
-        store: ShardStore,
-        claims: ClaimTable,
-        *,
-        run_id: str,
-        compression: str = "zstd",
-        gpu: str = "local",
-        price_per_hour: float = 0.0,
-        timeout_s: float = 600.0,
-        max_states: int | None = None,
-        final_tier: bool = True,
-        tier: str = "default",
-        attempt: int = 0,
-        kill_with: tuple[int, ...] = (),
-    ) -> None:
-        self.task = task
-        self.kill_with = tuple(kill_with)
-        self.store = store
-        self.claims = claims
-        self.run_id = run_id
-        self.compression = compression
-        self.price_per_hour = price_per_hour
-        self.timeout_s = timeout_s
-        self.max_states = max_states
-        self.final_tier = final_tier
+    def __init__(self, request: TaskRequest[ShardTask], env: TaskEnv) -> None:
+        self.request = request
+        self.env = env
+        # Read on every phase; overlap.py and the local pipeline use them too.
+        self.task = request.task
+        self.store = env.store
+        self.claims = env.claims
         self.t0 = time.monotonic()
         self.claim: Claim | None = None
         self.result = TaskResult(
-            key=task.key,
+            key=request.task.key,
             status="failed",
-            gpu=gpu,
-            tier=tier,
-            attempt=attempt,
-            run_id=run_id,
+            gpu=env.gpu,
+            tier=request.tier,
+            attempt=request.attempt,
+            run_id=env.run_id,
             host=socket.gethostname(),
             pid=os.getpid(),
         )
@@ -152,12 +180,12 @@ class TaskRun:
         if chk.state in ("done", "unrecorded"):
             return self._end("already_done", record=chk.record)
         if chk.state == "skipped" and chk.record is not None:
-            n = chk.record.get("states")
-            if isinstance(n, int) and self.max_states is not None and n > self.max_states:
+            n, limit = chk.record.get("states"), self.request.max_states
+            if isinstance(n, int) and limit is not None and n > limit:
                 self.result.states = n
-                return self._end("skipped" if self.final_tier else "too_large")
-        mine = make_claim(self.run_id, task.key, timeout_s=self.timeout_s)
-        won, previous = acquire(self.claims, task.key, mine, timeout_s=self.timeout_s)
+                return self._end("skipped" if self.request.final_tier else "too_large")
+        mine = make_claim(self.env.run_id, task.key, timeout_s=self.request.timeout_s)
+        won, previous = acquire(self.claims, task.key, mine, timeout_s=self.request.timeout_s)
         if not won:
             self.result.holder = previous
             return self._end("claimed_elsewhere")
@@ -195,24 +223,24 @@ class TaskRun:
         self.result.root_value = int(sol.root_value)
         self.result.device = str(sol.device)
         self.result.timings = {k: float(v) for k, v in sol.timings.items()}
-        if self.max_states is not None and n > self.max_states:
-            if self.final_tier:
+        if self.request.max_states is not None and n > self.request.max_states:
+            if self.request.final_tier:
                 record = self._base_record()
                 record.update(
                     status="skipped",
-                    reason=f"too_large: {n} states > max_states {self.max_states}",
-                    max_states=self.max_states,
+                    reason=f"too_large: {n} states > max_states {self.request.max_states}",
+                    max_states=self.request.max_states,
                 )
                 store.write_record(task, record)
                 return self._end("skipped")
             return self._end("too_large")
-        fault_point("before_write", kill_with=self.kill_with)
+        fault_point("before_write", kill_with=self.env.kill_with)
         tw = time.monotonic()
         meta = store.write_shard(
-            task, sol, compression=self.compression, token=uuid.uuid4().hex[:8], fault=self._fault_hook
+            task, sol, compression=self.env.compression, token=uuid.uuid4().hex[:8], fault=self._fault_hook
         )
         self.result.timings["write"] = time.monotonic() - tw
-        fault_point("after_write", kill_with=self.kill_with)
+        fault_point("after_write", kill_with=self.env.kill_with)
         record = record_from_meta(task, meta)
         record.update(self._base_record())
         self._bill()
@@ -220,7 +248,7 @@ class TaskRun:
             status="done",
             seconds=round(self.result.seconds, 3),
             usd=round(self.result.usd, 6),
-            price_per_hour=self.price_per_hour,
+            price_per_hour=self.env.price_per_hour,
             takeover_of=self.result.takeover_of,
             quarantined=self.result.quarantined or None,
         )
@@ -243,48 +271,27 @@ class TaskRun:
 
     # -- handing an attempt to another process (the local GPU pipeline) -------
     def state(self) -> dict[str, Any]:
-        """What ``resume`` needs to finish this attempt in another process."""
+        """What ``resume`` needs to finish this attempt in another process (picklable)."""
         return {
-            "task": asdict(self.task),
-            "run_id": self.run_id,
-            "compression": self.compression,
-            "price_per_hour": self.price_per_hour,
-            "timeout_s": self.timeout_s,
-            "max_states": self.max_states,
-            "final_tier": self.final_tier,
+            "request": self.request,
+            "env": self.env.facts(),
             "t0": self.t0,
-            "kill_with": list(self.kill_with),
             "claim": self.claim,
             "result": self.result.to_json(),
         }
 
     @classmethod
     def resume(cls, state: dict[str, Any], store: ShardStore, claims: ClaimTable) -> TaskRun:
-        r = state["result"]
-        tr = cls(
-            ShardTask(**state["task"]),
-            store,
-            claims,
-            run_id=state["run_id"],
-            compression=state["compression"],
-            gpu=r["gpu"],
-            price_per_hour=state["price_per_hour"],
-            timeout_s=state["timeout_s"],
-            max_states=state["max_states"],
-            final_tier=state["final_tier"],
-            tier=r["tier"],
-            attempt=r["attempt"],
-            kill_with=tuple(state.get("kill_with", ())),
-        )
+        tr = cls(state["request"], TaskEnv(store, claims, **state["env"]))
         # time.monotonic is one system-wide clock on Linux, so t0 carries over.
         tr.t0 = float(state["t0"])
         tr.claim = state["claim"]
-        tr.result = TaskResult.from_json(r)
+        tr.result = TaskResult.from_json(state["result"])
         return tr
 
     # -- helpers -------------------------------------------------------------
     def _fault_hook(self, point: str, tmp: Path) -> None:
-        fault_point(point, tmp, self.kill_with)
+        fault_point(point, tmp, self.env.kill_with)
 
     def _base_record(self) -> dict[str, Any]:
         r = self.result
@@ -298,7 +305,7 @@ class TaskRun:
             "gpu": r.gpu,
             "tier": r.tier,
             "timings": r.timings,
-            "run_id": self.run_id,
+            "run_id": self.env.run_id,
             "host": r.host,
             "pid": r.pid,
             "attempt": r.attempt,
@@ -307,7 +314,7 @@ class TaskRun:
 
     def _bill(self) -> None:
         self.result.seconds = time.monotonic() - self.t0
-        self.result.usd = self.result.seconds * self.price_per_hour / 3600.0
+        self.result.usd = self.result.seconds * self.env.price_per_hour / 3600.0
 
     def _release(self) -> None:
         if self.claim is not None:
@@ -328,45 +335,16 @@ class TaskRun:
         return r
 
 
-def run_task(
-    task: ShardTask,
-    store: ShardStore,
-    claims: ClaimTable,
-    *,
-    run_id: str,
-    compression: str = "zstd",
-    gpu: str = "local",
-    price_per_hour: float = 0.0,
-    timeout_s: float = 600.0,
-    max_states: int | None = None,
-    final_tier: bool = True,
-    tier: str = "default",
-    attempt: int = 0,
-    kill_with: tuple[int, ...] = (),
-) -> TaskResult:
-    """Produce the shard of ``task`` in ``store``; never raises for a failed attempt.
+def run_task(request: TaskRequest[ShardTask], env: TaskEnv) -> TaskResult:
+    """Produce the shard of ``request.task`` in ``env.store``; never raises for a failed attempt.
 
-    ``gpu`` and ``price_per_hour`` describe the hardware this runs on (the
-    result's ``usd`` is seconds x that price). A deal with more states than
-    ``max_states`` is not written: status ``too_large`` (the orchestrator
-    reroutes it to the large tier) or, on the last tier (``final_tier``),
-    ``skipped`` with a skip record.
+    ``env.gpu`` and ``env.price_per_hour`` describe the hardware this runs on
+    (the result's ``usd`` is seconds x that price). A deal with more states than
+    ``request.max_states`` is not written: status ``too_large`` (the
+    orchestrator reroutes it to the large tier) or, on the last tier
+    (``request.final_tier``), ``skipped`` with a skip record.
     """
-    tr = TaskRun(
-        task,
-        store,
-        claims,
-        run_id=run_id,
-        compression=compression,
-        gpu=gpu,
-        price_per_hour=price_per_hour,
-        timeout_s=timeout_s,
-        max_states=max_states,
-        final_tier=final_tier,
-        tier=tier,
-        attempt=attempt,
-        kill_with=kill_with,
-    )
+    tr = TaskRun(request, env)
     try:
         early = tr.begin()
         if early is not None:
@@ -375,7 +353,7 @@ def run_task(
         return tr.finish(sol)
     except Exception as e:
         if tr.claim is not None:  # only the claim holder may remove temporary files
-            tr.store.clean_tmp(task)
+            tr.store.clean_tmp(tr.task)
         return tr.fail(e)
     finally:
         tr._release()

@@ -4,13 +4,14 @@ from __future__ import annotations
 
 import json
 import os
+import pickle
 import time
 from pathlib import Path
 
 import pytest
-from shard_fakes import produce
+from shard_fakes import produce, table
 
-from runner.backends.task import TaskRun
+from runner.backends.task import TaskEnv, TaskRequest, TaskRun
 from runner.jobspec.model import Commit, ShardTask
 from runner.oracle.shard import quick_check, read_shard
 from runner.store.claims import LocalClaims, make_claim
@@ -112,11 +113,33 @@ def test_too_large_is_not_written_and_final_tier_records_a_skip(tmp_path: Path) 
     chk = store.check(TASK)
     assert chk.state == "skipped" and "too_large" in chk.why
     # Known to be too large: the next attempt answers from the record, without solving.
-    tr = TaskRun(TASK, store, LocalClaims(tmp_path), run_id="r2", max_states=10, final_tier=False)
+    request = TaskRequest(TASK, max_states=10, final_tier=False)
+    tr = TaskRun(request, TaskEnv(store, LocalClaims(tmp_path), run_id="r2"))
     early = tr.begin()
     assert early is not None and early.status == "too_large"
     # With room for it, it is solved after all.
     assert produce(store, TASK, max_states=None).status == "done"
+
+
+def test_an_attempt_begun_in_one_process_is_finished_from_its_pickled_state(
+    tmp_path: Path,
+) -> None:
+    """The local pipeline's hand-over: the solver pickles ``state()``, a writer ``resume``s it."""
+    store = ShardStore(tmp_path)
+    request = TaskRequest(TASK, tier="large", attempt=2, timeout_s=77, max_states=10**9)
+    env = TaskEnv(store, LocalClaims(tmp_path), run_id="r3", gpu="T4", price_per_hour=7.0)
+    tr = TaskRun(request, env)
+    assert tr.begin() is None
+    state = pickle.loads(pickle.dumps(tr.state()))
+    other = TaskRun.resume(state, ShardStore(tmp_path), LocalClaims(tmp_path))
+    assert other.request == request and other.claim == tr.claim
+    assert other.env.facts() == env.facts() and other.t0 == tr.t0
+    res = other.finish(table(TASK))
+    assert (res.status, res.tier, res.attempt) == ("done", "large", 2)
+    assert (res.gpu, res.run_id) == ("T4", "r3")
+    rec = store.read_record(TASK)
+    assert rec is not None and rec["price_per_hour"] == 7.0 and rec["tier"] == "large"
+    assert LocalClaims(tmp_path).get(TASK.key) is None  # the writer released the solver's claim
 
 
 def test_status_counts_per_split(tmp_path: Path) -> None:

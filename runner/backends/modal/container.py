@@ -384,7 +384,7 @@ def solve_shard(request: TaskRequest, spec: JobSpec, run_id: str) -> TaskResult:
     without retries): a restarted input finds the shard done and returns
     ``already_done``, or finds its own earlier claim and takes it back.
     """
-    from runner.backends.task import run_task
+    from runner.backends.task import TaskEnv, run_task
 
     t0, cpu0 = time.monotonic(), cpu_seconds()
     table = dict(spec.pricing)
@@ -408,20 +408,15 @@ def solve_shard(request: TaskRequest, spec: JobSpec, run_id: str) -> TaskResult:
     claims = TaggedClaims(shard_claims(spec, root), input_id)
     forget_own_claim(claims, request.task.key, input_id)
     startup = startup_seconds()  # up to the task: its own seconds are counted by run_task
-    result = run_task(
-        request.task,
+    env = TaskEnv(
         store,  # type: ignore[arg-type]  # a ShardStore behind the commit gate
         claims,
         run_id=run_id,
         compression=spec.output.compression,
         gpu=gpu,
         price_per_hour=float(table.get(gpu, 0.0)),
-        timeout_s=float(request.timeout_s),
-        max_states=request.max_states,
-        final_tier=request.final_tier,
-        tier=request.tier,
-        attempt=request.attempt,
     )
+    result = run_task(request, env)
     charge(result, spec, startup=startup, cpu_used=cpu_seconds() - cpu0, billed=in_modal())
     if result.status in ("done", "skipped", "already_done"):
         record = store.read_record(request.task)
