@@ -29,6 +29,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 
 from runner.jobspec.model import Commit, JobSpec, ShardTask
+from runner.jobspec.plan import shard_dir
 from runner.store.claims import LOCK_SUFFIX, LOCK_TMP_MARK, TAKEOVER_SUFFIX
 
 if TYPE_CHECKING:
@@ -47,12 +48,9 @@ AUTO_EVERY_SECONDS = 30.0
 
 
 def job_root(spec: JobSpec, store_dir: str | os.PathLike[str] | None = None) -> Path:
-    """The job's output root: ``<store dir>/<output.root>``; the store dir defaults to cwd."""
-    base = Path(store_dir) if store_dir is not None else Path.cwd()
-    rel = spec.output.root
-    if "{" in rel:
-        rel = rel.format(name=spec.name)
-    return base / rel
+    """The job's output root: ``shard_dir``, the store dir defaulting to the current
+    directory as an absolute path."""
+    return shard_dir(spec, Path.cwd() if store_dir is None else store_dir)
 
 
 def fsync_path(path: Path) -> None:

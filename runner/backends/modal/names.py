@@ -8,7 +8,6 @@ from __future__ import annotations
 
 from pathlib import PurePosixPath
 
-from runner.backends.modal.errors import ModalUserError
 from runner.jobspec.model import JobSpec
 
 MOUNT = "/forge"  # where the output volume is mounted in every container
@@ -31,20 +30,14 @@ def claims_name(spec: JobSpec) -> str:
 
 
 def volume_root(spec: JobSpec) -> PurePosixPath:
-    """The job's output root inside the volume (``output.root`` without anchors)."""
-    rel = spec.output.root
-    if "{" in rel:  # the same expansion as the local store (runner.store.shards.job_root)
-        rel = rel.format(name=spec.name)
-    parts = [p for p in PurePosixPath(rel.replace("\\", "/")).parts if p not in ("/", ".")]
-    if ".." in parts:
-        raise ModalUserError(f"output.root {spec.output.root!r} may not contain '..' on Modal")
-    return PurePosixPath(*parts) if parts else PurePosixPath()
+    """The job's output root inside the volume: ``output.root`` as the loader made it (final:
+    relative, no '..'; runner/jobspec/model.py ``Output``)."""
+    return PurePosixPath(spec.output.root)
 
 
 def container_store_root(spec: JobSpec) -> str:
     """Where the store lives inside a container: the job's root on the mounted volume."""
-    root = volume_root(spec)
-    return str(PurePosixPath(MOUNT) / root) if str(root) != "." else MOUNT
+    return str(PurePosixPath(MOUNT) / volume_root(spec))
 
 
 def claim_timeout_s(spec: JobSpec) -> float:
