@@ -1,8 +1,8 @@
 """A sweep's results folder on disk: one record and one checkpoint per trial.
 
-    trials/<trial_id>.json         one record per finished (or failed) trial, written atomically
-    checkpoints/<trial_id>.msgpack the trial's params (flax serialization), written before its record
-    _runs/<run_id>.json            one manifest per ``forge sweep``: spend, every charged attempt
+trials/<trial_id>.json         one record per finished (or failed) trial, written atomically
+checkpoints/<trial_id>.msgpack the trial's params (flax serialization), written before its record
+_runs/<run_id>.json            one manifest per ``forge sweep``: spend, every charged attempt
 """
 
 from __future__ import annotations
@@ -23,7 +23,6 @@ TRIALS_DIR = "trials"
 CHECKPOINTS_DIR = "checkpoints"
 
 RUNS_DIR = "_runs"
-
 
 
 def write_file(path: Path, data: bytes) -> None:
@@ -77,7 +76,14 @@ def is_finished(rec: dict[str, Any] | None, out_dir: Path) -> bool:
 
 
 def save_result(
-    out_dir: Path, trial: Trial, result: dict[str, Any], *, backend: str, gpu: str, cost_usd: float, run_id: str = ""
+    out_dir: Path,
+    trial: Trial,
+    result: dict[str, Any],
+    *,
+    backend: str,
+    gpu: str,
+    cost_usd: float,
+    run_id: str = "",
 ) -> dict[str, Any]:
     """Write the checkpoint, then the record (so a record always has its checkpoint).
 
@@ -115,9 +121,10 @@ def save_result(
     else:
         rec["error"] = result.get("error", "unknown error")
         rec["traceback"] = result.get("traceback", "")
-    write_file(record_path(out_dir, trial.trial_id), (json.dumps(jsonable(rec), indent=1) + "\n").encode())
+    write_file(
+        record_path(out_dir, trial.trial_id), (json.dumps(jsonable(rec), indent=1) + "\n").encode()
+    )
     return rec
-
 
 
 def jsonable(obj: Any) -> Any:
@@ -137,4 +144,3 @@ def load_trial(out_dir: str | os.PathLike[str], tid: str) -> tuple[TrainConfig, 
     rec = json.loads(record_path(out, tid).read_text())
     cfg = config_from_dict(rec["config"])
     return cfg, params_from_bytes(cfg, checkpoint_path(out, tid).read_bytes())
-

@@ -18,7 +18,6 @@ from runner.train.trials import Trial
 REPORTED = ("decision_accuracy", "val_accuracy", "q_gap", "blunder_rate")
 
 
-
 @dataclass
 class SweepOutcome:
     spec: SweepSpec
@@ -60,16 +59,19 @@ class SweepOutcome:
     @property
     def failed(self) -> list[str]:
         return [
-            t.trial_id for t in self.trials if (self.records.get(t.trial_id) or {}).get("status") == "failed"
+            t.trial_id
+            for t in self.trials
+            if (self.records.get(t.trial_id) or {}).get("status") == "failed"
         ]
-
 
 
 def _finite(x: Any) -> bool:
     return isinstance(x, int | float) and math.isfinite(x)
 
 
-def result_row(trial: Trial, rec: dict[str, Any] | None, out_dir: Path, outcome: SweepOutcome) -> dict[str, Any]:
+def result_row(
+    trial: Trial, rec: dict[str, Any] | None, out_dir: Path, outcome: SweepOutcome
+) -> dict[str, Any]:
     status = "pending"
     if rec is not None:
         status = str(rec.get("status", "pending"))
@@ -113,7 +115,20 @@ def write_results(outcome: SweepOutcome) -> tuple[Path, Path]:
     extra = sorted({k for r in rows for k in r["metrics"]} - set(REPORTED))
     buf = io.StringIO()
     w = csv.writer(buf)
-    w.writerow(["rank", "trial_id", *names, *REPORTED, *extra, "status", "steps", "seconds", "cost_usd", "checkpoint"])
+    w.writerow(
+        [
+            "rank",
+            "trial_id",
+            *names,
+            *REPORTED,
+            *extra,
+            "status",
+            "steps",
+            "seconds",
+            "cost_usd",
+            "checkpoint",
+        ]
+    )
     for rank, r in enumerate(rows, start=1):
         m = r["metrics"]
         w.writerow(
@@ -142,4 +157,3 @@ def _fmt(v: Any) -> str:
     if isinstance(v, float):
         return f"{v:.4g}"
     return str(v)
-

@@ -63,7 +63,6 @@ __all__ = [
 Event = Callable[[str, dict[str, Any]], None]
 
 
-
 def default_out_dir(spec: SweepSpec) -> Path:
     return Path("sweeps") / spec.name
 
@@ -76,7 +75,9 @@ class TrialBackend(Backend[Trial]):
     gets no record, so a rerun trains it.
     """
 
-    def __init__(self, spec: SweepSpec, data: DataPlan, outcome: SweepOutcome, emit: Event, run_id: str) -> None:
+    def __init__(
+        self, spec: SweepSpec, data: DataPlan, outcome: SweepOutcome, emit: Event, run_id: str
+    ) -> None:
         self.spec = spec
         self.data = data
         self.outcome = outcome
@@ -86,7 +87,9 @@ class TrialBackend(Backend[Trial]):
 
     def survey(self, tasks: Sequence[Trial]) -> dict[str, SurveyState]:
         return {
-            t.key: "done" if is_finished(self.outcome.records.get(t.trial_id), self.out) else "missing"
+            t.key: "done"
+            if is_finished(self.outcome.records.get(t.trial_id), self.out)
+            else "missing"
             for t in tasks
         }
 
@@ -111,10 +114,18 @@ class TrialBackend(Backend[Trial]):
         write_file(path, (json.dumps(jsonable(manifest), indent=1) + "\n").encode())
         return str(path)
 
-    def finish(self, trial: Trial, result: dict[str, Any], *, gpu: str, price_per_hour: float) -> TaskResult:
+    def finish(
+        self, trial: Trial, result: dict[str, Any], *, gpu: str, price_per_hour: float
+    ) -> TaskResult:
         """Record a returned trial; the orchestrator's result for it."""
         rec = record_result(
-            self.outcome, trial, result, gpu=gpu, price_per_hour=price_per_hour, emit=self.emit, run_id=self.run_id
+            self.outcome,
+            trial,
+            result,
+            gpu=gpu,
+            price_per_hour=price_per_hour,
+            emit=self.emit,
+            run_id=self.run_id,
         )
         secs = max(0.0, float(result.get("seconds", 0.0)))
         return TaskResult(
@@ -152,10 +163,15 @@ def record_result(
     """Price a returned result, save it, and report it: the one path every backend uses."""
     cost = max(0.0, float(result.get("seconds", 0.0))) * price_per_hour / 3600.0
     rec = save_result(
-        outcome.out_dir, trial, result, backend=outcome.backend, gpu=gpu, cost_usd=cost, run_id=run_id or "sweep"
+        outcome.out_dir,
+        trial,
+        result,
+        backend=outcome.backend,
+        gpu=gpu,
+        cost_usd=cost,
+        run_id=run_id or "sweep",
     )
     outcome.records[trial.trial_id] = rec
     outcome.ran.append(trial.trial_id)
     emit("trial_done", {"trial": trial, "record": rec})
     return rec
-

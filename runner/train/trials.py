@@ -65,7 +65,6 @@ class Trial:
         return self.trial_id
 
 
-
 def split_tasks(job: JobSpec, split: str) -> list[ShardTask]:
     """The shards the data job plans for ``split``."""
     return [t for t in plan.iter_tasks(job) if t.split == split]
@@ -136,13 +135,14 @@ def _shown(path: Path) -> str:
         return str(path)
 
 
-
 def _canonical(obj: Any) -> str:
     return json.dumps(obj, sort_keys=True, separators=(",", ":"), default=str)
 
 
 def trial_id(config: TrainConfig, data: DataPlan) -> str:
-    blob = _canonical({"trainer": TRAINER_VERSION, "config": config.to_dict(), "data": data.identity()})
+    blob = _canonical(
+        {"trainer": TRAINER_VERSION, "config": config.to_dict(), "data": data.identity()}
+    )
     return hashlib.sha256(blob.encode()).hexdigest()[:10]
 
 
@@ -153,7 +153,10 @@ def expand(spec: SweepSpec, data: DataPlan) -> list[Trial]:
     for i, params in enumerate(spec.trials(), start=1):
         try:
             cfg = make_config(
-                params, steps=spec.train.steps, eval_every=spec.train.eval_every, seed=spec.train.seed
+                params,
+                steps=spec.train.steps,
+                eval_every=spec.train.eval_every,
+                seed=spec.train.seed,
             )
         except ValueError as e:
             raise SweepError(f"{spec.path}: trial {i} {params}: {e}") from None
@@ -166,7 +169,12 @@ def expand(spec: SweepSpec, data: DataPlan) -> list[Trial]:
 
 
 def payload(
-    trial: Trial, data: DataPlan, root: str, time_limit_s: float | None, *, limit_after_load: bool = False
+    trial: Trial,
+    data: DataPlan,
+    root: str,
+    time_limit_s: float | None,
+    *,
+    limit_after_load: bool = False,
 ) -> dict[str, Any]:
     """What :func:`runner.train.trial.run_trial` needs, as plain data (it crosses processes)."""
     return {
@@ -181,4 +189,3 @@ def payload(
         "time_limit_s": time_limit_s,
         "limit_after_load": limit_after_load,
     }
-
