@@ -119,7 +119,8 @@ class Net(NamedTuple):
 
 class Arch(NamedTuple):
     """What the compiled train step is specialised to; trials that differ only in other
-    knobs (lr, warm-up, weight decay, seed, steps) reuse the step compiled for the first."""
+    knobs (lr, warm-up, weight decay, seed; steps, while the chunk stays) reuse the step
+    compiled for the first."""
 
     net: Net
     batch_size: int
