@@ -595,7 +595,7 @@ def solve(
     import json
     from pathlib import Path
 
-    from runner.oracle.report import deal_lines, solve_and_write, solve_report
+    from runner.backends.oracle_report import deal_lines, solve_and_write, solve_report
 
     decl_id = _decl_option(decl)
     if out is not None and Path(out).exists() and not force:
@@ -641,7 +641,7 @@ def verify(paths: tuple[str, ...], as_json: bool, no_repair: bool) -> None:
     """
     import json
 
-    from runner.oracle.report import verify_paths
+    from runner.backends.oracle_report import verify_paths
 
     for p in paths:
         _must_exist(p)
@@ -724,7 +724,7 @@ def bench(
         except ValueError as exc:
             raise click.BadParameter(str(exc), param_hint="--seeds") from None
         return
-    from runner.oracle.report import bench_command
+    from runner.backends.bench import bench_command
 
     try:
         bench_command(seeds, opp_seed, compressions, json_path, warmup=not no_warmup)

@@ -1,12 +1,15 @@
-"""``forge bench --end-to-end``: marginalized shards per second through the local backend.
-
-The same path as ``forge run`` (orchestrator, claims, workers, writers, records), on a
-throw-away job in a temporary store, so the figure includes everything a user waits for.
+"""``forge bench``: what it prints and writes. The solver's figures are measured by
+:mod:`runner.oracle.bench` (no I/O there); ``--end-to-end`` measures marginalized shards
+per second here, through the local backend: the same path as ``forge run`` (orchestrator,
+claims, workers, writers, records), on a throw-away job in a temporary store, so the
+figure includes everything a user waits for.
 """
 
 from __future__ import annotations
 
 import io
+import json
+import sys
 import tempfile
 import time
 from pathlib import Path
@@ -15,6 +18,10 @@ from typing import Any
 from rich.console import Console
 
 from runner.backends.jobrun import run_job
+from runner.oracle.atomic import write_atomic
+from runner.oracle.bench import DealBench, parse_seeds, run_bench
+from runner.oracle.shard import COMPRESSIONS
+from runner.oracle.solve import device_name
 
 _JOB = """\
 version: 1
@@ -97,10 +104,6 @@ def end_to_end_command(
     *,
     warmup: bool = True,
 ) -> dict[str, Any]:
-    from runner.oracle.bench import parse_seeds
-    from runner.oracle.report import write_json
-    from runner.oracle.solve import device_name
-
     seeds = parse_seeds(seeds_text)
     compression = compressions[0] if compressions else "zstd"
     print(f"end to end: {len(seeds)} base seeds x {n_opp} opp seeds, marginalized, {compression}")
@@ -114,3 +117,57 @@ def end_to_end_command(
     if json_path:
         write_json(json_path, doc)
     return doc
+
+
+def _deal_line(d: DealBench) -> str:
+    ph = " ".join(f"{k} {v:.2f}" for k, v in d.phases.items())
+    w = d.write_seconds.get("zstd", next(iter(d.write_seconds.values()), 0.0))
+    return (
+        f"{d.seed:>8} {d.decl_id:>4} {d.states:>12,} {d.root_value:>+5} {d.seconds:>8.2f} "
+        f"{d.states_per_s / 1e6:>9.2f}  {ph}  write {w:.2f}"
+    )
+
+
+def bench_command(
+    seeds_text: str,
+    opp_seed: int | None,
+    compressions: tuple[str, ...],
+    json_path: str | None,
+    *,
+    warmup: bool = True,
+) -> dict[str, Any]:
+    seeds = parse_seeds(seeds_text)
+    comps = compressions or COMPRESSIONS
+    print(f"{'seed':>8} {'decl':>4} {'states':>12} {'root':>5} {'solve s':>8} {'M st/s':>9}  phases (s)")
+    sys.stdout.flush()
+    report = run_bench(
+        seeds, opp_seed=opp_seed, compressions=tuple(comps), warmup=warmup,
+        progress=lambda d: print(_deal_line(d), flush=True),
+    )  # fmt: skip
+    doc = report.to_json()
+    print(
+        f"total: {doc['total_states']:,} states in {doc['solve_seconds']:.2f} s of solving = "
+        f"{doc['states_per_s'] / 1e6:.2f} M states/s on {doc['device']} (jax {doc['jax']}); "
+        f"warm-up {doc['warmup_seconds']:.1f} s"
+    )
+    print(
+        "shard write, s per million rows: "
+        + ", ".join(f"{c} {v:.3f}" for c, v in doc["write_seconds_per_million_rows"].items())
+    )
+    print(
+        "shard size, bytes per state: "
+        + ", ".join(f"{c} {v:.2f}" for c, v in doc["bytes_per_state"].items())
+    )
+    print(
+        f"peak memory: {doc['peak_bytes'] / 2**30:.2f} GiB ({doc['peak_kind']}), "
+        f"{doc['peak_bytes_per_state']:.0f} bytes per state of the largest deal"
+    )
+    if json_path:
+        write_json(json_path, doc)
+    return doc
+
+
+def write_json(path: str, doc: dict[str, Any]) -> None:
+    """Write a figures file whole (a temporary name, then a rename) and say so."""
+    write_atomic(path, json.dumps(doc, indent=2).encode())
+    print(f"wrote {path}")

@@ -10,7 +10,6 @@ import hashlib
 import json
 import os
 import time
-import uuid
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -20,6 +19,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from runner import __version__
+from runner.oracle.atomic import atomic_path
 from runner.oracle.deal import deal_hands
 
 FORMAT_VERSION = "1"
@@ -145,22 +145,8 @@ def write_shard(
     table = pa.Table.from_arrays(arrays, names=list(COLUMNS))
     table = table.replace_schema_metadata({k: v for k, v in meta.items()})
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex[:8]}.tmp")
-    try:
+    with atomic_path(path, fsync=fsync) as tmp:
         pq.write_table(table, tmp, **options)
-        if fsync:
-            with open(tmp, "rb") as fh:
-                os.fsync(fh.fileno())
-        os.replace(tmp, path)
-        if fsync:
-            dfd = os.open(path.parent, os.O_RDONLY)
-            try:
-                os.fsync(dfd)
-            finally:
-                os.close(dfd)
-    finally:
-        if tmp.exists():
-            tmp.unlink()
     out = dict(meta)
     out["write_seconds"] = f"{time.perf_counter() - t0:.3f}"
     return out

@@ -30,6 +30,7 @@ from typing import TYPE_CHECKING, Any, Literal
 
 from runner.jobspec.model import Commit, JobSpec, ShardTask
 from runner.jobspec.plan import shard_dir
+from runner.oracle.atomic import atomic_path, fsync_path
 from runner.store.claims import LOCK_SUFFIX, LOCK_TMP_MARK, TAKEOVER_SUFFIX
 
 if TYPE_CHECKING:
@@ -51,21 +52,6 @@ def job_root(spec: JobSpec, store_dir: str | os.PathLike[str] | None = None) -> 
     """The job's output root: ``shard_dir``, the store dir defaulting to the current
     directory as an absolute path."""
     return shard_dir(spec, Path.cwd() if store_dir is None else store_dir)
-
-
-def fsync_path(path: Path) -> None:
-    """fsync a file or a directory (a rename is durable once its folder is synced)."""
-    flags = os.O_RDONLY | (os.O_DIRECTORY if path.is_dir() else 0)
-    try:
-        fd = os.open(path, flags)
-    except FileNotFoundError:
-        return
-    try:
-        os.fsync(fd)
-    except OSError:  # some mounts refuse fsync on directories
-        pass
-    finally:
-        os.close(fd)
 
 
 class Committer:
@@ -203,13 +189,8 @@ STATUS_COLUMNS = ("done", "missing", "claimed", "stale", "failed", "corrupt", "s
 
 def _write_json_atomic(path: Path, obj: Any) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f"{path.name}{TMP_MARK}-{os.getpid()}")
-    try:
+    with atomic_path(path, tmp=path.with_name(f"{path.name}{TMP_MARK}-{os.getpid()}")) as tmp:
         tmp.write_text(json.dumps(obj, indent=1, sort_keys=True) + "\n")
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)  # e.g. disk full: leave no half-written file behind
-        raise
 
 
 def _read_json(path: Path) -> dict[str, Any] | None:
@@ -445,17 +426,12 @@ class ShardStore:
 
         final = self.shard_path(task)
         final.parent.mkdir(parents=True, exist_ok=True)
-        tmp = self.tmp_path(task, token or f"{os.getpid()}")
-        try:
+        with atomic_path(final, tmp=self.tmp_path(task, token or f"{os.getpid()}")) as tmp:
             meta = write_shard(
                 tmp, sol, base_seed=task.base_seed, opp_seed=task.opp_seed, compression=compression
             )
             if fault is not None:
                 fault("during_write", tmp)
-            os.replace(tmp, final)
-        except BaseException:
-            tmp.unlink(missing_ok=True)
-            raise
         return meta
 
     def committed(self, task: ShardTask) -> bool:

@@ -9,9 +9,11 @@ from __future__ import annotations
 
 import math
 import time
+from collections import Counter
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field, fields
-from typing import Any, cast
+from functools import partial
+from typing import Any, NamedTuple, cast
 
 import flax.serialization
 import jax
@@ -107,38 +109,91 @@ class TrainResult:
     device: str = ""
 
 
-def build_model(cfg: TrainConfig) -> PolicyValueNet:
-    return PolicyValueNet(hidden=cfg.hidden, layers=cfg.layers, dropout=cfg.dropout)
+class Net(NamedTuple):
+    """The model's shape: the static part of every compiled function that applies it."""
+
+    hidden: int
+    layers: int
+    dropout: float
+
+
+class Arch(NamedTuple):
+    """What the compiled train step is specialised to; trials that differ only in other
+    knobs (lr, warm-up, weight decay, seed; steps, while the chunk stays) reuse the step
+    compiled for the first."""
+
+    net: Net
+    batch_size: int
+    chunk: int
+
+
+class Hyper(NamedTuple):
+    """Knobs passed to the step as traced float32 scalars, so changing them never retraces."""
+
+    lr: jax.Array
+    warmup: jax.Array
+    weight_decay: jax.Array
+    value_weight: jax.Array
+
+
+class TrainState(NamedTuple):
+    """What one step reads and returns (the flax examples' TrainState, minus the static
+    parts: the model and the optimizer are rebuilt inside the trace from ``Arch``)."""
+
+    params: Any
+    opt_state: Any
+
+
+# function name -> times its Python body ran, i.e. times jax traced it (tests read this
+# to check that a second trial with the same shapes does not retrace)
+traces: Counter[str] = Counter()
+
+
+def net_of(cfg: TrainConfig) -> Net:
+    return Net(hidden=cfg.hidden, layers=cfg.layers, dropout=cfg.dropout)
+
+
+def hyper_of(cfg: TrainConfig) -> Hyper:
+    return Hyper(*(jnp.float32(v) for v in (cfg.lr, cfg.warmup, cfg.weight_decay, cfg.value_weight)))
+
+
+def build_model(net: Net) -> PolicyValueNet:
+    return PolicyValueNet(hidden=net.hidden, layers=net.layers, dropout=net.dropout)
 
 
 def init_params(cfg: TrainConfig, key: jax.Array) -> Any:
-    return build_model(cfg).init(key, jnp.zeros((1, N_FEATURES), F32))
+    return build_model(net_of(cfg)).init(key, jnp.zeros((1, N_FEATURES), F32))
 
 
-def _init_state(cfg: TrainConfig, tx: optax.GradientTransformation, key: jax.Array) -> tuple[Any, Any]:
-    params = init_params(cfg, key)
-    return params, tx.init(params)
-
-
-def make_optimizer(cfg: TrainConfig) -> optax.GradientTransformation:
+def make_optimizer(weight_decay: float | jax.Array) -> optax.GradientTransformation:
     """AdamW without its learning rate: the loop scales updates by :func:`learning_rate`,
-    whose horizon is an argument, so a trial that must end early can still anneal."""
+    whose horizon is an argument, so a trial that must end early can still anneal. The
+    state's structure does not depend on ``weight_decay``, which may be a traced scalar."""
     return optax.chain(
         optax.clip_by_global_norm(1.0),
         optax.scale_by_adam(),
-        optax.add_decayed_weights(cfg.weight_decay),
+        optax.add_decayed_weights(weight_decay),
     )
 
 
-def learning_rate(cfg: TrainConfig, step: jax.Array, total: jax.Array) -> jax.Array:
-    """Linear warm-up to ``cfg.lr``, then cosine decay to 1% of it at step ``total``."""
+@partial(jax.jit, static_argnums=0)
+def init_state(net: Net, key: jax.Array) -> TrainState:
+    """Fresh params and optimizer state, in one compiled call instead of dozens of eagerly
+    dispatched (and compiled) small ops."""
+    traces["init_state"] += 1
+    params = build_model(net).init(key, jnp.zeros((1, N_FEATURES), F32))
+    return TrainState(params, make_optimizer(0.0).init(params))
+
+
+def learning_rate(hyper: Hyper, step: jax.Array, total: jax.Array) -> jax.Array:
+    """Linear warm-up to ``hyper.lr``, then cosine decay to 1% of it at step ``total``."""
     step = step.astype(F32)
     total = total.astype(F32)
-    warmup = jnp.minimum(jnp.float32(cfg.warmup), total)
+    warmup = jnp.minimum(hyper.warmup, total)
     warm = (step + 1.0) / jnp.maximum(warmup, 1.0)
     frac = jnp.clip((step - warmup) / jnp.maximum(total - warmup, 1.0), 0.0, 1.0)
     cos = 0.01 + 0.99 * 0.5 * (1.0 + jnp.cos(jnp.pi * frac))
-    return (cfg.lr * jnp.where(step < warmup, warm, cos)).astype(F32)
+    return (hyper.lr * jnp.where(step < warmup, warm, cos)).astype(F32)
 
 
 def _scores(model: PolicyValueNet, params: Any, lo, hi, q, shard, hands, decls, dropout_key=None):  # type: ignore[no-untyped-def]
@@ -175,6 +230,110 @@ def _chunk_size(cfg: TrainConfig, limit: int = 32) -> int:
     return max(d for d in range(1, min(g, limit) + 1) if g % d == 0)
 
 
+@partial(jax.jit, static_argnums=0)
+def train_step(
+    arch: Arch, state: TrainState, hyper: Hyper, keys: tuple[jax.Array, jax.Array],
+    start: jax.Array, total: jax.Array, data: tuple[jax.Array, ...],
+) -> tuple[TrainState, jax.Array]:
+    """``arch.chunk`` optimizer steps from step ``start`` of ``total``; returns the new
+    state and the mean training loss. Batches are drawn with ``keys[0]`` folded with the
+    step number, dropout masks with ``keys[1]``."""
+    traces["train_step"] += 1
+    model = build_model(arch.net)
+    tx = make_optimizer(hyper.weight_decay)
+    data_key, dropout_root = keys
+    lo, hi, q, shard, hands, decls = data
+
+    def loss_fn(p, lo, hi, q, shard, dkey):  # type: ignore[no-untyped-def]
+        logits, values, team = _scores(model, p, lo, hi, q, shard, hands, decls, dkey)
+        ce, v = _losses(logits, values, q, team)
+        return jnp.mean(ce) + hyper.value_weight * jnp.mean(v)
+
+    def one_step(i, carry):  # type: ignore[no-untyped-def]
+        p, s, loss_sum = carry
+        key = jax.random.fold_in(data_key, i)
+        idx = jax.random.randint(key, (arch.batch_size,), 0, lo.shape[0], dtype=jnp.int32)
+        dkey = jax.random.fold_in(dropout_root, i) if arch.net.dropout > 0 else None
+        loss, grads = jax.value_and_grad(loss_fn)(p, lo[idx], hi[idx], q[idx], shard[idx], dkey)
+        updates, s = tx.update(grads, s, p)
+        lr = learning_rate(hyper, i, total)
+        # cast back: under x64 a stray float64 would otherwise leak into the params
+        updates = jax.tree_util.tree_map(lambda u, w: (-lr * u).astype(w.dtype), updates, p)
+        return optax.apply_updates(p, updates), s, loss_sum + loss.astype(F32)
+
+    init = (state.params, state.opt_state, jnp.zeros((), F32))
+    p, s, loss_sum = jax.lax.fori_loop(start, start + arch.chunk, one_step, init)
+    return TrainState(p, s), loss_sum / arch.chunk
+
+
+@partial(jax.jit, static_argnums=(0, 1))
+def eval_step(net: Net, size: int, params: Any, start: jax.Array, data: tuple[jax.Array, ...]) -> jax.Array:
+    """Sums over val rows ``start : start + size`` (weights mark padding): the
+    ``MoveSums`` fields, then the policy cross-entropy."""
+    traces["eval_step"] += 1
+    lo, hi, q, shard, w, hands, decls = data
+
+    def sl(a):  # type: ignore[no-untyped-def]
+        return jax.lax.dynamic_slice_in_dim(a, start, size)
+
+    lo, hi, q, shard, w = sl(lo), sl(hi), sl(q), sl(shard), sl(w)
+    logits, values, team = _scores(build_model(net), params, lo, hi, q, shard, hands, decls)
+    ce, _ = _losses(logits, values, q, team)
+    sums = move_sums(logits, q, team, w)
+    return jnp.stack([*sums, (ce * w).sum()])
+
+
+class _Validator:
+    """The val set on the device, padded to whole chunks of ``EVAL_CHUNK`` rows."""
+
+    def __init__(self, net: Net, val_ds: Dataset) -> None:
+        n_val = len(val_ds)
+        self.net, self.size = net, min(EVAL_CHUNK, n_val)
+        self.n_pad = -(-n_val // self.size) * self.size
+        arrays = (val_ds.lo, val_ds.hi, val_ds.q, val_ds.shard)
+        padded = [np.resize(a, (self.n_pad, *a.shape[1:])) for a in arrays]
+        weight = (np.arange(self.n_pad) < n_val).astype(np.float32)
+        self.data = tuple(jnp.asarray(a) for a in (*padded, weight, val_ds.hands, val_ds.decls))
+
+    def __call__(self, params: Any) -> dict[str, float]:
+        total = np.zeros(len(MoveSums._fields) + 1, np.float64)
+        for start in range(0, self.n_pad, self.size):
+            total += np.asarray(eval_step(self.net, self.size, params, jnp.int32(start), self.data), np.float64)
+        *sums, ce_sum = (float(x) for x in total)
+        m = summarize(*sums)
+        rows = sums[0]
+        m["val_loss"] = ce_sum / rows if rows else float("nan")
+        return m
+
+
+class _Pace:
+    """Shortens a run (never lengthens it) so it ends, evaluated, before ``deadline``."""
+
+    def __init__(self, steps: int, chunk: int, deadline: float | None) -> None:
+        self.total, self.chunk, self.deadline = steps, chunk, deadline
+        self.per_step: float | None = None  # seconds per step, from whole loop turns (evals left out)
+        self.eval_s = 0.0  # the longest evaluation so far
+        self.turn_start: float | None = None
+        self.turn_eval = 0.0
+
+    def before_turn(self, step: int, now: float) -> None:
+        if self.turn_start is not None and step >= 2 * self.chunk:  # the first turn compiled: skip it
+            self.per_step = (now - self.turn_start - self.turn_eval) / self.chunk
+        self.turn_start, self.turn_eval = now, 0.0
+        if self.deadline is not None and self.per_step is not None:
+            left = self.deadline - now - 2 * self.eval_s
+            fits = step + int(max(0.0, left) / max(self.per_step, 1e-9)) // self.chunk * self.chunk
+            self.total = max(step + self.chunk, min(self.total, fits))
+
+    def after_turn(self, step: int, clock: Callable[[], float]) -> None:
+        if self.deadline is not None and clock() > self.deadline:
+            self.total = step
+
+    def evaluated(self, seconds: float) -> None:
+        self.turn_eval = seconds
+        self.eval_s = max(self.eval_s, seconds)
+
+
 def train(
     cfg: TrainConfig,
     train_ds: Dataset,
@@ -193,107 +352,33 @@ def train(
     if len(train_ds) == 0 or len(val_ds) == 0:
         raise ValueError("training needs at least one train row and one val row")
     t0 = clock()
-    model = build_model(cfg)
-    tx = make_optimizer(cfg)
-    root = jax.random.key(cfg.seed)
-    init_key, data_key, dropout_root = jax.random.split(root, 3)
-    # one compiled call instead of dozens of eagerly dispatched (and compiled) small ops
-    params, opt_state = jax.jit(lambda k: _init_state(cfg, tx, k))(init_key)
-    chunk = _chunk_size(cfg)
-    bsz = cfg.batch_size
-
-    def loss_fn(p, lo, hi, q, shard, hands, decls, dkey):  # type: ignore[no-untyped-def]
-        logits, values, team = _scores(model, p, lo, hi, q, shard, hands, decls, dkey)
-        ce, v = _losses(logits, values, q, team)
-        return jnp.mean(ce) + cfg.value_weight * jnp.mean(v)
-
-    @jax.jit
-    def run_chunk(p, s, start, total, data):  # type: ignore[no-untyped-def]
-        lo, hi, q, shard, hands, decls = data
-
-        def one_step(i, carry):  # type: ignore[no-untyped-def]
-            p, s, loss_sum = carry
-            key = jax.random.fold_in(data_key, i)
-            idx = jax.random.randint(key, (bsz,), 0, lo.shape[0], dtype=jnp.int32)
-            dkey = jax.random.fold_in(dropout_root, i) if cfg.dropout > 0 else None
-            loss, grads = jax.value_and_grad(loss_fn)(
-                p, lo[idx], hi[idx], q[idx], shard[idx], hands, decls, dkey
-            )
-            updates, s = tx.update(grads, s, p)
-            lr = learning_rate(cfg, i, total)
-            # cast back: under x64 a stray float64 would otherwise leak into the params
-            updates = jax.tree_util.tree_map(lambda u, w: (-lr * u).astype(w.dtype), updates, p)
-            return optax.apply_updates(p, updates), s, loss_sum + loss.astype(F32)
-
-        p, s, loss_sum = jax.lax.fori_loop(start, start + chunk, one_step, (p, s, jnp.zeros((), F32)))
-        return p, s, loss_sum / chunk
-
-    n_val = len(val_ds)
-    e = min(EVAL_CHUNK, n_val)
-    n_pad = -(-n_val // e) * e
-    val_arrays = [np.resize(a, (n_pad, *a.shape[1:])) for a in (val_ds.lo, val_ds.hi, val_ds.q, val_ds.shard)]
-    weight = (np.arange(n_pad) < n_val).astype(np.float32)
-    val_dev = tuple(jnp.asarray(a) for a in (*val_arrays, weight, val_ds.hands, val_ds.decls))
-
-    @jax.jit
-    def eval_chunk(p, start, data):  # type: ignore[no-untyped-def]
-        lo, hi, q, shard, w, hands, decls = data
-
-        def sl(a):  # type: ignore[no-untyped-def]
-            return jax.lax.dynamic_slice_in_dim(a, start, e)
-
-        lo, hi, q, shard, w = sl(lo), sl(hi), sl(q), sl(shard), sl(w)
-        logits, values, team = _scores(model, p, lo, hi, q, shard, hands, decls)
-        ce, _ = _losses(logits, values, q, team)
-        sums = move_sums(logits, q, team, w)
-        return jnp.stack([*sums, (ce * w).sum()])
-
-    def evaluate(p: Any) -> dict[str, float]:
-        total = np.zeros(len(MoveSums._fields) + 1, np.float64)
-        for start in range(0, n_pad, e):
-            total += np.asarray(eval_chunk(p, jnp.int32(start), val_dev), np.float64)
-        *sums, ce_sum = (float(x) for x in total)
-        m = summarize(*sums)
-        rows = sums[0]
-        m["val_loss"] = ce_sum / rows if rows else float("nan")
-        return m
-
+    arch = Arch(net_of(cfg), cfg.batch_size, _chunk_size(cfg))
+    hyper = hyper_of(cfg)
+    init_key, data_key, dropout_root = jax.random.split(jax.random.key(cfg.seed), 3)
+    keys = (data_key, dropout_root)
+    state = init_state(arch.net, init_key)
+    evaluate = _Validator(arch.net, val_ds)
     train_dev = tuple(jnp.asarray(a) for a in train_ds.arrays())
     history: list[dict[str, float]] = []
+    pace = _Pace(cfg.steps, arch.chunk, deadline)
     step = 0
-    total = cfg.steps  # shrinks (never grows) when the rest would not fit before the deadline
-    pace: float | None = None  # seconds per step, from whole loop turns (evals left out)
-    eval_s = 0.0  # the longest evaluation so far
-    turn_start: float | None = None
-    turn_eval = 0.0
-    while step < total:
-        now = clock()
-        if turn_start is not None and step >= 2 * chunk:  # the first turn compiled: skip it
-            pace = (now - turn_start - turn_eval) / chunk
-        turn_start, turn_eval = now, 0.0
-        if deadline is not None and pace is not None:
-            left = deadline - now - 2 * eval_s
-            fits = step + int(max(0.0, left) / max(pace, 1e-9)) // chunk * chunk
-            total = max(step + chunk, min(total, fits))
-        params, opt_state, loss = run_chunk(params, opt_state, jnp.int32(step), jnp.int32(total), train_dev)
+    while step < pace.total:
+        pace.before_turn(step, clock())
+        state, loss = train_step(arch, state, hyper, keys, jnp.int32(step), jnp.int32(pace.total), train_dev)
         loss.block_until_ready()
-        step += chunk
-        if deadline is not None and clock() > deadline:
-            total = step
-        if step % cfg.eval_every == 0 or step == total:
+        step += arch.chunk
+        pace.after_turn(step, clock)
+        if step % cfg.eval_every == 0 or step == pace.total:
             t_eval = clock()
-            m = {"step": float(step), "train_loss": float(loss), **evaluate(params)}
-            turn_eval = clock() - t_eval
-            eval_s = max(eval_s, turn_eval)
+            m = {"step": float(step), "train_loss": float(loss), **evaluate(state.params)}
+            pace.evaluated(clock() - t_eval)
             m["seconds"] = clock() - t0
             history.append(m)
             if on_eval is not None:
                 on_eval(m)
-    final = dict(history[-1])
-    final.pop("step", None)
-    final.pop("seconds", None)
+    final = {k: v for k, v in history[-1].items() if k not in ("step", "seconds")}
     return TrainResult(
-        params=params,
+        params=state.params,
         metrics=final,
         history=history,
         steps_done=step,
@@ -301,6 +386,11 @@ def train(
         seconds=clock() - t0,
         device=str(jax.devices()[0].device_kind),
     )
+
+
+@partial(jax.jit, static_argnums=0)
+def _policy_logits(net: Net, params: Any, *rows: jax.Array) -> jax.Array:
+    return _scores(build_model(net), params, *rows)[0]
 
 
 def move_scores(
@@ -315,8 +405,8 @@ def move_scores(
     its move is the best-scoring legal slot. ``legal`` (N, 7) bool marks the legal slots."""
     lo, hi = split_states(states)
     q = np.where(np.asarray(legal, bool), 0, ILLEGAL).astype(np.int8)
-    model = build_model(cfg)
-    logits, _, _ = jax.jit(lambda p, *a: _scores(model, p, *a))(
+    logits = _policy_logits(
+        net_of(cfg),
         params,
         jnp.asarray(lo),
         jnp.asarray(hi),

@@ -17,6 +17,7 @@ from runner.train.loop import (
     move_scores,
     params_from_bytes,
     params_to_bytes,
+    traces,
     train,
 )
 
@@ -100,3 +101,19 @@ def test_a_passed_deadline_stops_early_but_keeps_the_trial(data: tuple[Dataset, 
     r = train(cfg, train_ds, val_ds, deadline=time.time() - 1)
     assert r.stopped_early and r.steps_done < 64
     assert len(r.history) == 1 and np.isfinite(r.metrics["val_accuracy"])
+
+
+def test_a_second_trial_with_the_same_shapes_reuses_the_compiled_step(data: tuple[Dataset, Dataset]) -> None:
+    train_ds, val_ds = data
+    # a model shape no other test uses, so the first run here is the one that traces
+    shape = {"hidden": 12, "layers": 1, "batch_size": 32}
+    before = dict(traces)
+    a = train(make_config({**shape, "lr": 3e-3}, steps=4, eval_every=4, seed=0), train_ds, val_ds)
+    first = {k: traces[k] - before.get(k, 0) for k in ("init_state", "train_step", "eval_step")}
+    assert first == {"init_state": 1, "train_step": 1, "eval_step": 1}
+    other = {**shape, "lr": 1e-2, "weight_decay": 1e-2, "warmup_steps": 2}
+    b = train(make_config(other, steps=8, eval_every=4, seed=5), train_ds, val_ds)
+    assert {k: traces[k] - before.get(k, 0) for k in first} == first  # nothing retraced
+    assert a.metrics["train_loss"] != b.metrics["train_loss"]  # the new knobs did reach the step
+    train(make_config({**shape, "hidden": 14}, steps=4, eval_every=4, seed=0), train_ds, val_ds)
+    assert traces["train_step"] - before.get("train_step", 0) == 2  # a new shape does retrace

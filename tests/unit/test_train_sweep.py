@@ -7,18 +7,17 @@ import math
 from pathlib import Path
 
 from runner.train.loop import TrainConfig
-from runner.train.sweep import (
-    SweepOutcome,
-    Trial,
-    TrialBackend,
+from runner.train.records import (
     checkpoint_path,
     is_finished,
     read_records,
     record_path,
     save_result,
-    sort_rows,
     spent_usd,
 )
+from runner.train.results import SweepOutcome, sort_rows
+from runner.train.sweep import TrialBackend
+from runner.train.trials import Trial
 
 
 def _row(index: int, status: str, acc: float | None) -> dict[str, object]:

@@ -31,6 +31,7 @@ from runner.backends.modal.errors import (
 from runner.backends.modal.names import TAG_JOB, TAG_RUN, app_name, claim_timeout_s, claims_name
 from runner.backends.modal.volume import VolumeView, classify
 from runner.jobspec.model import JobSpec, ShardTask
+from runner.oracle.atomic import atomic_path
 from runner.store.shards import (
     RECORD_SUFFIX,
     STATUS_COLUMNS,
@@ -338,21 +339,17 @@ def download(
                     progress(done, total, rel)
                 continue
             local.parent.mkdir(parents=True, exist_ok=True)
-            tmp = local.with_name(f"{local.name}.download-{os.getpid()}")
-            try:
-                with open(tmp, "wb") as f:
-                    if data is not None:
-                        f.write(data)
-                        done += len(data)
-                    else:
-                        for chunk in view.volume.read_file(view.path(rel)):
-                            f.write(chunk)
-                            done += len(chunk)
-                            if progress is not None:
-                                progress(done, total, rel)
-                os.replace(tmp, local)
-            finally:
-                tmp.unlink(missing_ok=True)
+            part = local.with_name(f"{local.name}.download-{os.getpid()}")
+            with atomic_path(local, tmp=part) as tmp, open(tmp, "wb") as f:
+                if data is not None:
+                    f.write(data)
+                    done += len(data)
+                else:
+                    for chunk in view.volume.read_file(view.path(rel)):
+                        f.write(chunk)
+                        done += len(chunk)
+                        if progress is not None:
+                            progress(done, total, rel)
             report.copied.append(rel)
             report.bytes += size
             if progress is not None:

@@ -1,22 +1,20 @@
-"""What ``forge solve``, ``forge verify`` and ``forge bench`` do and print (plain text, stdlib only,
-so the oracle stays importable on a bare GPU box)."""
+"""What ``forge solve`` and ``forge verify`` do and report (plain text).
+
+Here, above the oracle, because it is a command's report: the oracle layer itself neither
+prints nor writes reports (it stays importable with numpy, jax and pyarrow alone)."""
 
 from __future__ import annotations
 
-import json
-import os
-import sys
 import time
 from collections.abc import Callable
 from contextlib import ExitStack
 from pathlib import Path
 from typing import Any
 
-from runner.oracle.bench import DealBench, parse_seeds, run_bench
 from runner.oracle.deal import deal_hands, default_decl
 from runner.oracle.progress import PhaseWatch, Ticker, compile_summary, watch_compiles
 from runner.oracle.rules import DECL_NAMES, tile_name
-from runner.oracle.shard import COMPRESSIONS, move_aside, table_digests, verify_shard, write_shard
+from runner.oracle.shard import move_aside, table_digests, verify_shard, write_shard
 from runner.oracle.solve import solve_deal
 
 
@@ -123,60 +121,3 @@ def verify_paths(
         moved = move_aside(f, "forge verify: " + "; ".join(errors)) if errors and repair else None
         out.append((str(f), errors, str(moved) if moved else None))
     return out
-
-
-def _deal_line(d: DealBench) -> str:
-    ph = " ".join(f"{k} {v:.2f}" for k, v in d.phases.items())
-    w = d.write_seconds.get("zstd", next(iter(d.write_seconds.values()), 0.0))
-    return (
-        f"{d.seed:>8} {d.decl_id:>4} {d.states:>12,} {d.root_value:>+5} {d.seconds:>8.2f} "
-        f"{d.states_per_s / 1e6:>9.2f}  {ph}  write {w:.2f}"
-    )
-
-
-def bench_command(
-    seeds_text: str,
-    opp_seed: int | None,
-    compressions: tuple[str, ...],
-    json_path: str | None,
-    *,
-    warmup: bool = True,
-) -> dict[str, Any]:
-    seeds = parse_seeds(seeds_text)
-    comps = compressions or COMPRESSIONS
-    print(f"{'seed':>8} {'decl':>4} {'states':>12} {'root':>5} {'solve s':>8} {'M st/s':>9}  phases (s)")
-    sys.stdout.flush()
-    report = run_bench(
-        seeds, opp_seed=opp_seed, compressions=tuple(comps), warmup=warmup,
-        progress=lambda d: print(_deal_line(d), flush=True),
-    )  # fmt: skip
-    doc = report.to_json()
-    print(
-        f"total: {doc['total_states']:,} states in {doc['solve_seconds']:.2f} s of solving = "
-        f"{doc['states_per_s'] / 1e6:.2f} M states/s on {doc['device']} (jax {doc['jax']}); "
-        f"warm-up {doc['warmup_seconds']:.1f} s"
-    )
-    print(
-        "shard write, s per million rows: "
-        + ", ".join(f"{c} {v:.3f}" for c, v in doc["write_seconds_per_million_rows"].items())
-    )
-    print(
-        "shard size, bytes per state: "
-        + ", ".join(f"{c} {v:.2f}" for c, v in doc["bytes_per_state"].items())
-    )
-    print(
-        f"peak memory: {doc['peak_bytes'] / 2**30:.2f} GiB ({doc['peak_kind']}), "
-        f"{doc['peak_bytes_per_state']:.0f} bytes per state of the largest deal"
-    )
-    if json_path:
-        write_json(json_path, doc)
-    return doc
-
-
-def write_json(path: str, doc: dict[str, Any]) -> None:
-    """Write a figures file whole (a temporary name, then a rename) and say so."""
-    tmp = f"{path}.tmp{os.getpid()}"
-    with open(tmp, "w") as fh:
-        json.dump(doc, fh, indent=2)
-    os.replace(tmp, path)
-    print(f"wrote {path}")
