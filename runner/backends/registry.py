@@ -19,8 +19,7 @@ def make_backend(name: str, ctx: RunContext) -> Backend:
         return LocalBackend(ctx)
     if name == "modal":
         # Imported only when chosen: modal is a heavy import a local run does not need.
-        from runner.backends import modal as modal_backend
+        from runner.backends.modal import ModalBackend, compile_job
 
-        backend: Backend = modal_backend.ModalBackend(ctx)  # type: ignore[attr-defined,unused-ignore]
-        return backend
+        return ModalBackend(ctx, compile_job(ctx.spec, ctx.run_id))
     raise ValueError(f"unknown backend {name!r} (choose local or modal)")

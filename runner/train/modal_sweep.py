@@ -42,13 +42,13 @@ from runner.backends.modal import (
     FunctionPlan,
     build_image,
     check_name,
+    enter_app,
     gpu_from_device,
     modal_errors,
     require_credentials,
     user_error,
     volume_root,
 )
-from runner.backends.modal.compile import enter_app
 from runner.backends.task import TaskResult
 from runner.jobspec.model import SweepSpec
 from runner.train.sweep import DataPlan, Trial, TrialBackend, payload, pick_shards

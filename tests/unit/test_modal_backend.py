@@ -18,7 +18,7 @@ import pytest
 from claim_fakes import LockedDict
 
 from runner.backends.base import Backend, RunContext, SurveyState, TaskRequest, Tier
-from runner.backends.modal import ModalBackend, unanswered_results
+from runner.backends.modal import ModalBackend, compile_job, unanswered_results
 from runner.backends.modal.claims import DictClaims
 from runner.backends.orchestrate import Orchestrator, RunOptions
 from runner.backends.task import TaskResult
@@ -52,7 +52,9 @@ class ExitRecorder:
 
 
 def started_backend(spec: JobSpec, log: list[str]) -> ModalBackend:
-    backend = ModalBackend(RunContext(spec, "run-1", options={"say": log.append}))
+    backend = ModalBackend(
+        RunContext(spec, "run-1", options={"say": log.append}), compile_job(spec, "run-1")
+    )
     backend.claims_table = DictClaims(LockedDict())
     backend._run_cm = ExitRecorder(log)  # what start() leaves: inside app.run()
     backend.app_id = "ap-1"
@@ -108,7 +110,7 @@ def test_finished_run_does_not_stop_the_app_explicitly(dummy_token: None) -> Non
 
 def test_requests_go_to_the_function_of_their_tier_and_gpus(dummy_token: None) -> None:
     spec = job("tests/specs/valid/full.yaml")
-    backend = ModalBackend(RunContext(spec, "run-1"))
+    backend = ModalBackend(RunContext(spec, "run-1"), compile_job(spec, "run-1"))
     task = ShardTask("train", 1, 2, 3)
     c = spec.compute
     assert c.large is not None and c.concurrency > 1
@@ -356,7 +358,7 @@ def test_a_slow_app_start_is_not_silent() -> None:
     how long the start has taken, and stops saying so once the app runs."""
     import contextlib
 
-    from runner.backends.modal.compile import enter_app
+    from runner.backends.modal.app import enter_app
 
     class SlowStart:  # only what enter_app uses: a name and a run() context that takes a while
         name = "forge-slow"

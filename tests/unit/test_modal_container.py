@@ -28,7 +28,8 @@ import pytest
 
 from runner.backends.base import TaskRequest
 from runner.backends.modal import container, modal_settings
-from runner.backends.modal.compile import SHIPPED_FILES, compile_job
+from runner.backends.modal.app import SHIPPED_FILES
+from runner.backends.modal.compile import compile_job
 from runner.backends.task import TaskResult
 from runner.jobspec import pricing
 from runner.jobspec.load import load, load_job, load_sweep

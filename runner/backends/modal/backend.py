@@ -22,8 +22,8 @@ import modal
 import modal.exception
 
 from runner.backends.base import Attempt, Backend, RunContext, SurveyState, TaskRequest, Tier
+from runner.backends.modal.app import FunctionPlan, JobApp, enter_app
 from runner.backends.modal.claims import DictClaims, release_run_claims
-from runner.backends.modal.compile import FunctionPlan, compile_job, enter_app
 from runner.backends.modal.errors import ModalUserError, require_credentials, user_error
 from runner.backends.modal.names import claim_timeout_s
 from runner.backends.modal.volume import VolumeView, classify
@@ -77,7 +77,9 @@ class ModalBackend(Backend):
     Locally (``forge run --backend modal``) ``start`` runs the compiled app and
     ``stop`` ends it; inside the ``orchestrate`` function (``--detach``) the app
     is already running and its functions are handed in through
-    ``ctx.options["functions"]``. Each attempt is one spawned ``FunctionCall``
+    ``ctx.options["functions"]``. ``job`` is the compiled app (``compile_job``),
+    passed in so that this module does not import ``compile`` (which imports the
+    detached orchestrator's body, which builds this backend). Each attempt is one spawned ``FunctionCall``
     read by its own thread (``cancel`` ends attempts in flight); ``poll`` hands
     their results to the shared orchestrator.
     """
@@ -85,13 +87,13 @@ class ModalBackend(Backend):
     name = "modal"
     MANIFEST_EVERY_S = 30.0  # a volume upload per manifest: not every 2 s
 
-    def __init__(self, ctx: RunContext) -> None:
+    def __init__(self, ctx: RunContext, job: JobApp) -> None:
         super().__init__(ctx)
         if not ctx.options.get("functions"):
             require_credentials()
         self.spec = ctx.spec
         self.run_id = ctx.run_id
-        self.job = compile_job(ctx.spec, ctx.run_id)
+        self.job = job  # compile_job's (registry.make_backend) or, detached, job_app's
         self._remote: dict[str, Any] | None = ctx.options.get("functions") or None
         self.app_id: str | None = ctx.options.get("app_id")
         self.say: Callable[[str], None] = ctx.options.get("say") or _say

@@ -2,10 +2,10 @@
 
 ``solve_shard`` is the body of every ``solve_*`` function: one shard through the
 local backend's ``run_task``, with the store on the mounted volume and claims in
-the job's ``modal.Dict``. ``orchestrate`` is the body of the detached run's
-orchestrator. Both are plain module-level functions, so Modal's container imports
-this module by name and finds them by their implementation name
-(modal/_runtime/user_code_imports.py:509-522), and ``Function.local()`` runs them
+the job's ``modal.Dict``. (The detached run's orchestrator body is
+``detached.orchestrate``.) It is a plain module-level function, so Modal's container
+imports this module by name and finds it by its implementation name
+(modal/_runtime/user_code_imports.py:509-522), and ``Function.local()`` runs it
 in this process.
 
 Two rules hold here that the local backend does not need:
@@ -44,7 +44,7 @@ from runner.backends.modal.names import (
 )
 from runner.backends.task import TaskResult
 from runner.jobspec import pricing as prices
-from runner.jobspec.model import JobSpec, ShardTask
+from runner.jobspec.model import JobSpec
 
 _MODULE_T0 = time.time()
 
@@ -459,53 +459,3 @@ def refuse(
 
             modal.experimental.stop_fetching_inputs()
     return result
-
-
-def orchestrate(
-    spec: JobSpec,
-    run_id: str,
-    tasks: list[ShardTask],
-    functions: dict[str, Any],
-    options: dict[str, Any],
-) -> int:
-    """The body of ``orchestrate`` (``forge run --detach``): the shared dispatch loop, on Modal.
-
-    ``functions`` are the running app's GPU functions (Modal passes them by
-    reference); the loop is the same ``Orchestrator`` a local ``forge run`` uses.
-    Progress goes to the app's logs. Returns the run's exit code.
-    """
-    from runner.backends.base import RunContext
-    from runner.backends.modal.backend import ModalBackend
-    from runner.backends.orchestrate import Orchestrator, Progress, RunOptions
-
-    backend = ModalBackend(
-        RunContext(spec, run_id, options={"functions": functions, "app_id": options.get("app_id")})
-    )
-    last = [0.0]
-
-    def log(p: Progress) -> None:
-        if time.monotonic() - last[0] >= 30.0 or p.remaining == 0:
-            last[0] = time.monotonic()
-            print(
-                f"forge {spec.name} run {run_id}: {p.finished}/{p.planned} shards "
-                f"({p.solved} solved, {p.failed} failed, {p.in_flight} running), "
-                f"${p.prior_usd + p.spend_usd:.2f} of ${p.max_usd:.2f}",
-                flush=True,
-            )
-
-    orch = Orchestrator(
-        spec,
-        backend,
-        tasks,
-        run_id=run_id,
-        options=RunOptions(limit=options.get("limit"), max_usd=options.get("max_usd")),
-        on_progress=log,
-    )
-    summary = orch.run()
-    print(
-        f"forge {spec.name} run {run_id} ended ({summary.stopped_by or 'finished'}): "
-        f"{summary.progress.solved} solved, {summary.progress.failed} failed, "
-        f"${summary.progress.spend_usd:.2f} spent",
-        flush=True,
-    )
-    return summary.exit_code

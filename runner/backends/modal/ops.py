@@ -20,8 +20,9 @@ from typing import Any
 
 import modal
 
+from runner.backends.modal.app import enter_app
 from runner.backends.modal.claims import DictClaims, release_run_claims
-from runner.backends.modal.compile import compile_job, enter_app
+from runner.backends.modal.compile import compile_job
 from runner.backends.modal.errors import (
     ModalUserError,
     modal_errors,
