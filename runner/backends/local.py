@@ -282,7 +282,7 @@ class LocalBackend(Backend):
         if self.mode == "pipeline" and not opts.get("workers"):
             workers = max(workers, (os.cpu_count() or 2) - 2)
         self.n_workers = max(1, workers)
-        self.price = float(dict(spec.pricing).get(LOCAL_GPU, 0.0))
+        self.price = spec.price_per_hour(LOCAL_GPU)
         self.shm = _shm_dir(ctx.run_id)
         self._ctx = mp.get_context("spawn")
         self._workers: list[_Worker] = []

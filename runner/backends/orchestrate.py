@@ -175,17 +175,10 @@ class RunSummary:
 Spec = JobSpec | SweepSpec  # a run's shards, or a sweep's trials
 
 
-def price_of(spec: Spec, gpu: str) -> float:
-    """$/hour of ``gpu`` from the job's price table (0 for a name it does not list)."""
-    return float(dict(spec.pricing).get(gpu, 0.0))
-
-
 def spend_of(spec: Spec, r: TaskResult) -> float:
     """What an attempt cost: its seconds at the price of the hardware that ran it, or
     the backend's own figure when higher (a Modal container adds CPU and memory)."""
-    if r.gpu and r.gpu in dict(spec.pricing):
-        return max(pricing.usd(r.seconds, r.gpu, dict(spec.pricing)), float(r.usd))
-    return float(r.usd)
+    return max(spec.usd(r.seconds, r.gpu), float(r.usd))
 
 
 MIN_POLL_S = 0.01  # the shortest wait: the meter converges on the cap, never spins
@@ -296,7 +289,7 @@ class Orchestrator:
 
     def _estimate_usd(self, req: TaskRequest) -> float:
         name = self.backend.price_name(req.gpu)
-        return self._per_shard_s(name) * price_of(self.spec, name) / 3600.0
+        return self.spec.usd(self._per_shard_s(name), name)
 
     def _spent(self) -> float:
         """Committed: earlier runs plus this run's attempts that have ended."""
@@ -313,7 +306,7 @@ class Orchestrator:
                 secs, name, billing = a.elapsed_s, a.gpu, a.billing
             else:
                 secs, name, billing = now - self._sent.get(key, now), self.backend.price_name(req.gpu), True
-            price = price_of(self.spec, name) / 3600.0
+            price = self.spec.price_per_hour(name) / 3600.0
             m.accrued += max(0.0, secs) * price
             m.rest += max(0.0, self._per_shard_s(name) - secs) * price
             m.rate += price if billing else 0.0
@@ -368,7 +361,7 @@ class Orchestrator:
                 TaskResult(
                     key=key, status="cancelled", seconds=secs, gpu=name, tier=req.tier,
                     attempt=req.attempt, run_id=self.run_id,
-                    usd=secs * price_of(self.spec, name) / 3600.0,
+                    usd=self.spec.usd(secs, name),
                 )
             )  # fmt: skip
         for r in results:
@@ -702,7 +695,7 @@ class Orchestrator:
             # What a kill -9 would leave unbilled: the next run charges it (mark_abandoned).
             "in_flight": [
                 {"key": k, "gpu": name, "seconds": round(secs, 3),
-                 "usd": round(secs * price_of(spec, name) / 3600.0, 6)}
+                 "usd": round(spec.usd(secs, name), 6)}
                 for k, (secs, name) in (self._meter().seconds.items() if not final else ())
             ],  # fmt: skip
         }

@@ -8,7 +8,7 @@ from __future__ import annotations
 import itertools
 import math
 import random
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
@@ -107,10 +107,23 @@ class Priced:
 
     pricing: tuple[tuple[str, float], ...]
 
+    def price_table(self) -> dict[str, float]:
+        """The table as a mapping, for ``jobspec.pricing``'s functions that take one."""
+        return dict(self.pricing)
+
     def price_per_hour(self, gpu: str) -> float:
-        """Dollars an hour of ``gpu`` (a normalised GPU name, or ``local``). The loader fills
-        in every built-in name, so a KeyError is a name that never went through it."""
-        return dict(self.pricing)[gpu]
+        """Dollars an hour of ``gpu`` (a normalised GPU name, or ``local``); 0 for a name the
+        table does not list (the loader fills in every built-in name)."""
+        return float(self.price_table().get(gpu, 0.0))
+
+    def dearest(self, gpus: Iterable[str]) -> str:
+        """The dearest of ``gpus`` (a tier's fallback list): what an attempt whose GPU is not
+        known yet is charged, so the budget never under-counts. ValueError if empty."""
+        return max(gpus, key=self.price_per_hour)
+
+    def usd(self, seconds: float, gpu: str) -> float:
+        """Dollars for ``seconds`` (negative counts as 0) of ``gpu``; 0 for an unlisted name."""
+        return max(0.0, seconds) * self.price_per_hour(gpu) / 3600.0
 
 
 @dataclass(frozen=True)

@@ -29,7 +29,7 @@ from runner.train.trial import run_trial
 
 
 def local_price(spec: SweepSpec) -> float:
-    return float(dict(spec.pricing).get(pricing.LOCAL, pricing.BUILTIN_PRICES[pricing.LOCAL]))
+    return spec.price_per_hour(pricing.LOCAL)
 
 
 def _worker_main(conn: Connection, parent: int) -> None:

@@ -49,8 +49,10 @@ from runner.backends.modal import (
     user_error,
     volume_root,
 )
+from runner.backends.modal.container import CPU_CORES, MEMORY_MIB
 from runner.backends.task import TaskResult
 from runner.jobspec.model import SweepSpec
+from runner.jobspec.pricing import container_usd
 from runner.train.sweep import DataPlan, Trial, TrialBackend, payload, pick_shards
 from runner.train.trial import run_trial
 
@@ -112,21 +114,16 @@ def compile_sweep(spec: SweepSpec) -> CompiledSweep:
     return CompiledSweep(spec=spec, app=app, image=image, volume=volume, function=fn, plan=plan)
 
 
-def hourly(gpu: str, prices: dict[str, float]) -> float:
+def hourly(spec: SweepSpec, gpu: str) -> float:
     """$/hour of a trial container: its GPU plus the CPU and memory it requests
     (Modal bills both on top of the GPU; pricing.container_usd)."""
-    from runner.backends.modal.container import CPU_CORES, MEMORY_MIB
-    from runner.jobspec.pricing import container_usd
-
-    extra = container_usd(3600.0, prices, cores=CPU_CORES, gib=MEMORY_MIB / 1024)
-    return float(prices.get(gpu, 0.0)) + extra
+    extra = container_usd(3600.0, spec.price_table(), cores=CPU_CORES, gib=MEMORY_MIB / 1024)
+    return spec.price_per_hour(gpu) + extra
 
 
 def worst_case_usd(spec: SweepSpec) -> float:
     """What one trial can cost at most: its whole timeout on the dearest GPU it may get."""
-    prices = dict(spec.pricing)
-    dearest = max(hourly(g, prices) for g in spec.compute.gpu)
-    return float(spec.compute.timeout_s) * dearest / 3600.0
+    return float(spec.compute.timeout_s) * hourly(spec, spec.dearest(spec.compute.gpu)) / 3600.0
 
 
 def resolve_volume_data(spec: SweepSpec, data_dir: str | None = None) -> DataPlan:
@@ -167,7 +164,6 @@ class ModalSweepBackend(TrialBackend):
         require_credentials()
         self.compiled = compile_sweep(self.spec)
         self.map: Any = self.compiled.function.map  # Modal's Function.map (tests: Function.local runs)
-        self.prices = dict(self.spec.pricing)
         self.limit = time_limit_s(self.spec.compute.timeout_s)
         self._cm: Any = None
         self._sent: dict[str, float] = {}
@@ -189,7 +185,7 @@ class ModalSweepBackend(TrialBackend):
 
     def price_name(self, gpu: tuple[str, ...]) -> str:
         """The dearest GPU of the list: which one a trial got is known only from its result."""
-        return max(gpu or self.spec.compute.gpu, key=lambda g: float(self.prices.get(g, 0.0)))
+        return self.spec.dearest(gpu or self.spec.compute.gpu)
 
     def submit(self, wave: Sequence[TaskRequest[Trial]]) -> None:
         now = time.monotonic()
@@ -211,7 +207,7 @@ class ModalSweepBackend(TrialBackend):
                     continue
                 trial = by_id.pop(str(result["trial_id"]), None)
                 if trial is not None:
-                    gpu = gpu_from_device(str(result.get("device", "")), self.spec.compute.gpu, self.prices)
+                    gpu = gpu_from_device(str(result.get("device", "")), self.spec.compute.gpu, self.spec)
                     result["seconds"] = float(result.get("seconds", 0.0)) + STARTUP_S
                     self._results.put((trial, result, gpu))
         except Exception as e:  # the whole call failed (app stopped, connection lost, ...)
@@ -232,7 +228,7 @@ class ModalSweepBackend(TrialBackend):
         for trial, result, gpu in got:
             if self._trials.pop(trial.trial_id, None) is None:
                 continue  # cancelled meanwhile: answered by cancel()
-            out.append(self.finish(trial, result, gpu=gpu, price_per_hour=hourly(gpu, self.prices)))
+            out.append(self.finish(trial, result, gpu=gpu, price_per_hour=hourly(self.spec, gpu)))
         return out
 
     def running(self) -> dict[str, Attempt]:
@@ -258,7 +254,7 @@ class ModalSweepBackend(TrialBackend):
         for t in trials:
             secs = now - self._sent.get(t.trial_id, now)
             # the container's CPU and memory are billed too (hourly), not only its GPU
-            out.append(replace(self.cancelled(t, secs, gpu), usd=secs * hourly(gpu, self.prices) / 3600.0))
+            out.append(replace(self.cancelled(t, secs, gpu), usd=secs * hourly(self.spec, gpu) / 3600.0))
         return out
 
     def stop(self, *, interrupted: bool) -> None:

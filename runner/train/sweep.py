@@ -515,7 +515,7 @@ class TrialBackend(Backend[Trial]):
             status="cancelled",
             seconds=seconds,
             gpu=gpu,
-            usd=seconds * float(dict(self.spec.pricing).get(gpu, 0.0)) / 3600.0,
+            usd=self.spec.usd(seconds, gpu),
             run_id=self.run_id,
         )
 

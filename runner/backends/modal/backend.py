@@ -45,10 +45,9 @@ def unanswered_results(
     """
     text = "; ".join(dict.fromkeys(f"{type(e).__name__}: {e}" for e in errors)) or "no result"
     timeouts = sum(isinstance(e, modal.exception.FunctionTimeoutError) for e in errors)
-    pricing = dict(spec.pricing)
     out = []
     for i, req in enumerate(reqs):
-        gpu = max(req.gpu, key=lambda g: pricing.get(g, 0.0)) if req.gpu else ""
+        gpu = spec.dearest(req.gpu) if req.gpu else ""
         secs = float(req.timeout_s) if i < timeouts else 0.0
         out.append(
             TaskResult(
@@ -56,7 +55,7 @@ def unanswered_results(
                 status="failed",
                 seconds=secs,
                 gpu=gpu,
-                usd=secs * pricing.get(gpu, 0.0) / 3600.0,
+                usd=spec.usd(secs, gpu),
                 error=f"Modal: {text}"[:4000],
                 oom=is_oom(text),
                 tier=req.tier,
@@ -322,7 +321,6 @@ class ModalBackend(Backend):
                 call.cancel(terminate_containers=True)
             except Exception as e:
                 self.say(f"warning: cancelling a Modal call failed: {e}")
-        prices = dict(self.spec.pricing)
         out = []
         for req in reqs:
             secs = now - self._sent.get(req.task.key, now)
@@ -330,7 +328,7 @@ class ModalBackend(Backend):
             out.append(
                 TaskResult(
                     key=req.task.key, status="cancelled", seconds=secs, gpu=gpu,
-                    usd=secs * prices.get(gpu, 0.0) / 3600.0, error="cancelled by forge",
+                    usd=self.spec.usd(secs, gpu), error="cancelled by forge",
                     tier=req.tier, attempt=req.attempt, run_id=self.run_id,
                 )
             )  # fmt: skip
@@ -470,8 +468,7 @@ class ModalBackend(Backend):
 
     def price_name(self, gpu: tuple[str, ...]) -> str:
         """Estimates use the dearest GPU the attempt may land on (the budget must not under-count)."""
-        pricing = dict(self.spec.pricing)
-        return max(gpu, key=lambda g: pricing.get(g, 0.0)) if gpu else self.name
+        return self.spec.dearest(gpu) if gpu else self.name
 
     def describe(self) -> str:
         app = f"{self.job.app.name} ({self.app_id})" if self.app_id else self.job.app.name

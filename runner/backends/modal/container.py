@@ -44,7 +44,7 @@ from runner.backends.modal.names import (
 )
 from runner.backends.task import TaskResult
 from runner.jobspec import pricing as prices
-from runner.jobspec.model import JobSpec
+from runner.jobspec.model import JobSpec, Priced
 
 _MODULE_T0 = time.time()
 
@@ -84,7 +84,7 @@ _DEVICE_PATTERNS: tuple[tuple[str, str], ...] = (
 _FREE_UPGRADES = {"H100": "H200"}
 
 
-def gpu_from_device(device: str, requested: tuple[str, ...], pricing: dict[str, float]) -> str:
+def gpu_from_device(device: str, requested: tuple[str, ...], prices: Priced) -> str:
     """The price-table name of the GPU that ran, given the tier's fallback list.
 
     ``H100`` requests may run on an H200 at the H100 price, so that is priced as
@@ -100,9 +100,9 @@ def gpu_from_device(device: str, requested: tuple[str, ...], pricing: dict[str, 
             base = want.rstrip("!")
             if base == seen or _FREE_UPGRADES.get(base) == seen and not want.endswith("!"):
                 return want
-        if seen in pricing:
+        if seen in prices.price_table():
             return seen
-    return max(requested, key=lambda g: pricing.get(g, 0.0))
+    return prices.dearest(requested)
 
 
 def gpu_required() -> bool:
@@ -358,16 +358,15 @@ def charge(
     """Add to ``result`` what Modal bills beyond the GPU seconds ``run_task`` counted:
     the container's start-up (first input only) and, in a Modal container
     (``billed``), its CPU and memory. ``Function.local()`` runs are nobody's bill."""
-    table = dict(spec.pricing)
     if not billed:
         return
     if startup:
         result.seconds += startup
-        result.usd += prices.usd(startup, result.gpu, table) if result.gpu in table else 0.0
+        result.usd += spec.usd(startup, result.gpu)
         result.timings["container_start"] = startup
     extra = prices.container_usd(
         result.seconds,
-        table,
+        spec.price_table(),
         cores=CPU_CORES,
         gib=MEMORY_MIB / 1024,
         cpu_seconds=cpu_used,
@@ -387,12 +386,11 @@ def solve_shard(request: TaskRequest, spec: JobSpec, run_id: str) -> TaskResult:
     from runner.backends.task import run_task
 
     t0, cpu0 = time.monotonic(), cpu_seconds()
-    table = dict(spec.pricing)
     try:
         kind = device_kind(gpu_required())  # the first jax call
     except NoGPU as e:
         return refuse(request, spec, run_id, str(e), time.monotonic() - t0, cpu0)
-    gpu = gpu_from_device(kind, tuple(request.gpu), table)
+    gpu = gpu_from_device(kind, tuple(request.gpu), spec)
     if gpu == prices.LOCAL and in_modal():  # a GPU function is never priced as this machine
         return refuse(
             request,
@@ -415,7 +413,7 @@ def solve_shard(request: TaskRequest, spec: JobSpec, run_id: str) -> TaskResult:
         run_id=run_id,
         compression=spec.output.compression,
         gpu=gpu,
-        price_per_hour=float(table.get(gpu, 0.0)),
+        price_per_hour=spec.price_per_hour(gpu),
         timeout_s=float(request.timeout_s),
         max_states=request.max_states,
         final_tier=request.final_tier,
@@ -434,14 +432,13 @@ def refuse(
     request: TaskRequest, spec: JobSpec, run_id: str, why: str, seconds: float, cpu0: float
 ) -> TaskResult:
     """A failed attempt for an input that must not run here, billed as the dearest GPU it asked for."""
-    table = dict(spec.pricing)
-    gpu = max(request.gpu, key=lambda g: table.get(g, 0.0)) if request.gpu else ""
+    gpu = spec.dearest(request.gpu) if request.gpu else ""
     result = TaskResult(
         key=request.task.key,
         status="failed",
         seconds=seconds,
         gpu=gpu,
-        usd=prices.usd(seconds, gpu, table) if gpu in table else 0.0,
+        usd=spec.usd(seconds, gpu),
         error=f"{why}; Modal gave this container no working GPU (forge retries the shard)",
         tier=request.tier,
         attempt=request.attempt,
