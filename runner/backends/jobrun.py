@@ -8,9 +8,10 @@ from pathlib import Path
 from rich.console import Console
 
 from runner.backends.base import BackendError, RunContext
-from runner.backends.orchestrate import Orchestrator, RunOptions, RunSummary, new_run_id
+from runner.backends.orchestrate import Orchestrator
 from runner.backends.progress import RunDisplay
 from runner.backends.registry import make_backend
+from runner.backends.runstate import RunOptions, RunSummary, new_run_id
 from runner.jobspec.load import load_job
 from runner.jobspec.plan import tasks as plan_tasks
 from runner.store.shards import ShardStore, StoreError, job_root

@@ -11,7 +11,8 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-from runner.backends.orchestrate import Orchestrator, RunOptions, new_run_id
+from runner.backends.orchestrate import Orchestrator
+from runner.backends.runstate import RunOptions, new_run_id
 from runner.jobspec.model import SweepSpec
 from runner.train.sweep import (
     DataPlan,

@@ -20,7 +20,8 @@ from claim_fakes import LockedDict
 from runner.backends.base import Backend, RunContext, SurveyState, TaskRequest, Tier
 from runner.backends.modal import ModalBackend, compile_job, unanswered_results
 from runner.backends.modal.claims import DictClaims
-from runner.backends.orchestrate import Orchestrator, RunOptions
+from runner.backends.orchestrate import Orchestrator
+from runner.backends.runstate import RunOptions
 from runner.backends.task import TaskResult
 from runner.jobspec.load import load
 from runner.jobspec.model import JobSpec, ShardTask

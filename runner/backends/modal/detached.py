@@ -14,7 +14,8 @@ from typing import Any
 from runner.backends.base import RunContext
 from runner.backends.modal.app import job_app
 from runner.backends.modal.backend import ModalBackend
-from runner.backends.orchestrate import Orchestrator, Progress, RunOptions
+from runner.backends.orchestrate import Orchestrator
+from runner.backends.runstate import Progress, RunOptions
 from runner.jobspec.model import JobSpec, ShardTask
 
 

@@ -487,7 +487,7 @@ def run_on_modal(
         from runner.backends.jobrun import run_job
 
         return run_job(job, backend="modal", limit=limit, max_usd=max_usd).exit_code
-    from runner.backends.orchestrate import new_run_id
+    from runner.backends.runstate import new_run_id
 
     spec, tasks = _load(job)
     code, lines = run_detached(spec, tasks, run_id=new_run_id(), limit=limit, max_usd=max_usd)
