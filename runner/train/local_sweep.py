@@ -20,8 +20,8 @@ from multiprocessing.process import BaseProcess
 from typing import Any
 
 from runner.backends.base import Attempt, TaskRequest, Tier
-from runner.backends.local import _die_with_parent, messages, shut_down, start_ignoring_sigint
 from runner.backends.task import TaskResult
+from runner.backends.workers import _die_with_parent, messages, shut_down, start_ignoring_sigint
 from runner.jobspec import pricing
 from runner.jobspec.model import SweepSpec
 from runner.train.sweep import Trial, TrialBackend, payload
