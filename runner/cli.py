@@ -26,6 +26,20 @@ def _user_errors() -> Iterator[None]:
         raise SystemExit(1) from None
 
 
+@contextmanager
+def _backend_errors() -> Iterator[None]:
+    """A bad job file (as ``_user_errors``), or a backend that cannot run it (setup, store,
+    Modal credentials): its one line, its exit code (``BackendError``), no traceback."""
+    from runner.backends.base import BackendError
+
+    try:
+        with _user_errors():
+            yield
+    except BackendError as e:
+        click.echo(e.line(), err=True)
+        raise SystemExit(e.exit_code) from None
+
+
 def _must_exist(path: str, what: str = "file or folder") -> None:
     """The one rule for a path that is not there: a line naming it, exit 1.
 
@@ -134,33 +148,12 @@ def plan(job: str, backend: str | None, out: str, as_json: bool) -> None:
     """
     import json
 
-    from runner.jobspec.load import load_job
-    from runner.jobspec.plan import make_plan
+    from runner.backends.jobview import plan_report
 
     _must_exist(out, "store folder (--out)")
-    with _user_errors():
-        spec = load_job(job)
-    from runner.store.status import done_relpaths, measured_seconds_per_state
-
-    # the store's notion of done (quick-checked files) and its measured timings
-    result = make_plan(
-        spec,
-        backend=backend,  # type: ignore[arg-type]
-        store_dir=out,
-        done=done_relpaths,
-        seconds_per_state=measured_seconds_per_state(spec, out) or None,
-    )
-    modal_doc = _modal_plan(spec) if backend == "modal" else None
-    if as_json:
-        doc = result.to_json()
-        doc.update(modal_doc or {})
-        click.echo(json.dumps(doc, indent=2))
-    else:
-        click.echo(result.render())
-        if modal_doc is not None:
-            from runner.backends.modal import plan_lines
-
-            click.echo("\n".join(plan_lines(modal_doc)))
+    with _backend_errors():
+        doc, text = plan_report(job, backend=backend, out=out)
+    click.echo(json.dumps(doc, indent=2) if as_json else text)
 
 
 # --- sweep (runner.train) -----------------------------------------------------------
@@ -223,37 +216,21 @@ def sweep(sweep_file: str, backend: str, data_dir: str | None, out_dir: str | No
       forge sweep jobs/sweep.yaml --data /data/forge --out /tmp/my-sweep
       forge sweep jobs/sweep.yaml --max-usd 5
     """
-    from rich.console import Console
-
-    from runner.backends.modal import ModalUserError
-    from runner.jobspec.load import load_sweep
-    from runner.train.report import Reporter, print_outcome
     from runner.train.sweep import SweepError
-    from runner.train.sweeprun import run_sweep
+    from runner.train.sweeprun import forge_sweep
 
     if backend == "local" and data_dir is not None:
         _must_exist(data_dir, "data folder (--data)")
-    with _user_errors():
-        spec = load_sweep(sweep_file)
-    import sys
-
-    # logs and pipes get the full table instead of one squeezed to 80 columns
-    console = Console(highlight=False, width=None if sys.stdout.isatty() else 160)
     try:
-        outcome = run_sweep(
-            spec, backend=backend, data_dir=data_dir, out_dir=out_dir, on_event=Reporter(console), max_usd=max_usd
-        )
+        with _backend_errors():  # a Modal user error is worded like every other command's
+            code = forge_sweep(sweep_file, backend=backend, data_dir=data_dir, out_dir=out_dir, max_usd=max_usd)
     except SweepError as e:
         click.echo(f"error: {e}", err=True)
         raise SystemExit(1) from None
-    except ModalUserError as e:  # worded like every other command's (_modal_call)
-        click.echo(str(e), err=True)
-        raise SystemExit(e.exit_code) from None
     except KeyboardInterrupt:  # Modal: the app was stopped, trials in flight recorded as interrupted
         click.echo("interrupted: unfinished trials run again on the next forge sweep", err=True)
         raise SystemExit(130) from None
-    print_outcome(console, outcome)
-    raise SystemExit(outcome.exit_code or (1 if outcome.failed else 0))
+    raise SystemExit(code)
 
 
 # --- run / status (runner.backends, runner.store) -------------------------------------
@@ -329,33 +306,21 @@ def run(
       forge run jobs/smoke.yaml --out /data/forge
       forge run jobs/smoke.yaml --verify
     """
-    from runner.backends.base import BackendError
-    from runner.backends.jobrun import run_job
+    from runner.backends.jobrun import forge_run
+    from runner.backends.registry import FlagConflict
 
-    if detach and backend != "modal":
-        raise click.UsageError("--detach runs the job on Modal: add --backend modal")
-    if backend == "modal":
-        if verify_first:
-            raise click.UsageError("--verify reads the shards here: use it with --backend local")
-        if out is not None:
-            raise click.UsageError("--out is for the local backend; on Modal shards go to output.volume")
-        from runner.backends.modal.ops import run_on_modal
-
-        raise SystemExit(
-            _modal_call(run_on_modal, job, detach=detach, limit=limit, max_usd=max_usd, echo=click.echo)
-        )
     try:
-        with _user_errors():
-            summary = run_job(
-                job, backend=backend, out=out, limit=limit, max_usd=max_usd, verify=verify_first
-            )
-    except BackendError as e:
-        click.echo(f"error: {e}", err=True)
-        raise SystemExit(1) from None
+        with _backend_errors():
+            code = forge_run(
+                job, backend=backend, out=out, limit=limit, max_usd=max_usd, detach=detach,
+                verify=verify_first, echo=click.echo,
+            )  # fmt: skip
+    except FlagConflict as e:
+        raise click.UsageError(str(e)) from None
     except KeyboardInterrupt:  # before any worker started: nothing to clean up
         click.echo("interrupted", err=True)
         raise SystemExit(130) from None
-    raise SystemExit(summary.exit_code)
+    raise SystemExit(code)
 
 
 @main.command()
@@ -395,24 +360,14 @@ def status(job: str, out: str | None, as_json: bool, backend: str) -> None:
     """
     import json
 
+    from runner.backends.jobview import status_of
     from runner.backends.progress import make_console
-    from runner.store.status import job_status, status_lines, status_table
+    from runner.store.status import status_lines, status_table
 
-    if backend == "modal":
-        from runner.backends.modal.ops import status_on_modal
-
-        st = _modal_call(status_on_modal, job)
-    if backend != "modal":
-        from runner.store.shards import StoreError
-
-        if out is not None:  # a mistyped store would show every shard missing
-            _must_exist(out, "store folder (--out)")
-        try:
-            with _user_errors():
-                st = job_status(job, out)
-        except StoreError as e:
-            click.echo(f"error: {e}", err=True)
-            raise SystemExit(1) from None
+    if out is not None:  # a mistyped store would show every shard missing
+        _must_exist(out, "store folder (--out)")
+    with _backend_errors():
+        st = status_of(job, backend=backend, out=out)
     if as_json:
         click.echo(json.dumps(st.to_json(), indent=2))
         return
@@ -427,20 +382,8 @@ def status(job: str, out: str | None, as_json: bool, backend: str) -> None:
 
 def _modal_call(fn, *args, **kwargs):  # type: ignore[no-untyped-def]
     """Run a Modal command's function: its user errors print one line and exit 2, no traceback."""
-    from runner.backends.modal import ModalUserError
-
-    try:
-        with _user_errors():
-            return fn(*args, **kwargs)
-    except ModalUserError as e:
-        click.echo(str(e), err=True)
-        raise SystemExit(e.exit_code) from None
-
-
-def _modal_plan(spec):  # type: ignore[no-untyped-def]
-    from runner.backends.modal import plan_json
-
-    return _modal_call(plan_json, spec)
+    with _backend_errors():
+        return fn(*args, **kwargs)
 
 
 @main.command()

@@ -52,6 +52,12 @@ SurveyState = Literal["done", "missing", "corrupt", "skipped", "claimed", "stale
 class BackendError(Exception):
     """A backend cannot start (missing credentials, bad setup): one clear message, no traceback."""
 
+    exit_code = 1
+
+    def line(self) -> str:
+        """The one line the CLI prints for it."""
+        return f"error: {self}"
+
 
 @dataclass(frozen=True)
 class TaskRequest(Generic[T]):

@@ -28,6 +28,9 @@ class ModalUserError(BackendError):
 
     exit_code = 2
 
+    def line(self) -> str:
+        return str(self)  # worded as a sentence already
+
 
 def credentials_found() -> bool:
     """Whether Modal has credentials here: a token pair (env or ~/.modal.toml) or OAuth.
