@@ -83,6 +83,24 @@ class Attempt:
     billing: bool = True  # False while queued: it costs nothing yet
 
 
+def cancelled_result(
+    key: str,
+    *,
+    seconds: float,
+    gpu: str,
+    per_hour: float,
+    run_id: str,
+    tier: Tier = "default",
+    attempt: int = 0,
+) -> TaskResult:
+    """An attempt forge stopped (the budget's hard stop, Ctrl+C, SIGTERM): charged for the
+    seconds it ran at ``per_hour`` $/hour on ``gpu``, left unfinished for the next run."""
+    return TaskResult(
+        key=key, status="cancelled", seconds=seconds, gpu=gpu, usd=max(0.0, seconds) * per_hour / 3600.0,
+        error="cancelled by forge", tier=tier, attempt=attempt, run_id=run_id,
+    )  # fmt: skip
+
+
 @dataclass
 class RunContext:
     """What a backend is built from (``registry.make_backend``)."""

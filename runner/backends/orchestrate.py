@@ -48,7 +48,7 @@ from dataclasses import replace
 from typing import Any
 
 from runner import __version__
-from runner.backends.base import Backend, Keyed, TaskRequest, Tier
+from runner.backends.base import Backend, Keyed, TaskRequest, Tier, cancelled_result
 from runner.backends.manifests import close_abandoned, prior_spend, seconds_by_gpu
 from runner.backends.meter import MIN_POLL_S, Meter, Spec, spend_of
 from runner.backends.runstate import Progress, RunOptions, RunSummary, Terminated
@@ -222,10 +222,9 @@ class Orchestrator:
             req = self._inflight[key]
             secs, name = m.seconds.get(key, (0.0, self.backend.price_name(req.gpu)))
             results.append(
-                TaskResult(
-                    key=key, status="cancelled", seconds=secs, gpu=name, tier=req.tier,
-                    attempt=req.attempt, run_id=self.run_id,
-                    usd=self.spec.usd(secs, name),
+                cancelled_result(
+                    key, seconds=secs, gpu=name, per_hour=self.spec.price_per_hour(name),
+                    run_id=self.run_id, tier=req.tier, attempt=req.attempt,
                 )
             )  # fmt: skip
         for r in results:

@@ -28,14 +28,14 @@ import sys
 import threading
 import time
 from collections.abc import Sequence
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from pathlib import PurePosixPath
 from typing import Any
 
 import modal
 import modal.exception
 
-from runner.backends.base import Attempt, TaskRequest, Tier
+from runner.backends.base import Attempt, TaskRequest, Tier, cancelled_result
 from runner.backends.modal import (
     GPU_ENV,
     MOUNT,
@@ -46,7 +46,6 @@ from runner.backends.modal import (
     gpu_from_device,
     modal_errors,
     require_credentials,
-    user_error,
     volume_root,
 )
 from runner.backends.modal.container import CPU_CORES, MEMORY_MIB
@@ -170,9 +169,6 @@ class ModalSweepBackend(TrialBackend):
         self._trials: dict[str, Trial] = {}
         self._results: queue.Queue[tuple[Trial, dict[str, Any], str]] = queue.Queue()
 
-    def _friendly(self, e: BaseException) -> BaseException:
-        return user_error(e) or e
-
     def start(self) -> None:
         # leaving the app (stop(), Ctrl+C included) stops it and its containers
         self._cm = enter_app(self.compiled.app, say=lambda m: print(m, file=sys.stderr, flush=True))
@@ -254,7 +250,9 @@ class ModalSweepBackend(TrialBackend):
         for t in trials:
             secs = now - self._sent.get(t.trial_id, now)
             # the container's CPU and memory are billed too (hourly), not only its GPU
-            out.append(replace(self.cancelled(t, secs, gpu), usd=secs * hourly(self.spec, gpu) / 3600.0))
+            out.append(
+                cancelled_result(t.trial_id, seconds=secs, gpu=gpu, per_hour=hourly(self.spec, gpu), run_id=self.run_id)
+            )
         return out
 
     def stop(self, *, interrupted: bool) -> None:

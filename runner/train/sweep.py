@@ -30,7 +30,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from runner.backends.base import Backend, SurveyState
+from runner.backends.base import Backend, SurveyState, cancelled_result
 from runner.backends.task import TaskResult
 from runner.jobspec import plan
 from runner.jobspec.model import JobSpec, ShardTask, SweepSpec
@@ -510,13 +510,8 @@ class TrialBackend(Backend[Trial]):
 
     def cancelled(self, trial: Trial, seconds: float, gpu: str) -> TaskResult:
         """A trial stopped before it returned: charged, not recorded (a rerun trains it)."""
-        return TaskResult(
-            key=trial.trial_id,
-            status="cancelled",
-            seconds=seconds,
-            gpu=gpu,
-            usd=self.spec.usd(seconds, gpu),
-            run_id=self.run_id,
+        return cancelled_result(
+            trial.trial_id, seconds=seconds, gpu=gpu, per_hour=self.spec.price_per_hour(gpu), run_id=self.run_id
         )
 
 

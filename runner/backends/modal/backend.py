@@ -21,7 +21,15 @@ from typing import Any
 import modal
 import modal.exception
 
-from runner.backends.base import Attempt, Backend, RunContext, SurveyState, TaskRequest, Tier
+from runner.backends.base import (
+    Attempt,
+    Backend,
+    RunContext,
+    SurveyState,
+    TaskRequest,
+    Tier,
+    cancelled_result,
+)
 from runner.backends.modal.app import FunctionPlan, JobApp, enter_app
 from runner.backends.modal.claims import DictClaims, release_run_claims
 from runner.backends.modal.errors import ModalUserError, require_credentials, user_error
@@ -136,7 +144,7 @@ class ModalBackend(Backend):
         self._run_cm = enter_app(self.job.app, say=self.say)
         self.app_id = self.job.app.app_id
         if self.app_id:
-            self._claims().add_app(
+            self.claims_table.add_app(
                 self.app_id, {"run_id": self.run_id, "started": time.time(), "detached": False}
             )
 
@@ -167,7 +175,7 @@ class ModalBackend(Backend):
                     self.say(f"warning: leaving the Modal app: {e}")
             if self.app_id:
                 with contextlib.suppress(Exception):
-                    self._claims().remove_app(self.app_id)
+                    self.claims_table.remove_app(self.app_id)
             self._stop_done = True
 
     def _stop_hard(self) -> None:
@@ -326,10 +334,9 @@ class ModalBackend(Backend):
             secs = now - self._sent.get(req.task.key, now)
             gpu = self.price_name(req.gpu)
             out.append(
-                TaskResult(
-                    key=req.task.key, status="cancelled", seconds=secs, gpu=gpu,
-                    usd=self.spec.usd(secs, gpu), error="cancelled by forge",
-                    tier=req.tier, attempt=req.attempt, run_id=self.run_id,
+                cancelled_result(
+                    req.task.key, seconds=secs, gpu=gpu, per_hour=self.spec.price_per_hour(gpu),
+                    run_id=self.run_id, tier=req.tier, attempt=req.attempt,
                 )
             )  # fmt: skip
             self._release_claim_of_run(req.task.key)
@@ -354,9 +361,6 @@ class ModalBackend(Backend):
         return out
 
     # -- the store on the volume -----------------------------------------------------------------
-    def _claims(self) -> DictClaims:
-        return self.claims_table
-
     SURVEY_ONE_BY_ONE = 16  # below this many tasks, ask per file instead of listing the job
 
     def survey(self, tasks: Sequence[ShardTask]) -> dict[str, SurveyState]:
@@ -367,7 +371,7 @@ class ModalBackend(Backend):
 
     def _survey(self, tasks: Sequence[ShardTask]) -> dict[str, SurveyState]:
         trust, self._surveyed = self._surveyed, True
-        claims = self._claims()
+        claims = self.claims_table
         files: Collection[str]
         if len(tasks) <= self.SURVEY_ONE_BY_ONE:  # the orchestrator rechecking a few shards
             names = [t.relpath for t in tasks] + [f"{t.key}{RECORD_SUFFIX}" for t in tasks]
@@ -450,7 +454,7 @@ class ModalBackend(Backend):
     # -- claims ------------------------------------------------------------------------------------
     def _release_claim_of_run(self, key: str) -> None:
         try:
-            claims = self._claims()
+            claims = self.claims_table
             held = claims.get(key)
             if held is not None and held.get("run_id") == self.run_id:
                 claims.delete(key)
@@ -460,7 +464,7 @@ class ModalBackend(Backend):
     def _release_own_claims(self) -> None:
         """After the app stopped, no container of this run holds a shard: free their claims."""
         try:
-            release_run_claims(self._claims(), self.run_id)
+            release_run_claims(self.claims_table, self.run_id)
         except Exception as e:
             self.say(
                 f"warning: could not release this run's claims ({e}); they go stale after the task timeout"

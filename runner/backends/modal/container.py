@@ -42,7 +42,7 @@ from runner.backends.modal.names import (
     claims_name,
     container_store_root,
 )
-from runner.backends.task import TaskResult
+from runner.backends.task import TaskResult, run_task
 from runner.jobspec import pricing as prices
 from runner.jobspec.model import JobSpec, Priced
 
@@ -383,8 +383,6 @@ def solve_shard(request: TaskRequest, spec: JobSpec, run_id: str) -> TaskResult:
     without retries): a restarted input finds the shard done and returns
     ``already_done``, or finds its own earlier claim and takes it back.
     """
-    from runner.backends.task import run_task
-
     t0, cpu0 = time.monotonic(), cpu_seconds()
     try:
         kind = device_kind(gpu_required())  # the first jax call

@@ -32,7 +32,9 @@ from runner.backends.modal.errors import (
 from runner.backends.modal.names import TAG_JOB, TAG_RUN, app_name, claim_timeout_s, claims_name
 from runner.backends.modal.volume import VolumeView, classify
 from runner.backends.runstate import new_run_id
+from runner.jobspec.load import load_job
 from runner.jobspec.model import JobSpec, ShardTask
+from runner.jobspec.plan import tasks as plan_tasks
 from runner.store.shards import (
     RECORD_SUFFIX,
     STATUS_COLUMNS,
@@ -463,9 +465,6 @@ def cost_lines(report: dict[str, Any]) -> list[str]:
 
 
 def _load(job: str | os.PathLike[str]) -> tuple[JobSpec, list[ShardTask]]:
-    from runner.jobspec.load import load_job
-    from runner.jobspec.plan import tasks as plan_tasks
-
     spec = load_job(job)
     return spec, plan_tasks(spec)
 
