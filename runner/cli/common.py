@@ -11,7 +11,7 @@ from runner import __version__
 
 
 @contextmanager
-def _user_errors() -> Iterator[None]:
+def user_errors() -> Iterator[None]:
     """A bad job or sweep file: every error as file:line: path: message, exit 1, no traceback."""
     from runner.jobspec.errors import SpecErrors
 
@@ -24,20 +24,20 @@ def _user_errors() -> Iterator[None]:
 
 
 @contextmanager
-def _backend_errors() -> Iterator[None]:
-    """A bad job file (as ``_user_errors``), or a backend that cannot run it (setup, store,
+def backend_errors() -> Iterator[None]:
+    """A bad job file (as ``user_errors``), or a backend that cannot run it (setup, store,
     Modal credentials): its one line, its exit code (``BackendError``), no traceback."""
     from runner.backends.base import BackendError
 
     try:
-        with _user_errors():
+        with user_errors():
             yield
     except BackendError as e:
         click.echo(e.line(), err=True)
         raise SystemExit(e.exit_code) from None
 
 
-def _must_exist(path: str, what: str = "file or folder") -> None:
+def must_exist(path: str, what: str = "file or folder") -> None:
     """The one rule for a path that is not there: a line naming it, exit 1.
 
     (click's ``exists=True`` would make it a usage error, exit 2, in some commands only.)
@@ -62,7 +62,7 @@ def main() -> None:
     """
 
 
-def _modal_call(fn, *args, **kwargs):  # type: ignore[no-untyped-def]
+def modal_call(fn, *args, **kwargs):  # type: ignore[no-untyped-def]
     """Run a Modal command's function: its user errors print one line and exit 2, no traceback."""
-    with _backend_errors():
+    with backend_errors():
         return fn(*args, **kwargs)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import click
 
-from runner.cli.common import _backend_errors, _must_exist, main
+from runner.cli.common import backend_errors, main, must_exist
 
 
 @main.command()
@@ -85,8 +85,8 @@ def plan(job: str, backend: str | None, out: str, as_json: bool) -> None:
 
     from runner.backends.jobview import plan_report
 
-    _must_exist(out, "store folder (--out)")
-    with _backend_errors():
+    must_exist(out, "store folder (--out)")
+    with backend_errors():
         doc, text = plan_report(job, backend=backend, out=out)
     click.echo(json.dumps(doc, indent=2) if as_json else text)
 
@@ -165,7 +165,7 @@ def run(
     from runner.backends.registry import FlagConflict
 
     try:
-        with _backend_errors():
+        with backend_errors():
             code = forge_run(
                 job, backend=backend, out=out, limit=limit, max_usd=max_usd, detach=detach,
                 verify=verify_first, echo=click.echo,
@@ -220,8 +220,8 @@ def status(job: str, out: str | None, as_json: bool, backend: str) -> None:
     from runner.store.status import status_lines, status_table
 
     if out is not None:  # a mistyped store would show every shard missing
-        _must_exist(out, "store folder (--out)")
-    with _backend_errors():
+        must_exist(out, "store folder (--out)")
+    with backend_errors():
         st = status_of(job, backend=backend, out=out)
     if as_json:
         click.echo(json.dumps(st.to_json(), indent=2))

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import click
 
-from runner.cli.common import _must_exist, main
+from runner.cli.common import main, must_exist
 
 
 def _decl_option(value: str) -> int | None:
@@ -119,7 +119,7 @@ def verify(paths: tuple[str, ...], as_json: bool, no_repair: bool) -> None:
     from runner.oracle.report import verify_paths
 
     for p in paths:
-        _must_exist(p)
+        must_exist(p)
     results = verify_paths(paths, repair=not no_repair)
     if as_json:
         click.echo(json.dumps({"ok": all(not e for _, e, _ in results), "files": [

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import click
 
-from runner.cli.common import _modal_call, main
+from runner.cli.common import main, modal_call
 
 
 @main.command()
@@ -24,7 +24,7 @@ def stop(job: str) -> None:
     """
     from runner.backends.modal.ops import stop_on_modal
 
-    for line in _modal_call(stop_on_modal, job):
+    for line in modal_call(stop_on_modal, job):
         click.echo(line)
 
 
@@ -56,7 +56,7 @@ def download(job: str, to: str, split: str | None) -> None:
     """
     from runner.backends.modal.ops import download_job
 
-    report = _modal_call(download_job, job, to, split=split)
+    report = modal_call(download_job, job, to, split=split)
     for line in report.lines():
         click.echo(line)
     raise SystemExit(1 if report.conflicts else 0)
@@ -85,7 +85,7 @@ def cost(job: str, days: int, as_json: bool) -> None:
 
     from runner.backends.modal.ops import cost_lines, cost_of
 
-    report = _modal_call(cost_of, job, days=days)
+    report = modal_call(cost_of, job, days=days)
     if as_json:
         click.echo(json.dumps(report, indent=2, default=str))
     else:

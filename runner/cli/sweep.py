@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import click
 
-from runner.cli.common import _backend_errors, _must_exist, main
+from runner.cli.common import backend_errors, main, must_exist
 
 
 @main.command()
@@ -68,9 +68,9 @@ def sweep(sweep_file: str, backend: str, data_dir: str | None, out_dir: str | No
     from runner.train.sweeprun import forge_sweep
 
     if backend == "local" and data_dir is not None:
-        _must_exist(data_dir, "data folder (--data)")
+        must_exist(data_dir, "data folder (--data)")
     try:
-        with _backend_errors():  # a Modal user error is worded like every other command's
+        with backend_errors():  # a Modal user error is worded like every other command's
             code = forge_sweep(sweep_file, backend=backend, data_dir=data_dir, out_dir=out_dir, max_usd=max_usd)
     except SweepError as e:
         click.echo(f"error: {e}", err=True)
