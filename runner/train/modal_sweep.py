@@ -46,6 +46,7 @@ from runner.backends.modal import (
     gpu_from_device,
     modal_errors,
     require_credentials,
+    unanswered,
     volume_root,
 )
 from runner.backends.modal.container import CPU_CORES, MEMORY_MIB
@@ -269,13 +270,12 @@ def _fail_unanswered(trials: list[Trial], errors: list[BaseException], spec: Swe
     were timeouts are charged their whole timeout (at the dearest GPU, by the caller), as
     the oracle's Modal backend does, so the spend never under-counts.
     """
-    text = "; ".join(dict.fromkeys(f"{type(e).__name__}: {e}" for e in errors)) or "no result came back"
-    timeouts = sum(isinstance(e, modal.exception.FunctionTimeoutError) for e in errors)
+    error, timeouts = unanswered(errors, "no result came back")
     return [
         {
             "trial_id": trial.trial_id,
             "status": "failed",
-            "error": f"Modal: {text}"[:4000],
+            "error": error,
             "seconds": float(spec.compute.timeout_s) if i < timeouts else 0.0,
         }
         for i, trial in enumerate(trials)

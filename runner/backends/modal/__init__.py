@@ -45,6 +45,7 @@ from runner.backends.modal.errors import (
     credentials_found,
     modal_errors,
     require_credentials,
+    unanswered,
     user_error,
 )
 from runner.backends.modal.names import MOUNT, container_store_root, volume_root
@@ -72,6 +73,7 @@ __all__ = [
     "plan_json",
     "plan_lines",
     "require_credentials",
+    "unanswered",
     "unanswered_results",
     "user_error",
     "volume_root",

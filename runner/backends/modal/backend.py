@@ -32,7 +32,7 @@ from runner.backends.base import (
 )
 from runner.backends.modal.app import FunctionPlan, JobApp, enter_app
 from runner.backends.modal.claims import DictClaims, release_run_claims
-from runner.backends.modal.errors import ModalUserError, require_credentials, user_error
+from runner.backends.modal.errors import ModalUserError, require_credentials, unanswered, user_error
 from runner.backends.modal.names import claim_timeout_s
 from runner.backends.modal.volume import VolumeView, classify
 from runner.backends.task import TaskResult, is_oom
@@ -51,8 +51,7 @@ def unanswered_results(
     at the dearest GPU their function could have run on, so the budget guard
     never under-counts.
     """
-    text = "; ".join(dict.fromkeys(f"{type(e).__name__}: {e}" for e in errors)) or "no result"
-    timeouts = sum(isinstance(e, modal.exception.FunctionTimeoutError) for e in errors)
+    error, timeouts = unanswered(errors)
     out = []
     for i, req in enumerate(reqs):
         gpu = spec.dearest(req.gpu) if req.gpu else ""
@@ -64,8 +63,8 @@ def unanswered_results(
                 seconds=secs,
                 gpu=gpu,
                 usd=spec.usd(secs, gpu),
-                error=f"Modal: {text}"[:4000],
-                oom=is_oom(text),
+                error=error,
+                oom=is_oom(error),
                 tier=req.tier,
                 attempt=req.attempt,
                 run_id=run_id,
