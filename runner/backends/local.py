@@ -117,7 +117,7 @@ class LocalBackend(Backend):
         if self.mode == "pipeline" and not opts.get("workers"):
             workers = max(workers, (os.cpu_count() or 2) - 2)
         self.n_workers = max(1, workers)
-        self.price = spec.price_per_hour(LOCAL)
+        self.price = spec.rate(LOCAL)
         self.shm = _shm_dir(ctx.run_id)
         self._ctx = mp.get_context("spawn")
         self._workers: list[_Worker] = []

@@ -170,7 +170,7 @@ class Orchestrator:
                 secs, name, billing = a.elapsed_s, a.gpu, a.billing
             else:
                 secs, name, billing = now - self._sent.get(key, now), self.backend.price_name(req.gpu), True
-            price = self.spec.price_per_hour(name) / 3600.0
+            price = self.spec.rate(name) / 3600.0
             m.accrued += max(0.0, secs) * price
             m.rest += max(0.0, self._per_shard_s(name) - secs) * price
             m.rate += price if billing else 0.0
@@ -223,7 +223,7 @@ class Orchestrator:
             secs, name = m.seconds.get(key, (0.0, self.backend.price_name(req.gpu)))
             results.append(
                 cancelled_result(
-                    key, seconds=secs, gpu=name, per_hour=self.spec.price_per_hour(name),
+                    key, seconds=secs, gpu=name, per_hour=self.spec.rate(name),
                     run_id=self.run_id, tier=req.tier, attempt=req.attempt,
                 )
             )  # fmt: skip

@@ -112,18 +112,23 @@ class Priced:
         return dict(self.pricing)
 
     def price_per_hour(self, gpu: str) -> float:
-        """Dollars an hour of ``gpu`` (a normalised GPU name, or ``local``); 0 for a name the
-        table does not list (the loader fills in every built-in name)."""
+        """Dollars an hour of ``gpu`` (a normalised GPU name, or ``local``). The loader fills
+        in every built-in name, so a KeyError is a name that never went through it."""
+        return dict(self.pricing)[gpu]
+
+    def rate(self, gpu: str) -> float:
+        """$/hour an attempt on ``gpu`` is charged: its price, or 0 for a name that is no
+        price (a backend's own name, "" for no hardware)."""
         return float(self.price_table().get(gpu, 0.0))
 
     def dearest(self, gpus: Iterable[str]) -> str:
         """The dearest of ``gpus`` (a tier's fallback list): what an attempt whose GPU is not
         known yet is charged, so the budget never under-counts. ValueError if empty."""
-        return max(gpus, key=self.price_per_hour)
+        return max(gpus, key=self.rate)
 
     def usd(self, seconds: float, gpu: str) -> float:
-        """Dollars for ``seconds`` (negative counts as 0) of ``gpu``; 0 for an unlisted name."""
-        return max(0.0, seconds) * self.price_per_hour(gpu) / 3600.0
+        """Dollars for ``seconds`` (negative counts as 0) on ``gpu``, at ``rate``."""
+        return max(0.0, seconds) * self.rate(gpu) / 3600.0
 
 
 @dataclass(frozen=True)

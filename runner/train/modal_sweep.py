@@ -118,7 +118,7 @@ def hourly(spec: SweepSpec, gpu: str) -> float:
     """$/hour of a trial container: its GPU plus the CPU and memory it requests
     (Modal bills both on top of the GPU; pricing.container_usd)."""
     extra = container_usd(3600.0, spec.price_table(), cores=CPU_CORES, gib=MEMORY_MIB / 1024)
-    return spec.price_per_hour(gpu) + extra
+    return spec.rate(gpu) + extra
 
 
 def worst_case_usd(spec: SweepSpec) -> float:

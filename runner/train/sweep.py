@@ -511,7 +511,7 @@ class TrialBackend(Backend[Trial]):
     def cancelled(self, trial: Trial, seconds: float, gpu: str) -> TaskResult:
         """A trial stopped before it returned: charged, not recorded (a rerun trains it)."""
         return cancelled_result(
-            trial.trial_id, seconds=seconds, gpu=gpu, per_hour=self.spec.price_per_hour(gpu), run_id=self.run_id
+            trial.trial_id, seconds=seconds, gpu=gpu, per_hour=self.spec.rate(gpu), run_id=self.run_id
         )
 
 

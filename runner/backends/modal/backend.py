@@ -334,7 +334,7 @@ class ModalBackend(Backend):
             gpu = self.price_name(req.gpu)
             out.append(
                 cancelled_result(
-                    req.task.key, seconds=secs, gpu=gpu, per_hour=self.spec.price_per_hour(gpu),
+                    req.task.key, seconds=secs, gpu=gpu, per_hour=self.spec.rate(gpu),
                     run_id=self.run_id, tier=req.tier, attempt=req.attempt,
                 )
             )  # fmt: skip

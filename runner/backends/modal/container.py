@@ -411,7 +411,7 @@ def solve_shard(request: TaskRequest, spec: JobSpec, run_id: str) -> TaskResult:
         run_id=run_id,
         compression=spec.output.compression,
         gpu=gpu,
-        price_per_hour=spec.price_per_hour(gpu),
+        price_per_hour=spec.rate(gpu),
         timeout_s=float(request.timeout_s),
         max_states=request.max_states,
         final_tier=request.final_tier,
