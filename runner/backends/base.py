@@ -41,6 +41,12 @@ SurveyState = Literal["done", "missing", "corrupt", "skipped", "claimed", "stale
 class BackendError(Exception):
     """A backend cannot start (missing credentials, bad setup): one clear message, no traceback."""
 
+    exit_code = 1
+
+    def line(self) -> str:
+        """The one line the CLI prints for it."""
+        return f"error: {self}"
+
 
 @dataclass(frozen=True)
 class Attempt:
@@ -50,6 +56,24 @@ class Attempt:
     elapsed_s: float  # seconds billed so far (0 while it only waits in a queue)
     gpu: str  # price-table name of the hardware it runs on (the dearest it may get, if unknown)
     billing: bool = True  # False while queued: it costs nothing yet
+
+
+def cancelled_result(
+    key: str,
+    *,
+    seconds: float,
+    gpu: str,
+    per_hour: float,
+    run_id: str,
+    tier: Tier = "default",
+    attempt: int = 0,
+) -> TaskResult:
+    """An attempt forge stopped (the budget's hard stop, Ctrl+C, SIGTERM): charged for the
+    seconds it ran at ``per_hour`` $/hour on ``gpu``, left unfinished for the next run."""
+    return TaskResult(
+        key=key, status="cancelled", seconds=seconds, gpu=gpu, usd=max(0.0, seconds) * per_hour / 3600.0,
+        error="cancelled by forge", tier=tier, attempt=attempt, run_id=run_id,
+    )  # fmt: skip
 
 
 @dataclass

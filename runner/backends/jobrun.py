@@ -3,17 +3,42 @@
 from __future__ import annotations
 
 import os
+from collections.abc import Callable
 from pathlib import Path
 
 from rich.console import Console
 
 from runner.backends.base import BackendError, RunContext
-from runner.backends.orchestrate import Orchestrator, RunOptions, RunSummary, new_run_id
+from runner.backends.orchestrate import Orchestrator
 from runner.backends.progress import RunDisplay
-from runner.backends.registry import make_backend
+from runner.backends.registry import check_run_flags, make_backend
+from runner.backends.runstate import RunOptions, RunSummary, new_run_id
 from runner.jobspec.load import load_job
 from runner.jobspec.plan import tasks as plan_tasks
 from runner.store.shards import ShardStore, StoreError, job_root
+
+
+def forge_run(
+    job: str | os.PathLike[str],
+    *,
+    backend: str = "local",
+    out: str | os.PathLike[str] | None = None,
+    limit: int | None = None,
+    max_usd: float | None = None,
+    detach: bool = False,
+    verify: bool = False,
+    echo: Callable[[str], None] = print,
+) -> int:
+    """``forge run``: the exit code. Flags the backend cannot take are refused first
+    (``registry.FlagConflict``, the CLI's usage error); ``detach`` hands the
+    orchestrator itself to Modal, otherwise ``run_job`` runs it here."""
+    check_run_flags(backend, out=out, detach=detach, verify=verify)
+    if detach:
+        # Imported only when chosen: modal is a heavy import a local run does not need.
+        from runner.backends.modal.ops import detach_job
+
+        return detach_job(job, limit=limit, max_usd=max_usd, echo=echo)
+    return run_job(job, backend=backend, out=out, limit=limit, max_usd=max_usd, verify=verify).exit_code
 
 
 def run_job(
@@ -32,6 +57,7 @@ def run_job(
     ``verify``: fully verify the shards already there first; failing ones are moved
     aside and solved again (the skip check alone reads only each file's footer).
     """
+    check_run_flags(backend, out=out, verify=verify)
     spec = load_job(job)
     tasks = plan_tasks(spec)
     run_id = new_run_id()
@@ -46,8 +72,6 @@ def run_job(
             raise BackendError(str(e)) from None
         store.clean_debris(s.name for s in spec.splits)
     if verify:
-        if backend != "local":
-            raise BackendError("--verify reads the shards here: use it with the local backend")
         checked, moved = store.verify_existing(tasks)
         verified.append(f"--verify: {checked} existing shard(s) checked, {len(moved)} failed")
         verified += [f"  moved {key} to {aside.name} ({why}); solving it again" for key, why, aside in moved]

@@ -23,7 +23,6 @@ CPU too, which is how it is tested here).
 from __future__ import annotations
 
 import contextlib
-import ctypes
 import importlib.util
 import multiprocessing as mp
 import os
@@ -32,7 +31,7 @@ import signal
 import tempfile
 import time
 from collections import deque
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from multiprocessing.connection import Connection, wait
 from multiprocessing.process import BaseProcess
@@ -40,15 +39,15 @@ from pathlib import Path
 from typing import Any
 
 from runner.backends.base import Attempt, Backend, RunContext, SurveyState, TaskRequest, Tier
-from runner.backends.overlap import DEPTH, BackgroundWriter, solve_then_write
-from runner.backends.task import TaskEnv, TaskResult, TaskRun
+from runner.backends.overlap import DEPTH
+from runner.backends.task import TaskResult
+from runner.backends.workers import _worker_main, shut_down, start_ignoring_sigint
 from runner.jobspec.model import Commit, JobSpec, ShardTask
+from runner.jobspec.pricing import LOCAL
 from runner.store.claims import LocalClaims, clear_stale, is_stale, pid_alive, this_host
 from runner.store.shards import ShardStore, job_root, shard_state
 
-LOCAL_GPU = "local"  # the price-table name of this machine
 MODE_ENV = "FORGE_LOCAL_MODE"
-STOP_GRACE_S = 5.0
 MAX_DEATHS_PER_WORKER = 3
 
 
@@ -68,15 +67,6 @@ def gpu_visible() -> bool:
     )
 
 
-def _die_with_parent(parent: int) -> None:
-    """Have the kernel SIGKILL this process when the orchestrator dies (Linux)."""
-    with contextlib.suppress(Exception):
-        libc = ctypes.CDLL(None, use_errno=True)
-        libc.prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
-    if os.getppid() != parent:  # it died before prctl took effect
-        os._exit(1)
-
-
 SHM_MIN_FREE = 8 << 30  # a few solved tables in flight; containers often give /dev/shm 64 MB
 
 
@@ -87,158 +77,6 @@ def _shm_dir(run_id: str) -> Path:
         if shutil.disk_usage("/dev/shm").free >= SHM_MIN_FREE:
             base = Path("/dev/shm")
     return base / f"forge-{run_id}"
-
-
-# --- the worker process ---------------------------------------------------------
-
-
-def messages(conn: Connection) -> Iterator[Any]:
-    """What a worker process is sent, until ``None`` (finish) or its parent's end of the pipe closes."""
-    while True:
-        try:
-            msg = conn.recv()
-        except EOFError:
-            return
-        if msg is None:
-            return
-        yield msg
-
-
-def start_ignoring_sigint(proc: BaseProcess) -> None:
-    """Start a worker that inherits "ignore SIGINT" from the moment it exists, so a
-    Ctrl+C during its start cannot kill it with a traceback."""
-    old = signal.signal(signal.SIGINT, signal.SIG_IGN)
-    try:
-        proc.start()
-    finally:
-        signal.signal(signal.SIGINT, old)
-
-
-def shut_down(workers: Sequence[Any], grace_s: float = STOP_GRACE_S) -> None:
-    """End worker processes: each is asked to finish (``None`` on its pipe), and one
-    still alive after ``grace_s`` is killed; every pipe is closed."""
-    for w in workers:
-        with contextlib.suppress(OSError, ValueError):
-            w.conn.send(None)
-    deadline = time.monotonic() + grace_s
-    for w in workers:
-        w.proc.join(max(0.0, deadline - time.monotonic()))
-        if w.proc.is_alive():
-            w.proc.kill()
-            w.proc.join(1.0)
-        with contextlib.suppress(OSError):
-            w.conn.close()
-
-
-def _worker_main(role: str, conn: Connection, cfg: dict[str, Any]) -> None:
-    signal.signal(signal.SIGINT, signal.SIG_IGN)
-    signal.signal(signal.SIGTERM, signal.SIG_DFL)
-    _die_with_parent(cfg["parent"])
-    if role == "writer":  # writers never touch the device
-        os.environ["JAX_PLATFORMS"] = "cpu"
-    store = ShardStore(cfg["root"], commit=cfg["commit"])
-    claims = LocalClaims(cfg["root"])
-    shm = Path(cfg["shm"])
-    writer = BackgroundWriter(conn.send)  # pool workers write behind their solver (overlap.py)
-    try:
-        for msg in messages(conn):
-            op = msg[0]
-            if op == "run":
-                req: TaskRequest = msg[1]
-                tr = TaskRun(req, _task_env(cfg, store, claims))
-                solve_then_write(tr, writer)
-            elif op == "solve":
-                conn.send(_solve_only(msg[1], store, claims, cfg, shm))
-            elif op == "write":
-                conn.send(("result", _write_only(msg[1], msg[2], store, claims).to_json()))
-    finally:
-        writer.wait()
-        store.flush()
-
-
-def _task_env(cfg: dict[str, Any], store: ShardStore, claims: LocalClaims) -> TaskEnv:
-    return TaskEnv(
-        store,
-        claims,
-        run_id=cfg["run_id"],
-        compression=cfg["compression"],
-        gpu=LOCAL_GPU,
-        price_per_hour=cfg["price"],
-        kill_with=(cfg["parent"],),  # a FORGE_FAULT kill takes the whole run down
-    )
-
-
-def _solve_only(
-    req: TaskRequest, store: ShardStore, claims: LocalClaims, cfg: dict[str, Any], shm: Path
-) -> tuple[Any, ...]:
-    """Pipeline solver: claim and solve; hand the table over through shared memory."""
-    import numpy as np
-
-    tr = TaskRun(req, _task_env(cfg, store, claims))
-    try:
-        early = tr.begin()
-        if early is not None:
-            return ("result", early.to_json())
-        sol = tr.solve()
-        shm.mkdir(parents=True, exist_ok=True)
-        path = shm / (req.task.key.replace("/", "__") + f".{os.getpid()}.npz")
-        if sol.rows is not None:  # one contiguous buffer, V and Q are views of it
-            np.savez(path, states=sol.states, rows=sol.rows)
-        else:
-            np.savez(path, states=sol.states, V=sol.V, Q=sol.Q)
-        extra = {
-            "hands": [list(h) for h in sol.hands],
-            "decl_id": int(sol.decl_id),
-            "root_value": int(sol.root_value),
-            "timings": dict(sol.timings),
-            "device": str(sol.device),
-        }
-        state = tr.state()
-        tr.claim = None  # the writer releases it now
-        return ("solved", req.task.key, state, str(path), extra)
-    except Exception as e:
-        if tr.claim is not None:
-            store.clean_tmp(req.task)
-        return ("result", tr.fail(e).to_json())
-
-
-def _write_only(
-    state: dict[str, Any], payload: tuple[str, dict[str, Any]], store: ShardStore, claims: LocalClaims
-) -> TaskResult:
-    """Pipeline writer: finish an attempt the solver started."""
-    import numpy as np
-
-    from runner.oracle.solve import Solution
-
-    path, extra = payload
-    tr = TaskRun.resume(state, store, claims)
-    try:
-        hands = tuple(tuple(h) for h in extra["hands"])
-        with np.load(path) as z:
-            if "rows" in z.files:
-                sol = Solution.from_rows(
-                    hands, extra["decl_id"], z["states"], z["rows"], extra["root_value"],
-                    extra["timings"], extra["device"],
-                )  # fmt: skip
-            else:
-                sol = Solution(
-                    hands=hands,
-                    decl_id=extra["decl_id"],
-                    states=z["states"],
-                    V=z["V"],
-                    Q=z["Q"],
-                    root_value=extra["root_value"],
-                    timings=extra["timings"],
-                    device=extra["device"],
-                )
-        Path(path).unlink(missing_ok=True)
-        return tr.finish(sol)
-    except Exception as e:
-        store.clean_tmp(tr.task)
-        return tr.fail(e)
-    finally:
-        Path(path).unlink(missing_ok=True)
-        tr._release()
 
 
 # --- the orchestrator side --------------------------------------------------------
@@ -279,7 +117,7 @@ class LocalBackend(Backend):
         if self.mode == "pipeline" and not opts.get("workers"):
             workers = max(workers, (os.cpu_count() or 2) - 2)
         self.n_workers = max(1, workers)
-        self.price = float(dict(spec.pricing).get(LOCAL_GPU, 0.0))
+        self.price = spec.rate(LOCAL)
         self.shm = _shm_dir(ctx.run_id)
         self._ctx = mp.get_context("spawn")
         self._workers: list[_Worker] = []
@@ -322,13 +160,13 @@ class LocalBackend(Backend):
         return len(self._jobs)
 
     def price_name(self, gpu: tuple[str, ...]) -> str:
-        return LOCAL_GPU
+        return LOCAL
 
     def running(self) -> dict[str, Attempt]:
         # A queued job waits for a worker: it bills nothing until one takes it.
         now = time.monotonic()
         return {
-            k: Attempt(k, now - j.sent if j.stage != "queued" else 0.0, LOCAL_GPU, j.stage != "queued")
+            k: Attempt(k, now - j.sent if j.stage != "queued" else 0.0, LOCAL, j.stage != "queued")
             for k, j in self._jobs.items()
         }
 
@@ -603,7 +441,7 @@ class LocalBackend(Backend):
             error=why,
             oom=oom,
             seconds=secs,
-            gpu=LOCAL_GPU,
+            gpu=LOCAL,
             usd=secs * self.price / 3600.0,
             tier=job.req.tier,
             attempt=job.req.attempt,

@@ -37,7 +37,6 @@ SIGTERM stops a run as Ctrl+C does (cancel, charge, release), exit 143.
 
 from __future__ import annotations
 
-import contextlib
 import heapq
 import itertools
 import os
@@ -45,160 +44,18 @@ import signal
 import threading
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field, replace
+from dataclasses import replace
 from typing import Any
 
 from runner import __version__
-from runner.backends.base import Backend, Keyed, TaskRequest, Tier
+from runner.backends.base import Backend, Keyed, TaskRequest, Tier, cancelled_result
+from runner.backends.manifests import close_abandoned, prior_spend, seconds_by_gpu
+from runner.backends.meter import MIN_POLL_S, Meter, Spec, spend_of
+from runner.backends.runstate import Progress, RunOptions, RunSummary, Terminated
 from runner.backends.task import TaskResult
 from runner.jobspec import pricing
-from runner.jobspec.model import Compute, JobSpec, LargeTier, SweepSpec
-from runner.store.claims import pid_alive, this_host
-
-EXIT_OK = 0
-EXIT_FAILED = 1
-EXIT_BUDGET = 3
-EXIT_INTERRUPTED = 130
-EXIT_TERMINATED = 143  # 128 + SIGTERM, as a shell reports a process SIGTERM killed
-# A "running" manifest not rewritten for this long belongs to a run that is gone
-# (runs rewrite theirs every few seconds; Modal's every 30 s).
-ABANDONED_AFTER_S = 600.0
-
-
-class Terminated(KeyboardInterrupt):
-    """SIGTERM: the same clean stop as Ctrl+C (a KeyboardInterrupt, so every handler of one applies)."""
-
-
-def new_run_id() -> str:
-    return f"{time.strftime('%Y%m%dT%H%M%SZ', time.gmtime())}-{os.urandom(3).hex()}"
-
-
-@dataclass
-class RunOptions:
-    limit: int | None = None  # attempt at most this many missing shards
-    max_usd: float | None = None  # overrides budget.max_usd for this run
-    backoff_s: float = 2.0  # delay before the first retry; doubles each time
-    backoff_max_s: float = 60.0
-    poll_s: float = 0.25  # longest wait for results: the live meter reads at least this often
-    recheck_claimed_s: float = 3.0  # how often shards claimed by another run are looked at
-    manifest_every_s: float = 2.0
-    # Seconds of an attempt before any is measured; None: the shard model of spec.pricing.
-    # Sweeps pass a trial's time limit (training stops itself there).
-    model_s: float | None = None
-
-
-@dataclass
-class Progress:
-    """A snapshot for the progress bar (what ``on_progress`` receives)."""
-
-    planned: int = 0  # shards this run is responsible for (after --limit)
-    already_done: int = 0  # finished before this run started
-    solved: int = 0  # written by this run
-    done_elsewhere: int = 0  # finished meanwhile by another run
-    skipped: int = 0  # too large, recorded as skipped
-    failed: int = 0  # out of retries
-    in_flight: int = 0
-    waiting: int = 0  # claimed by another run, or waiting for a retry
-    retries: int = 0
-    rerouted: int = 0
-    states: int = 0  # states solved by this run
-    spend_usd: float = 0.0  # this run: attempts that ended (cancelled ones included)
-    accrued_usd: float = 0.0  # this run: attempts in flight, so far
-    prior_usd: float = 0.0  # earlier runs of the job
-    max_usd: float = 0.0
-    elapsed_s: float = 0.0
-    downgraded_to: str | None = None
-    budget_hit: bool = False
-
-    @property
-    def job_spend(self) -> float:
-        """What the job has cost so far: earlier runs, this run's ended and running attempts."""
-        return self.prior_usd + self.spend_usd + self.accrued_usd
-
-    @property
-    def overshoot_usd(self) -> float:
-        return max(0.0, self.job_spend - self.max_usd)
-
-    @property
-    def ended_over_cap(self) -> bool:
-        """This run spent money and the job ended above its cap (a rerun with nothing to do did not)."""
-        return self.overshoot_usd > 1e-9 and self.spend_usd > 0
-
-    @property
-    def finished(self) -> int:
-        return self.already_done + self.solved + self.done_elsewhere + self.skipped + self.failed
-
-    @property
-    def remaining(self) -> int:
-        return max(0, self.planned - self.finished)
-
-    @property
-    def shards_per_min(self) -> float:
-        return 60.0 * self.solved / self.elapsed_s if self.elapsed_s > 0 else 0.0
-
-    @property
-    def states_per_s(self) -> float:
-        return self.states / self.elapsed_s if self.elapsed_s > 0 else 0.0
-
-    @property
-    def eta_s(self) -> float | None:
-        rate = self.solved / self.elapsed_s if self.elapsed_s > 0 else 0.0
-        return self.remaining / rate if rate > 0 else None
-
-
-@dataclass
-class RunSummary:
-    run_id: str
-    backend: str
-    progress: Progress
-    stopped_by: str | None  # None, "budget", "interrupt" or "terminate"
-    failures: list[dict[str, Any]] = field(default_factory=list)
-    manifest: str = ""
-    started: float = 0.0
-    ended: float = 0.0
-    total_planned: int = 0  # before --limit
-    notes: list[str] = field(default_factory=list)
-
-    @property
-    def exit_code(self) -> int:
-        if self.stopped_by == "interrupt":
-            return EXIT_INTERRUPTED
-        if self.stopped_by == "terminate":
-            return EXIT_TERMINATED
-        if self.stopped_by == "budget" or self.progress.ended_over_cap:
-            return EXIT_BUDGET
-        if self.progress.failed or self.progress.remaining:
-            return EXIT_FAILED
-        return EXIT_OK
-
-
-Spec = JobSpec | SweepSpec  # a run's shards, or a sweep's trials
-
-
-def price_of(spec: Spec, gpu: str) -> float:
-    """$/hour of ``gpu`` from the job's price table (0 for a name it does not list)."""
-    return float(dict(spec.pricing).get(gpu, 0.0))
-
-
-def spend_of(spec: Spec, r: TaskResult) -> float:
-    """What an attempt cost: its seconds at the price of the hardware that ran it, or
-    the backend's own figure when higher (a Modal container adds CPU and memory)."""
-    if r.gpu and r.gpu in dict(spec.pricing):
-        return max(pricing.usd(r.seconds, r.gpu, dict(spec.pricing)), float(r.usd))
-    return float(r.usd)
-
-
-MIN_POLL_S = 0.01  # the shortest wait: the meter converges on the cap, never spins
-
-
-@dataclass
-class Meter:
-    """One reading of the work in flight."""
-
-    accrued: float = 0.0  # $ so far
-    rest: float = 0.0  # $ still to come, estimated
-    rate: float = 0.0  # $ per second now
-    seconds: dict[str, tuple[float, str]] = field(default_factory=dict)  # key -> (seconds, price name)
+from runner.jobspec.model import Compute, JobSpec, LargeTier
+from runner.store.claims import this_host
 
 
 class Orchestrator:
@@ -296,7 +153,7 @@ class Orchestrator:
 
     def _estimate_usd(self, req: TaskRequest) -> float:
         name = self.backend.price_name(req.gpu)
-        return self._per_shard_s(name) * price_of(self.spec, name) / 3600.0
+        return self.spec.usd(self._per_shard_s(name), name)
 
     def _spent(self) -> float:
         """Committed: earlier runs plus this run's attempts that have ended."""
@@ -313,7 +170,7 @@ class Orchestrator:
                 secs, name, billing = a.elapsed_s, a.gpu, a.billing
             else:
                 secs, name, billing = now - self._sent.get(key, now), self.backend.price_name(req.gpu), True
-            price = price_of(self.spec, name) / 3600.0
+            price = self.spec.rate(name) / 3600.0
             m.accrued += max(0.0, secs) * price
             m.rest += max(0.0, self._per_shard_s(name) - secs) * price
             m.rate += price if billing else 0.0
@@ -365,10 +222,9 @@ class Orchestrator:
             req = self._inflight[key]
             secs, name = m.seconds.get(key, (0.0, self.backend.price_name(req.gpu)))
             results.append(
-                TaskResult(
-                    key=key, status="cancelled", seconds=secs, gpu=name, tier=req.tier,
-                    attempt=req.attempt, run_id=self.run_id,
-                    usd=secs * price_of(self.spec, name) / 3600.0,
+                cancelled_result(
+                    key, seconds=secs, gpu=name, per_hour=self.spec.rate(name),
+                    run_id=self.run_id, tier=req.tier, attempt=req.attempt,
                 )
             )  # fmt: skip
         for r in results:
@@ -399,28 +255,12 @@ class Orchestrator:
                 signal.signal(signal.SIGTERM, old_term)
 
     def _run(self) -> RunSummary:
-        earlier = [m for m in self.backend.manifests() if m.get("run_id") != self.run_id]
-        for m in earlier:
-            if is_abandoned(m, time.time()):
-                mark_abandoned(m)
-                with contextlib.suppress(OSError):
-                    self.backend.write_manifest(str(m["run_id"]), m)
+        earlier = close_abandoned(self.backend, self.run_id)
         self.p.prior_usd = prior_spend(earlier)
         self._prior_secs = seconds_by_gpu(earlier)
         try:
             self.backend.start()
-            survey = self.backend.survey(self.tasks)
-            todo: list[Keyed] = []
-            for t in self.tasks:
-                if survey.get(t.key) == "done":
-                    self.p.already_done += 1
-                else:
-                    todo.append(t)
-            if self.opt.limit is not None:
-                todo = todo[: max(0, self.opt.limit)]
-            self.p.planned = self.p.already_done + len(todo)
-            for t in todo:
-                self._push(self._request(t))
+            self._queue_todo()
             self._write_manifest("running", force=True)
             self._emit()
             while self._ready or self._claimed or self._inflight or self._redo_unpersisted():
@@ -466,14 +306,7 @@ class Orchestrator:
             finally:
                 self._write_manifest("error", force=True, final=True)
             raise
-        status = {
-            None: "finished", "budget": "budget", "interrupt": "interrupted", "terminate": "terminated"
-        }[self.stopped_by]  # fmt: skip
-        if status == "finished" and self.p.ended_over_cap:
-            status = "budget"
-        elif status == "finished" and (self.p.failed or self.p.remaining):
-            status = "failed"
-        path = self._write_manifest(status, force=True, final=True)
+        path = self._write_manifest(self._final_status(), force=True, final=True)
         self._emit()
         return RunSummary(
             run_id=self.run_id,
@@ -487,6 +320,32 @@ class Orchestrator:
             total_planned=self.total_planned,
             notes=self.notes,
         )
+
+    def _queue_todo(self) -> None:
+        """Queue the tasks the backend's survey does not find done (at most ``--limit``)."""
+        survey = self.backend.survey(self.tasks)
+        todo: list[Keyed] = []
+        for t in self.tasks:
+            if survey.get(t.key) == "done":
+                self.p.already_done += 1
+            else:
+                todo.append(t)
+        if self.opt.limit is not None:
+            todo = todo[: max(0, self.opt.limit)]
+        self.p.planned = self.p.already_done + len(todo)
+        for t in todo:
+            self._push(self._request(t))
+
+    def _final_status(self) -> str:
+        """The manifest's last status: how the run stopped, or how its work ended."""
+        status = {
+            None: "finished", "budget": "budget", "interrupt": "interrupted", "terminate": "terminated"
+        }[self.stopped_by]  # fmt: skip
+        if status == "finished" and self.p.ended_over_cap:
+            return "budget"
+        if status == "finished" and (self.p.failed or self.p.remaining):
+            return "failed"
+        return status
 
     MAX_PERSIST_ROUNDS = 2
 
@@ -702,7 +561,7 @@ class Orchestrator:
             # What a kill -9 would leave unbilled: the next run charges it (mark_abandoned).
             "in_flight": [
                 {"key": k, "gpu": name, "seconds": round(secs, 3),
-                 "usd": round(secs * price_of(spec, name) / 3600.0, 6)}
+                 "usd": round(spec.usd(secs, name), 6)}
                 for k, (secs, name) in (self._meter().seconds.items() if not final else ())
             ],  # fmt: skip
         }
@@ -716,52 +575,3 @@ class Orchestrator:
             return self.backend.write_manifest(self.run_id, self.manifest(status, final))
         except OSError:
             return ""
-
-
-def prior_spend(manifests: Sequence[dict[str, Any]], *, exclude: str = "") -> float:
-    """What earlier runs of the job spent: ended attempts, and those a live run has in flight."""
-    return sum(
-        float(m.get("spend_usd") or 0.0) + float(m.get("accrued_usd") or 0.0)
-        for m in manifests
-        if m.get("run_id") != exclude
-    )
-
-
-def seconds_by_gpu(manifests: Sequence[dict[str, Any]]) -> dict[str, list[float]]:
-    """Seconds of every finished shard of these runs, by the hardware that ran it."""
-    out: dict[str, list[float]] = {}
-    for m in manifests:
-        for a in m.get("attempts") or ():
-            if isinstance(a, dict) and a.get("status") == "done" and a.get("gpu"):
-                out.setdefault(str(a["gpu"]), []).append(float(a.get("seconds") or 0.0))
-    return out
-
-
-def is_abandoned(m: dict[str, Any], now: float, host: str | None = None) -> bool:
-    """A manifest still ``running`` whose run is gone: its pid is dead here, or it went quiet.
-
-    The pid rule only judges runs of this host (as ``store.claims.is_stale`` does).
-    """
-    if m.get("status") != "running":
-        return False
-    if m.get("host") == (host or this_host()):
-        pid = m.get("pid")
-        if isinstance(pid, int) and pid != os.getpid() and not pid_alive(pid):
-            return True
-    last = m.get("updated", m.get("started"))
-    return isinstance(last, int | float) and now - float(last) > ABANDONED_AFTER_S
-
-
-def mark_abandoned(m: dict[str, Any]) -> None:
-    """Close an abandoned manifest: what it had in flight is charged (as ``killed`` attempts)."""
-    killed = [a for a in m.get("in_flight") or () if isinstance(a, dict)]
-    m["status"] = "abandoned"
-    m["ended"] = m.get("updated")
-    m.setdefault("attempts", []).extend(
-        {"key": a.get("key"), "gpu": a.get("gpu"), "status": "killed",
-         "seconds": a.get("seconds", 0.0), "usd": a.get("usd", 0.0)}
-        for a in killed
-    )  # fmt: skip
-    m["spend_usd"] = round(float(m.get("spend_usd") or 0.0) + float(m.get("accrued_usd") or 0.0), 6)
-    m["accrued_usd"] = 0.0
-    m["in_flight"] = []

@@ -13,8 +13,8 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn
 from rich.table import Table
 
-from runner.backends.orchestrate import Progress as RunProgress
-from runner.backends.orchestrate import RunSummary
+from runner.backends.runstate import Progress as RunProgress
+from runner.backends.runstate import RunSummary
 from runner.backends.task import TaskResult
 from runner.jobspec.pricing import format_duration
 

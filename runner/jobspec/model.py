@@ -11,7 +11,7 @@ from __future__ import annotations
 import itertools
 import math
 import random
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
@@ -112,10 +112,28 @@ class Priced:
 
     pricing: tuple[tuple[str, float], ...]
 
+    def price_table(self) -> dict[str, float]:
+        """The table as a mapping, for ``jobspec.pricing``'s functions that take one."""
+        return dict(self.pricing)
+
     def price_per_hour(self, gpu: str) -> float:
         """Dollars an hour of ``gpu`` (a normalised GPU name, or ``local``). The loader fills
         in every built-in name, so a KeyError is a name that never went through it."""
         return dict(self.pricing)[gpu]
+
+    def rate(self, gpu: str) -> float:
+        """$/hour an attempt on ``gpu`` is charged: its price, or 0 for a name that is no
+        price (a backend's own name, "" for no hardware)."""
+        return float(self.price_table().get(gpu, 0.0))
+
+    def dearest(self, gpus: Iterable[str]) -> str:
+        """The dearest of ``gpus`` (a tier's fallback list): what an attempt whose GPU is not
+        known yet is charged, so the budget never under-counts. ValueError if empty."""
+        return max(gpus, key=self.rate)
+
+    def usd(self, seconds: float, gpu: str) -> float:
+        """Dollars for ``seconds`` (negative counts as 0) on ``gpu``, at ``rate``."""
+        return max(0.0, seconds) * self.rate(gpu) / 3600.0
 
 
 @dataclass(frozen=True)

@@ -318,7 +318,7 @@ def make_plan(
     done_by_split = {k: n for k, n in done_by_split.items() if k in by_split}
     todo = sum(by_split.values()) - sum(done_by_split.values())
 
-    prices = dict(spec.pricing)
+    prices = spec.price_table()
     measured = seconds_per_state or {}
     targets: list[tuple[str, int]] = []
     if backend in (None, "local"):

@@ -20,8 +20,8 @@ from multiprocessing.process import BaseProcess
 from typing import Any
 
 from runner.backends.base import Attempt, TaskRequest, Tier
-from runner.backends.local import _die_with_parent, messages, shut_down, start_ignoring_sigint
 from runner.backends.task import TaskResult
+from runner.backends.workers import _die_with_parent, messages, shut_down, start_ignoring_sigint
 from runner.jobspec import pricing
 from runner.jobspec.model import SweepSpec
 from runner.train.sweep import Trial, TrialBackend, payload
@@ -29,7 +29,7 @@ from runner.train.trial import run_trial
 
 
 def local_price(spec: SweepSpec) -> float:
-    return float(dict(spec.pricing).get(pricing.LOCAL, pricing.BUILTIN_PRICES[pricing.LOCAL]))
+    return spec.price_per_hour(pricing.LOCAL)
 
 
 def _worker_main(conn: Connection, parent: int) -> None:

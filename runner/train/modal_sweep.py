@@ -28,29 +28,31 @@ import sys
 import threading
 import time
 from collections.abc import Sequence
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from pathlib import PurePosixPath
 from typing import Any
 
 import modal
 import modal.exception
 
-from runner.backends.base import Attempt, TaskRequest, Tier
+from runner.backends.base import Attempt, TaskRequest, Tier, cancelled_result
 from runner.backends.modal import (
     GPU_ENV,
     MOUNT,
     FunctionPlan,
     build_image,
     check_name,
+    enter_app,
     gpu_from_device,
     modal_errors,
     require_credentials,
-    user_error,
+    unanswered,
     volume_root,
 )
-from runner.backends.modal.compile import enter_app
+from runner.backends.modal.container import CPU_CORES, MEMORY_MIB
 from runner.backends.task import TaskResult
 from runner.jobspec.model import SweepSpec
+from runner.jobspec.pricing import container_usd
 from runner.train.sweep import DataPlan, Trial, TrialBackend, payload, pick_shards
 from runner.train.trial import run_trial
 
@@ -112,21 +114,16 @@ def compile_sweep(spec: SweepSpec) -> CompiledSweep:
     return CompiledSweep(spec=spec, app=app, image=image, volume=volume, function=fn, plan=plan)
 
 
-def hourly(gpu: str, prices: dict[str, float]) -> float:
+def hourly(spec: SweepSpec, gpu: str) -> float:
     """$/hour of a trial container: its GPU plus the CPU and memory it requests
     (Modal bills both on top of the GPU; pricing.container_usd)."""
-    from runner.backends.modal.container import CPU_CORES, MEMORY_MIB
-    from runner.jobspec.pricing import container_usd
-
-    extra = container_usd(3600.0, prices, cores=CPU_CORES, gib=MEMORY_MIB / 1024)
-    return float(prices.get(gpu, 0.0)) + extra
+    extra = container_usd(3600.0, spec.price_table(), cores=CPU_CORES, gib=MEMORY_MIB / 1024)
+    return spec.rate(gpu) + extra
 
 
 def worst_case_usd(spec: SweepSpec) -> float:
     """What one trial can cost at most: its whole timeout on the dearest GPU it may get."""
-    prices = dict(spec.pricing)
-    dearest = max(hourly(g, prices) for g in spec.compute.gpu)
-    return float(spec.compute.timeout_s) * dearest / 3600.0
+    return float(spec.compute.timeout_s) * hourly(spec, spec.dearest(spec.compute.gpu)) / 3600.0
 
 
 def resolve_volume_data(spec: SweepSpec, data_dir: str | None = None) -> DataPlan:
@@ -167,15 +164,11 @@ class ModalSweepBackend(TrialBackend):
         require_credentials()
         self.compiled = compile_sweep(self.spec)
         self.map: Any = self.compiled.function.map  # Modal's Function.map (tests: Function.local runs)
-        self.prices = dict(self.spec.pricing)
         self.limit = time_limit_s(self.spec.compute.timeout_s)
         self._cm: Any = None
         self._sent: dict[str, float] = {}
         self._trials: dict[str, Trial] = {}
         self._results: queue.Queue[tuple[Trial, dict[str, Any], str]] = queue.Queue()
-
-    def _friendly(self, e: BaseException) -> BaseException:
-        return user_error(e) or e
 
     def start(self) -> None:
         # leaving the app (stop(), Ctrl+C included) stops it and its containers
@@ -189,7 +182,7 @@ class ModalSweepBackend(TrialBackend):
 
     def price_name(self, gpu: tuple[str, ...]) -> str:
         """The dearest GPU of the list: which one a trial got is known only from its result."""
-        return max(gpu or self.spec.compute.gpu, key=lambda g: float(self.prices.get(g, 0.0)))
+        return self.spec.dearest(gpu or self.spec.compute.gpu)
 
     def submit(self, wave: Sequence[TaskRequest[Trial]]) -> None:
         now = time.monotonic()
@@ -211,7 +204,7 @@ class ModalSweepBackend(TrialBackend):
                     continue
                 trial = by_id.pop(str(result["trial_id"]), None)
                 if trial is not None:
-                    gpu = gpu_from_device(str(result.get("device", "")), self.spec.compute.gpu, self.prices)
+                    gpu = gpu_from_device(str(result.get("device", "")), self.spec.compute.gpu, self.spec)
                     result["seconds"] = float(result.get("seconds", 0.0)) + STARTUP_S
                     self._results.put((trial, result, gpu))
         except Exception as e:  # the whole call failed (app stopped, connection lost, ...)
@@ -232,7 +225,7 @@ class ModalSweepBackend(TrialBackend):
         for trial, result, gpu in got:
             if self._trials.pop(trial.trial_id, None) is None:
                 continue  # cancelled meanwhile: answered by cancel()
-            out.append(self.finish(trial, result, gpu=gpu, price_per_hour=hourly(gpu, self.prices)))
+            out.append(self.finish(trial, result, gpu=gpu, price_per_hour=hourly(self.spec, gpu)))
         return out
 
     def running(self) -> dict[str, Attempt]:
@@ -258,7 +251,9 @@ class ModalSweepBackend(TrialBackend):
         for t in trials:
             secs = now - self._sent.get(t.trial_id, now)
             # the container's CPU and memory are billed too (hourly), not only its GPU
-            out.append(replace(self.cancelled(t, secs, gpu), usd=secs * hourly(gpu, self.prices) / 3600.0))
+            out.append(
+                cancelled_result(t.trial_id, seconds=secs, gpu=gpu, per_hour=hourly(self.spec, gpu), run_id=self.run_id)
+            )
         return out
 
     def stop(self, *, interrupted: bool) -> None:
@@ -275,13 +270,12 @@ def _fail_unanswered(trials: list[Trial], errors: list[BaseException], spec: Swe
     were timeouts are charged their whole timeout (at the dearest GPU, by the caller), as
     the oracle's Modal backend does, so the spend never under-counts.
     """
-    text = "; ".join(dict.fromkeys(f"{type(e).__name__}: {e}" for e in errors)) or "no result came back"
-    timeouts = sum(isinstance(e, modal.exception.FunctionTimeoutError) for e in errors)
+    error, timeouts = unanswered(errors, "no result came back")
     return [
         {
             "trial_id": trial.trial_id,
             "status": "failed",
-            "error": f"Modal: {text}"[:4000],
+            "error": error,
             "seconds": float(spec.compute.timeout_s) if i < timeouts else 0.0,
         }
         for i, trial in enumerate(trials)

@@ -17,7 +17,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
-from runner.backends.base import Backend, SurveyState
+from runner.backends.base import Backend, SurveyState, cancelled_result
 from runner.backends.task import TaskResult
 from runner.jobspec.model import SweepSpec
 from runner.train.records import (
@@ -140,13 +140,8 @@ class TrialBackend(Backend[Trial]):
 
     def cancelled(self, trial: Trial, seconds: float, gpu: str) -> TaskResult:
         """A trial stopped before it returned: charged, not recorded (a rerun trains it)."""
-        return TaskResult(
-            key=trial.trial_id,
-            status="cancelled",
-            seconds=seconds,
-            gpu=gpu,
-            usd=seconds * float(dict(self.spec.pricing).get(gpu, 0.0)) / 3600.0,
-            run_id=self.run_id,
+        return cancelled_result(
+            trial.trial_id, seconds=seconds, gpu=gpu, per_hour=self.spec.rate(gpu), run_id=self.run_id
         )
 
 

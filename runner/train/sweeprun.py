@@ -9,10 +9,16 @@ them imports another.
 from __future__ import annotations
 
 import os
+import sys
 from pathlib import Path
 
-from runner.backends.orchestrate import Orchestrator, RunOptions, new_run_id
+from rich.console import Console
+
+from runner.backends.orchestrate import Orchestrator
+from runner.backends.runstate import RunOptions, new_run_id
+from runner.jobspec.load import load_sweep
 from runner.jobspec.model import SweepSpec
+from runner.train.report import Reporter, print_outcome
 from runner.train.sweep import (
     DataPlan,
     Event,
@@ -104,3 +110,23 @@ def run_sweep(
     if todo or (out.exists() and not (out / "results.json").exists()):
         write_results(outcome)
     return outcome
+
+
+def forge_sweep(
+    sweep_file: str | os.PathLike[str],
+    *,
+    backend: str = "local",
+    data_dir: str | None = None,
+    out_dir: str | None = None,
+    max_usd: float | None = None,
+) -> int:
+    """``forge sweep``: load the sweep file, run it with a live report, print the outcome;
+    the exit code. Raises SpecErrors (bad file), SweepError, ModalUserError."""
+    spec = load_sweep(sweep_file)
+    # logs and pipes get the full table instead of one squeezed to 80 columns
+    console = Console(highlight=False, width=None if sys.stdout.isatty() else 160)
+    outcome = run_sweep(
+        spec, backend=backend, data_dir=data_dir, out_dir=out_dir, on_event=Reporter(console), max_usd=max_usd
+    )
+    print_outcome(console, outcome)
+    return outcome.exit_code or (1 if outcome.failed else 0)

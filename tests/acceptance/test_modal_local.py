@@ -11,19 +11,16 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
-import textwrap
 from pathlib import Path
 
 import pytest
+from modal_local import fresh_container, one_deal_job
 from reference_data import reference_rows
 
 from runner.backends import modal as fm
 from runner.backends.base import TaskRequest
 from runner.backends.modal import container
-from runner.backends.modal.names import ENV_CLAIMS, ENV_STORE_ROOT
 from runner.backends.task import TaskResult
-from runner.jobspec.load import load_job
-from runner.jobspec.model import JobSpec
 from runner.jobspec.plan import tasks as plan_tasks
 from runner.store.claims import LocalClaims, make_claim
 
@@ -32,44 +29,13 @@ FORGE = str(Path(sys.executable).parent / "forge")
 NO_VOLUME = "will not have access to the mounted Volume"
 
 
-def smallest_job(tmp_path: Path) -> JobSpec:
-    """Standard seed 1, declaration 1: the smallest known deal (5.2 M states)."""
-    p = tmp_path / "one.yaml"
-    p.write_text(
-        textwrap.dedent(
-            """\
-            version: 1
-            name: modal-local
-            kind: oracle
-            deals:
-              mode: standard
-              base_seeds: {list: [1]}
-              decl: auto
-            compute:
-              gpu: [H100, A100-80GB]
-              timeout_s: 900
-            output:
-              root: shards/{name}
-              commit: per_shard
-            budget:
-              max_usd: 1
-            """
-        )
-    )
-    return load_job(p)
-
-
 @pytest.fixture
 def local_store(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
-    root = tmp_path / "store"
-    monkeypatch.setenv(ENV_STORE_ROOT, str(root))
-    monkeypatch.setenv(ENV_CLAIMS, "local")
-    container.reset_container_state()  # each test is a fresh container
-    return root
+    return fresh_container(tmp_path / "store", monkeypatch)  # each test is a fresh container
 
 
 def test_body_respects_another_containers_claim(tmp_path: Path, local_store: Path) -> None:
-    spec = smallest_job(tmp_path)
+    spec = one_deal_job(tmp_path, name="modal-local")
     (task,) = plan_tasks(spec)
     LocalClaims(local_store).put_if_absent(
         task.key, make_claim("other-run", task.key, host="another-container", pid=1)
@@ -89,7 +55,7 @@ def test_body_respects_another_containers_claim(tmp_path: Path, local_store: Pat
 
 def test_one_store_per_container(tmp_path: Path, local_store: Path) -> None:
     """Concurrent inputs of one container share a store, so every_shards counts them all."""
-    spec = smallest_job(tmp_path)
+    spec = one_deal_job(tmp_path, name="modal-local")
     a = container.container_store(spec, str(local_store))
     assert container.container_store(spec, str(local_store)) is a
     assert a.committer.hook is None  # outside Modal there is no volume to commit
@@ -98,7 +64,7 @@ def test_one_store_per_container(tmp_path: Path, local_store: Path) -> None:
 @pytest.mark.slow
 @pytest.mark.ci
 def test_body_solves_a_shard_that_forge_verify_accepts(tmp_path: Path, local_store: Path) -> None:
-    spec = smallest_job(tmp_path)
+    spec = one_deal_job(tmp_path, name="modal-local")
     (task,) = plan_tasks(spec)
     fn = fm.compile_job(spec, run_id="run-local").functions["solve_main"]
     request = TaskRequest(task, gpu=spec.compute.gpu, timeout_s=spec.compute.timeout_s)

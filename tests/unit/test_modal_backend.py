@@ -8,6 +8,7 @@ dummy pair so the backend can be built; nothing here talks to Modal.
 
 from __future__ import annotations
 
+import contextlib
 import time
 from collections.abc import Sequence
 from pathlib import Path
@@ -18,12 +19,14 @@ import pytest
 from claim_fakes import LockedDict
 
 from runner.backends.base import Backend, RunContext, SurveyState, TaskRequest, Tier
-from runner.backends.modal import ModalBackend, unanswered_results
+from runner.backends.modal import ModalBackend, compile_job, enter_app, unanswered_results
 from runner.backends.modal.claims import DictClaims
-from runner.backends.orchestrate import Orchestrator, RunOptions
+from runner.backends.orchestrate import Orchestrator
+from runner.backends.runstate import RunOptions
 from runner.backends.task import TaskResult
 from runner.jobspec.load import load
 from runner.jobspec.model import JobSpec, ShardTask
+from runner.jobspec.plan import tasks as plan_tasks
 from runner.store.claims import make_claim
 
 REPO = Path(__file__).resolve().parents[2]
@@ -52,7 +55,9 @@ class ExitRecorder:
 
 
 def started_backend(spec: JobSpec, log: list[str]) -> ModalBackend:
-    backend = ModalBackend(RunContext(spec, "run-1", options={"say": log.append}))
+    backend = ModalBackend(
+        RunContext(spec, "run-1", options={"say": log.append}), compile_job(spec, "run-1")
+    )
     backend.claims_table = DictClaims(LockedDict())
     backend._run_cm = ExitRecorder(log)  # what start() leaves: inside app.run()
     backend.app_id = "ap-1"
@@ -108,7 +113,7 @@ def test_finished_run_does_not_stop_the_app_explicitly(dummy_token: None) -> Non
 
 def test_requests_go_to_the_function_of_their_tier_and_gpus(dummy_token: None) -> None:
     spec = job("tests/specs/valid/full.yaml")
-    backend = ModalBackend(RunContext(spec, "run-1"))
+    backend = ModalBackend(RunContext(spec, "run-1"), compile_job(spec, "run-1"))
     task = ShardTask("train", 1, 2, 3)
     c = spec.compute
     assert c.large is not None and c.concurrency > 1
@@ -146,75 +151,16 @@ def test_unanswered_inputs_fail_one_by_one_and_timeouts_are_charged() -> None:
     assert charged[0].usd == pytest.approx(900 * spec.price_per_hour("H200") / 3600)
 
 
-class LosesOnce(Backend):
-    """A backend whose store loses one finished shard once (a failed exit commit)."""
-
-    name = "loses-once"
-
-    def __init__(self, spec: JobSpec, lost: str) -> None:
-        super().__init__(RunContext(spec, "run-1"))
-        self.lost = {lost}
-        self.submitted: list[str] = []
-        self._wave: list[TaskRequest] = []
-
-    def start(self) -> None: ...
-
-    def capacity(self, tier: Tier = "default") -> int:
-        return 4
-
-    def in_flight(self) -> int:
-        return len(self._wave)
-
-    def submit(self, wave: Sequence[TaskRequest]) -> None:
-        self._wave += wave
-        self.submitted += [r.task.key for r in wave]
-
-    def poll(self, timeout: float) -> list[TaskResult]:
-        out = [
-            TaskResult(r.task.key, "done", states=1, seconds=1.0, gpu="H100") for r in self._wave
-        ]
-        self._wave = []
-        return out
-
-    def survey(self, tasks: Sequence[ShardTask]) -> dict[str, SurveyState]:
-        return {t.key: "missing" for t in tasks}
-
-    def write_manifest(self, run_id: str, manifest: dict[str, Any]) -> str:
-        return ""
-
-    def stop(self, *, interrupted: bool) -> None: ...
-
-    def unpersisted(self, keys: Sequence[str]) -> list[str]:
-        lost, self.lost = [k for k in keys if k in self.lost], set()
-        return lost
-
-
-def test_a_shard_the_store_lost_is_solved_again() -> None:
-    spec = job("jobs/smoke.yaml")
-    from runner.jobspec.plan import tasks as plan_tasks
-
-    tasks = plan_tasks(spec)
-    lost = tasks[1].key
-    backend = LosesOnce(spec, lost)
-    orch = Orchestrator(
-        spec, backend, tasks, run_id="run-1", options=RunOptions(poll_s=0.0), sleep=lambda s: None
-    )
-    t0 = time.monotonic()
-    summary = orch.run()
-    assert time.monotonic() - t0 < 10
-    assert backend.submitted.count(lost) == 2
-    assert summary.progress.solved == len(tasks) and summary.exit_code == 0
-    assert any("not in the store" in n for n in summary.notes)
-
-
 class Scripted(Backend):
-    """Answers every attempt through ``answer`` at once (what a Modal wave returns)."""
+    """Answers every attempt through ``answer`` at once (what a Modal wave returns); its
+    store loses the shard ``lost`` once (a failed exit commit), if given."""
 
     name = "scripted"
 
-    def __init__(self, spec: JobSpec, answer: Any) -> None:
+    def __init__(self, spec: JobSpec, answer: Any, lost: str | None = None) -> None:
         super().__init__(RunContext(spec, "run-1"))
         self.answer = answer
+        self.lost = {lost} if lost is not None else set()
         self.attempts: list[TaskRequest] = []
         self._wave: list[TaskRequest] = []
 
@@ -242,6 +188,30 @@ class Scripted(Backend):
 
     def stop(self, *, interrupted: bool) -> None: ...
 
+    def unpersisted(self, keys: Sequence[str]) -> list[str]:
+        lost, self.lost = [k for k in keys if k in self.lost], set()
+        return lost
+
+
+def test_a_shard_the_store_lost_is_solved_again() -> None:
+    spec = job("jobs/smoke.yaml")
+    tasks = plan_tasks(spec)
+    lost = tasks[1].key
+
+    def done(req: TaskRequest) -> TaskResult:
+        return TaskResult(req.task.key, "done", states=1, seconds=1.0, gpu="H100")
+
+    backend = Scripted(spec, done, lost)
+    orch = Orchestrator(
+        spec, backend, tasks, run_id="run-1", options=RunOptions(poll_s=0.0), sleep=lambda s: None
+    )
+    t0 = time.monotonic()
+    summary = orch.run()
+    assert time.monotonic() - t0 < 10
+    assert [r.task.key for r in backend.attempts].count(lost) == 2
+    assert summary.progress.solved == len(tasks) and summary.exit_code == 0
+    assert any("not in the store" in n for n in summary.notes)
+
 
 def test_one_retry_layer_every_attempt_runs_once_and_is_charged() -> None:
     """retries=2 and a shard that always times out: 3 attempts, 3 timeouts charged.
@@ -251,8 +221,6 @@ def test_one_retry_layer_every_attempt_runs_once_and_is_charged() -> None:
     """
     spec = job("jobs/valtest.yaml")
     assert spec.compute.retries == 2
-    from runner.jobspec.plan import tasks as plan_tasks
-
     (task,) = plan_tasks(spec)[:1]
     timeout = modal.exception.FunctionTimeoutError("Function timed out after 900s")
 
@@ -274,8 +242,6 @@ def test_what_a_container_adds_to_the_gpu_seconds_is_charged() -> None:
     """A Modal result prices CPU, memory and start-up on top of its GPU seconds: the
     orchestrator charges that figure, not seconds x GPU price alone."""
     spec = job("jobs/smoke.yaml")
-    from runner.jobspec.plan import tasks as plan_tasks
-
     (task,) = plan_tasks(spec)[:1]
     gpu_only = 10.0 * spec.price_per_hour("H100") / 3600
 
@@ -354,10 +320,6 @@ def test_cancel_answers_each_attempt_in_flight_charged_from_its_submit(dummy_tok
 def test_a_slow_app_start_is_not_silent() -> None:
     """A first image build takes minutes and Modal prints nothing by default: forge says
     how long the start has taken, and stops saying so once the app runs."""
-    import contextlib
-
-    from runner.backends.modal.compile import enter_app
-
     class SlowStart:  # only what enter_app uses: a name and a run() context that takes a while
         name = "forge-slow"
 

@@ -23,7 +23,7 @@ import pytest
 from runner.backends import modal as fm
 from runner.backends.modal.container import solve_shard
 from runner.jobspec.load import load
-from runner.jobspec.model import JobSpec
+from runner.jobspec.model import JobSpec, Priced
 
 REPO = Path(__file__).resolve().parents[2]
 FORGE = str(Path(sys.executable).parent / "forge")
@@ -220,6 +220,13 @@ def test_store_root_inside_the_container(tmp_path: Path, root: str, inside: str)
     assert fm.container_store_root(spec) == inside
 
 
+@dataclasses.dataclass(frozen=True)
+class PricedTable(Priced):
+    """Just a price table: what ``gpu_from_device`` reads of a spec."""
+
+    pricing: tuple[tuple[str, float], ...]
+
+
 PRICES = {"H100": 3.95, "H100!": 3.95, "H200": 4.54, "A100-80GB": 2.5, "A100-40GB": 2.1, "T4": 0.59}
 
 
@@ -238,4 +245,4 @@ PRICES = {"H100": 3.95, "H100!": 3.95, "H200": 4.54, "A100-80GB": 2.5, "A100-40G
     ],
 )
 def test_gpu_that_ran_is_priced(device: str, requested: tuple[str, ...], priced_as: str) -> None:
-    assert fm.gpu_from_device(device, requested, PRICES) == priced_as
+    assert fm.gpu_from_device(device, requested, PricedTable(tuple(PRICES.items()))) == priced_as

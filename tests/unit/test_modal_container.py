@@ -25,14 +25,16 @@ from pathlib import Path
 
 import modal
 import pytest
+from modal_local import fresh_container, one_deal_job
 
 from runner.backends.base import TaskRequest
 from runner.backends.modal import container, modal_settings
-from runner.backends.modal.compile import SHIPPED_FILES, compile_job
+from runner.backends.modal.app import SHIPPED_FILES
+from runner.backends.modal.compile import compile_job
 from runner.backends.task import TaskResult
 from runner.jobspec import pricing
 from runner.jobspec.load import load, load_job, load_sweep
-from runner.jobspec.model import JobSpec, ShardTask
+from runner.jobspec.model import ShardTask
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -128,26 +130,9 @@ def test_the_container_finds_every_function_in_the_shipped_files(
 # -- GPU or nothing --------------------------------------------------------------------------
 
 
-def one_deal_job(tmp_path: Path) -> JobSpec:
-    p = tmp_path / "one.yaml"
-    p.write_text(
-        "version: 1\nname: gpu-rule\nkind: oracle\n"
-        "deals: {mode: standard, base_seeds: {list: [1]}, decl: auto}\n"
-        "compute: {gpu: [A100-80GB, H100], timeout_s: 900}\n"
-        "output: {root: 'shards/{name}', commit: per_shard}\nbudget: {max_usd: 1}\n"
-    )
-    return load_job(p)
-
-
 @pytest.fixture
 def local_store(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
-    from runner.backends.modal.names import ENV_CLAIMS, ENV_STORE_ROOT
-
-    root = tmp_path / "store"
-    monkeypatch.setenv(ENV_STORE_ROOT, str(root))
-    monkeypatch.setenv(ENV_CLAIMS, "local")
-    container.reset_container_state()
-    return root
+    return fresh_container(tmp_path / "store", monkeypatch)
 
 
 @pytest.mark.filterwarnings("ignore:.*will not have access to the mounted Volume")
@@ -157,7 +142,7 @@ def test_a_gpu_function_without_a_gpu_refuses_and_is_priced_as_a_gpu(
     import jax
 
     assert jax.devices()[0].platform == "cpu"  # this machine: the GPU function's body sees no GPU
-    spec = one_deal_job(tmp_path)
+    spec = one_deal_job(tmp_path, name="gpu-rule")
     (task,) = __import__("runner.jobspec.plan", fromlist=["tasks"]).tasks(spec)
     fn = compile_job(spec, "run-1").functions["solve_main"]
     request = TaskRequest(task, gpu=spec.compute.gpu, timeout_s=900)
@@ -187,7 +172,7 @@ def test_jax_failing_to_start_cuda_is_a_refusal_too(tmp_path: Path) -> None:
 def test_inside_modal_a_cpu_device_is_never_priced_local(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    spec = one_deal_job(tmp_path)
+    spec = one_deal_job(tmp_path, name="gpu-rule")
     task = ShardTask("val", 1, 0, 0)
     monkeypatch.setattr(container, "in_modal", lambda: True)
     container.reset_container_state()
@@ -222,7 +207,7 @@ def test_a_commit_waits_for_writes_in_progress() -> None:
 
 
 def test_a_failed_commit_does_not_fail_the_shard(tmp_path: Path) -> None:
-    spec = one_deal_job(tmp_path)
+    spec = one_deal_job(tmp_path, name="gpu-rule")
     said: list[str] = []
     calls: list[str] = []
 
@@ -272,7 +257,7 @@ def test_cpu_and_memory_are_billed_as_modal_bills_them() -> None:
 def test_the_first_input_carries_the_start_up_and_every_input_its_cpu_and_memory(
     tmp_path: Path,
 ) -> None:
-    spec = one_deal_job(tmp_path)
+    spec = one_deal_job(tmp_path, name="gpu-rule")
     table = dict(spec.pricing)
     r = TaskResult("k", "done", seconds=100.0, gpu="H100", usd=100 * table["H100"] / 3600)
     container.charge(r, spec, startup=20.0, cpu_used=0.0, billed=True)

@@ -19,13 +19,13 @@ from typing import Any
 import pytest
 
 from runner.backends.base import Backend, RunContext, SurveyState, TaskRequest, Tier
-from runner.backends.orchestrate import (
+from runner.backends.orchestrate import Orchestrator
+from runner.backends.runstate import (
     EXIT_BUDGET,
     EXIT_FAILED,
     EXIT_INTERRUPTED,
     EXIT_OK,
     EXIT_TERMINATED,
-    Orchestrator,
     RunOptions,
 )
 from runner.backends.task import TaskResult

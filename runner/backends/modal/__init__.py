@@ -4,8 +4,11 @@ One module per concern:
 
 - ``errors``    Modal exceptions -> one-line ``ModalUserError`` s; credentials; names
 - ``names``     app / Dict / volume names and where the store is in a container
-- ``compile``   job -> App, image (one builder, the sweep's too), function plans
-- ``container`` what runs inside a container (``solve_shard``, ``orchestrate``)
+- ``app``       a job's app before its bodies: image (one builder, the sweep's too),
+                function plans, volume, claims Dict; entering an app
+- ``compile``   the bodies registered on that app; the app described as data
+- ``container`` what runs inside a solve container (``solve_shard``)
+- ``detached``  the detached run's orchestrator body (``orchestrate``)
 - ``claims``    claims and records in a ``modal.Dict``
 - ``volume``    the job's files on its volume and the shard states they imply
 - ``backend``   the ``Backend`` the shared orchestrator drives
@@ -18,12 +21,17 @@ source.
 
 from __future__ import annotations
 
+from runner.backends.modal.app import (
+    IMAGE_REQUIREMENTS,
+    FunctionPlan,
+    JobApp,
+    build_image,
+    enter_app,
+    job_app,
+)
 from runner.backends.modal.backend import ModalBackend, unanswered_results
 from runner.backends.modal.compile import (
-    IMAGE_REQUIREMENTS,
     CompiledJob,
-    FunctionPlan,
-    build_image,
     compile_job,
     describe,
     modal_settings,
@@ -37,6 +45,7 @@ from runner.backends.modal.errors import (
     credentials_found,
     modal_errors,
     require_credentials,
+    unanswered,
     user_error,
 )
 from runner.backends.modal.names import MOUNT, container_store_root, volume_root
@@ -47,6 +56,7 @@ __all__ = [
     "MOUNT",
     "CompiledJob",
     "FunctionPlan",
+    "JobApp",
     "ModalBackend",
     "ModalUserError",
     "build_image",
@@ -55,12 +65,15 @@ __all__ = [
     "container_store_root",
     "credentials_found",
     "describe",
+    "enter_app",
     "gpu_from_device",
+    "job_app",
     "modal_errors",
     "modal_settings",
     "plan_json",
     "plan_lines",
     "require_credentials",
+    "unanswered",
     "unanswered_results",
     "user_error",
     "volume_root",

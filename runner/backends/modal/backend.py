@@ -21,10 +21,18 @@ from typing import Any
 import modal
 import modal.exception
 
-from runner.backends.base import Attempt, Backend, RunContext, SurveyState, TaskRequest, Tier
+from runner.backends.base import (
+    Attempt,
+    Backend,
+    RunContext,
+    SurveyState,
+    TaskRequest,
+    Tier,
+    cancelled_result,
+)
+from runner.backends.modal.app import FunctionPlan, JobApp, enter_app
 from runner.backends.modal.claims import DictClaims, release_run_claims
-from runner.backends.modal.compile import FunctionPlan, compile_job, enter_app
-from runner.backends.modal.errors import ModalUserError, require_credentials, user_error
+from runner.backends.modal.errors import ModalUserError, require_credentials, unanswered, user_error
 from runner.backends.modal.names import claim_timeout_s
 from runner.backends.modal.volume import VolumeView, classify
 from runner.backends.task import TaskResult, is_oom
@@ -43,12 +51,10 @@ def unanswered_results(
     at the dearest GPU their function could have run on, so the budget guard
     never under-counts.
     """
-    text = "; ".join(dict.fromkeys(f"{type(e).__name__}: {e}" for e in errors)) or "no result"
-    timeouts = sum(isinstance(e, modal.exception.FunctionTimeoutError) for e in errors)
-    pricing = dict(spec.pricing)
+    error, timeouts = unanswered(errors)
     out = []
     for i, req in enumerate(reqs):
-        gpu = max(req.gpu, key=lambda g: pricing.get(g, 0.0)) if req.gpu else ""
+        gpu = spec.dearest(req.gpu) if req.gpu else ""
         secs = float(req.timeout_s) if i < timeouts else 0.0
         out.append(
             TaskResult(
@@ -56,9 +62,9 @@ def unanswered_results(
                 status="failed",
                 seconds=secs,
                 gpu=gpu,
-                usd=secs * pricing.get(gpu, 0.0) / 3600.0,
-                error=f"Modal: {text}"[:4000],
-                oom=is_oom(text),
+                usd=spec.usd(secs, gpu),
+                error=error,
+                oom=is_oom(error),
                 tier=req.tier,
                 attempt=req.attempt,
                 run_id=run_id,
@@ -77,7 +83,9 @@ class ModalBackend(Backend):
     Locally (``forge run --backend modal``) ``start`` runs the compiled app and
     ``stop`` ends it; inside the ``orchestrate`` function (``--detach``) the app
     is already running and its functions are handed in through
-    ``ctx.options["functions"]``. Each attempt is one spawned ``FunctionCall``
+    ``ctx.options["functions"]``. ``job`` is the compiled app (``compile_job``),
+    passed in so that this module does not import ``compile`` (which imports the
+    detached orchestrator's body, which builds this backend). Each attempt is one spawned ``FunctionCall``
     read by its own thread (``cancel`` ends attempts in flight); ``poll`` hands
     their results to the shared orchestrator.
     """
@@ -85,13 +93,13 @@ class ModalBackend(Backend):
     name = "modal"
     MANIFEST_EVERY_S = 30.0  # a volume upload per manifest: not every 2 s
 
-    def __init__(self, ctx: RunContext) -> None:
+    def __init__(self, ctx: RunContext, job: JobApp) -> None:
         super().__init__(ctx)
         if not ctx.options.get("functions"):
             require_credentials()
         self.spec = ctx.spec
         self.run_id = ctx.run_id
-        self.job = compile_job(ctx.spec, ctx.run_id)
+        self.job = job  # compile_job's (registry.make_backend) or, detached, job_app's
         self._remote: dict[str, Any] | None = ctx.options.get("functions") or None
         self.app_id: str | None = ctx.options.get("app_id")
         self.say: Callable[[str], None] = ctx.options.get("say") or _say
@@ -135,7 +143,7 @@ class ModalBackend(Backend):
         self._run_cm = enter_app(self.job.app, say=self.say)
         self.app_id = self.job.app.app_id
         if self.app_id:
-            self._claims().add_app(
+            self.claims_table.add_app(
                 self.app_id, {"run_id": self.run_id, "started": time.time(), "detached": False}
             )
 
@@ -166,7 +174,7 @@ class ModalBackend(Backend):
                     self.say(f"warning: leaving the Modal app: {e}")
             if self.app_id:
                 with contextlib.suppress(Exception):
-                    self._claims().remove_app(self.app_id)
+                    self.claims_table.remove_app(self.app_id)
             self._stop_done = True
 
     def _stop_hard(self) -> None:
@@ -320,16 +328,14 @@ class ModalBackend(Backend):
                 call.cancel(terminate_containers=True)
             except Exception as e:
                 self.say(f"warning: cancelling a Modal call failed: {e}")
-        prices = dict(self.spec.pricing)
         out = []
         for req in reqs:
             secs = now - self._sent.get(req.task.key, now)
             gpu = self.price_name(req.gpu)
             out.append(
-                TaskResult(
-                    key=req.task.key, status="cancelled", seconds=secs, gpu=gpu,
-                    usd=secs * prices.get(gpu, 0.0) / 3600.0, error="cancelled by forge",
-                    tier=req.tier, attempt=req.attempt, run_id=self.run_id,
+                cancelled_result(
+                    req.task.key, seconds=secs, gpu=gpu, per_hour=self.spec.rate(gpu),
+                    run_id=self.run_id, tier=req.tier, attempt=req.attempt,
                 )
             )  # fmt: skip
             self._release_claim_of_run(req.task.key)
@@ -354,9 +360,6 @@ class ModalBackend(Backend):
         return out
 
     # -- the store on the volume -----------------------------------------------------------------
-    def _claims(self) -> DictClaims:
-        return self.claims_table
-
     SURVEY_ONE_BY_ONE = 16  # below this many tasks, ask per file instead of listing the job
 
     def survey(self, tasks: Sequence[ShardTask]) -> dict[str, SurveyState]:
@@ -367,7 +370,7 @@ class ModalBackend(Backend):
 
     def _survey(self, tasks: Sequence[ShardTask]) -> dict[str, SurveyState]:
         trust, self._surveyed = self._surveyed, True
-        claims = self._claims()
+        claims = self.claims_table
         files: Collection[str]
         if len(tasks) <= self.SURVEY_ONE_BY_ONE:  # the orchestrator rechecking a few shards
             names = [t.relpath for t in tasks] + [f"{t.key}{RECORD_SUFFIX}" for t in tasks]
@@ -450,7 +453,7 @@ class ModalBackend(Backend):
     # -- claims ------------------------------------------------------------------------------------
     def _release_claim_of_run(self, key: str) -> None:
         try:
-            claims = self._claims()
+            claims = self.claims_table
             held = claims.get(key)
             if held is not None and held.get("run_id") == self.run_id:
                 claims.delete(key)
@@ -460,7 +463,7 @@ class ModalBackend(Backend):
     def _release_own_claims(self) -> None:
         """After the app stopped, no container of this run holds a shard: free their claims."""
         try:
-            release_run_claims(self._claims(), self.run_id)
+            release_run_claims(self.claims_table, self.run_id)
         except Exception as e:
             self.say(
                 f"warning: could not release this run's claims ({e}); they go stale after the task timeout"
@@ -468,8 +471,7 @@ class ModalBackend(Backend):
 
     def price_name(self, gpu: tuple[str, ...]) -> str:
         """Estimates use the dearest GPU the attempt may land on (the budget must not under-count)."""
-        pricing = dict(self.spec.pricing)
-        return max(gpu, key=lambda g: pricing.get(g, 0.0)) if gpu else self.name
+        return self.spec.dearest(gpu) if gpu else self.name
 
     def describe(self) -> str:
         app = f"{self.job.app.name} ({self.app_id})" if self.app_id else self.job.app.name

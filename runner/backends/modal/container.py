@@ -2,10 +2,10 @@
 
 ``solve_shard`` is the body of every ``solve_*`` function: one shard through the
 local backend's ``run_task``, with the store on the mounted volume and claims in
-the job's ``modal.Dict``. ``orchestrate`` is the body of the detached run's
-orchestrator. Both are plain module-level functions, so Modal's container imports
-this module by name and finds them by their implementation name
-(modal/_runtime/user_code_imports.py:509-522), and ``Function.local()`` runs them
+the job's ``modal.Dict``. (The detached run's orchestrator body is
+``detached.orchestrate``.) It is a plain module-level function, so Modal's container
+imports this module by name and finds it by its implementation name
+(modal/_runtime/user_code_imports.py:509-522), and ``Function.local()`` runs it
 in this process.
 
 Two rules hold here that the local backend does not need:
@@ -42,9 +42,9 @@ from runner.backends.modal.names import (
     claims_name,
     container_store_root,
 )
-from runner.backends.task import TaskResult
+from runner.backends.task import TaskEnv, TaskResult, run_task
 from runner.jobspec import pricing as prices
-from runner.jobspec.model import JobSpec, ShardTask
+from runner.jobspec.model import JobSpec, Priced
 
 _MODULE_T0 = time.time()
 
@@ -84,7 +84,7 @@ _DEVICE_PATTERNS: tuple[tuple[str, str], ...] = (
 _FREE_UPGRADES = {"H100": "H200"}
 
 
-def gpu_from_device(device: str, requested: tuple[str, ...], pricing: dict[str, float]) -> str:
+def gpu_from_device(device: str, requested: tuple[str, ...], prices: Priced) -> str:
     """The price-table name of the GPU that ran, given the tier's fallback list.
 
     ``H100`` requests may run on an H200 at the H100 price, so that is priced as
@@ -100,9 +100,9 @@ def gpu_from_device(device: str, requested: tuple[str, ...], pricing: dict[str, 
             base = want.rstrip("!")
             if base == seen or _FREE_UPGRADES.get(base) == seen and not want.endswith("!"):
                 return want
-        if seen in pricing:
+        if seen in prices.price_table():
             return seen
-    return max(requested, key=lambda g: pricing.get(g, 0.0))
+    return prices.dearest(requested)
 
 
 def gpu_required() -> bool:
@@ -358,16 +358,15 @@ def charge(
     """Add to ``result`` what Modal bills beyond the GPU seconds ``run_task`` counted:
     the container's start-up (first input only) and, in a Modal container
     (``billed``), its CPU and memory. ``Function.local()`` runs are nobody's bill."""
-    table = dict(spec.pricing)
     if not billed:
         return
     if startup:
         result.seconds += startup
-        result.usd += prices.usd(startup, result.gpu, table) if result.gpu in table else 0.0
+        result.usd += spec.usd(startup, result.gpu)
         result.timings["container_start"] = startup
     extra = prices.container_usd(
         result.seconds,
-        table,
+        spec.price_table(),
         cores=CPU_CORES,
         gib=MEMORY_MIB / 1024,
         cpu_seconds=cpu_used,
@@ -384,15 +383,12 @@ def solve_shard(request: TaskRequest, spec: JobSpec, run_id: str) -> TaskResult:
     without retries): a restarted input finds the shard done and returns
     ``already_done``, or finds its own earlier claim and takes it back.
     """
-    from runner.backends.task import TaskEnv, run_task
-
     t0, cpu0 = time.monotonic(), cpu_seconds()
-    table = dict(spec.pricing)
     try:
         kind = device_kind(gpu_required())  # the first jax call
     except NoGPU as e:
         return refuse(request, spec, run_id, str(e), time.monotonic() - t0, cpu0)
-    gpu = gpu_from_device(kind, tuple(request.gpu), table)
+    gpu = gpu_from_device(kind, tuple(request.gpu), spec)
     if gpu == prices.LOCAL and in_modal():  # a GPU function is never priced as this machine
         return refuse(
             request,
@@ -414,7 +410,7 @@ def solve_shard(request: TaskRequest, spec: JobSpec, run_id: str) -> TaskResult:
         run_id=run_id,
         compression=spec.output.compression,
         gpu=gpu,
-        price_per_hour=float(table.get(gpu, 0.0)),
+        price_per_hour=spec.rate(gpu),
     )
     result = run_task(request, env)
     charge(result, spec, startup=startup, cpu_used=cpu_seconds() - cpu0, billed=in_modal())
@@ -429,14 +425,13 @@ def refuse(
     request: TaskRequest, spec: JobSpec, run_id: str, why: str, seconds: float, cpu0: float
 ) -> TaskResult:
     """A failed attempt for an input that must not run here, billed as the dearest GPU it asked for."""
-    table = dict(spec.pricing)
-    gpu = max(request.gpu, key=lambda g: table.get(g, 0.0)) if request.gpu else ""
+    gpu = spec.dearest(request.gpu) if request.gpu else ""
     result = TaskResult(
         key=request.task.key,
         status="failed",
         seconds=seconds,
         gpu=gpu,
-        usd=prices.usd(seconds, gpu, table) if gpu in table else 0.0,
+        usd=spec.usd(seconds, gpu),
         error=f"{why}; Modal gave this container no working GPU (forge retries the shard)",
         tier=request.tier,
         attempt=request.attempt,
@@ -454,53 +449,3 @@ def refuse(
 
             modal.experimental.stop_fetching_inputs()
     return result
-
-
-def orchestrate(
-    spec: JobSpec,
-    run_id: str,
-    tasks: list[ShardTask],
-    functions: dict[str, Any],
-    options: dict[str, Any],
-) -> int:
-    """The body of ``orchestrate`` (``forge run --detach``): the shared dispatch loop, on Modal.
-
-    ``functions`` are the running app's GPU functions (Modal passes them by
-    reference); the loop is the same ``Orchestrator`` a local ``forge run`` uses.
-    Progress goes to the app's logs. Returns the run's exit code.
-    """
-    from runner.backends.base import RunContext
-    from runner.backends.modal.backend import ModalBackend
-    from runner.backends.orchestrate import Orchestrator, Progress, RunOptions
-
-    backend = ModalBackend(
-        RunContext(spec, run_id, options={"functions": functions, "app_id": options.get("app_id")})
-    )
-    last = [0.0]
-
-    def log(p: Progress) -> None:
-        if time.monotonic() - last[0] >= 30.0 or p.remaining == 0:
-            last[0] = time.monotonic()
-            print(
-                f"forge {spec.name} run {run_id}: {p.finished}/{p.planned} shards "
-                f"({p.solved} solved, {p.failed} failed, {p.in_flight} running), "
-                f"${p.prior_usd + p.spend_usd:.2f} of ${p.max_usd:.2f}",
-                flush=True,
-            )
-
-    orch = Orchestrator(
-        spec,
-        backend,
-        tasks,
-        run_id=run_id,
-        options=RunOptions(limit=options.get("limit"), max_usd=options.get("max_usd")),
-        on_progress=log,
-    )
-    summary = orch.run()
-    print(
-        f"forge {spec.name} run {run_id} ended ({summary.stopped_by or 'finished'}): "
-        f"{summary.progress.solved} solved, {summary.progress.failed} failed, "
-        f"${summary.progress.spend_usd:.2f} spent",
-        flush=True,
-    )
-    return summary.exit_code

@@ -9,7 +9,7 @@ reads the same everywhere: one sentence, exit 2, no traceback.
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 
 import modal
 import modal.exception
@@ -27,6 +27,9 @@ class ModalUserError(BackendError):
     """A problem the user can fix (credentials, names, limits): one line, exit 2."""
 
     exit_code = 2
+
+    def line(self) -> str:
+        return str(self)  # worded as a sentence already
 
 
 def credentials_found() -> bool:
@@ -91,3 +94,13 @@ def check_name(kind: str, name: str) -> None:
             f"{kind} name {name!r} is not valid on Modal: use letters, digits, '-', '.', '_' "
             "and keep it under 64 characters (shorten the job's name or output.volume)"
         )
+
+
+def unanswered(errors: Sequence[BaseException], empty: str = "no result") -> tuple[str, int]:
+    """What inputs that came back as exceptions, not results, fail with: one error text (each
+    distinct exception once) and how many timed out. Which input an exception belongs to
+    is not always known (a ``map`` wave), so as many inputs as there were timeouts are
+    charged their whole timeout: the budget never under-counts."""
+    text = "; ".join(dict.fromkeys(f"{type(e).__name__}: {e}" for e in errors)) or empty
+    timeouts = sum(isinstance(e, modal.exception.FunctionTimeoutError) for e in errors)
+    return f"Modal: {text}"[:4000], timeouts

@@ -20,8 +20,9 @@ from typing import Any
 
 import modal
 
+from runner.backends.modal.app import enter_app
 from runner.backends.modal.claims import DictClaims, release_run_claims
-from runner.backends.modal.compile import compile_job, enter_app
+from runner.backends.modal.compile import compile_job
 from runner.backends.modal.errors import (
     ModalUserError,
     modal_errors,
@@ -30,7 +31,10 @@ from runner.backends.modal.errors import (
 )
 from runner.backends.modal.names import TAG_JOB, TAG_RUN, app_name, claim_timeout_s, claims_name
 from runner.backends.modal.volume import VolumeView, classify
+from runner.backends.runstate import new_run_id
+from runner.jobspec.load import load_job
 from runner.jobspec.model import JobSpec, ShardTask
+from runner.jobspec.plan import tasks as plan_tasks
 from runner.oracle.atomic import atomic_path
 from runner.store.shards import (
     RECORD_SUFFIX,
@@ -458,33 +462,23 @@ def cost_lines(report: dict[str, Any]) -> list[str]:
 
 
 def _load(job: str | os.PathLike[str]) -> tuple[JobSpec, list[ShardTask]]:
-    from runner.jobspec.load import load_job
-    from runner.jobspec.plan import tasks as plan_tasks
-
     spec = load_job(job)
     return spec, plan_tasks(spec)
 
 
-def run_on_modal(
+def detach_job(
     job: str | os.PathLike[str],
     *,
-    detach: bool = False,
     limit: int | None = None,
     max_usd: float | None = None,
     echo: Callable[[str], None] = print,
 ) -> int:
-    """``forge run JOB --backend modal [--detach]``: the exit code.
+    """``forge run JOB --backend modal --detach``: the exit code.
 
-    Attached, the shared orchestrator runs here and drives the app (Ctrl+C stops
-    the app). Detached, it runs on Modal as the app's ``orchestrate`` function.
+    The shared orchestrator runs on Modal as the app's ``orchestrate`` function
+    (attached, ``jobrun.run_job`` runs it here through ``ModalBackend``).
     """
     require_credentials()
-    if not detach:
-        from runner.backends.jobrun import run_job
-
-        return run_job(job, backend="modal", limit=limit, max_usd=max_usd).exit_code
-    from runner.backends.orchestrate import new_run_id
-
     spec, tasks = _load(job)
     code, lines = run_detached(spec, tasks, run_id=new_run_id(), limit=limit, max_usd=max_usd)
     for line in lines:

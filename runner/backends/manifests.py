@@ -1,0 +1,77 @@
+"""Earlier runs' manifests as the next run reads them: their spend, their measured
+seconds, and closing those whose run is gone."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import time
+from collections.abc import Sequence
+from typing import Any
+
+from runner.backends.base import Backend
+from runner.store.claims import pid_alive, this_host
+
+# A "running" manifest not rewritten for this long belongs to a run that is gone
+# (runs rewrite theirs every few seconds; Modal's every 30 s).
+ABANDONED_AFTER_S = 600.0
+
+
+def close_abandoned(backend: Backend[Any], run_id: str) -> list[dict[str, Any]]:
+    """The job's earlier manifests (not ``run_id``'s); those abandoned are closed and rewritten."""
+    earlier = [m for m in backend.manifests() if m.get("run_id") != run_id]
+    for m in earlier:
+        if is_abandoned(m, time.time()):
+            mark_abandoned(m)
+            with contextlib.suppress(OSError):
+                backend.write_manifest(str(m["run_id"]), m)
+    return earlier
+
+
+def prior_spend(manifests: Sequence[dict[str, Any]], *, exclude: str = "") -> float:
+    """What earlier runs of the job spent: ended attempts, and those a live run has in flight."""
+    return sum(
+        float(m.get("spend_usd") or 0.0) + float(m.get("accrued_usd") or 0.0)
+        for m in manifests
+        if m.get("run_id") != exclude
+    )
+
+
+def seconds_by_gpu(manifests: Sequence[dict[str, Any]]) -> dict[str, list[float]]:
+    """Seconds of every finished shard of these runs, by the hardware that ran it."""
+    out: dict[str, list[float]] = {}
+    for m in manifests:
+        for a in m.get("attempts") or ():
+            if isinstance(a, dict) and a.get("status") == "done" and a.get("gpu"):
+                out.setdefault(str(a["gpu"]), []).append(float(a.get("seconds") or 0.0))
+    return out
+
+
+def is_abandoned(m: dict[str, Any], now: float, host: str | None = None) -> bool:
+    """A manifest still ``running`` whose run is gone: its pid is dead here, or it went quiet.
+
+    The pid rule only judges runs of this host (as ``store.claims.is_stale`` does).
+    """
+    if m.get("status") != "running":
+        return False
+    if m.get("host") == (host or this_host()):
+        pid = m.get("pid")
+        if isinstance(pid, int) and pid != os.getpid() and not pid_alive(pid):
+            return True
+    last = m.get("updated", m.get("started"))
+    return isinstance(last, int | float) and now - float(last) > ABANDONED_AFTER_S
+
+
+def mark_abandoned(m: dict[str, Any]) -> None:
+    """Close an abandoned manifest: what it had in flight is charged (as ``killed`` attempts)."""
+    killed = [a for a in m.get("in_flight") or () if isinstance(a, dict)]
+    m["status"] = "abandoned"
+    m["ended"] = m.get("updated")
+    m.setdefault("attempts", []).extend(
+        {"key": a.get("key"), "gpu": a.get("gpu"), "status": "killed",
+         "seconds": a.get("seconds", 0.0), "usd": a.get("usd", 0.0)}
+        for a in killed
+    )  # fmt: skip
+    m["spend_usd"] = round(float(m.get("spend_usd") or 0.0) + float(m.get("accrued_usd") or 0.0), 6)
+    m["accrued_usd"] = 0.0
+    m["in_flight"] = []

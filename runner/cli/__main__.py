@@ -1,0 +1,5 @@
+"""``python -m runner.cli``: the ``forge`` command."""
+
+from runner.cli import main
+
+main()

@@ -1,0 +1,93 @@
+"""``forge stop``, ``download`` and ``cost``: a job on Modal."""
+
+from __future__ import annotations
+
+import click
+
+from runner.cli.common import main, modal_call
+
+
+@main.command()
+@click.argument("job", type=click.Path(path_type=str))
+def stop(job: str) -> None:
+    """Stop the job's Modal app: every container of its runs, attached or --detach.
+
+    Also frees the claims those containers held, so the next run does not wait
+    for them to go stale. A Ctrl+C of `forge run --backend modal` does the same.
+
+    Exit codes: 0 done, 1 the job file is invalid or JOB does not exist, 2
+    usage error or no Modal credentials.
+
+    \b
+    Example:
+      forge stop jobs/valtest.yaml
+    """
+    from runner.backends.modal.ops import stop_on_modal
+
+    for line in modal_call(stop_on_modal, job):
+        click.echo(line)
+
+
+@main.command()
+@click.argument("job", type=click.Path(path_type=str))
+@click.option(
+    "--to",
+    "to",
+    required=True,
+    type=click.Path(file_okay=False, path_type=str),
+    help="Local folder; shards land in TO/<split>/ with their records.",
+)
+@click.option("--split", default=None, help="Only this split (default: every split).")
+def download(job: str, to: str, split: str | None) -> None:
+    """Copy a job's shards and records from its Modal volume to a local folder.
+
+    Shows a progress bar. Files already there and identical are skipped; a local
+    file that differs is kept as it is and listed (exit 1). Every file lands
+    through a temporary name, so an interrupted download leaves no partial shard.
+
+    Exit codes: 0 every file is there, 1 a local file differs (listed), the job
+    file is invalid or JOB does not exist, 2 usage error or no Modal
+    credentials.
+
+    \b
+    Example:
+      forge download jobs/valtest.yaml --to data/valtest
+      forge download jobs/valtest.yaml --split val --to data/valtest
+    """
+    from runner.backends.modal.ops import download_job
+
+    report = modal_call(download_job, job, to, split=split)
+    for line in report.lines():
+        click.echo(line)
+    raise SystemExit(1 if report.conflicts else 0)
+
+
+@main.command()
+@click.argument("job", type=click.Path(path_type=str))
+@click.option("--days", type=click.IntRange(min=1), default=30, show_default=True, help="How far back to look.")
+@click.option("--json", "as_json", is_flag=True, help="Print the report as JSON.")
+def cost(job: str, days: int, as_json: bool) -> None:
+    """Put forge's spend per run beside Modal's billing for the job's tag.
+
+    forge's numbers come from the run manifests on the volume (measured seconds x
+    the price of the GPU that ran); Modal's from its billing report for tag
+    forge-job=<name>, where the workspace's plan allows billing reports.
+
+    Exit codes: 0 done, 1 the job file is invalid or JOB does not exist, 2
+    usage error or no Modal credentials.
+
+    \b
+    Example:
+      forge cost jobs/valtest.yaml
+      forge cost jobs/valtest.yaml --days 7 --json
+    """
+    import json
+
+    from runner.backends.modal.ops import cost_lines, cost_of
+
+    report = modal_call(cost_of, job, days=days)
+    if as_json:
+        click.echo(json.dumps(report, indent=2, default=str))
+    else:
+        for line in cost_lines(report):
+            click.echo(line)
