@@ -41,7 +41,7 @@ from typing import Any
 from runner.backends.base import Attempt, Backend, RunContext, SurveyState, TaskRequest, Tier
 from runner.backends.overlap import DEPTH
 from runner.backends.task import TaskResult
-from runner.backends.workers import _worker_main, shut_down, start_ignoring_sigint
+from runner.backends.workers import _worker_main, ready, shut_down, start_ignoring_sigint
 from runner.jobspec.model import Commit, JobSpec, ShardTask
 from runner.jobspec.pricing import LOCAL
 from runner.store.claims import LocalClaims, clear_stale, is_stale, pid_alive, this_host
@@ -349,13 +349,7 @@ class LocalBackend(Backend):
 
     def _collect(self) -> None:
         for w in list(self._workers):
-            while True:
-                try:
-                    if not w.conn.poll():
-                        break
-                    msg = w.conn.recv()
-                except (EOFError, OSError):
-                    break
+            for msg in ready(w.conn):
                 if msg[0] == "result":
                     res = TaskResult.from_json(msg[1])
                     if res.key in w.keys:

@@ -51,6 +51,19 @@ def messages(conn: Connection) -> Iterator[Any]:
         yield msg
 
 
+def ready(conn: Connection) -> Iterator[Any]:
+    """What a worker has already sent, without blocking: the parent's side of ``messages``.
+    Stops at the first empty poll or at a pipe its worker closed (``_reap`` handles the death)."""
+    while True:
+        try:
+            if not conn.poll():
+                return
+            msg = conn.recv()
+        except (EOFError, OSError):
+            return
+        yield msg
+
+
 def start_ignoring_sigint(proc: BaseProcess) -> None:
     """Start a worker that inherits "ignore SIGINT" from the moment it exists, so a
     Ctrl+C during its start cannot kill it with a traceback."""

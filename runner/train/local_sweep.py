@@ -21,7 +21,13 @@ from typing import Any
 
 from runner.backends.base import Attempt, TaskRequest, Tier
 from runner.backends.task import TaskResult
-from runner.backends.workers import _die_with_parent, messages, shut_down, start_ignoring_sigint
+from runner.backends.workers import (
+    _die_with_parent,
+    messages,
+    ready,
+    shut_down,
+    start_ignoring_sigint,
+)
 from runner.jobspec import pricing
 from runner.jobspec.model import SweepSpec
 from runner.train.sweep import Trial, TrialBackend, payload
@@ -108,13 +114,7 @@ class LocalSweepBackend(TrialBackend):
             if busy:
                 wait([w.conn for w in busy] + [w.proc.sentinel for w in busy], timeout)
         for w in list(self._workers):
-            while w.key is not None:
-                try:
-                    if not w.conn.poll():
-                        break
-                    msg = w.conn.recv()
-                except (EOFError, OSError):
-                    break
+            for msg in ready(w.conn) if w.key is not None else ():
                 trial = self._trials.get(msg[1])
                 if trial is None:
                     continue
@@ -124,6 +124,7 @@ class LocalSweepBackend(TrialBackend):
                     del self._trials[msg[1]]
                     w.key = None
                     self._out.append(self.finish(trial, msg[2], gpu=pricing.LOCAL, price_per_hour=self.price))
+                    break  # the worker is idle until it is sent another trial
             if w.key is not None and not w.proc.is_alive():  # killed, out of memory
                 trial = self._trials.pop(w.key)
                 failed = {
