@@ -9,18 +9,26 @@ coalesces along the minor axis too. Measurements: docs/solver.md.
 
 from __future__ import annotations
 
+from contextlib import AbstractContextManager
 from functools import partial
 from math import comb
 from typing import NamedTuple
 
 import jax
+import jax.numpy as jnp
+import numpy as np
 
-jax.config.update("jax_enable_x64", True)
+from runner.oracle.context import MASK_RANK, MASKS_BY_COUNT, NTH_BIT, POPCOUNT
 
-import jax.numpy as jnp  # noqa: E402
-import numpy as np  # noqa: E402
 
-from runner.oracle.context import MASK_RANK, MASKS_BY_COUNT, NTH_BIT, POPCOUNT  # noqa: E402
+def x64() -> AbstractContextManager[object]:
+    """64-bit integers for the calls made inside (packed states are 41 bits): trace and call
+    every kernel of this module under it. A context, not the global flag, so a process that
+    also trains keeps JAX's 32-bit defaults (issue 13). ``jax.enable_x64`` is that context in
+    jax 0.8 and later (jax/_src/config.py: ``enable_x64 = bool_state(...,
+    include_in_jit_key=True)``, so a jit traced under it is cached apart from one without)."""
+    return jax.enable_x64(True)
+
 
 ILLEGAL = -128
 NONE7 = (7 << 32) | (7 << 35) | (7 << 38)  # all three play fields "none"

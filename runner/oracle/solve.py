@@ -46,6 +46,7 @@ from runner.oracle.kernels import (
     scatter_v,
     sort_device,
     tree_chunk,
+    x64,
 )
 
 Hands = tuple[tuple[int, ...], ...]
@@ -273,7 +274,8 @@ def solve_position(
     assembly = assembly or default_assembly()
     if assembly not in ("host", "device"):
         raise ValueError("assembly must be 'host' or 'device'")
-    return _solve(hands, decl_id, ctx_np, leaf_budget or default_leaf_budget(), start, assembly)
+    with x64():
+        return _solve(hands, decl_id, ctx_np, leaf_budget or default_leaf_budget(), start, assembly)
 
 
 def _solve(
