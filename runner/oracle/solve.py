@@ -23,6 +23,7 @@ static shape: one compile per ``r`` serves every deal.
 
 from __future__ import annotations
 
+import ctypes
 import os
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -42,6 +43,7 @@ from runner.oracle.kernels import (
     backward_chunk,
     decode,
     forward_chunk,
+    forward_targets,
     keys_chunk,
     scatter_v,
     sort_device,
@@ -133,20 +135,21 @@ class _HostTable:
 
     ``packed`` holds ``order key << 29 | row index``, so sorting it alone orders the rows
     (see ``sort``); past 2**29 rows it holds the order key and the sort falls back to an
-    argsort of the states.
+    argsort of the states. ``pairs`` holds each row's packed state beside its payload, so
+    one random gather of 16-byte items moves both (a gather costs a cache miss per item,
+    whatever its size up to a line: two 8-byte gathers cost twice one 16-byte gather).
     """
 
     def __init__(self, n: int) -> None:
-        self.keys = np.empty(n, np.int64)
+        self.pairs = np.empty((n, 2), np.int64)  # packed state, payload
         self.packed = np.empty(n, np.uint64)
-        self.payload = np.empty(n, np.int64)
         self.n = 0
         self.wide = n >= 1 << INDEX_BITS
 
     def add(self, keys: np.ndarray, order: np.ndarray, payload: np.ndarray) -> None:
         lo, hi = self.n, self.n + len(keys)
-        self.keys[lo:hi] = keys
-        self.payload[lo:hi] = payload
+        self.pairs[lo:hi, 0] = keys
+        self.pairs[lo:hi, 1] = payload
         dest = self.packed[lo:hi]
         if self.wide:
             dest[:] = order
@@ -168,40 +171,69 @@ class _HostTable:
                 if n_valid < ok.shape[-1]:
                     ok = ok.copy()
                     ok[..., n_valid:] = False
-                k, o, q = k[ok], o[ok], q[ok]
+                # np.compress: ~3x faster than boolean indexing on numpy 2.4
+                ok = ok.ravel()
+                k, o, q = (np.compress(ok, a.ravel()) for a in (k, o, q))
             self.add(k, o, q)
 
     def sort(self) -> tuple[np.ndarray, np.ndarray]:
         """States ascending and their payloads.
 
         One sort of plain uint64 keys (numpy's vectorised sort, many times faster than an
-        argsort of int64 on a CPU), then the gathers split across threads (``np.take``
-        releases the GIL)."""
-        if self.n != len(self.keys):
-            raise AssertionError(f"counted {len(self.keys)} states but emitted {self.n}")
+        argsort of int64 on a CPU), then one gather of the (state, payload) pairs split
+        across threads (``np.take`` releases the GIL), then the pairs split into columns
+        (sequential, a tenth of the gather's cost)."""
+        if self.n != len(self.pairs):
+            raise AssertionError(f"counted {len(self.pairs)} states but emitted {self.n}")
         if self.wide:
-            idx = np.argsort(self.keys)
+            idx = np.argsort(self.pairs[:, 0])
         else:
             self.packed.sort()
             self.packed &= np.uint64((1 << INDEX_BITS) - 1)
             idx = self.packed.view(np.int64)
-        states = np.empty_like(self.keys)
-        payload = np.empty_like(self.payload)
-        jobs = []
+        # complex128: a 16-byte item numpy's take copies as one, the pair's two int64
+        src = self.pairs.view(np.complex128).reshape(-1)
+        out = np.empty_like(src)
         step = max(1, -(-self.n // _THREADS))
-        for lo in range(0, self.n, step):
-            part = idx[lo : lo + step]
-            for src, dst in ((self.keys, states), (self.payload, payload)):
-                jobs.append((src, part, dst[lo : lo + step]))
+        jobs = [(src, idx[lo : lo + step], out[lo : lo + step]) for lo in range(0, self.n, step)]
         with ThreadPoolExecutor(_THREADS) as pool:
             list(pool.map(lambda j: np.take(j[0], j[1], out=j[2], mode="clip"), jobs))
-        return states, payload
+        # free the unsorted table before the split, so the peak stays at 40 bytes a row
+        del self.pairs, self.packed, src, idx, jobs
+        both = out.view(np.int64).reshape(-1, 2)
+        return np.ascontiguousarray(both[:, 0]), np.ascontiguousarray(both[:, 1])
 
 
 _THREADS = max(1, min(8, os.cpu_count() or 1))
 
 
 _cache_enabled = False
+_allocator_tuned = False
+
+
+def tune_allocator() -> None:
+    """Let glibc's malloc keep freed memory for reuse instead of returning it to the OS.
+
+    Every kernel call allocates its output buffers afresh (tens of MB a chunk) and numpy's
+    table as many again; by default glibc maps large blocks with mmap and unmaps them when
+    freed, so each chunk's buffers were zero-filled pages again, faulted in one by one (a
+    third of the solver's CPU time was system time on the 2-core VM). Keeping blocks up to
+    32 MiB in the heap, and the heap's top untrimmed, makes the next chunk reuse them. Once
+    per process; a no-op where the C library is not glibc.
+    """
+    global _allocator_tuned
+    if _allocator_tuned:
+        return
+    _allocator_tuned = True
+    try:
+        libc = ctypes.CDLL(None)
+        mallopt = libc.mallopt
+    except (OSError, AttributeError):
+        return
+    m_trim_threshold, m_top_pad, m_mmap_threshold = -1, -2, -3  # glibc's malloc.h
+    mallopt(m_mmap_threshold, 32 << 20)  # glibc's largest allowed value
+    mallopt(m_trim_threshold, 1 << 30)
+    mallopt(m_top_pad, 64 << 20)
 
 
 def enable_compile_cache(path: str | None = None) -> str | None:
@@ -270,6 +302,7 @@ def solve_position(
     hands = tuple(tuple(int(t) for t in h) for h in hands)
     ctx_np = make_context(hands, decl_id)
     enable_compile_cache()
+    tune_allocator()
     start = boundary_index(leader, masks)
     assembly = assembly or default_assembly()
     if assembly not in ("host", "device"):
@@ -298,11 +331,8 @@ def _solve(
     n_rows = jnp.zeros((), jnp.int64)
     for t in range(t_start, 7):
         r = 7 - t
-        reach = jnp.zeros(n_boundaries(r - 1), bool)
-        for _, digits, valid, _ in _chunks(bounds[t], chunk_size(r, leaf_budget, len(bounds[t])), r):
-            t_chunk = tree_chunk(ctx, digits, r=r)
-            reach, n_rows = forward_chunk(t_chunk, valid, reach, n_rows, r=r)
-        bounds.append(np.flatnonzero(np.asarray(reach)).astype(np.int32))
+        nxt, n_rows = _reach(ctx, bounds[t], r, leaf_budget, n_rows, assembly)
+        bounds.append(nxt)
     n_states = int(n_rows) + len(bounds[7])
     timings["enumerate"] = time.perf_counter() - t0
     if assembly == "device":
@@ -338,6 +368,27 @@ def _solve(
     states, rows64 = table.sort()
     timings["sort"] = time.perf_counter() - t0
     return Solution.from_rows(hands, decl_id, states, rows64.view(np.int8), root, timings, device_name())
+
+
+def _reach(ctx, bidx: np.ndarray, r: int, leaf_budget: int, n_rows, assembly: str):  # type: ignore[no-untyped-def]
+    """The next trick's reachable boundaries (ascending dense indices) from ``bidx``, and
+    ``n_rows`` plus the states of these tricks. On the host path numpy marks the targets
+    (a chunk's while the next one computes); on the device XLA's scatter does."""
+    if assembly == "device":
+        reach = jnp.zeros(n_boundaries(r - 1), bool)
+        for _, digits, valid, _ in _chunks(bidx, chunk_size(r, leaf_budget, len(bidx)), r):
+            reach, n_rows = forward_chunk(tree_chunk(ctx, digits, r=r), valid, reach, n_rows, r=r)
+        return np.flatnonzero(np.asarray(reach)).astype(np.int32), n_rows
+    marks = np.zeros(n_boundaries(r - 1) + 1, bool)  # the last slot takes the sentinel
+    pending = None
+    for _, digits, valid, _ in _chunks(bidx, chunk_size(r, leaf_budget, len(bidx)), r):
+        targets, n_rows = forward_targets(tree_chunk(ctx, digits, r=r), valid, n_rows, r=r)
+        if pending is not None:
+            marks[np.asarray(pending).reshape(-1)] = True
+        pending = targets
+    if pending is not None:
+        marks[np.asarray(pending).reshape(-1)] = True
+    return np.flatnonzero(marks[:-1]).astype(np.int32), n_rows
 
 
 def _terminal_rows(terminal: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
