@@ -207,7 +207,7 @@ class _HostTable:
 _THREADS = max(1, min(8, os.cpu_count() or 1))
 
 
-_cache_enabled = False
+_cache_folder: str | None = None  # set once JAX is configured
 _allocator_tuned = False
 
 
@@ -240,16 +240,19 @@ def enable_compile_cache(path: str | None = None) -> str | None:
     """Keep compiled kernels on disk so later processes skip the ~10 s compile.
 
     The folder is ``path``, else ``$FORGE_JAX_CACHE``, else ``~/.cache/forge/jax``;
-    ``FORGE_JAX_CACHE=off`` disables it. Returns the folder used.
+    ``FORGE_JAX_CACHE=off`` disables it. JAX is configured once per process (every solve
+    calls this): later calls change nothing and return the folder in use. Returns the
+    folder used, None when off.
     """
-    global _cache_enabled
+    global _cache_folder
+    if _cache_folder is not None:
+        return _cache_folder
     folder = path or os.environ.get("FORGE_JAX_CACHE") or os.path.expanduser("~/.cache/forge/jax")
     if folder == "off":
         return None
-    if not _cache_enabled:
-        jax.config.update("jax_compilation_cache_dir", folder)
-        jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.0)
-        _cache_enabled = True
+    jax.config.update("jax_compilation_cache_dir", folder)
+    jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.0)
+    _cache_folder = folder
     return folder
 
 
