@@ -39,6 +39,7 @@ from runner.oracle.kernels import (
     ILLEGAL,
     INDEX_BITS,
     NONE7,
+    Tree,
     backward_append,
     backward_chunk,
     decode,
@@ -332,9 +333,10 @@ def _solve(
         np.array([b_start], np.int32)
     ]
     n_rows = jnp.zeros((), jnp.int64)
+    trees: dict[int, list[Tree | None]] = {}  # host path: each trick's chunk trees, for the backward pass
     for t in range(t_start, 7):
         r = 7 - t
-        nxt, n_rows = _reach(ctx, bounds[t], r, leaf_budget, n_rows, assembly)
+        nxt, n_rows, trees[t] = _reach(ctx, bounds[t], r, leaf_budget, n_rows, assembly)
         bounds.append(nxt)
     n_states = int(n_rows) + len(bounds[7])
     timings["enumerate"] = time.perf_counter() - t0
@@ -351,8 +353,12 @@ def _solve(
         r = 7 - t
         v_dense = jnp.zeros(n_boundaries(r), jnp.int8)
         pending = None
-        for bidx, digits, valid, n_valid in _chunks(bounds[t], chunk_size(r, leaf_budget, len(bounds[t])), r):
-            t_chunk = tree_chunk(ctx, digits, r=r)
+        kept = trees.pop(t)
+        for i, (bidx, _, valid, n_valid) in enumerate(
+            _chunks(bounds[t], chunk_size(r, leaf_budget, len(bounds[t])), r)
+        ):
+            t_chunk, kept[i] = kept[i], None  # the forward pass's, dropped once used
+            assert t_chunk is not None
             k_chunk = keys_chunk(t_chunk, r=r)
             v0, keys, order, rows, oks = backward_chunk(t_chunk, k_chunk, v_next, r=r)
             v_dense = scatter_v(v_dense, bidx, valid, v0)
@@ -374,24 +380,30 @@ def _solve(
 
 
 def _reach(ctx, bidx: np.ndarray, r: int, leaf_budget: int, n_rows, assembly: str):  # type: ignore[no-untyped-def]
-    """The next trick's reachable boundaries (ascending dense indices) from ``bidx``, and
-    ``n_rows`` plus the states of these tricks. On the host path numpy marks the targets
-    (a chunk's while the next one computes); on the device XLA's scatter does."""
+    """The next trick's reachable boundaries (ascending dense indices) from ``bidx``,
+    ``n_rows`` plus the states of these tricks, and (host path) the chunks' trick trees.
+
+    On the host path numpy marks the targets (a chunk's while the next one computes), and the
+    trees are kept for the backward pass: computing them is an eighth of a solve on a CPU,
+    and they are freed trick by trick before the table's peak (the sort). On the device XLA's
+    scatter marks, and trees are recomputed (device memory is the scarcer there)."""
     if assembly == "device":
         reach = jnp.zeros(n_boundaries(r - 1), bool)
         for _, digits, valid, _ in _chunks(bidx, chunk_size(r, leaf_budget, len(bidx)), r):
             reach, n_rows = forward_chunk(tree_chunk(ctx, digits, r=r), valid, reach, n_rows, r=r)
-        return np.flatnonzero(np.asarray(reach)).astype(np.int32), n_rows
+        return np.flatnonzero(np.asarray(reach)).astype(np.int32), n_rows, []
     marks = np.zeros(n_boundaries(r - 1) + 1, bool)  # the last slot takes the sentinel
     pending = None
+    trees = []
     for _, digits, valid, _ in _chunks(bidx, chunk_size(r, leaf_budget, len(bidx)), r):
-        targets, n_rows = forward_targets(tree_chunk(ctx, digits, r=r), valid, n_rows, r=r)
+        trees.append(tree_chunk(ctx, digits, r=r))
+        targets, n_rows = forward_targets(trees[-1], valid, n_rows, r=r)
         if pending is not None:
             marks[np.asarray(pending).reshape(-1)] = True
         pending = targets
     if pending is not None:
         marks[np.asarray(pending).reshape(-1)] = True
-    return np.flatnonzero(marks[:-1]).astype(np.int32), n_rows
+    return np.flatnonzero(marks[:-1]).astype(np.int32), n_rows, trees
 
 
 def _terminal_rows(terminal: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
