@@ -9,18 +9,26 @@ coalesces along the minor axis too. Measurements: docs/solver.md.
 
 from __future__ import annotations
 
+from contextlib import AbstractContextManager
 from functools import partial
 from math import comb
 from typing import NamedTuple
 
 import jax
+import jax.numpy as jnp
+import numpy as np
 
-jax.config.update("jax_enable_x64", True)
+from runner.oracle.context import MASK_RANK, MASKS_BY_COUNT, NTH_BIT, POPCOUNT
 
-import jax.numpy as jnp  # noqa: E402
-import numpy as np  # noqa: E402
 
-from runner.oracle.context import MASK_RANK, MASKS_BY_COUNT, NTH_BIT, POPCOUNT  # noqa: E402
+def x64() -> AbstractContextManager[object]:
+    """64-bit integers for the calls made inside (packed states are 41 bits): trace and call
+    every kernel of this module under it. A context, not the global flag, so a process that
+    also trains keeps JAX's 32-bit defaults (issue 13). ``jax.enable_x64`` is that context in
+    jax 0.8 and later (jax/_src/config.py: ``enable_x64 = bool_state(...,
+    include_in_jit_key=True)``, so a jit traced under it is cached apart from one without)."""
+    return jax.enable_x64(True)
+
 
 ILLEGAL = -128
 NONE7 = (7 << 32) | (7 << 35) | (7 << 38)  # all three play fields "none"
@@ -154,19 +162,35 @@ def leaves(t: Tree, r: int) -> tuple[jax.Array, jax.Array, jax.Array]:
     return legal, reward, child
 
 
-@partial(jax.jit, static_argnames=("r",))
-def forward_chunk(t: Tree, valid, reach, rows, *, r: int):  # type: ignore[no-untyped-def]
-    """Mark the next trick's boundaries reached from this chunk's valid boundaries (``t`` from
-    ``tree_chunk``), and add the number of states in the chunk's tricks to ``rows``."""
+def _targets(t: Tree, valid, rows, r: int, n_next: int):  # type: ignore[no-untyped-def]
+    """Per leaf the dense index of the next trick's boundary it reaches (``n_next`` where the
+    leaf is illegal or its boundary padding), and ``rows`` plus the number of states in the
+    chunk's tricks."""
     legal, _, child = leaves(t, r)
-    ok = legal & valid
-    target = jnp.where(ok, child, reach.shape[0]).reshape(-1)
+    target = jnp.where(legal & valid, child, n_next)
     # plays 0 and 1: 1 + r states; plays 2: legal (a, b); plays 3: legal (a, b) x legal (a, c)
     n1 = t.legal1.sum(axis=1, dtype=jnp.int64)  # (a, nb)
     n2 = t.legal2.sum(axis=1, dtype=jnp.int64)
     per = 1 + r + n1.sum(axis=0) + (n1 * n2).sum(axis=0)
-    rows = rows + jnp.where(valid, per, 0).sum()
-    return reach.at[target].set(True, mode="drop"), rows
+    return target, rows + jnp.where(valid, per, 0).sum()
+
+
+@partial(jax.jit, static_argnames=("r",))
+def forward_chunk(t: Tree, valid, reach, rows, *, r: int):  # type: ignore[no-untyped-def]
+    """Mark the next trick's boundaries reached from this chunk's valid boundaries (``t`` from
+    ``tree_chunk``), and add the number of states in the chunk's tricks to ``rows``."""
+    target, rows = _targets(t, valid, rows, r, reach.shape[0])
+    return reach.at[target.reshape(-1)].set(True, mode="drop"), rows
+
+
+@partial(jax.jit, static_argnames=("r",))
+def forward_targets(t: Tree, valid, rows, *, r: int):  # type: ignore[no-untyped-def]
+    """``forward_chunk`` without the marking: the leaves' targets as int32 (the sentinel is
+    ``n_boundaries(r - 1)``), for the host to mark. On a CPU XLA's scatter is a scalar loop,
+    ~5x the cost of computing the targets; numpy's fancy assignment marks them in half the
+    time of that loop (docs/solver.md)."""
+    target, rows = _targets(t, valid, rows, r, 4 * comb(7, r - 1) ** 4)
+    return target.astype(jnp.int32), rows
 
 
 def _opt(values: jax.Array, legal: jax.Array | bool, sign: jax.Array) -> jax.Array:

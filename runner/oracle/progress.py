@@ -10,7 +10,7 @@ Neither needs the solver's cooperation (``solve.py`` keeps no progress hooks):
   executable instead (jax/_src/compiler.py, ``compile_or_get_cached``). A compile with no
   hit is a real compile: a cache miss, or no cache at all.
 - :class:`PhaseWatch` wraps the solver's per-trick kernels by name for the duration of one
-  solve (enumerate: ``_forward_chunk``; values: ``_backward_chunk`` or
+  solve (enumerate: ``_forward_chunk`` or ``_forward_targets``; values: ``_backward_chunk`` or
   ``_backward_append``; sort: ``_HostTable.sort`` or ``_sort_device``), reading the trick
   from their ``r`` argument. A name the solver no longer has is skipped, so a reworked
   solver shows fewer phases, never a wrong one.
@@ -143,6 +143,7 @@ def compile_summary(w: CompileWatch) -> str | None:
 # kernel name -> phase; the solver looks them up in its module at call time
 _KERNELS = {
     "forward_chunk": "enumerate",
+    "forward_targets": "enumerate",
     "backward_chunk": "values (last trick first)",
     "backward_append": "values (last trick first)",
     "sort_device": "sort",

@@ -6,9 +6,14 @@ straight from ORACLE.md, so a shared mistake cannot make both agree.
 
 from __future__ import annotations
 
+import os
 import random
+import subprocess
+import sys
 from functools import cache
+from pathlib import Path
 
+import jax
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
@@ -153,3 +158,35 @@ def test_device_assembly_matches_plain_minimax(tricks_left: int) -> None:
     assert [(int(v), [int(x) for x in q]) for v, q in zip(sol.V, sol.Q, strict=True)] == [
         (ref[s][0], ref[s][1]) for s in sorted(ref)
     ]
+
+
+def test_solver_is_exact_with_x64_off_and_leaves_it_off() -> None:
+    """The solver scopes 64-bit integers to its own calls (issue 13): with JAX's 32-bit
+    default in force, its packed states still come out exact, and the flag is off after."""
+    hands, decl = deal(777), 3
+    masks, leader = random_boundary(hands, decl, 3, random.Random(7))
+    ref = reference_table(hands, decl, masks, leader)
+    with jax.enable_x64(False):
+        sol = solve_position(hands, decl, leader=leader, masks=masks)
+        assert not jax.config.jax_enable_x64
+    assert [int(s) for s in sol.states] == sorted(ref)
+    assert max(ref) >= 1 << 32  # the play fields: a 32-bit truncation would show
+
+
+def test_importing_and_running_the_solver_leaves_x64_as_it_was() -> None:
+    """In a fresh process (the flag at its default, nothing imported), as a training
+    worker would see it after solving a shard."""
+    code = (
+        "import jax; before = jax.config.jax_enable_x64\n"
+        "from runner.oracle.solve import solve_position\n"
+        "sol = solve_position([[0,1,2,3,4,5,6],[7,8,9,10,11,12,13],[14,15,16,17,18,19,20],"
+        "[21,22,23,24,25,26,27]], 0, leader=0, masks=(1, 1, 1, 1))\n"
+        "import jax.numpy as jnp\n"
+        "print(before, jax.config.jax_enable_x64, jnp.arange(3).dtype, sol.n_states)\n"
+    )
+    env = {k: v for k, v in os.environ.items() if k != "JAX_ENABLE_X64"}
+    out = subprocess.run(
+        [sys.executable, "-c", code], env=env, cwd=Path(__file__).parents[2],
+        capture_output=True, text=True, check=True,
+    ).stdout.split()  # fmt: skip
+    assert out == ["False", "False", "int32", "5"]

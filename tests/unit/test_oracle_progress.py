@@ -4,6 +4,7 @@ solver's phases seen through its kernels, on a real (tiny) solve."""
 from __future__ import annotations
 
 import time
+from pathlib import Path
 
 import jax
 import jax.numpy as jnp
@@ -91,3 +92,13 @@ def test_run_says_what_the_compile_cost(tmp_path) -> None:  # type: ignore[no-un
     first, second = buf.getvalue().splitlines()
     assert "(incl. 41.5 s compiling solver kernels, once per machine and table size)" in first
     assert "compiling" not in second
+
+
+def test_the_compile_cache_is_configured_once_per_process(tmp_path: Path) -> None:
+    """Every solve calls enable_compile_cache; only the first call may touch JAX's config,
+    and a later call reports the folder actually in use, not the one it was asked for."""
+    first = solve.enable_compile_cache()  # what any solve of this process configures
+    again = solve.enable_compile_cache(str(tmp_path / "elsewhere"))
+    assert again == first
+    if first is not None:  # off (FORGE_JAX_CACHE=off) configures nothing
+        assert jax.config.jax_compilation_cache_dir == first != str(tmp_path / "elsewhere")
