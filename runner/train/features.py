@@ -9,8 +9,8 @@ Everything is seen from the player to move ("mover"): relative seat 0 is the mov
 next player (left opponent), 2 the partner, 3 the right opponent. Values are taken from the
 mover's side too (team 1 movers see -Q), so one network serves both teams.
 
-All arrays carry explicit dtypes: the solver turns on ``jax_enable_x64`` globally when it
-is imported, and nothing here may silently become float64 or int64.
+All arrays carry explicit dtypes, so nothing here becomes float64 or int64 even in a
+process that has x64 switched on (the solver scopes it to its own calls, ``kernels.x64``).
 """
 
 from __future__ import annotations

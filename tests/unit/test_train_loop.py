@@ -54,7 +54,7 @@ def test_chunks_land_on_evaluations() -> None:
 def test_training_is_float32_under_x64_and_reproducible(data: tuple[Dataset, Dataset]) -> None:
     train_ds, val_ds = data
     cfg = make_config(TINY, steps=8, eval_every=4, seed=0)
-    # the solver turns x64 on process-wide; nothing here may turn into float64
+    # a caller may train with x64 on (the solver scopes it to its calls); nothing may turn into float64
     with jax.enable_x64(True):
         a = train(cfg, train_ds, val_ds)
     b = train(cfg, train_ds, val_ds)
