@@ -14,6 +14,7 @@ it, so a worker holds at most two solved tables (one being written, one just sol
 from __future__ import annotations
 
 import threading
+import time
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
@@ -44,7 +45,11 @@ class BackgroundWriter:
             self._thread = None
 
     def start(self, tr: TaskRun, sol: Solution) -> None:
+        t0 = time.monotonic()
         self.wait()
+        # The solver idled this long for the previous write: the record shows whether
+        # writes keep pace (BENCHMARKS.md, "Where the end-to-end run spends").
+        sol.timings["write_wait"] = time.monotonic() - t0
         self.send(("writing", tr.task.key))
         self._thread = threading.Thread(target=self._finish, args=(tr, sol), daemon=True)
         self._thread.start()

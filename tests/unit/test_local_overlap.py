@@ -20,6 +20,14 @@ class _Task:
 
 
 @dataclass
+class _Table:
+    """A stand-in for a solved ``Solution``: its key and its ``timings``."""
+
+    key: str
+    timings: dict[str, float] = field(default_factory=dict)
+
+
+@dataclass
 class _Store:
     cleaned: list[str] = field(default_factory=list)
 
@@ -41,14 +49,15 @@ class _Attempt:
     def begin(self) -> None:
         self._note("begin")
 
-    def solve(self) -> str:
+    def solve(self) -> _Table:
         self._note("solve")
         if self.fail_at == "solve":
             raise RuntimeError("solver broke")
-        return f"table {self.task.key}"
+        self.table = _Table(self.task.key)
+        return self.table
 
-    def finish(self, sol: str) -> TaskResult:
-        assert sol == f"table {self.task.key}"
+    def finish(self, sol: _Table) -> TaskResult:
+        assert sol.key == self.task.key
         self._note("write")
         assert self.release_write.wait(10)
         if self.fail_at == "write":
@@ -76,6 +85,7 @@ def test_next_solve_runs_while_the_last_write_is_in_progress() -> None:
         threading.Event().wait(0.01)
     assert ("solve", "b") in [(e, k) for e, k, _ in log]
     assert ("write", "b") not in [(e, k) for e, k, _ in log], "two writes at once"
+    threading.Event().wait(0.2)  # b's solver now waits this long for a's write
     a.release_write.set()
     b.release_write.set()
     writer.wait()
@@ -89,6 +99,9 @@ def test_next_solve_runs_while_the_last_write_is_in_progress() -> None:
     assert sent[0] == ("writing", "a")
     assert [m[0] for m in sent] == ["writing", "result", "writing", "result"]
     assert [TaskResult.from_json(m[1]).status for m in sent if m[0] == "result"] == ["done", "done"]
+    # Each table records how long its solver waited for the write before it (a: none).
+    assert a.table.timings["write_wait"] < 0.1
+    assert b.table.timings["write_wait"] >= 0.15
 
 
 def test_failed_write_and_failed_solve_come_back_as_failures_and_clean_up() -> None:
