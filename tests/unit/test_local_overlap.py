@@ -85,7 +85,7 @@ def test_next_solve_runs_while_the_last_write_is_in_progress() -> None:
     # a's write is blocked, yet b is claimed and solved on the main thread
     threading.Thread(target=lambda: solve_then_write(b, writer), daemon=True).start()  # type: ignore[arg-type]
     for _ in range(1000):
-        if ("solve", "b") in [(e, k) for e, k, _ in log]:
+        if ("writing", "b") in [m[:2] for m in sent]:  # solved and queued behind a's write
             break
         threading.Event().wait(0.01)
     assert ("solve", "b") in [(e, k) for e, k, _ in log]
