@@ -95,7 +95,7 @@ def _h(a: np.ndarray, dtype: str) -> str:
     # 20 M-state table, stalling the solver thread beside a background write) and cost 3x the
     # time of the hash itself (BENCHMARKS.md, "Where the end-to-end run spends"). Same bytes.
     flat = np.ascontiguousarray(a, dtype=dtype).reshape(-1).view(np.uint8)
-    return hashlib.sha256(flat).hexdigest()[:16]
+    return hashlib.sha256(flat.data).hexdigest()[:16]
 
 
 def table_digests(states: np.ndarray, V: np.ndarray, Q: np.ndarray) -> dict[str, str]:
