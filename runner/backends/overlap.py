@@ -7,13 +7,20 @@ rename, record, commit, release) to one background thread, then reports ``("writ
 so the orchestrator sends it the next shard. pyarrow's writer and hashlib release the GIL on
 large buffers, so the two overlap on two cores.
 
-At most one write runs behind the solver: a worker whose next solve ends first waits for
-it, so a worker holds at most two solved tables (one being written, one just solved).
+Writes queue behind the solver, one at a time on the thread, so the solver never waits for a
+write unless memory requires it (issue 14): a finished table waits only while the tables
+already queued hold more than ``pending_budget()`` bytes. Allowing one write in flight, as
+before, made the solver idle after every large deal followed by a small one (seed 903 waited
+11.4 s for 902's write: BENCHMARKS.md, "Where the end-to-end run spends").
 """
 
 from __future__ import annotations
 
+import contextlib
+import os
 import threading
+import time
+from collections import deque
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
@@ -21,16 +28,34 @@ if TYPE_CHECKING:
     from runner.backends.task import TaskResult, TaskRun
     from runner.oracle.solve import Solution
 
-# Shards a pool worker may hold at once: one solving, one being written.
-DEPTH = 2
+# Shards a pool worker may hold at once: one solving, up to three solved and queued for (or
+# being) written. The orchestrator hands a worker its next shard only while it holds fewer.
+DEPTH = 4
+
+
+def pending_budget() -> int:
+    """Bytes of solved tables a worker may keep queued for writing: a quarter of the machine's
+    memory (the solver's own peak is ~50 bytes a state of the deal being solved)."""
+    try:
+        return os.sysconf("SC_PHYS_PAGES") * os.sysconf("SC_PAGE_SIZE") // 4
+    except (OSError, ValueError):
+        return 4 << 30
+
+
+def _nbytes(sol: Solution) -> int:
+    return int(sol.states.nbytes + sol.V.nbytes + sol.Q.nbytes)
 
 
 class BackgroundWriter:
     """The one write thread of a pool worker; ``send`` is the worker's pipe, shared by both threads."""
 
-    def __init__(self, send: Callable[[tuple[Any, ...]], None]) -> None:
+    def __init__(self, send: Callable[[tuple[Any, ...]], None], budget: int | None = None) -> None:
         self._send = send
         self._lock = threading.Lock()  # a Connection is not safe for two concurrent senders
+        self._budget = pending_budget() if budget is None else budget
+        self._queue: deque[tuple[TaskRun, Solution, int]] = deque()
+        self._pending = 0  # bytes of the tables queued or being written
+        self._changed = threading.Condition()
         self._thread: threading.Thread | None = None
 
     def send(self, msg: tuple[Any, ...]) -> None:
@@ -38,23 +63,45 @@ class BackgroundWriter:
             self._send(msg)
 
     def wait(self) -> None:
-        """Until the write in progress (if any) is finished and reported."""
-        if self._thread is not None:
-            self._thread.join()
-            self._thread = None
+        """Until every queued write is finished and reported."""
+        with self._changed:
+            self._changed.wait_for(lambda: self._pending == 0)
 
     def start(self, tr: TaskRun, sol: Solution) -> None:
-        self.wait()
-        self.send(("writing", tr.task.key))
-        self._thread = threading.Thread(target=self._finish, args=(tr, sol), daemon=True)
-        self._thread.start()
+        size = _nbytes(sol)
+        t0 = time.monotonic()
+        with self._changed:
+            # One table always fits, however large: it is already in memory.
+            self._changed.wait_for(lambda: self._pending == 0 or self._pending + size <= self._budget)
+            # The solver idled this long for earlier writes: the record shows whether
+            # writes keep pace (BENCHMARKS.md, "Where the end-to-end run spends").
+            sol.timings["write_wait"] = time.monotonic() - t0
+            self.send(("writing", tr.task.key))  # before its result can be sent
+            self._queue.append((tr, sol, size))
+            self._pending += size
+            if self._thread is None:
+                self._thread = threading.Thread(target=self._drain, daemon=True)
+                self._thread.start()
 
-    def _finish(self, tr: TaskRun, sol: Solution) -> None:
-        try:
-            res = tr.finish(sol)
-        except Exception as e:
-            res = _failed(tr, e)
-        self.send(("result", res.to_json()))
+    def _drain(self) -> None:
+        while True:
+            with self._changed:
+                if not self._queue:
+                    self._thread = None
+                    return
+                tr, sol, size = self._queue[0]
+            try:
+                res = tr.finish(sol)
+            except Exception as e:
+                res = _failed(tr, e)
+            # Gone orchestrator: the shard is written and recorded all the same; the
+            # thread goes on with the queue so ``wait`` returns.
+            with contextlib.suppress(OSError, ValueError):
+                self.send(("result", res.to_json()))
+            with self._changed:
+                self._queue.popleft()
+                self._pending -= size
+                self._changed.notify_all()
 
 
 def _failed(tr: TaskRun, exc: Exception) -> TaskResult:

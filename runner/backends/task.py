@@ -213,6 +213,8 @@ class TaskRun:
             sol = solve_deal(deal_hands(self.task.base_seed, self.task.opp_seed), self.task.decl_id)
         if watch.compiled:  # the shard's "solved" line says what the compile cost
             sol.timings["compile"] = watch.compile_s
+        if watch.loaded:  # kernels a fresh process loads from the compile cache (BENCHMARKS.md)
+            sol.timings["cache_load"] = watch.load_s
         return sol
 
     def finish(self, sol: Solution) -> TaskResult:

@@ -59,9 +59,11 @@ def writer_options(compression: str) -> dict[str, Any]:
         raise ValueError(f"compression must be one of {', '.join(COMPRESSIONS)}")
     opts: dict[str, Any] = {
         "row_group_size": ROW_GROUP_ROWS,
-        # Readers may binary-search a state: declared order plus min/max per row group and page.
+        # Readers may binary-search a state: declared order plus its min/max per row group and page.
         "sorting_columns": [pq.SortingColumn(0)],
-        "write_statistics": True,
+        # Statistics of ``state`` only: a lookup needs nothing else, and min/max of the eight
+        # V/Q columns cost ~10 % of the write's CPU time (BENCHMARKS.md, "Writer settings").
+        "write_statistics": ["state"],
         "write_page_index": True,
         "write_page_checksum": True,  # verified on read (forge verify)
     }
@@ -89,7 +91,11 @@ def shard_filename(base_seed: int, opp_seed: int | None, decl_id: int) -> str:
 
 
 def _h(a: np.ndarray, dtype: str) -> str:
-    return hashlib.sha256(np.ascontiguousarray(a, dtype=dtype).tobytes()).hexdigest()[:16]
+    # Hashed through the buffer protocol, not ``.tobytes()``: that copy held the GIL (0.3 s on a
+    # 20 M-state table, stalling the solver thread beside a background write) and cost 3x the
+    # time of the hash itself (BENCHMARKS.md, "Where the end-to-end run spends"). Same bytes.
+    flat = np.ascontiguousarray(a, dtype=dtype).reshape(-1).view(np.uint8)
+    return hashlib.sha256(flat.data).hexdigest()[:16]
 
 
 def table_digests(states: np.ndarray, V: np.ndarray, Q: np.ndarray) -> dict[str, str]:

@@ -134,6 +134,8 @@ def test_shard_declares_its_order_keeps_statistics_and_checksums_pages(seed30_so
         assert (col.statistics.min, col.statistics.max) == (states[start], states[start + rg.num_rows - 1])
         start += rg.num_rows
     assert md.row_group(0).column(0).has_column_index  # page-level min/max for lookups
+    # V and Q carry none: a lookup never needs them, and they cost write time.
+    assert not any(md.row_group(0).column(c).is_stats_set for c in range(1, 9))
     s = int(states[1_234_567])
     hit = pq.read_table(shard30, filters=[("state", "==", s)])
     assert hit.num_rows == 1 and hit.column("V")[0].as_py() == int(seed30_solution.V[1_234_567])
@@ -154,3 +156,24 @@ def test_uncompressed_shard_uses_delta_and_dictionary(seed30_solution, tmp_path:
     assert "DELTA_BINARY_PACKED" in md.row_group(0).column(0).encodings
     assert md.row_group(0).column(1).has_dictionary_page
     assert verify_shard(path) == []
+
+
+def test_digests_of_views_are_those_of_the_contiguous_bytes() -> None:
+    """ORACLE.md section 8 digests the columns' bytes in row order; a solver hands V and Q
+    over as strided views of one (N, 8) row buffer, which the hash must not read as laid out."""
+    import hashlib
+
+    rng = np.random.default_rng(7)
+    states = np.sort(rng.choice(1 << 41, size=5000, replace=False)).astype(np.int64)
+    rows = rng.integers(-128, 43, size=(5000, 8), dtype=np.int8)
+    V, Q = rows[:, 0], rows[:, 1:]
+    assert not V.flags.c_contiguous and not Q.flags.c_contiguous
+
+    def first16(b: bytes) -> str:
+        return hashlib.sha256(b).hexdigest()[:16]
+
+    assert table_digests(states, V, Q) == {
+        "h_states": first16(states.astype("<i8").tobytes()),
+        "h_v": first16(bytes(V.astype(np.int8))),
+        "h_q": first16(b"".join(bytes(r) for r in Q.astype(np.int8))),
+    }
