@@ -22,6 +22,8 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any, Protocol, runtime_checkable
 
+from runner.oracle.atomic import atomic_path
+
 Claim = dict[str, Any]
 
 LOCK_SUFFIX = ".lock"
@@ -241,13 +243,10 @@ class LocalClaims:
                     p.rmdir()  # a folder in a lock's place goes only if empty
             tmp = p.with_name(f"{p.name}{LOCK_TMP_MARK}{uuid.uuid4().hex[:8]}")
             try:
-                with open(tmp, "w") as fh:
-                    fh.write(json.dumps(new, sort_keys=True))
-                    fh.flush()
-                    os.fsync(fh.fileno())
-                os.replace(tmp, p)  # replaces a symlink itself, never its target
+                # os.replace swaps a symlink itself, never its target
+                with atomic_path(p, tmp=tmp, fsync=True) as t:
+                    t.write_text(json.dumps(new, sort_keys=True))
             except OSError:
-                tmp.unlink(missing_ok=True)
                 return False
             return True
         finally:
