@@ -24,6 +24,7 @@ import contextlib
 import os
 import signal
 import socket
+import sys
 import time
 import traceback
 import uuid
@@ -147,6 +148,10 @@ def fault_point(point: str, tmp: Path | None = None, kill_with: tuple[int, ...] 
     os.kill(os.getpid(), signal.SIGKILL)
 
 
+def _to_stderr(line: str) -> None:
+    print(line, file=sys.stderr, flush=True)
+
+
 class TaskRun:
     """One attempt at one shard, in phases (``run_task`` runs them in order)."""
 
@@ -209,7 +214,8 @@ class TaskRun:
         from runner.oracle.progress import watch_compiles
         from runner.oracle.solve import solve_deal
 
-        with watch_compiles() as watch:
+        # stderr: a worker solving a shard has no other channel to the terminal until it is done
+        with watch_compiles(_to_stderr) as watch:
             sol = solve_deal(deal_hands(self.task.base_seed, self.task.opp_seed), self.task.decl_id)
         if watch.compiled:  # the shard's "solved" line says what the compile cost
             sol.timings["compile"] = watch.compile_s

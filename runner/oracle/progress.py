@@ -102,12 +102,10 @@ _announced = False  # this process said compile_notice already
 @contextmanager
 def watch_compiles(say: Callable[[str], None] | None = None) -> Iterator[CompileWatch]:
     """Watch the compiles of the solves inside, with the solver's compile cache on; the
-    first real compile of the process ``say``s :func:`compile_notice`. By default that goes
-    to stderr: a worker solving a shard has no other channel to the terminal until its shard
-    is done. (A later deal of another size compiles a few kernels more; its shard's line
-    says so, with no second notice.)"""
-    import sys
-
+    first real compile of the process ``say``s :func:`compile_notice` (nothing is said
+    without ``say``: the oracle does not print; its callers choose the channel). A later deal
+    of another size compiles a few kernels more; its shard's line says so, with no second
+    notice."""
     from runner.oracle.solve import enable_compile_cache
 
     cache = enable_compile_cache()
@@ -119,8 +117,6 @@ def watch_compiles(say: Callable[[str], None] | None = None) -> Iterator[Compile
         _announced = True
         if say is not None:
             say(compile_notice(cache))
-        else:
-            print(compile_notice(cache), file=sys.stderr, flush=True)
 
     with CompileWatch(cache, notice).installed() as watch:
         yield watch

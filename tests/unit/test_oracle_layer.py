@@ -36,3 +36,16 @@ def test_the_oracle_imports_nothing_but_the_stdlib_numpy_jax_pyarrow_and_itself(
                 continue
             bad.setdefault(f.name, []).append(name)
     assert bad == {}
+
+
+def test_the_oracle_does_not_print() -> None:
+    """Reports and terminal output belong to the layers above (ARCHITECTURE.md: no CLI in the
+    oracle); a callback such as ``watch_compiles(say)`` lets a caller choose the channel."""
+    folder = Path(runner.oracle.__file__).parent
+    prints = [
+        f"{f.name}:{node.lineno}"
+        for f in sorted(folder.glob("*.py"))
+        for node in ast.walk(ast.parse(f.read_text()))
+        if isinstance(node, ast.Call) and isinstance(node.func, ast.Name) and node.func.id == "print"
+    ]
+    assert prints == []
