@@ -174,30 +174,26 @@ def _check_job(shown: str, seen: frozenset[Path]) -> tuple[Spec | None, list[Spe
     return check_file(shown, "oracle", _seen=seen)
 
 
+def load(path: str | os.PathLike[str], kind: str | None = None) -> Spec:
+    """A job or sweep file, whichever its ``kind:`` says (or must be: ``kind``); raises
+    :class:`SpecErrors`."""
+    spec, errors = check_file(path, kind)
+    if errors or spec is None:
+        raise SpecErrors(errors)
+    return spec
+
+
 def load_job(path: str | os.PathLike[str]) -> JobSpec:
     """The job file at ``path`` as a :class:`JobSpec`; raises :class:`SpecErrors`."""
-    spec, errors = check_file(path, "oracle")
-    if errors:
-        raise SpecErrors(errors)
+    spec = load(path, "oracle")
     assert isinstance(spec, JobSpec)
     return spec
 
 
 def load_sweep(path: str | os.PathLike[str]) -> SweepSpec:
     """The sweep file at ``path`` as a :class:`SweepSpec` (its job loaded too); raises :class:`SpecErrors`."""
-    spec, errors = check_file(path, "sweep")
-    if errors:
-        raise SpecErrors(errors)
+    spec = load(path, "sweep")
     assert isinstance(spec, SweepSpec)
-    return spec
-
-
-def load(path: str | os.PathLike[str]) -> Spec:
-    """A job or sweep file, whichever its ``kind:`` says; raises :class:`SpecErrors`."""
-    spec, errors = check_file(path)
-    if errors:
-        raise SpecErrors(errors)
-    assert spec is not None
     return spec
 
 
