@@ -33,6 +33,7 @@ from typing import Any, Generic, Literal
 from runner.backends.task import Keyed as Keyed
 from runner.backends.task import T, TaskRequest, TaskResult, Tier
 from runner.jobspec.model import JobSpec
+from runner.jobspec.pricing import dollars
 
 # survey() answers one of these per key.
 SurveyState = Literal["done", "missing", "corrupt", "skipped", "claimed", "stale"]
@@ -71,7 +72,7 @@ def cancelled_result(
     """An attempt forge stopped (the budget's hard stop, Ctrl+C, SIGTERM): charged for the
     seconds it ran at ``per_hour`` $/hour on ``gpu``, left unfinished for the next run."""
     return TaskResult(
-        key=key, status="cancelled", seconds=seconds, gpu=gpu, usd=max(0.0, seconds) * per_hour / 3600.0,
+        key=key, status="cancelled", seconds=seconds, gpu=gpu, usd=dollars(seconds, per_hour),
         error="cancelled by forge", tier=tier, attempt=attempt, run_id=run_id,
     )  # fmt: skip
 

@@ -43,7 +43,7 @@ from runner.backends.overlap import DEPTH
 from runner.backends.task import TaskResult
 from runner.backends.workers import _worker_main, ready, shut_down, start_ignoring_sigint
 from runner.jobspec.model import Commit, JobSpec, ShardTask
-from runner.jobspec.pricing import LOCAL
+from runner.jobspec.pricing import LOCAL, dollars
 from runner.store.claims import LocalClaims, clear_stale, is_stale, pid_alive, this_host
 from runner.store.shards import ShardStore, job_root, shard_state
 
@@ -436,7 +436,7 @@ class LocalBackend(Backend):
             oom=oom,
             seconds=secs,
             gpu=LOCAL,
-            usd=secs * self.price / 3600.0,
+            usd=dollars(secs, self.price),
             tier=job.req.tier,
             attempt=job.req.attempt,
             run_id=self.ctx.run_id,

@@ -33,6 +33,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Generic, Literal, Protocol, TypeVar
 
 from runner.jobspec.model import ShardTask
+from runner.jobspec.pricing import dollars
 from runner.store.claims import Claim, ClaimTable, acquire, make_claim, release
 from runner.store.shards import ShardStore, deal_fields, record_from_meta
 
@@ -322,7 +323,7 @@ class TaskRun:
 
     def _bill(self) -> None:
         self.result.seconds = time.monotonic() - self.t0
-        self.result.usd = self.result.seconds * self.env.price_per_hour / 3600.0
+        self.result.usd = dollars(self.result.seconds, self.env.price_per_hour)
 
     def _release(self) -> None:
         if self.claim is not None:

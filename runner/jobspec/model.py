@@ -16,6 +16,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
+from runner.jobspec.pricing import dollars
+
 DealMode = Literal["standard", "marginalized"]
 CommitPolicy = Literal["per_shard", "auto", "every_shards", "every_seconds"]
 Compression = Literal["zstd", "snappy", "lz4", "none"]
@@ -133,7 +135,7 @@ class Priced:
 
     def usd(self, seconds: float, gpu: str) -> float:
         """Dollars for ``seconds`` (negative counts as 0) on ``gpu``, at ``rate``."""
-        return max(0.0, seconds) * self.rate(gpu) / 3600.0
+        return dollars(seconds, self.rate(gpu))
 
 
 @dataclass(frozen=True)

@@ -134,9 +134,15 @@ def price_per_hour(gpu: str, pricing: Mapping[str, float] | None = None) -> floa
     return float(table[key])
 
 
+def dollars(seconds: float, per_hour: float) -> float:
+    """Dollars for ``seconds`` (negative counts as 0) at ``per_hour`` $/hour: the one place
+    an hourly price becomes a charge."""
+    return max(0.0, seconds) * per_hour / 3600.0
+
+
 def usd(seconds: float, gpu: str, pricing: Mapping[str, float] | None = None) -> float:
     """Dollars for ``seconds`` of one ``gpu`` at the table's $/hour."""
-    return max(0.0, seconds) * price_per_hour(gpu, pricing) / 3600.0
+    return dollars(seconds, price_per_hour(gpu, pricing))
 
 
 def container_usd(

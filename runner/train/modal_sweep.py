@@ -52,7 +52,7 @@ from runner.backends.modal import (
 from runner.backends.modal.container import CPU_CORES, MEMORY_MIB
 from runner.backends.task import TaskResult
 from runner.jobspec.model import SweepSpec
-from runner.jobspec.pricing import container_usd
+from runner.jobspec.pricing import container_usd, dollars
 from runner.train.sweep import DataPlan, Trial, TrialBackend, payload, pick_shards
 from runner.train.trial import run_trial
 
@@ -123,7 +123,7 @@ def hourly(spec: SweepSpec, gpu: str) -> float:
 
 def worst_case_usd(spec: SweepSpec) -> float:
     """What one trial can cost at most: its whole timeout on the dearest GPU it may get."""
-    return float(spec.compute.timeout_s) * hourly(spec, spec.dearest(spec.compute.gpu)) / 3600.0
+    return dollars(float(spec.compute.timeout_s), hourly(spec, spec.dearest(spec.compute.gpu)))
 
 
 def resolve_volume_data(spec: SweepSpec, data_dir: str | None = None) -> DataPlan:

@@ -20,6 +20,7 @@ from typing import Any
 from runner.backends.base import Backend, SurveyState, cancelled_result
 from runner.backends.task import TaskResult
 from runner.jobspec.model import SweepSpec
+from runner.jobspec.pricing import dollars
 from runner.train.records import (
     RUNS_DIR,
     is_finished,
@@ -133,7 +134,7 @@ class TrialBackend(Backend[Trial]):
             status="done" if rec["status"] == "finished" else "failed",
             seconds=secs,
             gpu=gpu,
-            usd=secs * price_per_hour / 3600.0,
+            usd=dollars(secs, price_per_hour),
             error=str(rec.get("error", "")),
             run_id=self.run_id,
         )
@@ -156,7 +157,7 @@ def record_result(
     run_id: str = "",
 ) -> dict[str, Any]:
     """Price a returned result, save it, and report it: the one path every backend uses."""
-    cost = max(0.0, float(result.get("seconds", 0.0))) * price_per_hour / 3600.0
+    cost = dollars(float(result.get("seconds", 0.0)), price_per_hour)
     rec = save_result(
         outcome.out_dir,
         trial,
