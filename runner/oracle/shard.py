@@ -84,6 +84,15 @@ def writer_options(compression: str) -> dict[str, Any]:
     return opts
 
 
+def shard_schema(meta: dict[str, str] | None = None) -> pa.Schema:
+    """ORACLE.md's columns, declared non-null: a table has no missing values, and a required
+    column is written without definition levels, a quarter of the write's CPU time
+    (BENCHMARKS.md, "Writer settings"). Readers see the same names and types."""
+    types = [pa.int64()] + [pa.int8()] * (len(COLUMNS) - 1)
+    fields = [pa.field(name, typ, nullable=False) for name, typ in zip(COLUMNS, types, strict=True)]
+    return pa.schema(fields, metadata=meta)
+
+
 def shard_filename(base_seed: int, opp_seed: int | None, decl_id: int) -> str:
     if opp_seed is None:
         return f"seed_{base_seed:08d}_decl_{decl_id}.parquet"
@@ -148,8 +157,7 @@ def write_shard(
     meta = shard_metadata(sol, base_seed=base_seed, opp_seed=opp_seed, compression=compression)
     arrays = [pa.array(sol.states, pa.int64()), pa.array(sol.V, pa.int8())]
     arrays += [pa.array(np.ascontiguousarray(sol.Q[:, i]), pa.int8()) for i in range(7)]
-    table = pa.Table.from_arrays(arrays, names=list(COLUMNS))
-    table = table.replace_schema_metadata({k: v for k, v in meta.items()})
+    table = pa.Table.from_arrays(arrays, schema=shard_schema(meta))
     path.parent.mkdir(parents=True, exist_ok=True)
     with atomic_path(path, fsync=fsync) as tmp:
         pq.write_table(table, tmp, **options)

@@ -231,9 +231,10 @@ def tune_allocator() -> None:
         mallopt = libc.mallopt
     except (OSError, AttributeError):
         return
-    m_trim_threshold, m_top_pad, m_mmap_threshold = -1, -2, -3  # glibc's malloc.h
+    m_trim_threshold, m_top_pad, m_mmap_threshold, m_mmap_max = -1, -2, -3, -4  # malloc.h
     mallopt(m_mmap_threshold, 32 << 20)  # glibc's largest allowed value
-    mallopt(m_trim_threshold, 1 << 30)
+    mallopt(m_mmap_max, 0)
+    mallopt(m_trim_threshold, -1)
     mallopt(m_top_pad, 64 << 20)
 
 
