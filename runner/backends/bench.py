@@ -11,13 +11,14 @@ import io
 import json
 import sys
 import tempfile
-import time
 from pathlib import Path
 from typing import Any
 
 from rich.console import Console
 
 from runner.backends.jobrun import run_job
+from runner.jobspec.load import load_job
+from runner.jobspec.plan import tasks as plan_tasks
 from runner.oracle.atomic import write_atomic
 from runner.oracle.bench import DealBench, parse_seeds, run_bench
 from runner.oracle.shard import COMPRESSIONS
@@ -44,15 +45,32 @@ budget:
 """
 
 
-def _run(folder: Path, name: str, seeds: list[int], opps: list[int], workers: int, compression: str) -> tuple[Any, float]:
+def _run(
+    folder: Path,
+    name: str,
+    seeds: list[int],
+    opps: list[int],
+    workers: int,
+    compression: str,
+    warmup: bool,
+) -> tuple[Any, float, float]:
+    """One ``run_job`` of the bench's job; its summary, timed seconds and warm-up seconds.
+
+    With ``warmup`` every worker first solves each deal of the job once, untimed (the local
+    backend's ``warmup`` option), as ``forge bench`` warms its solver on the same deals
+    before timing them; the timed seconds run from the workers being ready to the end."""
     job = folder / f"{name}.yaml"
     job.write_text(
         _JOB.format(name=name, seeds=seeds, opps=opps, workers=workers, compression=compression)
     )
+    deals = (
+        [[t.base_seed, t.opp_seed, t.decl_id] for t in plan_tasks(load_job(job))] if warmup else []
+    )
     quiet = Console(file=io.StringIO(), force_terminal=False)
-    t0 = time.perf_counter()
-    summary = run_job(job, backend="local", out=folder, console=quiet)
-    return summary, time.perf_counter() - t0
+    summary = run_job(
+        job, backend="local", out=folder, console=quiet, backend_options={"warmup": deals}
+    )
+    return summary, summary.ended - summary.work_started, summary.work_started - summary.started
 
 
 def bench_end_to_end(
@@ -65,19 +83,18 @@ def bench_end_to_end(
 ) -> dict[str, Any]:
     """Solve and write ``len(base_seeds) * n_opp`` marginalized shards; wall-clock figures.
 
-    The warm-up runs one shard first (other opp seeds), so worker start-up and compiles of a
-    long run are not what the figure measures; the timed run includes worker start-up."""
+    With ``warmup`` the timed part starts once the worker has solved every deal once
+    (``_run``), so like solve-only figures it measures a long run's steady state; worker
+    start-up and the warm-up are reported apart (``warmup_seconds``), and ``run_seconds``
+    is the whole run. Without it the timed run starts a fresh worker."""
     # One worker by default: on a 2-core CPU one solver process (XLA uses both cores) with its
     # background write kept pace with solve-only (1.02x) where two workers reached 0.60x
     # (BENCHMARKS.md). On a GPU machine the local backend adds writer processes on its own.
     workers = workers or 1
-    opps = list(range(n_opp))
     with tempfile.TemporaryDirectory(prefix="forge-bench-e2e-") as tmp:
-        folder = Path(tmp)
-        warm = 0.0
-        if warmup:
-            _, warm = _run(folder, "warmup", base_seeds[:1], [n_opp], workers, compression)
-        summary, seconds = _run(folder, "bench", base_seeds, opps, workers, compression)
+        summary, seconds, warm = _run(
+            Path(tmp), "bench", base_seeds, list(range(n_opp)), workers, compression, warmup
+        )
     p = summary.progress
     if summary.exit_code != 0:
         raise RuntimeError(f"the benchmark run failed: {summary.failures[:1]}")
@@ -90,6 +107,7 @@ def bench_end_to_end(
         "workers": workers,
         "compression": compression,
         "warmup_seconds": warm,
+        "run_seconds": summary.ended - summary.started,
         "base_seeds": base_seeds,
         "opp_seeds": n_opp,
     }
@@ -112,7 +130,8 @@ def end_to_end_command(
     print(
         f"{doc['shards']} shards, {doc['states']:,} states in {doc['seconds']:.1f} s: "
         f"{doc['shards_per_s']:.3f} shards/s, {doc['states_per_s'] / 1e6:.2f} M states/s "
-        f"({doc['workers']} worker(s), {doc['device']}); warm-up {doc['warmup_seconds']:.1f} s"
+        f"({doc['workers']} worker(s), {doc['device']}); worker start and warm-up "
+        f"{doc['warmup_seconds']:.1f} s, whole run {doc['run_seconds']:.1f} s"
     )
     if json_path:
         write_json(json_path, doc)
@@ -138,7 +157,9 @@ def bench_command(
 ) -> dict[str, Any]:
     seeds = parse_seeds(seeds_text)
     comps = compressions or COMPRESSIONS
-    print(f"{'seed':>8} {'decl':>4} {'states':>12} {'root':>5} {'solve s':>8} {'M st/s':>9}  phases (s)")
+    print(
+        f"{'seed':>8} {'decl':>4} {'states':>12} {'root':>5} {'solve s':>8} {'M st/s':>9}  phases (s)"
+    )
     sys.stdout.flush()
     report = run_bench(
         seeds, opp_seed=opp_seed, compressions=tuple(comps), warmup=warmup,

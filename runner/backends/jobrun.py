@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 from rich.console import Console
 
@@ -51,6 +52,7 @@ def run_job(
     console: Console | None = None,
     options: RunOptions | None = None,
     verify: bool = False,
+    backend_options: dict[str, Any] | None = None,
 ) -> RunSummary:
     """Run what is missing of ``job``; raises SpecErrors for a bad file, BackendError for setup.
 
@@ -61,7 +63,9 @@ def run_job(
     spec = load_job(job)
     tasks = plan_tasks(spec)
     run_id = new_run_id()
-    ctx = RunContext(spec, run_id, store_dir=Path(out) if out is not None else None)
+    ctx = RunContext(
+        spec, run_id, store_dir=Path(out) if out is not None else None, options=dict(backend_options or {})
+    )
     be = make_backend(backend, ctx)
     verified: list[str] = []
     if backend == "local":  # the Modal backend's store is its volume, not a folder here

@@ -38,7 +38,15 @@ from multiprocessing.process import BaseProcess
 from pathlib import Path
 from typing import Any
 
-from runner.backends.base import Attempt, Backend, RunContext, SurveyState, TaskRequest, Tier
+from runner.backends.base import (
+    Attempt,
+    Backend,
+    BackendError,
+    RunContext,
+    SurveyState,
+    TaskRequest,
+    Tier,
+)
 from runner.backends.overlap import DEPTH
 from runner.backends.task import TaskResult
 from runner.backends.workers import _worker_main, ready, shut_down, start_ignoring_sigint
@@ -117,6 +125,9 @@ class LocalBackend(Backend):
         if self.mode == "pipeline" and not opts.get("workers"):
             workers = max(workers, (os.cpu_count() or 2) - 2)
         self.n_workers = max(1, workers)
+        # (base seed, opp seed, decl) each solving worker solves once before any task:
+        # ``forge bench --end-to-end`` times warm workers, as its solve-only figure is warm
+        self.warmup = [list(d) for d in opts.get("warmup") or ()]
         self.price = spec.rate(LOCAL)
         self.shm = _shm_dir(ctx.run_id)
         self._ctx = mp.get_context("spawn")
@@ -137,13 +148,35 @@ class LocalBackend(Backend):
 
     def start(self) -> None:
         self.root.mkdir(parents=True, exist_ok=True)
+        if self.warmup:
+            self._start_workers()
+            self._await_warm()
+
+    def _await_warm(self) -> None:
+        """Wait for every solving worker's ``("warm", seconds)`` (its first message)."""
+        for w in self._workers:
+            if w.role == "writer":
+                continue
+            wait([w.conn, w.proc.sentinel])
+            msg = next(ready(w.conn), None)
+            if isinstance(msg, tuple) and msg[0] == "warm_failed":
+                raise BackendError(f"a local worker failed to warm up: {msg[1]}")
+            if not (isinstance(msg, tuple) and msg[0] == "warm"):
+                w.proc.join(1.0)
+                raise BackendError(
+                    f"a local worker ended while warming up (exit code {w.proc.exitcode})"
+                )
 
     def _start_workers(self) -> None:
         # Lazily, on the first submit: a rerun with nothing to do starts no process.
         # Also refills the places of workers that cancel() killed.
         if self._broken is not None:
             return
-        want = {"solver": 1, "writer": self.n_workers} if self.mode == "pipeline" else {"full": self.n_workers}
+        want = (
+            {"solver": 1, "writer": self.n_workers}
+            if self.mode == "pipeline"
+            else {"full": self.n_workers}
+        )
         for role, n in want.items():
             for _ in range(n - sum(1 for w in self._workers if w.role == role)):
                 self._spawn(role)
@@ -282,12 +315,16 @@ class LocalBackend(Backend):
             "run_id": self.ctx.run_id,
             "price": self.price,
             "shm": str(self.shm),
+            "warmup": self.warmup,
         }
 
     def _spawn(self, role: str) -> _Worker:
         parent_conn, child_conn = self._ctx.Pipe(duplex=True)
         proc = self._ctx.Process(
-            target=_worker_main, args=(role, child_conn, self._cfg()), name=f"forge-{role}", daemon=True
+            target=_worker_main,
+            args=(role, child_conn, self._cfg()),
+            name=f"forge-{role}",
+            daemon=True,
         )
         start_ignoring_sigint(proc)
         child_conn.close()

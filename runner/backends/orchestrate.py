@@ -102,6 +102,7 @@ class Orchestrator:
         self.quarantined: list[str] = []
         self._t0 = 0.0
         self._wall0 = 0.0
+        self._work0 = 0.0  # when the backend was ready (after any warm-up of its workers)
         self._last_manifest = -1e9
         self.stopped_by: str | None = None
         self.total_planned = len(self.tasks)
@@ -260,6 +261,7 @@ class Orchestrator:
         self._prior_secs = seconds_by_gpu(earlier)
         try:
             self.backend.start()
+            self._work0 = time.time()
             self._queue_todo()
             self._write_manifest("running", force=True)
             self._emit()
@@ -316,6 +318,7 @@ class Orchestrator:
             failures=self.failures,
             manifest=path,
             started=self._wall0,
+            work_started=self._work0 or self._wall0,
             ended=time.time(),
             total_planned=self.total_planned,
             notes=self.notes,

@@ -105,6 +105,7 @@ class RunSummary:
     manifest: str = ""
     started: float = 0.0
     ended: float = 0.0
+    work_started: float = 0.0  # the backend ready: after worker start-up and any warm-up
     total_planned: int = 0  # before --limit
     notes: list[str] = field(default_factory=list)
 

@@ -38,7 +38,6 @@ def _die_with_parent(parent: int) -> None:
         os._exit(1)
 
 
-
 def messages(conn: Connection) -> Iterator[Any]:
     """What a worker process is sent, until ``None`` (finish) or its parent's end of the pipe closes."""
     while True:
@@ -100,6 +99,12 @@ def _worker_main(role: str, conn: Connection, cfg: dict[str, Any]) -> None:
     claims = LocalClaims(cfg["root"])
     shm = Path(cfg["shm"])
     writer = BackgroundWriter(conn.send)  # pool workers write behind their solver (overlap.py)
+    if cfg.get("warmup") and role in ("full", "solver"):
+        try:
+            conn.send(("warm", warm_up(cfg["warmup"])))
+        except Exception as exc:  # the parent raises it as one line (local._await_warm)
+            conn.send(("warm_failed", f"{type(exc).__name__}: {exc}"))
+            return
     try:
         for msg in messages(conn):
             op = msg[0]
@@ -114,6 +119,23 @@ def _worker_main(role: str, conn: Connection, cfg: dict[str, Any]) -> None:
     finally:
         writer.wait()
         store.flush()
+
+
+def warm_up(deals: Sequence[Sequence[int | None]]) -> float:
+    """Solve each ``(base seed, opp seed, decl)`` once and drop the table; seconds taken.
+
+    What ``forge bench`` does before timing the solver: this process's kernels are loaded
+    and traced and its heap has grown to what these deals need, so the next solves of
+    them run as in a long run's steady state (a fresh process's first pass took 28 s
+    against 15 s on seeds 900-905, BENCHMARKS.md)."""
+    from runner.oracle.deal import deal_hands
+    from runner.oracle.solve import solve_deal
+
+    t0 = time.monotonic()
+    for seed, opp, decl in deals:
+        assert seed is not None and decl is not None
+        solve_deal(deal_hands(seed, opp), decl)
+    return time.monotonic() - t0
 
 
 def _task_env(cfg: dict[str, Any], store: ShardStore, claims: LocalClaims) -> TaskEnv:
@@ -163,7 +185,10 @@ def _solve_only(
 
 
 def _write_only(
-    state: dict[str, Any], payload: tuple[str, dict[str, Any]], store: ShardStore, claims: LocalClaims
+    state: dict[str, Any],
+    payload: tuple[str, dict[str, Any]],
+    store: ShardStore,
+    claims: LocalClaims,
 ) -> TaskResult:
     """Pipeline writer: finish an attempt the solver started."""
     import numpy as np

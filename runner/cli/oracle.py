@@ -180,7 +180,9 @@ def bench(
     An untimed first pass over the deals pays the JIT compiles, so the figures
     are a long run's steady state. Each shard is written once per compression
     to a temporary folder and removed. --end-to-end measures whole marginalized
-    shards per second through the local backend instead.
+    shards per second through the local backend instead; its worker first solves
+    every deal once untimed (not with --no-warmup), so both figures are warm and
+    their ratio says how far writing slows a long run.
 
     Exit codes: 0 measured, 1 the --end-to-end run failed, 2 usage error (a bad
     option or --seeds).

@@ -35,6 +35,8 @@ def make_context(hands: tuple[tuple[int, ...], ...] | list[list[int]], decl: int
         raise ValueError("the four hands must hold each of the 28 tiles once")
     if any(list(h) != sorted(h) for h in hands):
         raise ValueError("hands must be sorted ascending (local index = rank in hand)")
+    if not 0 <= decl < rules.N_DECLS:  # the rules would read any other number as no trump
+        raise ValueError(f"declaration id {decl} is out of range 0..{rules.N_DECLS - 1}")
     led = np.zeros(28, np.int32)
     follows = np.zeros((28, N_LED), bool)
     rank = np.zeros((28, N_LED), np.int32)

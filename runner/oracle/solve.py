@@ -216,11 +216,14 @@ def tune_allocator() -> None:
     """Let glibc's malloc keep freed memory for reuse instead of returning it to the OS.
 
     Every kernel call allocates its output buffers afresh (tens of MB a chunk) and numpy's
-    table as many again; by default glibc maps large blocks with mmap and unmaps them when
-    freed, so each chunk's buffers were zero-filled pages again, faulted in one by one (a
-    third of the solver's CPU time was system time on the 2-core VM). Keeping blocks up to
-    32 MiB in the heap, and the heap's top untrimmed, makes the next chunk reuse them. Once
-    per process; a no-op where the C library is not glibc.
+    table as many again (hundreds of MB a deal); memory glibc maps or gives back is
+    zero-filled again by the kernel on its next first touch, in 2 MiB huge pages where numpy
+    asks for them. That zeroing was a third of all CPU samples of a warm solver (perf:
+    ``clear_page_erms``), so no block is ever mapped on its own (``M_MMAP_MAX`` 0: all come
+    from the heap) and the heap's top is never trimmed: a warm process reuses its heap
+    (docs/solver.md, "No fresh pages"). The cost: the process keeps its peak heap until it
+    exits, which a worker's largest deal bounds anyway. Once per process; a no-op where the
+    C library is not glibc.
     """
     global _allocator_tuned
     if _allocator_tuned:
@@ -233,8 +236,8 @@ def tune_allocator() -> None:
         return
     m_trim_threshold, m_top_pad, m_mmap_threshold, m_mmap_max = -1, -2, -3, -4  # malloc.h
     mallopt(m_mmap_threshold, 32 << 20)  # glibc's largest allowed value
-    mallopt(m_mmap_max, 0)
-    mallopt(m_trim_threshold, -1)
+    mallopt(m_mmap_max, 0)  # glibc still maps when the heap cannot grow (its own fallback)
+    mallopt(m_trim_threshold, -1)  # glibc reads the int as size_t: the largest, never trim
     mallopt(m_top_pad, 64 << 20)
 
 

@@ -46,8 +46,11 @@ def test_bad_seed_range_is_a_usage_error(tmp_path: Path) -> None:
 def test_end_to_end_bench_runs_the_local_backend(tmp_path: Path) -> None:
     out = tmp_path / "e2e.json"
     res = forge("bench", "--end-to-end", "--seeds", "900", "--opp-seeds", "2",
-                "--workers", "1", "--no-warmup", "--json", str(out), cwd=tmp_path)  # fmt: skip
+                "--workers", "1", "--json", str(out), cwd=tmp_path)  # fmt: skip
     assert res.returncode == 0, res.stderr
     doc = json.loads(out.read_text())
     assert doc["shards"] == 2 and doc["workers"] == 1 and doc["shards_per_s"] > 0
     assert doc["states"] > 0 and "shards/s" in res.stdout
+    # the worker solved both deals before the clock started: the warm-up is timed apart
+    assert doc["warmup_seconds"] > 0 and doc["seconds"] > 0
+    assert doc["run_seconds"] == pytest.approx(doc["seconds"] + doc["warmup_seconds"], rel=0.05)

@@ -84,3 +84,14 @@ def test_parse_decl(text: str | int, decl: int) -> None:
 def test_parse_decl_rejects(bad: object) -> None:
     with pytest.raises(ValueError):
         parse_decl(bad)  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize("decl", [-1, 10, 99])
+def test_the_solver_refuses_a_declaration_out_of_range(decl: int) -> None:
+    # The rules read any id past 7 as "no trump power", so an unchecked 99 would solve a deal
+    # under rules nobody asked for, and its shard would carry decl_id 99.
+    from runner.oracle.context import make_context
+    from runner.oracle.deal import deal_hands
+
+    with pytest.raises(ValueError, match="out of range 0..9"):
+        make_context(deal_hands(30, None), decl)
