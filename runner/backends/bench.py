@@ -88,8 +88,9 @@ def bench_end_to_end(
     start-up and the warm-up are reported apart (``warmup_seconds``), and ``run_seconds``
     is the whole run. Without it the timed run starts a fresh worker."""
     # One worker by default: on a 2-core CPU one solver process (XLA uses both cores) with its
-    # background write kept pace with solve-only (1.02x) where two workers reached 0.60x
-    # (BENCHMARKS.md). On a GPU machine the local backend adds writer processes on its own.
+    # background write beat two workers side by side (0.85x vs 0.62x of solve-only, measured
+    # back to back; BENCHMARKS.md, "End to end"). On a GPU machine the local backend adds
+    # writer processes on its own.
     workers = workers or 1
     with tempfile.TemporaryDirectory(prefix="forge-bench-e2e-") as tmp:
         summary, seconds, warm = _run(
