@@ -52,6 +52,13 @@ def assert_complete(d: Path, keys: list[str]) -> None:
     assert leftovers(d) == []
 
 
+def _is_claim(lock: Path) -> bool:
+    try:
+        return isinstance(json.loads(lock.read_text()), dict)
+    except ValueError:
+        return False
+
+
 def wait_for(cond: Any, timeout: float = 300.0) -> None:
     t = time.monotonic() + timeout
     while not cond():
@@ -130,10 +137,15 @@ def test_kill_at_each_point_then_rerun(tmp_path: Path, point: str) -> None:
     # second (it solves the next shard while the first is written: backends/overlap.py).
     assert 1 <= len(locks) <= 2 and locks <= {f"{k}.lock" for k in keys}, locks
     behind = len(locks) - 1
+    # The kill may land while the worker writes the second claim (created, still empty): a
+    # lock that is no claim yet is not stale until its grace (claims.UNREADABLE_GRACE_S), as a
+    # claim being written looks the same; the rerun waits that out and takes it over.
+    half = [lk for lk in locks if not _is_claim(root(tmp_path) / lk)]
+    assert len(half) <= behind, half  # the first shard's claim was complete long before
     tmps = [p for p in root(tmp_path).rglob("*") if ".tmp" in p.name]
     assert bool(tmps) == (point == "during_write")
     st = status(tmp_path)
-    assert st["totals"]["stale"] == (0 if point == "after_write" else 1) + behind
+    assert st["totals"]["stale"] == (0 if point == "after_write" else 1) + behind - len(half)
     r = forge("run", "job.yaml", cwd=tmp_path)
     assert r.returncode == 0, r.stdout + r.stderr
     assert_complete(tmp_path, keys)
