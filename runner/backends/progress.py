@@ -17,6 +17,7 @@ from runner.backends.runstate import Progress as RunProgress
 from runner.backends.runstate import RunSummary
 from runner.backends.task import TaskResult
 from runner.jobspec.pricing import format_duration
+from runner.store.claims import UNREADABLE_GRACE_S
 
 LOG_EVERY_S = 30.0
 
@@ -113,8 +114,7 @@ class RunDisplay:
         elif r.status == "skipped":
             line = f"  [yellow]skipped[/yellow]  {r.key}  {r.states or 0:,} states: over max_states"
         elif r.status == "claimed_elsewhere":
-            h = r.holder or {}
-            line = f"  waiting {r.key}: claimed by run {h.get('run_id', '?')} (pid {h.get('pid', '?')} on {h.get('host', '?')})"
+            line = f"  waiting {r.key}: {holder_text(r.holder or {})}"
         else:  # already_done
             line = f"  exists  {r.key} (finished meanwhile)"
         self.console.print(line)
@@ -173,6 +173,16 @@ class RunDisplay:
             self.console.print(f"[green]Nothing to do: all {p.planned} planned shards exist.[/green]")
         elif s.exit_code == 0:
             self.console.print("[green]All planned shards exist.[/green]")
+
+
+def holder_text(h: dict[str, Any]) -> str:
+    """Who holds a shard this run waits for; a lock that is no claim (yet) says when it is taken over."""
+    if h.get("unreadable"):
+        return (
+            f"its lock is no claim ({h.get('why', 'unreadable')}: being written, or left so by a "
+            f"killed process); taken over {UNREADABLE_GRACE_S:.0f} s after it was made"
+        )
+    return f"claimed by run {h.get('run_id', '?')} (pid {h.get('pid', '?')} on {h.get('host', '?')})"
 
 
 def takeover_text(old: dict[str, Any]) -> str:

@@ -272,3 +272,16 @@ def test_a_taken_over_lock_that_was_no_claim_is_named_as_such() -> None:
     assert takeover_text({"run_id": "run-7"}) == "took over a stale claim of run run-7"
     said = takeover_text({"unreadable": True, "why": "not a regular file"})
     assert "run ?" not in said and "not a regular file" in said
+
+
+def test_waiting_for_an_empty_lock_says_when_it_is_taken_over(tmp_path: Path) -> None:
+    from runner.backends.progress import holder_text
+    from runner.store.claims import UNREADABLE_GRACE_S
+
+    claims = LocalClaims(tmp_path)
+    claims.path("train/k").parent.mkdir(parents=True)
+    claims.path("train/k").write_text("")  # a process killed between creating and writing it
+    text = holder_text(claims.get("train/k") or {})
+    assert "run ?" not in text and "not a claim" in text and f"{UNREADABLE_GRACE_S:.0f} s" in text
+    live = {"run_id": "r1", "pid": 42, "host": "h"}
+    assert holder_text(live) == "claimed by run r1 (pid 42 on h)"
