@@ -46,22 +46,16 @@ budget:
 
 
 def _run(
-    folder: Path,
-    name: str,
-    seeds: list[int],
-    opps: list[int],
-    workers: int,
-    compression: str,
-    warmup: bool,
+    folder: Path, seeds: list[int], opps: list[int], workers: int, compression: str, warmup: bool
 ) -> tuple[Any, float, float]:
     """One ``run_job`` of the bench's job; its summary, timed seconds and warm-up seconds.
 
     With ``warmup`` every worker first solves each deal of the job once, untimed (the local
     backend's ``warmup`` option), as ``forge bench`` warms its solver on the same deals
     before timing them; the timed seconds run from the workers being ready to the end."""
-    job = folder / f"{name}.yaml"
+    job = folder / "bench.yaml"
     job.write_text(
-        _JOB.format(name=name, seeds=seeds, opps=opps, workers=workers, compression=compression)
+        _JOB.format(name="bench", seeds=seeds, opps=opps, workers=workers, compression=compression)
     )
     deals = (
         [[t.base_seed, t.opp_seed, t.decl_id] for t in plan_tasks(load_job(job))] if warmup else []
@@ -94,7 +88,7 @@ def bench_end_to_end(
     workers = workers or 1
     with tempfile.TemporaryDirectory(prefix="forge-bench-e2e-") as tmp:
         summary, seconds, warm = _run(
-            Path(tmp), "bench", base_seeds, list(range(n_opp)), workers, compression, warmup
+            Path(tmp), base_seeds, list(range(n_opp)), workers, compression, warmup
         )
     p = summary.progress
     if summary.exit_code != 0:
@@ -158,9 +152,7 @@ def bench_command(
 ) -> dict[str, Any]:
     seeds = parse_seeds(seeds_text)
     comps = compressions or COMPRESSIONS
-    print(
-        f"{'seed':>8} {'decl':>4} {'states':>12} {'root':>5} {'solve s':>8} {'M st/s':>9}  phases (s)"
-    )
+    print(f"{'seed':>8} {'decl':>4} {'states':>12} {'root':>5} {'solve s':>8} {'M st/s':>9}  phases (s)")
     sys.stdout.flush()
     report = run_bench(
         seeds, opp_seed=opp_seed, compressions=tuple(comps), warmup=warmup,

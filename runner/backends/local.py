@@ -172,11 +172,7 @@ class LocalBackend(Backend):
         # Also refills the places of workers that cancel() killed.
         if self._broken is not None:
             return
-        want = (
-            {"solver": 1, "writer": self.n_workers}
-            if self.mode == "pipeline"
-            else {"full": self.n_workers}
-        )
+        want = {"solver": 1, "writer": self.n_workers} if self.mode == "pipeline" else {"full": self.n_workers}
         for role, n in want.items():
             for _ in range(n - sum(1 for w in self._workers if w.role == role)):
                 self._spawn(role)
@@ -321,10 +317,7 @@ class LocalBackend(Backend):
     def _spawn(self, role: str) -> _Worker:
         parent_conn, child_conn = self._ctx.Pipe(duplex=True)
         proc = self._ctx.Process(
-            target=_worker_main,
-            args=(role, child_conn, self._cfg()),
-            name=f"forge-{role}",
-            daemon=True,
+            target=_worker_main, args=(role, child_conn, self._cfg()), name=f"forge-{role}", daemon=True
         )
         start_ignoring_sigint(proc)
         child_conn.close()

@@ -185,10 +185,7 @@ def _solve_only(
 
 
 def _write_only(
-    state: dict[str, Any],
-    payload: tuple[str, dict[str, Any]],
-    store: ShardStore,
-    claims: LocalClaims,
+    state: dict[str, Any], payload: tuple[str, dict[str, Any]], store: ShardStore, claims: LocalClaims
 ) -> TaskResult:
     """Pipeline writer: finish an attempt the solver started."""
     import numpy as np

@@ -244,9 +244,9 @@ def verify_shard(path: str | os.PathLike[str]) -> list[str]:
     names = tuple(schema.names)
     if names != COLUMNS:
         errors.append(f"columns are {list(names)}, expected {list(COLUMNS)}")
-    for name, typ in (("state", pa.int64()), ("V", pa.int8()), *((c, pa.int8()) for c in Q_COLUMNS)):
-        if name in names and schema.field(name).type != typ:
-            errors.append(f"column {name} is {schema.field(name).type}, expected {typ}")
+    for want in shard_schema():
+        if want.name in names and schema.field(want.name).type != want.type:
+            errors.append(f"column {want.name} is {schema.field(want.name).type}, expected {want.type}")
     if errors:
         return errors
     meta = read_shard_meta(path)
