@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import os
 import re
 from collections.abc import Callable, Iterable, Iterator, Mapping
@@ -164,30 +165,47 @@ class Plan:
         gpus = [e for e in self.estimates if e.gpu != pricing.LOCAL]
         return firsts + gpus[:1]
 
-    def affordable(self) -> float | None:
-        """How many of the shards to do the cap pays for at the estimates (None: all, free).
-
-        On the first choice until the downgrade point, then on the downgrade GPU.
-        """
-        firsts = self._first_choices()
-        first = firsts[-1] if firsts else None
-        if first is None or first.shards == 0:
+    def affordable(self, e: pricing.Estimate) -> float | None:
+        """How many of the shards to do the cap pays for on ``e``, one of the first choices
+        (None: all, free). A GPU runs until the downgrade point, then the downgrade GPU does;
+        this machine has no downgrade."""
+        if e.shards == 0:
             return None
-        per = first.usd / first.shards
+        per = e.usd / e.shards
         b = self.spec.budget
-        if self.downgrade is not None and b.downgrade_at is not None and per > 0:
+        downgrade = e.gpu != pricing.LOCAL and self.downgrade is not None
+        if downgrade and self.downgrade is not None and b.downgrade_at is not None and per > 0:
             cheap = self.downgrade.usd / max(1, self.downgrade.shards)
             before = b.downgrade_at * b.max_usd / per
-            if before >= first.shards:
-                return float(first.shards)
+            if before >= e.shards:
+                return float(e.shards)
             if cheap <= 0:
                 return None
-            return min(float(first.shards), before + (1 - b.downgrade_at) * b.max_usd / cheap)
-        return None if per <= 0 else min(float(first.shards), b.max_usd / per)
+            return min(float(e.shards), before + (1 - b.downgrade_at) * b.max_usd / cheap)
+        return None if per <= 0 else min(float(e.shards), b.max_usd / per)
+
+    def _payable(self) -> list[tuple[pricing.Estimate, float | None]]:
+        return [(e, self.affordable(e)) for e in self._first_choices() if e.shards]
+
+    def _pays_for(self) -> list[str]:
+        """One sentence per first choice, in the same terms as its estimate: 'all' only when
+        the estimate is within the cap, never a share rounded up to 100%."""
+        out = []
+        for e, n in self._payable():
+            if n is None or n >= self.todo:
+                out.append(f"  the cap pays for all {self.todo:,} shards to do on {e.gpu}")
+            else:
+                share = math.floor(100 * n / self.todo)
+                out.append(
+                    f"  the cap pays for ~{int(n):,} of the {self.todo:,} shards to do on {e.gpu} ({share}%)"
+                )
+        return out
 
     def budget_json(self) -> dict[str, Any]:
         b = self.spec.budget
-        n = self.affordable()
+        # The least any first choice can do: the figure the run may have to live with.
+        ns = [self.todo if n is None else n for _, n in self._payable()]
+        n = min(ns) if ns else None
         return {
             "max_usd": b.max_usd,
             "on_exceed": b.on_exceed,
@@ -280,11 +298,8 @@ class Plan:
                     f"  {what} {est.gpu}: ${est.price_per_hour:.2f}/h, {est.seconds_per_shard:.1f} s/shard, "
                     f"${est.usd / max(1, est.shards):,.4f}/shard, ${est.usd:,.2f} if every shard ran there"
                 )
-        payable = self.affordable()
-        if self.todo and payable is not None:
-            lines.append(
-                f"  the cap pays for ~{int(payable):,} of the {self.todo:,} shards to do ({payable / self.todo:.0%})"
-            )
+        if self.todo:
+            lines.extend(self._pays_for())
         lines.extend(f"WARNING: {w}" for w in self.warnings)
         return "\n".join(lines)
 
@@ -352,8 +367,7 @@ def make_plan(
                 todo, g, prices, parallel=spec.compute.max_containers * spec.compute.large.concurrency,
                 states_per_shard=states_per_shard, seconds_per_state=measured.get(g),
             )  # fmt: skip
-    payable = plan.affordable()
-    for e in plan._first_choices():
+    for e, payable in plan._payable():
         if plan._over(e) and payable is not None and payable < todo:  # a downgrade may pay for all
             plan.warnings.append(
                 f"estimated ${e.usd:,.2f} on {e.gpu} exceeds budget.max_usd ${spec.budget.max_usd:,.2f}; "

@@ -11,6 +11,7 @@ from __future__ import annotations
 import copy
 import functools
 import json
+import re
 from collections.abc import Iterator
 from importlib import resources
 from typing import Any
@@ -173,6 +174,9 @@ def _wrong_type(inst: Any, want: list[Any]) -> str:
     return message
 
 
+_YAML11_NUMBER = re.compile(r"^[-+]?[0-9][0-9_]*(\.[0-9_]*)?([eE][-+]?[0-9]+)?$")
+
+
 def _number_hint(text: str) -> str:
     """How to write a number that was written as a string (`$25`, `1,000`, `80%`)."""
     bare = text.strip().lstrip("$").rstrip("%").replace(",", "").replace("_", "")
@@ -184,6 +188,8 @@ def _number_hint(text: str) -> str:
         return f"; drop the '$': write {bare}"
     if text.strip().endswith("%"):
         return f"; write a fraction, e.g. {float(bare) / 100:g} for {text.strip()}"
+    if "_" in text and _YAML11_NUMBER.match(text.strip()):
+        return f"; YAML 1.2 numbers have no '_' separators (a YAML 1.1 rule): write {bare}"
     return f"; write it without quotes or commas: {bare}"
 
 

@@ -4,8 +4,11 @@ The loader follows YAML 1.2's core schema rather than PyYAML's YAML 1.1 default,
 because 1.1 surprises people writing job files: ``3e-4`` stays a string there,
 ``no``/``on`` become booleans, ``0755`` is octal and dates become datetimes.
 Here booleans are only true/false, numbers are decimal (or 0x/0o), ``1e-3``
-is a float, and anything else is a string. Mapping keys are always strings,
-exactly as written.
+is a float, and anything else is a string (``1_000`` too: digit separators are
+YAML 1.1). Mapping keys are always strings, exactly as written. Only ``\n`` and
+``\r`` break lines: YAML 1.2 reads U+0085, U+2028 and U+2029 as ordinary characters,
+where PyYAML (1.1) would break the line there and put every later error on the
+wrong line.
 """
 
 from __future__ import annotations
@@ -63,17 +66,17 @@ def _add(tag: str, pattern: str, first: str | list[str]) -> None:
 
 _add("tag:yaml.org,2002:bool", r"^(?:true|True|TRUE|false|False|FALSE)$", "tTfF")
 _add("tag:yaml.org,2002:null", r"^(?:~|null|Null|NULL|)$", ["~", "n", "N", ""])
-_add("tag:yaml.org,2002:int", r"^(?:[-+]?[0-9][0-9_]*|0x[0-9a-fA-F_]+|0o[0-7_]+)$", "-+0123456789")
+_add("tag:yaml.org,2002:int", r"^(?:[-+]?[0-9]+|0x[0-9a-fA-F]+|0o[0-7]+)$", "-+0123456789")
 _add(
     "tag:yaml.org,2002:float",
-    r"""^(?:[-+]?(?:\.[0-9]+|[0-9][0-9_]*(?:\.[0-9_]*)?)(?:[eE][-+]?[0-9]+)?
+    r"""^(?:[-+]?(?:\.[0-9]+|[0-9]+(?:\.[0-9]*)?)(?:[eE][-+]?[0-9]+)?
         |[-+]?\.(?:inf|Inf|INF)|\.(?:nan|NaN|NAN))$""",
     "-+0123456789.",
 )
 
 
 def _construct_int(loader: yaml.SafeLoader, node: ScalarNode) -> int:
-    text = str(loader.construct_scalar(node)).replace("_", "")
+    text = str(loader.construct_scalar(node))
     sign = -1 if text.startswith("-") else 1
     text = text.lstrip("+-")
     if text.startswith("0x"):
@@ -119,10 +122,27 @@ def _mark(node: Node) -> tuple[int, int]:
     return node.start_mark.line + 1, node.start_mark.column + 1
 
 
+# YAML 1.2 breaks lines only at \n and \r; PyYAML breaks them at these too.
+_NOT_BREAKS = "\x85\u2028\u2029"
+
+
+def _mask_breaks(text: str) -> tuple[str, dict[int, str]]:
+    """``text`` with each of ``_NOT_BREAKS`` swapped for a private-use character it does not
+    hold (one character for one, so every line and column stays put), and the table that
+    swaps them back in the values read."""
+    present = [c for c in _NOT_BREAKS if c in text]
+    if not present:
+        return text, {}
+    free = (chr(c) for c in range(0xE000, 0xF900) if chr(c) not in text)
+    mask = {ord(c): next(free) for c in present}
+    return text.translate(mask), {ord(v): chr(k) for k, v in mask.items()}
+
+
 class _Builder:
-    def __init__(self, loader: _Loader, filename: str):
+    def __init__(self, loader: _Loader, filename: str, restore: dict[int, str]):
         self.loader = loader
         self.filename = filename
+        self.restore = restore
         self.positions: dict[KeyPath, tuple[int, int]] = {}
         self.errors: list[SpecError] = []
         self.bad: list[KeyPath] = []
@@ -154,6 +174,8 @@ class _Builder:
                 self.error(node, path, f"number too large ({len(node.value)} digits)")
                 return None
             value = self.loader.construct_object(node, deep=True)
+            if isinstance(value, str) and self.restore:
+                value = value.translate(self.restore)
             if isinstance(value, float) and not math.isfinite(value):
                 self.error(node, path, f"{node.value!r} is not a finite number")
             return value
@@ -172,7 +194,7 @@ class _Builder:
                 if not isinstance(key_node, ScalarNode):
                     self.error(key_node, path, "a key must be a plain name, not a list or mapping")
                     continue
-                key = str(key_node.value)
+                key = str(key_node.value).translate(self.restore)
                 if key in first:
                     self.error(
                         key_node,
@@ -196,13 +218,14 @@ class _TooLarge(Exception):
 def parse_yaml(text: str, filename: str) -> Parsed:
     """Parse one YAML document. Syntax errors come back in ``errors`` (data None)."""
     loader: _Loader | None = None
+    text, restore = _mask_breaks(text)
     try:
         # The reader rejects control characters while it is being built.
         loader = _Loader(text)
         node = loader.get_single_node()
         if node is None:
             return Parsed(None, {}, [SpecError(filename, 1, 1, "$", "the file is empty")])
-        builder = _Builder(loader, filename)
+        builder = _Builder(loader, filename, restore)
         builder.positions[()] = _mark(node)
         data = builder.build(node, ())
         return Parsed(data, builder.positions, builder.errors, builder.bad)

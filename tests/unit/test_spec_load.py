@@ -96,10 +96,28 @@ def test_yaml_follows_the_core_schema_not_yaml_1_1() -> None:
         "c": "on",
         "d": 755,
         "e": "2024-01-01",
-        "f": 1000,
+        "f": "1_000",  # digit separators are YAML 1.1; the schema's message says so
         "g": 31,
         "h": True,
     }
+
+
+def test_line_and_paragraph_separators_are_not_line_breaks() -> None:
+    # YAML 1.2 breaks lines at \n and \r only; PyYAML also at U+0085/2028/2029,
+    # which put every later error on the wrong line and cut the value.
+    text = "a: x\u2028y\x85z\nb: [1, '2\u2029']\n\u2028c: 3\n"
+    p = parse_yaml(text, "x")
+    assert p.errors == []
+    assert p.data == {"a": "x\u2028y\x85z", "b": [1, "2\u2029"], "\u2028c": 3}
+    assert p.positions[("b", 1)] == (2, 8) and p.positions[("\u2028c",)] == (3, 1)
+    # A private-use character of the file's own is kept as it is, not taken for a mask.
+    p = parse_yaml("a: \ue000\u2028\n", "x")
+    assert p.data == {"a": "\ue000\u2028"}
+
+
+def test_u2028_in_a_job_value_is_kept(tmp_path: Path) -> None:
+    text = MINIMAL + "output: {root: 'shards/a\u2028b'}\n"
+    assert load_job(write(tmp_path, text)).output.root == "shards/a\u2028b"
 
 
 def test_yaml_positions_point_at_keys_and_items() -> None:

@@ -224,25 +224,25 @@ def test_nothing_to_do_when_every_shard_exists(tmp_path: Path) -> None:
 
 
 def test_plan_shows_the_cap_the_downgrade_point_the_large_tier_and_what_the_cap_pays_for(tmp_path: Path) -> None:
-    # $1 per H200 second (6.04 s/shard in the model: $6.04) and $0.1 per T4 second
-    # (6.5 s/shard: $0.65). $50 (half the cap) buys 8.3 shards on H200, the other $50 76.9 on T4.
+    # $0.1 per H200 second (6.04 s/shard in the model: $0.604) and $0.01 per T4 second
+    # (6.5 s/shard: $0.065). $5 (half the cap) buys 8.3 shards on H200, the other $5 76.9 on T4.
     p = job(
         tmp_path,
         "{mode: marginalized, base_seeds: {start: 0, stop: 100}, opp_seeds: 10}",
         "compute: {gpu: H200, large: {gpu: B200, timeout_s: 3600, max_states: 900000000}}\n"
-        "pricing: {H200: 3600, T4: 360, B200: 7200}\n",
+        "pricing: {H200: 360, T4: 36, B200: 720}\n",
     )
-    text = p.read_text().replace("budget: {max_usd: 5}", "budget: {max_usd: 100, on_exceed: {downgrade: T4, at: 0.5}}")
+    text = p.read_text().replace("budget: {max_usd: 5}", "budget: {max_usd: 10, on_exceed: {downgrade: T4, at: 0.5}}")
     p.write_text(text)
     plan = make_plan(load_job(p), backend="modal")
     doc = plan.to_json()["budget"]
-    assert doc["downgrade_at_usd"] == 50.0 and doc["affordable_shards"] == 85 and doc["share"] == 0.0852
+    assert doc["downgrade_at_usd"] == 5.0 and doc["affordable_shards"] == 85 and doc["share"] == 0.0852
     assert doc["downgrade_estimate"]["gpu"] == "T4" and doc["large_estimate"]["gpu"] == "B200"
     text = plan.render()
-    assert "move to T4 at 50% of the cap ($50.00), stop at the cap" in text
-    assert "downgrade GPU T4: $360.00/h, 6.5 s/shard, $0.6500/shard" in text
-    assert "large tier B200: $7200.00/h" in text
-    assert "the cap pays for ~85 of the 1,000 shards to do (9%)" in text
+    assert "move to T4 at 50% of the cap ($5.00), stop at the cap" in text
+    assert "downgrade GPU T4: $36.00/h, 6.5 s/shard, $0.0650/shard" in text
+    assert "large tier B200: $720.00/h" in text
+    assert "the cap pays for ~85 of the 1,000 shards to do on H200 (8%)" in text
 
 
 def test_task_of_inverts_every_planned_relpath_and_refuses_the_rest(tmp_path: Path) -> None:
@@ -289,3 +289,34 @@ def test_the_largest_job_plans_without_enumerating_its_shards(
     p = make_plan(spec, store_dir=tmp_path)
     assert p.total == 10_000_000 and p.done_by_split == {"train": 1, "val": 1, "test": 1}
     assert "10,000,000" in p.render()
+
+
+def test_the_budget_sentence_agrees_with_each_estimate(tmp_path: Path) -> None:
+    # The repro: this machine at $36/h is over a $0.40 cap while the GPU is not;
+    # the sentence spoke of the GPU alone and said "~6 of the 6 shards (100%)".
+    p = job(
+        tmp_path,
+        "{mode: standard, base_seeds: {list: [1, 30, 35, 50, 901, 951]}}",
+        "compute: {workers: 2, gpu: A10}\npricing: {local: 36}\n",
+    )
+    p.write_text(p.read_text().replace("max_usd: 5", "max_usd: 0.4"))
+    plan = make_plan(load_job(p))
+    local = next(e for e in plan.estimates if e.gpu == "local")
+    assert local.usd > 0.4
+    text = plan.render()
+    pays = [line for line in text.splitlines() if "the cap pays for" in line]
+    assert len(pays) == 2
+    n = 0.4 / (local.usd / 6)
+    assert f"the cap pays for ~{int(n)} of the 6 shards to do on local ({int(100 * n / 6)}%)" in pays[0]
+    assert "all 6 shards to do on A10" in pays[1]
+    assert any("exceeds budget.max_usd $0.40" in w for w in plan.warnings)
+    assert plan.to_json()["budget"]["affordable_shards"] == int(n)
+
+
+def test_a_share_just_under_all_is_not_shown_as_100_percent(tmp_path: Path) -> None:
+    p = job(tmp_path, "{mode: standard, base_seeds: {start: 0, stop: 900}}", "pricing: {local: 36}\n")
+    spec = load_job(p)
+    cost = make_plan(spec, backend="local").estimates[0].usd
+    p.write_text(p.read_text().replace("max_usd: 5", f"max_usd: {cost * 0.999}"))
+    text = make_plan(load_job(p), backend="local").render()
+    assert "~899 of the 900 shards to do on local (99%)" in text
