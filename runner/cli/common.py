@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import errno
 from collections.abc import Iterator
 from contextlib import contextmanager
 
@@ -20,6 +21,19 @@ def user_errors() -> Iterator[None]:
     except SpecErrors as e:
         for err in e.errors:
             click.echo(str(err), err=True)
+        raise SystemExit(1) from None
+    except OSError as e:
+        # validate holds output.root within the OS's limits, but the store folder comes
+        # on top of it only here (--out)
+        if e.errno != errno.ENAMETOOLONG:
+            raise
+        name = str(e.filename or "")
+        shown = name if len(name) <= 80 else f"{name[:40]}...{name[-30:]} ({len(name):,} characters)"
+        click.echo(
+            f"{shown}: path too long for this system; choose a shorter store folder (--out) "
+            "or output.root",
+            err=True,
+        )
         raise SystemExit(1) from None
 
 

@@ -7,6 +7,7 @@ split, declaration and GPU names, the output root) and returns its part of the
 
 from __future__ import annotations
 
+import os
 from collections.abc import Iterable
 from pathlib import Path, PurePosixPath
 from typing import Any, NamedTuple
@@ -15,6 +16,7 @@ from runner.jobspec import pricing
 from runner.jobspec.checks import Context, gpus, prices, section
 from runner.jobspec.errors import KeyPath, did_you_mean
 from runner.jobspec.model import (
+    LONGEST_STORE_NAME,
     Budget,
     Commit,
     Compute,
@@ -62,7 +64,7 @@ def build_job(ctx: Context, data: dict[str, Any], path: Path, sha: str) -> JobSp
     output = section(data, "output")
     root: str | None = None
     if ctx.clean(("output", "root")) and name is not None:
-        root = _root(ctx, output["root"], name)
+        root = _root(ctx, output["root"], name, _longest_split(data))
     bud: Budget | None = None
     if ctx.clean(("budget",)) and "max_usd" in budget:
         bud = _budget(ctx, budget, main_gpus, price_table)
@@ -287,7 +289,7 @@ def _compute(
 # --- output ------------------------------------------------------------------------
 
 
-def _root(ctx: Context, value: str, name: str) -> str | None:
+def _root(ctx: Context, value: str, name: str, split_len: int) -> str | None:
     path: KeyPath = ("output", "root")
     root = value.replace("{name}", name)
     if "{" in root or "}" in root:
@@ -310,16 +312,42 @@ def _root(ctx: Context, value: str, name: str) -> str | None:
     if any(ord(c) < 32 or c == "\x7f" for c in root):
         ctx.add(path, f"{value!r} holds a control character; a folder name cannot")
         return None
-    long = next((p for p, b in zip(parts, encoded, strict=True) if len(b) > 255), None)
+    name_max, path_max = _os_limits()
+    long = next((p for p, b in zip(parts, encoded, strict=True) if len(b) > name_max), None)
     if long is not None:
-        ctx.add(path, f"folder name {long[:20]!r}... is {len(long.encode())} bytes; at most 255")
+        ctx.add(path, f"folder name {long[:20]!r}... is {len(long.encode())} bytes; at most {name_max}")
         return None
     if not parts:
         ctx.add(
             path, f"{value!r} names the store itself; give a folder inside it, e.g. shards/{{name}}"
         )
         return None
+    # The longest path the store writes below the root: split folder, then file name.
+    longest = sum(len(b) + 1 for b in encoded) + split_len + 1 + LONGEST_STORE_NAME
+    if longest >= path_max:
+        ctx.add(
+            path,
+            f"the root is {sum(len(b) + 1 for b in encoded) - 1:,} bytes, so the store's paths "
+            f"below it would reach {longest:,} bytes; a path has at most {path_max - 1:,}: "
+            "shorten output.root",
+        )
+        return None
     return "/".join(parts)
+
+
+def _os_limits() -> tuple[int, int]:
+    """(longest file name, longest path incl. its NUL) this OS allows, in bytes."""
+    try:
+        return os.pathconf("/", "PC_NAME_MAX"), os.pathconf("/", "PC_PATH_MAX")
+    except (AttributeError, OSError, ValueError):  # no pathconf (Windows) or no answer
+        return 255, 4096
+
+
+def _longest_split(data: dict[str, Any]) -> int:
+    """Bytes in the longest split folder's name (the schema's bound when splits are bad)."""
+    splits = data.get("splits")
+    names = [str(k) for k in splits] if isinstance(splits, dict) else []
+    return max((len(n.encode("utf-8", "surrogatepass")) for n in names), default=32)
 
 
 def _output(output: dict[str, Any], root: str) -> Output:

@@ -159,6 +159,13 @@ class JobSpec(Priced):
         return self.deals.decl
 
 
+# The longest name the store gives a file in a split folder: the longest shard name
+# (``seed_4294967295_opp4294967295_decl_9.parquet``, 44 bytes) and the longest suffix
+# it adds (``.corrupt-<UTC time>-<n>.why``, ``.tmp-<token>``, ``.lock.takeover``),
+# with room to spare; the store's tests hold its names to it.
+LONGEST_STORE_NAME = 100
+
+
 @dataclass(frozen=True)
 class ShardTask:
     """One shard to produce: the unit every backend runs."""

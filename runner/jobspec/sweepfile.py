@@ -90,12 +90,11 @@ def build_sweep(
 def _data(
     ctx: Context, d: dict[str, Any], path: Path, seen: frozenset[Path], check_job: JobChecker
 ) -> SweepData | None:
-    job_path = (path.parent / d["job"]).resolve()
+    job_path = _job_file(ctx, path, d["job"])
+    if job_path is None:
+        return None
     if job_path in seen:
         ctx.add(("data", "job"), f"{d['job']!r} refers back to this sweep")
-        return None
-    if not job_path.is_file():
-        ctx.add(("data", "job"), f"no job file {d['job']!r} (looked for {job_path})")
         return None
     shown = os.path.normpath(path.parent / d["job"])  # as the user would type it
     job, errors = check_job(shown, seen)
@@ -114,6 +113,26 @@ def _data(
         max_train_rows=d.get("max_train_rows"),
         max_val_rows=d.get("max_val_rows"),
     )
+
+
+def _job_file(ctx: Context, path: Path, given: str) -> Path | None:
+    """The job file ``given`` names (beside the sweep), resolved; None after an error."""
+    where: KeyPath = ("data", "job")
+    shown = repr(given) if len(given) <= 60 else f"{given[:40]!r}... ({len(given)} characters)"
+    try:
+        job_path = (path.parent / given).resolve()
+        found = job_path.is_file()
+    except RuntimeError:  # Python 3.11's resolve() on a symlink loop
+        ctx.add(where, f"{shown} leads into a loop of symbolic links")
+        return None
+    except (OSError, ValueError) as e:
+        why = e.strerror if isinstance(e, OSError) and e.strerror else str(e)
+        ctx.add(where, f"cannot look up job file {shown}: {why}")
+        return None
+    if not found:
+        ctx.add(where, f"no job file {shown} (looked for {job_path})")
+        return None
+    return job_path
 
 
 def _splits_of(ctx: Context, job: JobSpec, d: dict[str, Any]) -> bool:

@@ -113,3 +113,44 @@ def test_plan_of_a_bad_file_prints_errors_and_exits_1() -> None:
     assert f"{INVALID / 'yaml-syntax.yaml'}:6:" in err and "YAML syntax error" in err
     code, _, err = invoke("plan", str(ROOT / "jobs" / "sweep.yaml"))
     assert code == 1 and "this is a sweep file" in err
+
+
+def _root_job(tmp_path: Path, root_bytes: int) -> Path:
+    """A job whose output.root is ``root_bytes`` long, in folders of at most 200 bytes."""
+    parts, left = [], root_bytes
+    while left > 0:
+        n = min(200, left if left <= 200 else left - 2)  # never leave a 0- or 1-byte tail
+        parts.append("r" * n)
+        left -= n + 1
+    root = "/".join(parts)
+    assert len(root) == root_bytes
+    p = tmp_path / "job.yaml"
+    p.write_text(
+        "version: 1\nname: t\nkind: oracle\ndeals: {mode: standard, base_seeds: {list: [1]}}\n"
+        f"budget: {{max_usd: 1}}\noutput: {{root: {root}}}\n"
+    )
+    return p
+
+
+def test_output_root_is_held_to_the_os_path_limit_at_validation(tmp_path: Path) -> None:
+    import os
+
+    from runner.jobspec.model import LONGEST_STORE_NAME
+
+    # The store writes <root>/<split>/<name>; the default splits' longest is 'train'.
+    fits = os.pathconf("/", "PC_PATH_MAX") - 1 - len("/train/") - LONGEST_STORE_NAME
+    code, out, err = invoke("validate", str(_root_job(tmp_path, fits)))
+    assert code == 0, out + err
+    code, out, err = invoke("validate", str(_root_job(tmp_path, fits + 1)))
+    assert code == 1 and "$.output.root: the root is" in out + err and "Traceback" not in out + err
+
+
+def test_a_store_folder_that_makes_paths_too_long_is_one_line_not_a_traceback(tmp_path: Path) -> None:
+    # validate cannot know --out: plan and status met OSError (File name too long) here.
+    job = _root_job(tmp_path, 3900)
+    store = tmp_path / ("s" * 200) / ("s" * 200)
+    store.mkdir(parents=True)
+    for cmd in ("plan", "status"):
+        r = CliRunner().invoke(main, [cmd, str(job), "--out", str(store)])
+        assert r.exit_code == 1 and not isinstance(r.exception, OSError), (cmd, r.output)
+        assert "path too long for this system; choose a shorter store folder (--out)" in r.output

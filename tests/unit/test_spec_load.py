@@ -296,6 +296,31 @@ def test_sweep_loads_its_job_relative_to_the_sweep_file() -> None:
     assert s.budget.max_usd == 10
 
 
+def _sweep_naming(tmp_path: Path, job: str) -> Path:
+    text = (VALID / "sweep-grid.yaml").read_text().replace("job: minimal.yaml", f"job: {job}")
+    return write(tmp_path, text, "sweep.yaml")
+
+
+def test_a_sweep_job_in_a_symlink_loop_is_a_located_error(tmp_path: Path) -> None:
+    # Path.resolve() raised RuntimeError here: a traceback from forge validate.
+    (tmp_path / "a").symlink_to("b")
+    (tmp_path / "b").symlink_to("a")
+    (tmp_path / "self.yaml").symlink_to("self.yaml")
+    for job in ("a/job.yaml", "self.yaml"):
+        spec, errors = check_file(_sweep_naming(tmp_path, job))
+        assert spec is None and [e.path for e in errors] == ["$.data.job"], errors
+        assert "loop of symbolic links" in errors[0].message and errors[0].line == 5
+
+
+@pytest.mark.parametrize("length", [255, 256, 5000])
+def test_a_sweep_job_name_too_long_for_the_os_is_a_located_error(tmp_path: Path, length: int) -> None:
+    # is_file() raised OSError (File name too long) for 256 characters: the fuzz test's flake.
+    spec, errors = check_file(_sweep_naming(tmp_path, "j" * (length - 5) + ".yaml"))
+    assert spec is None and [e.path for e in errors] == ["$.data.job"], errors
+    assert errors[0].message.startswith(("no job file 'jjj", "cannot look up job file 'jjj"))
+    assert f"({length} characters)" in errors[0].message
+
+
 def test_grid_trials_are_the_product_last_parameter_fastest() -> None:
     trials = load_sweep(VALID / "sweep-grid.yaml").trials()
     assert len(trials) == 8
