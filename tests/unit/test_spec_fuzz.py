@@ -4,7 +4,10 @@ Each example takes a valid file, mutates it (a key deleted, a value's type swapp
 unicode, huge and negative numbers, deep nesting, a YAML tag, a control character)
 and runs ``forge validate`` on it, then ``forge plan`` if it validates. Every
 outcome must be exit 0, or exit 1 with every message located (``file:line:col:``)
-and no traceback; hypothesis' deadline bounds the time per file.
+and no traceback; hypothesis' deadline bounds the time per file. Paths get shapes of
+their own: a sweep's ``data.job`` into a symlink loop or past the OS's name limit, an
+``output.root`` past its path limit. The cases come from a fixed seed, so a failure
+reproduces; each traceback found is kept as an ``@example``.
 """
 
 from __future__ import annotations
@@ -16,7 +19,7 @@ from typing import Any
 
 import yaml
 from click.testing import CliRunner
-from hypothesis import HealthCheck, given, settings
+from hypothesis import HealthCheck, example, given, seed, settings
 from hypothesis import strategies as st
 
 from runner.cli import main
@@ -39,6 +42,11 @@ HOSTILE_VALUES = st.one_of(
     st.integers(min_value=1, max_value=300).map(lambda n: _nest(n)),
     st.sampled_from(["$25", "80%", "1,000", "H100-80GB", "A100", "shards/\udc80", "a" * 300]),
 )
+
+
+# Paths the OS refuses (tracebacks in validate and plan once): made in tmp_path by the test.
+JOB_PATHS = ["loop_a/job.yaml", "loop_self.yaml", "j" * 251 + ".yaml", "j" * 250 + ".yaml", "k/" * 2100 + "x.yaml"]
+ROOTS = ["/".join(["b" * 200] * 27), "b" * 256, "/".join(["b" * 250] * 16), "r/{name}/" + "c" * 255]
 
 
 def _nest(n: int) -> Any:
@@ -101,7 +109,11 @@ def mutated(draw: st.DrawFn) -> tuple[str, str]:
     """(file name, text) of a mutated copy of one valid file."""
     seed = draw(st.sampled_from(SEEDS))
     data = yaml.safe_load(seed.read_text())
-    for _ in range(draw(st.integers(1, 3))):
+    if isinstance(data.get("data"), dict) and draw(st.booleans()):
+        data["data"]["job"] = draw(st.sampled_from(JOB_PATHS))
+    elif data.get("kind") == "oracle" and draw(st.booleans()):
+        data.setdefault("output", {})["root"] = draw(st.sampled_from(ROOTS))
+    for _ in range(draw(st.integers(0, 3))):
         path = draw(st.sampled_from(_paths(data)))
         how = draw(st.sampled_from(["replace", "delete", "rename"]))
         data = _set(data, path, draw(HOSTILE_VALUES), how)
@@ -126,17 +138,32 @@ def mutated(draw: st.DrawFn) -> tuple[str, str]:
 LOCATED = re.compile(r"^\S+:\d+:\d+: ")
 
 
+def _with(name: str, old: str, new: str) -> tuple[str, str]:
+    """A regression case: seed file ``name`` with one text replaced."""
+    text = next(p for p in SEEDS if p.name == name).read_text()
+    assert old in text
+    return name, text.replace(old, new)
+
+
 @settings(
     max_examples=100,
     deadline=timedelta(seconds=20),  # a loaded 2-core box; hangs took minutes
     suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture],
+    database=None,  # the seed alone decides the cases
 )
+@seed(21)
+@example(case=_with("sweep-grid.yaml", "job: minimal.yaml", "job: " + "j" * 251 + ".yaml"))
+@example(case=_with("sweep-grid.yaml", "job: minimal.yaml", "job: loop_a/job.yaml"))
+@example(case=_with("minimal.yaml", "budget:", "output: {root: " + ROOTS[0] + "}\nbudget:"))
 @given(case=mutated())
 def test_mutated_files_give_exit_0_or_located_errors(tmp_path: Path, case: tuple[str, str]) -> None:
     name, text = case
     # A sweep's job: is resolved beside it; copy the jobs a seed sweep refers to.
-    for seed in SEEDS:
-        (tmp_path / seed.name).write_text(seed.read_text())
+    for src in SEEDS:
+        (tmp_path / src.name).write_text(src.read_text())
+    for link, to in (("loop_a", "loop_b"), ("loop_b", "loop_a"), ("loop_self.yaml", "loop_self.yaml")):
+        if not (tmp_path / link).is_symlink():
+            (tmp_path / link).symlink_to(to)
     path = tmp_path / f"mutated-{name}"
     path.write_text(text, encoding="utf-8", errors="surrogateescape")
     runner = CliRunner()
