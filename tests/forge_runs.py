@@ -73,3 +73,28 @@ def root(d: Path) -> Path:
 def manifests(d: Path) -> list[dict[str, Any]]:
     ms = [json.loads(p.read_text()) for p in (root(d) / "_runs").glob("*.json")]
     return sorted(ms, key=lambda m: m["started"])
+
+
+def children(pid: int) -> list[int]:
+    """The processes whose parent is ``pid`` (Linux /proc)."""
+    out = []
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue  # ended while we looked
+        if int(fields[1]) == pid:
+            out.append(int(stat.parent.name))
+    return out
+
+
+def gone(pid: int) -> bool:
+    """The process has ended; a zombie counts (nobody reaps an orphan until it is adopted)."""
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return True
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] == "Z"
+    except OSError:
+        return True

@@ -13,8 +13,10 @@ Two layouts, chosen by what the machine has (``mode``):
 
 Workers are started with the ``spawn`` method (JAX is not fork-safe), ignore
 Ctrl+C (the orchestrator handles it and stops them) and die with the
-orchestrator (``PR_SET_PDEATHSIG``), so ``kill -9`` of ``forge run`` leaves no
-worker behind: only claims whose pid is gone, which the next run takes over.
+orchestrator (``PR_SET_PDEATHSIG``, from their first import on), so ``kill -9`` of
+``forge run`` leaves no worker behind: only claims whose pid is gone, which the next
+run takes over. A worker that dies is reported with the signal that killed it, and as
+out of memory only when the kernel's OOM killer counted a kill meanwhile.
 
 ``FORGE_LOCAL_MODE=pool|pipeline`` forces a layout (``pipeline`` works on a
 CPU too, which is how it is tested here).
@@ -49,7 +51,14 @@ from runner.backends.base import (
 )
 from runner.backends.overlap import DEPTH
 from runner.backends.task import TaskResult
-from runner.backends.workers import _worker_main, ready, shut_down, start_ignoring_sigint
+from runner.backends.workers import (
+    _worker_main,
+    death_reason,
+    oom_kills,
+    ready,
+    shut_down,
+    start_worker,
+)
 from runner.jobspec.model import Commit, JobSpec, ShardTask
 from runner.jobspec.pricing import LOCAL, dollars
 from runner.store.claims import LocalClaims, clear_stale, is_stale, pid_alive, this_host
@@ -138,6 +147,7 @@ class LocalBackend(Backend):
         self._out: list[TaskResult] = []
         self._started = False
         self._deaths = 0
+        self._ooms = oom_kills()  # the OOM killer's count: its growth tells its kills apart
         self._broken: str | None = None
 
     # -- Backend ------------------------------------------------------------------
@@ -319,7 +329,7 @@ class LocalBackend(Backend):
         proc = self._ctx.Process(
             target=_worker_main, args=(role, child_conn, self._cfg()), name=f"forge-{role}", daemon=True
         )
-        start_ignoring_sigint(proc)
+        start_worker(proc)
         child_conn.close()
         w = _Worker(role, proc, parent_conn)
         self._workers.append(w)
@@ -404,6 +414,8 @@ class LocalBackend(Backend):
             if w.proc.is_alive():
                 continue
             code = w.proc.exitcode
+            ooms, self._ooms = self._ooms, oom_kills()
+            oom = code == -signal.SIGKILL and self._ooms > ooms
             self._workers.remove(w)
             self._deaths += 1
             with contextlib.suppress(OSError):
@@ -413,9 +425,7 @@ class LocalBackend(Backend):
                 if job is None:
                     continue
                 self._abandon(job)
-                killed = code is not None and code < 0 and -code == signal.SIGKILL
-                why = f"worker process died ({'SIGKILL, probably out of memory' if killed else f'exit code {code}'})"
-                self._out.append(self._failure(job, why, oom=killed))
+                self._out.append(self._failure(job, death_reason(code, oom), oom=oom))
             if self._deaths > MAX_DEATHS_PER_WORKER * (self.n_workers + 1):
                 # Workers that die on their own start (a broken install, no memory)
                 # would be respawned forever: fail what is waiting instead.

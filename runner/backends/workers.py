@@ -2,14 +2,14 @@
 
 What runs inside a worker (``_worker_main`` and the two pipeline halves,
 ``_solve_only`` and ``_write_only``) and how the parent starts, feeds and ends
-such processes (``start_ignoring_sigint``, ``messages``, ``shut_down``). The
+such processes (``start_worker``, ``messages``, ``shut_down``) and how it tells why one died
+(``death_reason``). The
 parent side of the backend is ``local.py``.
 """
 
 from __future__ import annotations
 
 import contextlib
-import ctypes
 import os
 import signal
 import time
@@ -19,6 +19,7 @@ from multiprocessing.process import BaseProcess
 from pathlib import Path
 from typing import Any
 
+from runner import DIE_WITH_ENV, die_with_parent
 from runner.backends.base import TaskRequest
 from runner.backends.overlap import BackgroundWriter, solve_then_write
 from runner.backends.task import TaskEnv, TaskResult, TaskRun
@@ -27,15 +28,6 @@ from runner.store.claims import LocalClaims
 from runner.store.shards import ShardStore
 
 STOP_GRACE_S = 5.0
-
-
-def _die_with_parent(parent: int) -> None:
-    """Have the kernel SIGKILL this process when the orchestrator dies (Linux)."""
-    with contextlib.suppress(Exception):
-        libc = ctypes.CDLL(None, use_errno=True)
-        libc.prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
-    if os.getppid() != parent:  # it died before prctl took effect
-        os._exit(1)
 
 
 def messages(conn: Connection) -> Iterator[Any]:
@@ -63,14 +55,67 @@ def ready(conn: Connection) -> Iterator[Any]:
         yield msg
 
 
-def start_ignoring_sigint(proc: BaseProcess) -> None:
-    """Start a worker that inherits "ignore SIGINT" from the moment it exists, so a
-    Ctrl+C during its start cannot kill it with a traceback."""
+def start_worker(proc: BaseProcess) -> None:
+    """Start a worker that inherits "ignore SIGINT" from the moment it exists (a Ctrl+C
+    during its start cannot kill it with a traceback) and dies with this process from its
+    first import on (``runner.DIE_WITH_ENV``), not only once its own code runs."""
     old = signal.signal(signal.SIGINT, signal.SIG_IGN)
+    os.environ[DIE_WITH_ENV] = str(os.getpid())
     try:
         proc.start()
     finally:
+        os.environ.pop(DIE_WITH_ENV, None)
         signal.signal(signal.SIGINT, old)
+
+
+def oom_kills() -> int:
+    """How many processes the kernel's OOM killer has killed: the machine's count
+    (``/proc/vmstat``) plus this cgroup's (a container's own limit: ``memory.events`` in
+    cgroup v2, ``memory.oom_control`` in v1). Only its growth means anything; 0 where
+    none can be read."""
+    total = 0
+    with contextlib.suppress(OSError, ValueError):
+        total += _counter(Path("/proc/vmstat").read_text(), "oom_kill")
+    for path in _cgroup_oom_files():
+        with contextlib.suppress(OSError, ValueError):
+            return total + _counter(path.read_text(), "oom_kill")
+    return total
+
+
+def _cgroup_oom_files() -> list[Path]:
+    """Where this process's cgroup counts its OOM kills, most specific first."""
+    out: list[Path] = []
+    with contextlib.suppress(OSError, ValueError):
+        for line in Path("/proc/self/cgroup").read_text().splitlines():
+            _, ctrl, rel = line.split(":", 2)
+            if ctrl == "":  # v2
+                out.append(Path("/sys/fs/cgroup", rel.lstrip("/"), "memory.events"))
+            elif "memory" in ctrl.split(","):  # v1
+                out.append(Path("/sys/fs/cgroup/memory", rel.lstrip("/"), "memory.oom_control"))
+                out.append(Path("/sys/fs/cgroup/memory/memory.oom_control"))  # a cgroup namespace
+    return out
+
+
+def _counter(text: str, name: str) -> int:
+    for line in text.splitlines():
+        key, _, value = line.partition(" ")
+        if key == name:
+            return int(value)
+    return 0
+
+
+def death_reason(code: int | None, oom_killed: bool = False) -> str:
+    """Why a worker ended, in words: the signal that killed it by name, and "out of memory"
+    only on the OOM killer's evidence (``oom_kills`` grew), never for any SIGKILL."""
+    if code is None or code >= 0:
+        return f"worker process died (exit code {code})"
+    try:
+        name = signal.Signals(-code).name
+    except ValueError:
+        name = f"signal {-code}"
+    if oom_killed and -code == signal.SIGKILL:
+        return f"worker process killed by {name}: out of memory (the kernel's OOM killer)"
+    return f"worker process killed by {name}"
 
 
 def shut_down(workers: Sequence[Any], grace_s: float = STOP_GRACE_S) -> None:
@@ -92,7 +137,7 @@ def shut_down(workers: Sequence[Any], grace_s: float = STOP_GRACE_S) -> None:
 def _worker_main(role: str, conn: Connection, cfg: dict[str, Any]) -> None:
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     signal.signal(signal.SIGTERM, signal.SIG_DFL)
-    _die_with_parent(cfg["parent"])
+    die_with_parent(cfg["parent"])
     if role == "writer":  # writers never touch the device
         os.environ["JAX_PLATFORMS"] = "cpu"
     store = ShardStore(cfg["root"], commit=cfg["commit"])

@@ -19,15 +19,10 @@ from multiprocessing.connection import Connection, wait
 from multiprocessing.process import BaseProcess
 from typing import Any
 
+from runner import die_with_parent
 from runner.backends.base import Attempt, TaskRequest, Tier
 from runner.backends.task import TaskResult
-from runner.backends.workers import (
-    _die_with_parent,
-    messages,
-    ready,
-    shut_down,
-    start_ignoring_sigint,
-)
+from runner.backends.workers import death_reason, messages, ready, shut_down, start_worker
 from runner.jobspec import pricing
 from runner.jobspec.model import SweepSpec
 from runner.train.sweep import Trial, TrialBackend, payload
@@ -40,7 +35,7 @@ def local_price(spec: SweepSpec) -> float:
 
 def _worker_main(conn: Connection, parent: int) -> None:
     signal.signal(signal.SIGINT, signal.SIG_IGN)
-    _die_with_parent(parent)
+    die_with_parent(parent)
     # trials share this machine's GPU: each process takes memory as it needs it instead of
     # JAX's default 75% up front, which the second process could not get
     os.environ.setdefault("XLA_PYTHON_CLIENT_PREALLOCATE", "false")
@@ -91,7 +86,7 @@ class LocalSweepBackend(TrialBackend):
     def _spawn(self) -> _Worker:
         parent, child = self._ctx.Pipe(duplex=True)
         proc = self._ctx.Process(target=_worker_main, args=(child, os.getpid()), name="forge-trial", daemon=True)
-        start_ignoring_sigint(proc)
+        start_worker(proc)
         child.close()
         w = _Worker(proc, parent)
         self._workers.append(w)
@@ -130,7 +125,7 @@ class LocalSweepBackend(TrialBackend):
                 failed = {
                     "trial_id": trial.trial_id,
                     "status": "failed",
-                    "error": f"worker process died (exit code {w.proc.exitcode})",
+                    "error": death_reason(w.proc.exitcode),
                     "seconds": time.monotonic() - w.sent,
                 }
                 self._workers.remove(w)

@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from forge_runs import forge, manifests, root, start_forge, write_job
+from forge_runs import forge, gone, manifests, root, start_forge, write_job
 
 from runner.oracle.shard import verify_shard
 from runner.store.claims import LocalClaims
@@ -163,19 +163,7 @@ def test_external_kill_9_mid_solve_leaves_no_worker_and_rerun_finishes(tmp_path:
     os.kill(p.pid, signal.SIGKILL)
     p.communicate(timeout=30)
     assert p.returncode == -signal.SIGKILL
-
-    def gone() -> bool:
-        try:
-            os.kill(worker, 0)
-        except ProcessLookupError:
-            return True
-        # A zombie is gone too (nobody reaps it until its orphan is adopted).
-        try:
-            return Path(f"/proc/{worker}/stat").read_text().split(")")[1].split()[0] == "Z"
-        except OSError:
-            return True
-
-    wait_for(gone, 30)
+    wait_for(lambda: gone(worker), 30)
     assert manifests(tmp_path)[0]["status"] == "running"
     r = forge("run", "job.yaml", cwd=tmp_path)
     assert r.returncode == 0, r.stdout + r.stderr
