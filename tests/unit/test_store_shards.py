@@ -211,3 +211,37 @@ def test_manifests_are_listed_oldest_first(tmp_path: Path) -> None:
     (tmp_path / "_runs" / "junk.json").write_text("{not json")
     assert [m["run_id"] for m in store.manifests()] == ["a", "b"]
     assert not [p for p in os.listdir(tmp_path / "_runs") if ".tmp" in p]
+
+
+def test_every_name_the_store_writes_in_a_split_folder_fits_longest_store_name(tmp_path: Path) -> None:
+    # validate holds output.root to PATH_MAX with this bound (jobspec/jobfile.py _root).
+    import uuid
+
+    from runner.jobspec.model import LONGEST_STORE_NAME
+    from runner.oracle.atomic import atomic_path
+    from runner.oracle.shard import move_aside
+    from runner.store.claims import LOCK_SUFFIX, LOCK_TMP_MARK, TAKEOVER_SUFFIX
+
+    store = ShardStore(tmp_path)
+    task = ShardTask(split="s" * 32, base_seed=2**32 - 1, opp_seed=2**32 - 1, decl_id=9)
+    shard = store.shard_path(task)
+    shard.parent.mkdir(parents=True)
+    names = [
+        shard.name,
+        store.record_path(task).name,
+        store.tmp_path(task, uuid.uuid4().hex).name,  # a longer token than any writer uses
+        store.tmp_path(task, str(2**22)).name,  # a pid
+        store.record_path(task).name + f".tmp-{2**22}",
+        task.key.rpartition("/")[2] + LOCK_SUFFIX + TAKEOVER_SUFFIX,
+        task.key.rpartition("/")[2] + LOCK_SUFFIX + LOCK_TMP_MARK + uuid.uuid4().hex[:8],
+    ]
+    with atomic_path(shard) as tmp:
+        names.append(tmp.name)
+        tmp.write_bytes(b"x")
+    for _ in range(12):  # the same second, again and again: -1, -2, ... suffixes
+        shard.write_bytes(b"x")
+        aside = move_aside(shard, "bad")
+        assert aside is not None
+        names += [aside.name, aside.name + ".why"]
+    longest = max(names, key=len)
+    assert len(longest) <= LONGEST_STORE_NAME, longest
