@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import subprocess
@@ -86,3 +87,61 @@ def test_oom_kills_adds_the_machines_and_the_cgroups_counts(monkeypatch: pytest.
     assert workers.oom_kills() == 3
     events.write_text("oom_kill 2\n")
     assert workers.oom_kills() == 4
+
+
+# A runner in miniature: forge's console script imports runner first (runner.cli), as this
+# does; a spawned worker re-imports it as __mp_main__ and then sleeps where a real one
+# would import for seconds on a loaded machine, before any of its own code runs.
+RUNNER = """
+import sys, time
+import runner
+from runner.backends.workers import start_worker
+if __name__ == "__mp_main__":
+    time.sleep(30)
+
+def work():
+    time.sleep(60)
+
+if __name__ == "__main__":
+    import multiprocessing as mp
+    p = mp.get_context("spawn").Process(target=work, daemon=True)
+    start_worker(p)
+    print(p.pid, flush=True)
+    time.sleep(60)
+"""
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="PR_SET_PDEATHSIG is Linux's")
+def test_a_worker_still_importing_dies_within_2_s_of_a_kill_9_of_its_runner(tmp_path: Path) -> None:
+    import time
+
+    script = tmp_path / "runner_main.py"
+    script.write_text(RUNNER)
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    parent = subprocess.Popen(
+        [sys.executable, str(script)], env=env, stdout=subprocess.PIPE, text=True, cwd=tmp_path
+    )
+    try:
+        assert parent.stdout is not None
+        worker = int(parent.stdout.readline())
+        time.sleep(0.5)  # the worker is somewhere in its start: before or after `import runner`
+        os.kill(parent.pid, signal.SIGKILL)
+        parent.wait(10)
+        deadline = time.monotonic() + 2.0
+        while time.monotonic() < deadline and not _gone(worker):
+            time.sleep(0.02)
+        assert _gone(worker), "the worker outlived its runner by 2 s"
+    finally:
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(parent.pid, signal.SIGKILL)
+        parent.wait(10)
+        if parent.stdout is not None:
+            parent.stdout.close()
+
+
+def _gone(pid: int) -> bool:
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except OSError:
+        return True
+    return state == "Z"  # an orphan's zombie waits for its adopter to reap it
