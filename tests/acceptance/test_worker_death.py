@@ -44,16 +44,13 @@ def _claimed_by(d: Path) -> int | None:
     return None
 
 
-@pytest.mark.parametrize("when", ["starting", "solving"])
-def test_kill_9_of_forge_run_takes_its_workers_within_2_s(tmp_path: Path, when: str) -> None:
-    # "starting": the kill lands while the workers import (before their own code runs),
-    # the window in which 3 of 10 workers outlived their runner by up to 22 s.
+def test_kill_9_of_forge_run_takes_its_workers_within_2_s(tmp_path: Path) -> None:
+    # Mid-solve. A kill during the workers' start (the window in which 3 of 10 workers
+    # outlived their runner by up to 22 s) is test_local_workers.py's: here its timing
+    # would depend on how loaded the machine is.
     write_job(tmp_path, [30, 1], workers=2)
     p = start_forge("run", "job.yaml", cwd=tmp_path)
-    if when == "starting":
-        wait_for(lambda: len(children(p.pid)) >= 2, 60)
-    else:
-        wait_for(lambda: _claimed_by(tmp_path) is not None, 120)
+    wait_for(lambda: _claimed_by(tmp_path) is not None, 120)
     kids = children(p.pid)
     assert kids
     os.kill(p.pid, signal.SIGKILL)

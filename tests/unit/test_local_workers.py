@@ -93,10 +93,11 @@ def test_oom_kills_adds_the_machines_and_the_cgroups_counts(monkeypatch: pytest.
 # does; a spawned worker re-imports it as __mp_main__ and then sleeps where a real one
 # would import for seconds on a loaded machine, before any of its own code runs.
 RUNNER = """
-import sys, time
+import pathlib, sys, time
 import runner
 from runner.backends.workers import start_worker
 if __name__ == "__mp_main__":
+    pathlib.Path("imported").write_text("")
     time.sleep(30)
 
 def work():
@@ -124,7 +125,12 @@ def test_a_worker_still_importing_dies_within_2_s_of_a_kill_9_of_its_runner(tmp_
     try:
         assert parent.stdout is not None
         worker = int(parent.stdout.readline())
-        time.sleep(0.5)  # the worker is somewhere in its start: before or after `import runner`
+        # Past its first import, in what stands for the rest of its start. (Before it, the
+        # worker ends as it reaches the import: test_a_worker_whose_parent_is_already_gone...)
+        deadline = time.monotonic() + 120
+        while not (tmp_path / "imported").exists():
+            assert time.monotonic() < deadline and not _gone(worker)
+            time.sleep(0.02)
         os.kill(parent.pid, signal.SIGKILL)
         parent.wait(10)
         deadline = time.monotonic() + 2.0
