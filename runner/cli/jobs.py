@@ -1,10 +1,10 @@
-"""``forge validate``, ``plan``, ``run`` and ``status``: a job file and its store."""
+"""``forge validate``, ``plan``, ``run``, ``status`` and ``repair-ledger``: a job file and its store."""
 
 from __future__ import annotations
 
 import click
 
-from runner.cli.common import backend_errors, main, must_exist
+from runner.cli.common import backend_errors, main, must_exist, user_errors
 
 
 @main.command()
@@ -217,6 +217,7 @@ def status(job: str, out: str | None, as_json: bool, backend: str) -> None:
 
     from runner.backends.jobview import status_of
     from runner.backends.progress import make_console
+    from runner.store.ledger import repair_command
     from runner.store.status import status_lines, status_table
 
     if out is not None:  # a mistyped store would show every shard missing
@@ -228,5 +229,55 @@ def status(job: str, out: str | None, as_json: bool, backend: str) -> None:
         return
     console = make_console()
     console.print(status_table(st))
-    for line in status_lines(st):
-        console.print(line)
+    for line in status_lines(st, repair=repair_command(job, out, backend)):
+        console.print(line, markup=False, highlight=False)
+
+
+@main.command("repair-ledger")
+@click.argument("job", type=click.Path(path_type=str))
+@click.option(
+    "--out",
+    "out",
+    type=click.Path(file_okay=False, path_type=str),
+    default=None,
+    help="The store folder (default: the current directory).",
+)
+@click.option(
+    "--accept-loss",
+    is_flag=True,
+    help="Also when a run has no readable record left: its files are moved aside and it counts $0.",
+)
+def repair_ledger(job: str, out: str | None, accept_loss: bool) -> None:
+    """Rebuild a job's spend records from the ones that survive, after `forge run` refused.
+
+    Each run's spend is kept twice: its manifest (_runs/RUN.json) and its
+    ledger (_ledger/RUN.jsonl, a checksum per line). An unreadable, truncated,
+    negative, non-finite or checksum-failing entry is moved aside (renamed
+    *.corrupt-<time>, never deleted); each run then gets both records back at
+    the largest amount any readable record of it says, so spend is never
+    lowered. Run it while no run of the job is running.
+
+    Exit codes: 0 the spend records are readable (repaired, or nothing to do),
+    1 a run has no readable record left (nothing changed; see --accept-loss),
+    the job file is invalid or JOB or --out does not exist, 2 usage error.
+
+    \b
+    Example:
+      forge repair-ledger jobs/smoke.yaml
+      forge repair-ledger jobs/valtest.yaml --out /data/forge
+      forge repair-ledger jobs/valtest.yaml --accept-loss
+    """
+    from runner.store.repair import repair_job
+    from runner.store.shards import StoreError
+
+    if out is not None:
+        must_exist(out, "store folder (--out)")
+    with user_errors():
+        try:
+            done, lines = repair_job(job, out, accept_loss=accept_loss)
+        except StoreError as e:
+            click.echo(f"error: {e}", err=True)
+            raise SystemExit(1) from None
+    for line in lines:
+        click.echo(line, err=not done)
+    raise SystemExit(0 if done else 1)

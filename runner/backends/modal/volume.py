@@ -20,6 +20,15 @@ from runner.backends.base import SurveyState
 from runner.backends.modal.names import volume_root
 from runner.jobspec.model import JobSpec, ShardTask
 from runner.store.claims import is_stale, this_host
+from runner.store.ledger import (
+    LEDGER_DIR,
+    LEDGER_SUFFIX,
+    MANIFEST_SUFFIX,
+    Content,
+    SpendSource,
+    ledger_source,
+    manifests_source,
+)
 from runner.store.shards import RECORD_SUFFIX, RUNS_DIR
 
 
@@ -120,3 +129,21 @@ class VolumeView:
                     out.append(m)
         out.sort(key=lambda m: float(m.get("started") or 0.0))
         return out
+
+    def raw_files(self, folder: str, suffix: str) -> list[tuple[str, Content]]:
+        """(where, bytes or the error) of every ``folder/*suffix`` file of the job."""
+        out: list[tuple[str, Content]] = []
+        for rel in sorted(self.files(folder)):
+            if rel.endswith(suffix):
+                try:
+                    out.append((self.where(rel), self.read(rel)))
+                except (modal.exception.NotFoundError, FileNotFoundError) as e:
+                    out.append((self.where(rel), e))
+        return out
+
+    def spend_sources(self) -> list[SpendSource]:
+        """The run manifests and the runs' ledgers on the volume (``runner.store.ledger``)."""
+        return [
+            manifests_source(self.raw_files(RUNS_DIR, MANIFEST_SUFFIX)),
+            ledger_source(self.raw_files(LEDGER_DIR, LEDGER_SUFFIX)),
+        ]
