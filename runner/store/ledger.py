@@ -55,6 +55,7 @@ class SpendSource:
     name: str
     by_run: dict[str, float] = field(default_factory=dict)
     problems: list[SpendProblem] = field(default_factory=list)
+    per_run: bool = True  # False: its keys are not run ids (a bill per job): only its total counts
 
     def add(self, run_id: str, usd: float) -> None:
         self.by_run[run_id] = max(usd, self.by_run.get(run_id, 0.0))
@@ -72,12 +73,13 @@ class SpendBook:
 
 def prior_spend(sources: Sequence[SpendSource], *, exclude: str = "") -> SpendBook:
     """The one rule for what a job has spent: per run the largest amount any source
-    records, and never less than any one source's total (a source may count per job)."""
+    records, and never less than any one source's total (a source may count per job).
+    ``exclude``: the run asking (its own spend is counted apart)."""
     book = SpendBook(problems=[p for s in sources for p in s.problems])
     for s in sources:
-        mine = {r: u for r, u in s.by_run.items() if r != exclude}
+        mine = {r: u for r, u in s.by_run.items() if r != exclude or not s.per_run}
         book.totals[s.name] = sum(mine.values())
-        for r, u in mine.items():
+        for r, u in mine.items() if s.per_run else ():
             book.by_run[r] = max(u, book.by_run.get(r, 0.0))
     book.usd = max([sum(book.by_run.values()), *book.totals.values()])
     return book
