@@ -33,6 +33,7 @@ from runner.jobspec.model import Commit, JobSpec, ShardTask
 from runner.jobspec.plan import shard_dir
 from runner.oracle.atomic import atomic_path, fsync_path
 from runner.store.claims import LOCK_SUFFIX, LOCK_TMP_MARK, TAKEOVER_SUFFIX
+from runner.store.identity import RECORD_SUFFIX, identity_problem, not_a_file, verify_file
 from runner.store.ledger import RUNS_DIR, SpendProblem, folder_sources, prior_spend
 
 if TYPE_CHECKING:
@@ -40,7 +41,6 @@ if TYPE_CHECKING:
 
 ShardState = Literal["done", "unrecorded", "missing", "corrupt", "skipped"]
 
-RECORD_SUFFIX = ".json"
 TMP_MARK = ".tmp"
 DEBRIS_AGE_S = 60.0  # a temporary JSON file older than this has no live writer
 
@@ -295,18 +295,25 @@ class ShardStore:
     def check(self, task: ShardTask) -> ShardCheck:
         """The state of one shard: done / unrecorded / missing / corrupt / skipped.
 
-        A file under the final name counts only if its quick check passes
-        (footer readable, row count equal to its metadata).
+        A file under the final name counts only if it is a regular file and its
+        quick check passes (footer readable, row count equal to its metadata, the
+        deal in its metadata the one its name and its record name).
         """
         from runner.oracle.shard import quick_check
 
         path = self.shard_path(task)
         record = self.read_record(task)
+        odd = not_a_file(path)
+        if odd is not None:
+            return ShardCheck(task.key, "corrupt", odd, record)
         if path.exists():
             try:
                 why = quick_check(path)
             except Exception as e:  # an unreadable file is corrupt, whatever the reason
                 why = f"{type(e).__name__}: {e}"
+            if why is None:
+                deal = (task.base_seed, task.opp_seed, task.decl_id)
+                why = identity_problem(path, deal, record)
             if why is not None:
                 return ShardCheck(task.key, "corrupt", why, record)
             if record is None or record.get("status") != "done":
@@ -331,20 +338,22 @@ class ShardStore:
         """Fully verify every shard under its final name (``forge run --verify``).
 
         The quick check reads only the footer, so a flipped byte in the data
-        passes it; this reads every page (CRCs, digests, order, V against Q).
-        Failing shards are moved aside so the run solves them again. Returns
-        (shards checked, [(key, why, where it went)]).
+        passes it; this reads every page (CRCs, digests, order, V against Q)
+        and compares the deal with the name and the record (``identity.py``).
+        Failing shards, and anything not a regular file under a shard's name,
+        are moved aside so the run solves them again. Returns (shards checked,
+        [(key, why, where it went)]).
         """
-        from runner.oracle.shard import move_aside, verify_shard
+        from runner.oracle.shard import move_aside
 
         checked = 0
         moved: list[tuple[str, str, Path]] = []
         for t in tasks:
             path = self.shard_path(t)
-            if not path.is_file():
+            if not os.path.lexists(path):
                 continue
             checked += 1
-            errors = verify_shard(path)
+            errors = verify_file(path)
             if errors:
                 why = "; ".join(errors)
                 aside = move_aside(path, "forge run --verify: " + why)
