@@ -231,17 +231,23 @@ def read_shard(path: str | os.PathLike[str]) -> ShardData:
 
 def quick_check(path: str | os.PathLike[str]) -> str | None:
     """Cheap integrity check: None when the footer reads and its row count matches the metadata."""
+    return quick_check_meta(path)[0]
+
+
+def quick_check_meta(path: str | os.PathLike[str]) -> tuple[str | None, dict[str, str]]:
+    """``quick_check`` and the metadata it read (one footer read for both)."""
     try:
         pf = pq.ParquetFile(path)
         raw = pf.schema_arrow.metadata or {}
+        meta = {k.decode(): v.decode() for k, v in raw.items()}
         declared = raw.get(b"states")
         if declared is None:
-            return "no 'states' in metadata"
+            return "no 'states' in metadata", meta
         if pf.metadata.num_rows != int(declared):
-            return f"{pf.metadata.num_rows} rows but metadata says {int(declared)}"
-    except (OSError, ValueError, pa.ArrowException) as exc:
-        return f"unreadable: {exc}"
-    return None
+            return f"{pf.metadata.num_rows} rows but metadata says {int(declared)}", meta
+    except (OSError, ValueError, pa.ArrowException, UnicodeDecodeError) as exc:
+        return f"unreadable: {exc}", {}
+    return None, meta
 
 
 CORRUPT_MARK = ".corrupt-"

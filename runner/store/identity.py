@@ -15,7 +15,13 @@ import stat
 from pathlib import Path
 from typing import Any
 
-from runner.oracle.shard import Deal, identity_errors, read_shard_meta, verify_shard
+from runner.oracle.shard import (
+    Deal,
+    identity_errors,
+    quick_check_meta,
+    read_shard_meta,
+    verify_shard,
+)
 
 RECORD_SUFFIX = ".json"
 
@@ -55,12 +61,15 @@ def record_errors(meta: dict[str, str], record: dict[str, Any] | None) -> list[s
     return [] if deal is None else identity_errors(meta, deal, "its record")
 
 
-def identity_problem(path: Path, deal: Deal, record: dict[str, Any] | None) -> str | None:
-    """The quick check's part: the file's metadata against its name (``deal``) and record."""
+def quick_problem(path: Path, deal: Deal, record: dict[str, Any] | None) -> str | None:
+    """The quick check (footer only: ``quick_check``) and the file's deal against its
+    name (``deal``) and its record; None when all agree."""
     try:
-        meta = read_shard_meta(path)
-    except Exception as e:  # an unreadable footer is the quick check's to report
-        return f"unreadable: {e}"
+        why, meta = quick_check_meta(path)
+    except Exception as e:  # an unreadable file is corrupt, whatever the reason
+        return f"{type(e).__name__}: {e}"
+    if why is not None:
+        return why
     errors = identity_errors(meta, deal, "its name") + record_errors(meta, record)
     return "; ".join(errors) or None
 

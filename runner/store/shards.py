@@ -33,7 +33,7 @@ from runner.jobspec.model import Commit, JobSpec, ShardTask
 from runner.jobspec.plan import shard_dir
 from runner.oracle.atomic import atomic_path, fsync_path
 from runner.store.claims import LOCK_SUFFIX, LOCK_TMP_MARK, TAKEOVER_SUFFIX
-from runner.store.identity import RECORD_SUFFIX, identity_problem, not_a_file, verify_file
+from runner.store.identity import RECORD_SUFFIX, not_a_file, quick_problem, verify_file
 from runner.store.ledger import RUNS_DIR, SpendProblem, folder_sources, prior_spend
 
 if TYPE_CHECKING:
@@ -299,21 +299,13 @@ class ShardStore:
         quick check passes (footer readable, row count equal to its metadata, the
         deal in its metadata the one its name and its record name).
         """
-        from runner.oracle.shard import quick_check
-
         path = self.shard_path(task)
         record = self.read_record(task)
         odd = not_a_file(path)
         if odd is not None:
             return ShardCheck(task.key, "corrupt", odd, record)
         if path.exists():
-            try:
-                why = quick_check(path)
-            except Exception as e:  # an unreadable file is corrupt, whatever the reason
-                why = f"{type(e).__name__}: {e}"
-            if why is None:
-                deal = (task.base_seed, task.opp_seed, task.decl_id)
-                why = identity_problem(path, deal, record)
+            why = quick_problem(path, (task.base_seed, task.opp_seed, task.decl_id), record)
             if why is not None:
                 return ShardCheck(task.key, "corrupt", why, record)
             if record is None or record.get("status") != "done":
