@@ -4,7 +4,8 @@ Every run records what it has spent in its manifest (``_runs/<run_id>.json``,
 rewritten as it goes) and in its own append-only ledger
 (``_ledger/<run_id>.jsonl``: one line per reading, each line
 ``<sha256[:16]> <json>``, appended with one fsynced ``write``). A job's prior
-spend is, per run, the larger of what its readable sources say; and a source
+spend is, per run, the larger of what its sources say (a ledger: its latest
+line); and a source
 that cannot be read (not JSON, truncated, a torn or checksum-failing line, a
 negative, non-finite or missing amount) is never read as $0: it is a problem,
 and ``forge run`` refuses until ``forge repair-ledger`` has rebuilt the spend
@@ -181,14 +182,20 @@ def read_ledger(where: str, data: Content) -> tuple[list[dict[str, Any]], list[S
     return entries, problems
 
 
+def latest(entries: Iterable[dict[str, Any]]) -> dict[str, float]:
+    """Per run, its latest reading: a run's last line is what it has spent (an earlier
+    reading may have metered work in flight above what it was finally charged)."""
+    return {e["run_id"]: float(e["usd"]) for e in entries}
+
+
 def ledger_source(items: Iterable[tuple[str, Content]]) -> SpendSource:
     """The runs' ledgers as a spend source; ``items`` are (where, content) per file."""
     src = SpendSource("ledger")
     for where, data in items:
         entries, problems = read_ledger(where, data)
         src.problems += problems
-        for e in entries:
-            src.add(e["run_id"], float(e["usd"]))
+        for run, usd in latest(entries).items():
+            src.add(run, usd)
     return src
 
 

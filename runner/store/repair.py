@@ -25,6 +25,7 @@ from runner.store.ledger import (
     RUNS_DIR,
     SpendProblem,
     append_ledger,
+    latest,
     ledger_files,
     manifest_files,
     manifest_usd,
@@ -67,14 +68,14 @@ def plan_repair(root: Path) -> RepairPlan:
             _keep(plan.manifests, Path(where).stem, usd)
     for where, data in ledger_files(root):
         entries, problems = read_ledger(where, data)
-        for e in entries:  # checksummed lines of a damaged file still count: never lower
-            _keep(plan.surviving, e["run_id"], float(e["usd"]))
+        for e in entries:
             plan.started.setdefault(e["run_id"], float(e.get("t") or 0.0))
+        for run, usd in latest(entries).items():  # a damaged file's checksummed lines count too
+            _keep(plan.surviving, run, usd)
+            if not problems:
+                _keep(plan.ledgers, run, usd)
         if problems:
             plan.bad[Path(where)] = problems
-        else:
-            for e in entries:
-                _keep(plan.ledgers, e["run_id"], float(e["usd"]))
     for run, usd in plan.manifests.items():
         _keep(plan.surviving, run, usd)
     return plan

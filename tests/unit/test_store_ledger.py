@@ -52,14 +52,23 @@ def test_both_records_agree_and_a_run_counts_once(tmp_path: Path) -> None:
 
 def test_per_run_the_larger_record_counts(tmp_path: Path) -> None:
     store_with_a_run(tmp_path, 0.4)
-    # A manifest rewritten lower (or a ledger line lost) never lowers the run's spend.
+    # A manifest rewritten lower never lowers the run's spend: its ledger says more.
     m = json.loads(manifest(tmp_path).read_text())
     manifest(tmp_path).write_text(json.dumps(m | {"spend_usd": 0.1}))
     assert spend(tmp_path) == (pytest.approx(0.4), [])
-    append_ledger(tmp_path, RUN, ledger_reading(RUN, "budget", 0.1, 0.0, 3.0))
-    assert spend(tmp_path)[0] == pytest.approx(0.4)
     manifest(tmp_path).write_text(json.dumps(m | {"spend_usd": 0.9}))
     assert spend(tmp_path)[0] == pytest.approx(0.9)
+
+
+def test_a_ledger_counts_its_latest_reading(tmp_path: Path) -> None:
+    """A reading metered work in flight that was finally charged less (a Modal attempt
+    metered from its submit, charged for its container's seconds): the last line counts."""
+    store_with_a_run(tmp_path, 0.4)
+    manifest(tmp_path).unlink()
+    append_ledger(tmp_path, RUN, ledger_reading(RUN, "running", 0.4, 0.3, 3.0))
+    assert spend(tmp_path)[0] == pytest.approx(0.7)
+    append_ledger(tmp_path, RUN, ledger_reading(RUN, "finished", 0.5, 0.0, 4.0))
+    assert spend(tmp_path)[0] == pytest.approx(0.5)
 
 
 def test_a_source_counting_per_job_is_a_floor() -> None:
