@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import click
 
-from runner.cli.common import backend_errors, main, must_exist, user_errors
+from runner.cli.common import backend_errors, main, must_exist
 
 
 @main.command()
@@ -247,7 +247,14 @@ def status(job: str, out: str | None, as_json: bool, backend: str) -> None:
     is_flag=True,
     help="Also when a run has no readable record left: its files are moved aside and it counts $0.",
 )
-def repair_ledger(job: str, out: str | None, accept_loss: bool) -> None:
+@click.option(
+    "--backend",
+    type=click.Choice(["local", "modal"]),
+    default="local",
+    show_default=True,
+    help="Where the store is: this machine, or the job's Modal volume.",
+)
+def repair_ledger(job: str, out: str | None, accept_loss: bool, backend: str) -> None:
     """Rebuild a job's spend records from the ones that survive, after `forge run` refused.
 
     Each run's spend is kept twice: its manifest (_runs/RUN.json) and its
@@ -259,22 +266,31 @@ def repair_ledger(job: str, out: str | None, accept_loss: bool) -> None:
 
     Exit codes: 0 the spend records are readable (repaired, or nothing to do),
     1 a run has no readable record left (nothing changed; see --accept-loss),
-    the job file is invalid or JOB or --out does not exist, 2 usage error.
+    the job file is invalid or JOB or --out does not exist, 2 usage error or
+    (with --backend modal) no Modal credentials.
 
     \b
     Example:
       forge repair-ledger jobs/smoke.yaml
       forge repair-ledger jobs/valtest.yaml --out /data/forge
-      forge repair-ledger jobs/valtest.yaml --accept-loss
+      forge repair-ledger jobs/valtest.yaml --backend modal --accept-loss
     """
     from runner.store.repair import repair_job
     from runner.store.shards import StoreError
 
+    if out is not None and backend == "modal":
+        raise click.UsageError("--out names a folder here; with --backend modal the store is the job's volume")
     if out is not None:
         must_exist(out, "store folder (--out)")
-    with user_errors():
+    with backend_errors():
         try:
-            done, lines = repair_job(job, out, accept_loss=accept_loss)
+            if backend == "modal":
+                # Imported only when chosen: modal is a heavy import a local repair does not need.
+                from runner.backends.modal.volume import repair_on_volume
+
+                done, lines = repair_on_volume(job, accept_loss=accept_loss)
+            else:
+                done, lines = repair_job(job, out, accept_loss=accept_loss)
         except StoreError as e:
             click.echo(f"error: {e}", err=True)
             raise SystemExit(1) from None

@@ -256,13 +256,10 @@ def append_ledger(root: Path, run_id: str, entry: dict[str, Any]) -> Path:
 
 
 def repair_command(job: str, out: str | os.PathLike[str] | None = None, backend: str = "local") -> str:
-    """How to repair a job's spend records: ``forge repair-ledger`` for a store in a folder."""
-    if backend == "modal":  # the repair reads and writes a folder, not a volume
-        return (
-            "download the volume's _runs/ and _ledger/ folders, run forge repair-ledger JOB "
-            "--out THERE, and upload what it wrote in place of the unreadable files"
-        )
-    return f"forge repair-ledger {job}" + (f" --out {out}" if out is not None else "")
+    """The ``forge repair-ledger`` command line for a job's store."""
+    return f"forge repair-ledger {job}" + (f" --out {out}" if out is not None else "") + (
+        f" --backend {backend}" if backend != "local" else ""
+    )
 
 
 def refusal(problems: Sequence[SpendProblem], repair: str) -> str:

@@ -16,13 +16,15 @@ import os
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 from runner.jobspec.load import load_job
 from runner.oracle.atomic import write_atomic
 from runner.oracle.shard import move_aside
 from runner.store.ledger import (
+    MANIFEST_SUFFIX,
     RUNS_DIR,
+    Content,
     SpendProblem,
     append_ledger,
     latest,
@@ -35,6 +37,41 @@ from runner.store.ledger import (
 from runner.store.shards import check_root, job_root
 
 
+class SpendFiles(Protocol):
+    """Where a job's spend records are (a folder here, the job's Modal volume), as a repair
+    reads and writes them; ``where`` is the name a file was listed under."""
+
+    def manifest_files(self) -> list[tuple[str, Content]]: ...
+    def ledger_files(self) -> list[tuple[str, Content]]: ...
+    def move_aside(self, where: str, why: str) -> str: ...
+    def write_manifest(self, run_id: str, data: bytes) -> None: ...
+    def add_ledger_entry(self, run_id: str, entry: dict[str, Any]) -> None: ...
+
+
+class FolderSpend:
+    """A job's spend records in its store folder ``root``."""
+
+    def __init__(self, root: Path) -> None:
+        self.root = root
+
+    def manifest_files(self) -> list[tuple[str, Content]]:
+        return manifest_files(self.root)
+
+    def ledger_files(self) -> list[tuple[str, Content]]:
+        return ledger_files(self.root)
+
+    def move_aside(self, where: str, why: str) -> str:
+        aside = move_aside(where, why)
+        return aside.name if aside else "(gone)"
+
+    def write_manifest(self, run_id: str, data: bytes) -> None:
+        (self.root / RUNS_DIR).mkdir(parents=True, exist_ok=True)
+        write_atomic(self.root / RUNS_DIR / f"{run_id}{MANIFEST_SUFFIX}", data, fsync=True)
+
+    def add_ledger_entry(self, run_id: str, entry: dict[str, Any]) -> None:
+        append_ledger(self.root, run_id, entry)
+
+
 @dataclass
 class RepairPlan:
     """What a repair finds: per run what survives, the files to move aside, and the runs lost."""
@@ -43,30 +80,32 @@ class RepairPlan:
     ledgers: dict[str, float] = field(default_factory=dict)  # run -> its sound ledger file's $
     surviving: dict[str, float] = field(default_factory=dict)  # run -> the most any record says
     started: dict[str, float] = field(default_factory=dict)  # run -> its first ledger reading
-    bad: dict[Path, list[SpendProblem]] = field(default_factory=dict)  # file -> why
+    bad: dict[str, list[SpendProblem]] = field(default_factory=dict)  # file -> why
 
     def lost(self) -> dict[str, list[SpendProblem]]:
         """Runs whose every record is unreadable: nothing says what they spent."""
-        return {
-            p.stem: problems for p, problems in self.bad.items() if p.stem not in self.surviving
-        }
+        out: dict[str, list[SpendProblem]] = {}
+        for where, problems in self.bad.items():
+            if Path(where).stem not in self.surviving:
+                out.setdefault(Path(where).stem, []).extend(problems)
+        return out
 
 
 def _keep(d: dict[str, float], run: str, usd: float) -> None:
     d[run] = max(usd, d.get(run, 0.0))
 
 
-def plan_repair(root: Path) -> RepairPlan:
-    """Read every spend record of the job whose store is ``root`` (changes nothing)."""
+def plan_repair(files: SpendFiles) -> RepairPlan:
+    """Read every spend record of a job (changes nothing)."""
     plan = RepairPlan()
-    for where, data in manifest_files(root):
+    for where, data in files.manifest_files():
         m = parse_json(data)
         usd = m if isinstance(m, str) else manifest_usd(m)
         if isinstance(usd, str):
-            plan.bad[Path(where)] = [SpendProblem(where, usd)]
+            plan.bad[where] = [SpendProblem(where, usd)]
         else:
             _keep(plan.manifests, Path(where).stem, usd)
-    for where, data in ledger_files(root):
+    for where, data in files.ledger_files():
         entries, problems = read_ledger(where, data)
         for e in entries:
             plan.started.setdefault(e["run_id"], float(e.get("t") or 0.0))
@@ -75,19 +114,19 @@ def plan_repair(root: Path) -> RepairPlan:
             if not problems:
                 _keep(plan.ledgers, run, usd)
         if problems:
-            plan.bad[Path(where)] = problems
+            plan.bad[where] = problems
     for run, usd in plan.manifests.items():
         _keep(plan.surviving, run, usd)
     return plan
 
 
-def repair_spend(root: Path, *, accept_loss: bool = False) -> tuple[bool, list[str]]:
-    """Repair the spend records under ``root``: (done, the lines that say what happened).
+def repair_spend(files: SpendFiles, *, accept_loss: bool = False) -> tuple[bool, list[str]]:
+    """Repair a job's spend records: (done, the lines that say what happened).
 
     Not done (nothing changed) when a run has nothing readable left and
     ``accept_loss`` is not given.
     """
-    plan = plan_repair(root)
+    plan = plan_repair(files)
     lost = plan.lost()
     lines: list[str] = []
     if lost and not accept_loss:
@@ -99,19 +138,18 @@ def repair_spend(root: Path, *, accept_loss: bool = False) -> tuple[bool, list[s
             "run again with --accept-loss (their files are then moved aside, not deleted)"
         )
         return False, lines
-    for path, problems in plan.bad.items():
-        aside = move_aside(path, "forge repair-ledger: " + "; ".join(p.why for p in problems))
-        lines.append(f"moved {path} to {aside.name if aside else '(gone)'}: {problems[0].why}")
+    for where, problems in plan.bad.items():
+        aside = files.move_aside(where, "forge repair-ledger: " + "; ".join(p.why for p in problems))
+        lines.append(f"moved {where} to {aside}: {problems[0].why}")
     now = time.time()
     for run, usd in sorted(plan.surviving.items()):
         if run not in plan.manifests:
-            (root / RUNS_DIR).mkdir(parents=True, exist_ok=True)
-            write_atomic(root / RUNS_DIR / f"{run}.json", _manifest(run, usd, plan, now), fsync=True)
+            files.write_manifest(run, _manifest(run, usd, plan, now))
             lines.append(f"run {run}: ${usd:,.4f} from its ledger; manifest rewritten")
         if plan.ledgers.get(run, -1.0) < usd:
             entry = {"run_id": run, "status": "repaired", "t": round(now, 3), "usd": usd,
                      "spend_usd": usd, "accrued_usd": 0.0}  # fmt: skip
-            append_ledger(root, run, entry)
+            files.add_ledger_entry(run, entry)
             lines.append(f"run {run}: ${usd:,.4f} written to its ledger")
     for run in lost:
         lines.append(f"run {run}: nothing readable was left; it counts $0 (--accept-loss)")
@@ -136,4 +174,4 @@ def repair_job(job: str | os.PathLike[str], out: str | os.PathLike[str] | None =
     spec = load_job(job)
     root = job_root(spec, out)
     check_root(root)
-    return repair_spend(root, accept_loss=accept_loss)
+    return repair_spend(FolderSpend(root), accept_loss=accept_loss)

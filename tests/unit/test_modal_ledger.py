@@ -3,12 +3,13 @@ one: its run's ledger uploaded whole at the manifests' pace and at the end, and 
 volume's manifests and ledgers read back as raw files, so a damaged one is a problem.
 
 Offline: ``VolumeView``'s transport (Modal's file API: ``listdir``, ``read_file``,
-``batch_upload``, the calls manifests already use) is swapped for a folder; what is
-tested is what the backend and the view decide around it.
+``batch_upload``, the calls manifests already use, and ``remove_file``, modal/volume.py:1152)
+is swapped for a folder; what is tested is what the backend and the view decide around it.
 """
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import pytest
@@ -19,6 +20,7 @@ from runner.backends.modal.volume import VolumeView
 from runner.jobspec.load import load
 from runner.jobspec.model import JobSpec
 from runner.store.ledger import ledger_reading, ledger_source, prior_spend
+from runner.store.repair import repair_spend
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -46,6 +48,9 @@ class FolderView(VolumeView):
         (self.folder / rel).write_bytes(data)
         self.uploads.append(rel)
         return self.where(rel)
+
+    def remove(self, rel: str) -> None:
+        (self.folder / rel).unlink()
 
 
 @pytest.fixture
@@ -87,3 +92,21 @@ def test_a_damaged_record_on_the_volume_is_a_problem_and_the_ledger_counts(
     (tmp_path / "_runs/run-0.json").unlink()  # deleted: the ledger alone still says it
     book = prior_spend(backend.spend_sources(), exclude="run-1")
     assert book.problems == [] and book.usd == pytest.approx(0.4)
+
+
+def test_repair_ledger_on_the_volume_keeps_the_bad_file_and_rebuilds_both_records(
+    backend: ModalBackend, tmp_path: Path
+) -> None:
+    view = backend.view
+    backend.append_ledger("run-0", ledger_reading("run-0", "finished", 0.4, 0.0, 1.0))
+    (tmp_path / "_runs").mkdir()
+    (tmp_path / "_runs/run-0.json").write_text("{garbage")
+    done, lines = repair_spend(view)
+    assert done, lines
+    aside = [p.name for p in (tmp_path / "_runs").iterdir() if ".corrupt-" in p.name]
+    assert sorted(n.endswith(".why") for n in aside) == [False, True]
+    assert json.loads((tmp_path / "_runs/run-0.json").read_text())["spend_usd"] == 0.4
+    (tmp_path / "_ledger/run-0.jsonl").unlink()  # now the ledger is lost: rebuilt from the manifest
+    assert repair_spend(view)[0]
+    for source in view.spend_sources():
+        assert source.problems == [] and source.by_run == {"run-0": 0.4}, source.name

@@ -18,7 +18,7 @@ from runner.store.ledger import (
     manifests_source,
     prior_spend,
 )
-from runner.store.repair import repair_spend
+from runner.store.repair import FolderSpend, repair_spend
 
 RUN = "20261203T000000Z-aaaaaa"
 
@@ -154,7 +154,7 @@ def test_an_unreadable_entry_is_a_problem_never_zero_and_repair_keeps_what_survi
     usd, problems = spend(tmp_path)
     assert len(problems) == 1 and why in problems[0], problems
     assert str(tmp_path) in problems[0]  # names the file
-    done, lines = repair_spend(tmp_path)
+    done, lines = repair_spend(FolderSpend(tmp_path))
     assert done, lines
     # The other record survived: both records are back, at the amount it says.
     assert spend(tmp_path) == (pytest.approx(0.4), [])
@@ -169,10 +169,10 @@ def test_repair_refuses_a_run_with_nothing_readable_left(tmp_path: Path) -> None
     _replace_manifest(tmp_path, "{garbage")
     ledger_path(tmp_path, RUN).write_bytes(b"torn")
     before = {p: p.read_bytes() for p in tmp_path.rglob("*") if p.is_file()}
-    done, lines = repair_spend(tmp_path)
+    done, lines = repair_spend(FolderSpend(tmp_path))
     assert not done and "--accept-loss" in lines[-1] and RUN in lines[0]
     assert {p: p.read_bytes() for p in tmp_path.rglob("*") if p.is_file()} == before
-    done, lines = repair_spend(tmp_path, accept_loss=True)
+    done, lines = repair_spend(FolderSpend(tmp_path), accept_loss=True)
     assert done and spend(tmp_path) == (0.0, [])
     assert len([p for p in tmp_path.rglob("*.corrupt-*") if not p.name.endswith(".why")]) == 2
 
@@ -182,10 +182,10 @@ def test_repair_rebuilds_a_deleted_record_and_never_lowers(tmp_path: Path) -> No
     store_with_a_run(tmp_path, 0.3, run="r2")
     manifest(tmp_path).unlink()  # run 1: only its ledger is left
     ledger_path(tmp_path, "r2").unlink()  # run 2: only its manifest
-    assert repair_spend(tmp_path)[0]
+    assert repair_spend(FolderSpend(tmp_path))[0]
     assert json.loads(manifest(tmp_path).read_text())["spend_usd"] == pytest.approx(0.4)
     assert ledger_path(tmp_path, "r2").exists()
     # Each record alone now says it all: delete either and the spend stays.
     for source in folder_sources(tmp_path):
         assert source.by_run == {RUN: pytest.approx(0.4), "r2": pytest.approx(0.3)}, source.name
-    assert repair_spend(tmp_path) == (True, ["the job's spend is $0.7000 over 2 run(s)"])
+    assert repair_spend(FolderSpend(tmp_path)) == (True, ["the job's spend is $0.7000 over 2 run(s)"])
