@@ -36,10 +36,10 @@ class SpendUnreadable(BackendError):
 
 def repair_hint(backend: Backend[Any]) -> str:
     """How to repair this backend's job's spend records."""
-    spec = backend.ctx.spec if backend.ctx is not None else None
-    if not isinstance(spec, JobSpec):  # a sweep's manifests: no repair command for them
+    ctx = getattr(backend, "ctx", None)  # the sweep backends keep no RunContext
+    if ctx is None or not isinstance(ctx.spec, JobSpec):  # a sweep: no repair command for it
         return "move the unreadable file(s) away once you know what their runs cost"
-    return repair_command(str(spec.path or spec.name), backend.ctx.store_dir, backend.name)
+    return repair_command(str(ctx.spec.path or ctx.spec.name), ctx.store_dir, backend.name)
 
 
 def earlier_spend(backend: Backend[Any], run_id: str) -> float:
