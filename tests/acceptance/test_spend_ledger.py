@@ -59,18 +59,25 @@ def test_garbage_manifests_refuse_the_run_until_repaired(tmp_path: Path) -> None
     assert json.loads(manifest.read_text())["spend_usd"] == pytest.approx(0.4)
 
 
+def assert_memory_held(d: Path, spent: float) -> None:
+    """The last run counted what the first spent, and the job stayed within the cap."""
+    last = manifests(d)[-1]
+    assert last["prior_usd"] == pytest.approx(spent, abs=1e-6)
+    assert last["prior_usd"] + last["spend_usd"] <= 0.4 + 0.01
+
+
 @pytest.mark.slow
 @pytest.mark.parametrize("damage", ["garbage", "negative", "deleted"])
 def test_spend_at_the_cap_is_not_spent_again_after_the_manifests_are_damaged(
     tmp_path: Path, damage: str
 ) -> None:
-    """The issue's repro: $0.40 spent, exit 3; then the manifests are damaged."""
+    """The issue's repro: up to $0.40 spent, exit 3; then the manifests are damaged.
+    (On an idle machine a shard may finish and the soft stop end the run below $0.40.)"""
     write_job(tmp_path, [30, 1, 35, 50], workers=2, extra="pricing: {local: 36}\n", max_usd=0.4)
     r = forge("run", "job.yaml", cwd=tmp_path)
     assert r.returncode == 3, r.stdout + r.stderr
-    first = manifests(tmp_path)[-1]
-    spent = first["spend_usd"]
-    assert 0.39 <= spent <= 0.41
+    spent = manifests(tmp_path)[-1]["spend_usd"]
+    assert 0.2 <= spent <= 0.41
     for p in (root(tmp_path) / "_runs").glob("*.json"):
         if damage == "garbage":
             p.write_text("{garbage")
@@ -79,16 +86,16 @@ def test_spend_at_the_cap_is_not_spent_again_after_the_manifests_are_damaged(
         else:
             p.unlink()
     r = forge("run", "job.yaml", cwd=tmp_path)
-    if damage == "deleted":  # the ledger alone still holds the spend: the cap is reached
-        assert r.returncode == 3, r.stdout + r.stderr
-        assert manifests(tmp_path)[-1]["prior_usd"] == pytest.approx(spent, abs=1e-6)
-        assert manifests(tmp_path)[-1]["spend_usd"] == 0.0
+    if damage == "deleted":  # the ledger alone still holds the spend
+        assert r.returncode in (0, 3), r.stdout + r.stderr
+        assert_memory_held(tmp_path, spent)
     else:
         assert r.returncode == 1, r.stdout + r.stderr
         assert "forge repair-ledger job.yaml" in r.stderr
-    r = forge("repair-ledger", "job.yaml", cwd=tmp_path)
-    assert r.returncode == 0, r.stdout + r.stderr
-    assert status_json(tmp_path)["runs_usd"] == pytest.approx(spent, abs=1e-6)
-    r = forge("run", "job.yaml", cwd=tmp_path)
-    assert r.returncode == 3, r.stdout + r.stderr
-    assert manifests(tmp_path)[-1]["spend_usd"] == 0.0, "nothing spent again"
+        assert len(list((root(tmp_path) / "_runs").glob("*.json"))) == 1, "refused: no run"
+        r = forge("repair-ledger", "job.yaml", cwd=tmp_path)
+        assert r.returncode == 0, r.stdout + r.stderr
+        assert status_json(tmp_path)["runs_usd"] == pytest.approx(spent, abs=1e-6)
+        r = forge("run", "job.yaml", cwd=tmp_path)
+        assert r.returncode in (0, 3), r.stdout + r.stderr
+        assert_memory_held(tmp_path, spent)
