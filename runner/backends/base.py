@@ -15,6 +15,7 @@ Lifecycle, as the orchestrator uses it::
         backend.running()                     # live metering: what is billing now
         backend.cancel(keys)                  # the budget's hard stop, Ctrl+C, SIGTERM
     backend.write_manifest(run_id, manifest)  # _runs/<run_id>.json in the store
+    backend.append_ledger(run_id, reading)    # _ledger/<run_id>.jsonl, its spend only
     backend.stop(interrupted=False)           # or True on Ctrl+C / budget stop
 
 Backends are chosen by name in ``runner.backends.registry`` (one layer up), so
@@ -34,6 +35,7 @@ from runner.backends.task import Keyed as Keyed
 from runner.backends.task import T, TaskRequest, TaskResult, Tier
 from runner.jobspec.model import JobSpec
 from runner.jobspec.pricing import dollars
+from runner.store.ledger import RUNS_DIR, SpendSource, manifests_source
 
 # survey() answers one of these per key.
 SurveyState = Literal["done", "missing", "corrupt", "skipped", "claimed", "stale"]
@@ -161,6 +163,16 @@ class Backend(abc.ABC, Generic[T]):
     def manifests(self) -> list[dict[str, Any]]:
         """The job's earlier run manifests (their spend counts against the budget)."""
         return []
+
+    def spend_sources(self) -> list[SpendSource]:
+        """Every record of the job's spend (``runner.store.ledger``): a backend with a store
+        gives its manifests' raw files and the runs' ledgers; this default, the manifests
+        it returns (a file it could not read is then not seen)."""
+        return [manifests_source((f"{RUNS_DIR}/{m.get('run_id')}.json", m) for m in self.manifests())]
+
+    def append_ledger(self, run_id: str, entry: dict[str, Any]) -> None:
+        """Append one reading of the run's spend to its ledger (``_ledger/<run_id>.jsonl``);
+        this default keeps none (the manifests are then the only record)."""
 
     def unpersisted(self, keys: Sequence[str]) -> list[str]:
         """Of ``keys`` (shards this run reported done), those not durably in the store.

@@ -62,6 +62,7 @@ from runner.backends.workers import (
 from runner.jobspec.model import Commit, JobSpec, ShardTask
 from runner.jobspec.pricing import LOCAL, dollars
 from runner.store.claims import LocalClaims, clear_stale, is_stale, pid_alive, this_host
+from runner.store.ledger import SpendSource, append_ledger, folder_sources
 from runner.store.shards import ShardStore, job_root, shard_state
 
 MODE_ENV = "FORGE_LOCAL_MODE"
@@ -288,6 +289,12 @@ class LocalBackend(Backend):
 
     def write_manifest(self, run_id: str, manifest: dict[str, Any]) -> str:
         return str(self.store.write_manifest(run_id, manifest))
+
+    def spend_sources(self) -> list[SpendSource]:
+        return folder_sources(self.root)
+
+    def append_ledger(self, run_id: str, entry: dict[str, Any]) -> None:
+        append_ledger(self.root, run_id, entry)
 
     def stop(self, *, interrupted: bool) -> None:
         if interrupted:

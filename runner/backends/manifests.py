@@ -1,5 +1,5 @@
-"""Earlier runs' manifests as the next run reads them: their spend, their measured
-seconds, and closing those whose run is gone."""
+"""Earlier runs' manifests as the next run reads them: their spend (with the ledger's,
+failing closed), their measured seconds, and closing those whose run is gone."""
 
 from __future__ import annotations
 
@@ -9,8 +9,10 @@ import time
 from collections.abc import Sequence
 from typing import Any
 
-from runner.backends.base import Backend
+from runner.backends.base import Backend, BackendError
+from runner.jobspec.model import JobSpec
 from runner.store.claims import pid_alive, this_host
+from runner.store.ledger import prior_spend, refusal, repair_command
 
 # A "running" manifest not rewritten for this long belongs to a run that is gone
 # (runs rewrite theirs every few seconds; Modal's every 30 s).
@@ -28,13 +30,26 @@ def close_abandoned(backend: Backend[Any], run_id: str) -> list[dict[str, Any]]:
     return earlier
 
 
-def prior_spend(manifests: Sequence[dict[str, Any]], *, exclude: str = "") -> float:
-    """What earlier runs of the job spent: ended attempts, and those a live run has in flight."""
-    return sum(
-        float(m.get("spend_usd") or 0.0) + float(m.get("accrued_usd") or 0.0)
-        for m in manifests
-        if m.get("run_id") != exclude
-    )
+class SpendUnreadable(BackendError):
+    """Some record of the job's spend cannot be read: the run refuses rather than count it $0."""
+
+
+def repair_hint(backend: Backend[Any]) -> str:
+    """How to repair this backend's job's spend records."""
+    ctx = getattr(backend, "ctx", None)  # the sweep backends keep no RunContext
+    if ctx is None or not isinstance(ctx.spec, JobSpec):  # a sweep: no repair command for it
+        return "move the unreadable file(s) away once you know what their runs cost"
+    return repair_command(str(ctx.spec.path or ctx.spec.name), ctx.store_dir, backend.name)
+
+
+def earlier_spend(backend: Backend[Any], run_id: str) -> float:
+    """What earlier runs of the job spent (ended attempts, and those a live run has in
+    flight), per run the larger of its manifest and its ledger; raises SpendUnreadable
+    when an entry cannot be believed."""
+    book = prior_spend(backend.spend_sources(), exclude=run_id)
+    if book.problems:
+        raise SpendUnreadable(refusal(book.problems, repair_hint(backend)))
+    return book.usd
 
 
 def seconds_by_gpu(manifests: Sequence[dict[str, Any]]) -> dict[str, list[float]]:

@@ -14,8 +14,9 @@ from typing import Any
 from runner.oracle.deal import deal_hands, default_decl
 from runner.oracle.progress import PhaseWatch, Ticker, compile_summary, watch_compiles
 from runner.oracle.rules import DECL_NAMES, tile_name
-from runner.oracle.shard import move_aside, table_digests, verify_shard, write_shard
+from runner.oracle.shard import move_aside, table_digests, write_shard
 from runner.oracle.solve import solve_deal
+from runner.store.identity import verify_file
 
 
 def deal_lines(seed: int, opp_seed: int | None, decl_id: int | None) -> list[str]:
@@ -111,13 +112,15 @@ def verify_paths(
     """
     files: list[Path] = []
     for p in map(Path, paths):
-        if p.is_dir():  # only regular files: a FIFO named *.parquet would block the read
-            files.extend(sorted(f for f in p.rglob("*.parquet") if f.is_file()))
+        if p.is_dir():  # a folder named by the user, a symlink to one included
+            # Whatever stands under a *.parquet name is judged, a folder or a FIFO included
+            # (as forge status judges it), without opening anything but regular files.
+            files.extend(sorted(p.rglob("*.parquet")))
         else:
             files.append(p)
     out: list[tuple[str, list[str], str | None]] = []
     for f in files:
-        errors = verify_shard(f)
+        errors = verify_file(f)
         moved = move_aside(f, "forge verify: " + "; ".join(errors)) if errors and repair else None
         out.append((str(f), errors, str(moved) if moved else None))
     return out

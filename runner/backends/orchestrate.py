@@ -19,7 +19,9 @@ Given the plan's tasks, ``Orchestrator.run``:
 
 The budget. *Committed* spend is what finished attempts cost (seconds x price
 of the hardware that ran them, cancelled and failed ones included) plus what
-earlier runs of the job spent; *accrued* spend is elapsed seconds x price of
+earlier runs of the job spent (per run, the larger of its manifest and its ledger
+``_ledger/<run_id>.jsonl``; an entry that cannot be read refuses the run, exit 1,
+see ``runner.store.ledger``); *accrued* spend is elapsed seconds x price of
 every attempt in flight, re-read at least every ``poll_s`` (0.25 s).
 
 - Soft stop: an attempt starts only if committed + accrued + the estimated
@@ -37,6 +39,7 @@ SIGTERM stops a run as Ctrl+C does (cancel, charge, release), exit 143.
 
 from __future__ import annotations
 
+import contextlib
 import heapq
 import itertools
 import os
@@ -49,13 +52,14 @@ from typing import Any
 
 from runner import __version__
 from runner.backends.base import Backend, Keyed, TaskRequest, Tier, cancelled_result
-from runner.backends.manifests import close_abandoned, prior_spend, seconds_by_gpu
+from runner.backends.manifests import close_abandoned, earlier_spend, seconds_by_gpu
 from runner.backends.meter import MIN_POLL_S, Meter, Spec, spend_of
 from runner.backends.runstate import Progress, RunOptions, RunSummary, Terminated
 from runner.backends.task import TaskResult
 from runner.jobspec import pricing
 from runner.jobspec.model import Compute, JobSpec, LargeTier
 from runner.store.claims import this_host
+from runner.store.ledger import ledger_reading
 
 
 class Orchestrator:
@@ -104,6 +108,7 @@ class Orchestrator:
         self._wall0 = 0.0
         self._work0 = 0.0  # when the backend was ready (after any warm-up of its workers)
         self._last_manifest = -1e9
+        self._ledgered: tuple[float, str] = (-1.0, "")  # the last reading appended to the ledger
         self.stopped_by: str | None = None
         self.total_planned = len(self.tasks)
         self._exclusive_running = False
@@ -257,7 +262,7 @@ class Orchestrator:
 
     def _run(self) -> RunSummary:
         earlier = close_abandoned(self.backend, self.run_id)
-        self.p.prior_usd = prior_spend(earlier)
+        self.p.prior_usd = earlier_spend(self.backend, self.run_id)  # refuses an unreadable entry
         self._prior_secs = seconds_by_gpu(earlier)
         try:
             self.backend.start()
@@ -574,7 +579,14 @@ class Orchestrator:
         if not force and now - self._last_manifest < self.opt.manifest_every_s:
             return ""
         self._last_manifest = now
+        m = self.manifest(status, final)
+        # The spend's second record, appended when it changed (``runner.store.ledger``).
+        reading = ledger_reading(self.run_id, status, m["spend_usd"], m["accrued_usd"], time.time())
+        if (reading["usd"], status) != self._ledgered:
+            self._ledgered = (reading["usd"], status)
+            with contextlib.suppress(OSError):
+                self.backend.append_ledger(self.run_id, reading)
         try:
-            return self.backend.write_manifest(self.run_id, self.manifest(status, final))
+            return self.backend.write_manifest(self.run_id, m)
         except OSError:
             return ""

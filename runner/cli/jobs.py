@@ -1,4 +1,4 @@
-"""``forge validate``, ``plan``, ``run`` and ``status``: a job file and its store."""
+"""``forge validate``, ``plan``, ``run``, ``status`` and ``repair-ledger``: a job file and its store."""
 
 from __future__ import annotations
 
@@ -217,6 +217,7 @@ def status(job: str, out: str | None, as_json: bool, backend: str) -> None:
 
     from runner.backends.jobview import status_of
     from runner.backends.progress import make_console
+    from runner.store.ledger import repair_command
     from runner.store.status import status_lines, status_table
 
     if out is not None:  # a mistyped store would show every shard missing
@@ -228,5 +229,71 @@ def status(job: str, out: str | None, as_json: bool, backend: str) -> None:
         return
     console = make_console()
     console.print(status_table(st))
-    for line in status_lines(st):
-        console.print(line)
+    for line in status_lines(st, repair=repair_command(job, out, backend)):
+        console.print(line, markup=False, highlight=False)
+
+
+@main.command("repair-ledger")
+@click.argument("job", type=click.Path(path_type=str))
+@click.option(
+    "--out",
+    "out",
+    type=click.Path(file_okay=False, path_type=str),
+    default=None,
+    help="The store folder (default: the current directory).",
+)
+@click.option(
+    "--accept-loss",
+    is_flag=True,
+    help="Also when a run has no readable record left: its files are moved aside and it counts $0.",
+)
+@click.option(
+    "--backend",
+    type=click.Choice(["local", "modal"]),
+    default="local",
+    show_default=True,
+    help="Where the store is: this machine, or the job's Modal volume.",
+)
+def repair_ledger(job: str, out: str | None, accept_loss: bool, backend: str) -> None:
+    """Rebuild a job's spend records from the ones that survive, after `forge run` refused.
+
+    Each run's spend is kept twice: its manifest (_runs/RUN.json) and its
+    ledger (_ledger/RUN.jsonl, a checksum per line). An unreadable, truncated,
+    negative, non-finite or checksum-failing entry is moved aside (renamed
+    *.corrupt-<time>, never deleted); each run then gets both records back at
+    the largest amount any readable record of it says, so spend is never
+    lowered. Run it while no run of the job is running.
+
+    Exit codes: 0 the spend records are readable (repaired, or nothing to do),
+    1 a run has no readable record left (nothing changed; see --accept-loss),
+    the job file is invalid or JOB or --out does not exist, 2 usage error or
+    (with --backend modal) no Modal credentials.
+
+    \b
+    Example:
+      forge repair-ledger jobs/smoke.yaml
+      forge repair-ledger jobs/valtest.yaml --out /data/forge
+      forge repair-ledger jobs/valtest.yaml --backend modal --accept-loss
+    """
+    from runner.store.repair import repair_job
+    from runner.store.shards import StoreError
+
+    if out is not None and backend == "modal":
+        raise click.UsageError("--out names a folder here; with --backend modal the store is the job's volume")
+    if out is not None:
+        must_exist(out, "store folder (--out)")
+    with backend_errors():
+        try:
+            if backend == "modal":
+                # Imported only when chosen: modal is a heavy import a local repair does not need.
+                from runner.backends.modal.volume import repair_on_volume
+
+                done, lines = repair_on_volume(job, accept_loss=accept_loss)
+            else:
+                done, lines = repair_job(job, out, accept_loss=accept_loss)
+        except StoreError as e:
+            click.echo(f"error: {e}", err=True)
+            raise SystemExit(1) from None
+    for line in lines:
+        click.echo(line, err=not done)
+    raise SystemExit(0 if done else 1)

@@ -100,7 +100,10 @@ def solve(
 def verify(paths: tuple[str, ...], as_json: bool, no_repair: bool) -> None:
     """Re-read shards and check them: page checksums, schema, metadata, order, digests, V against Q, root.
 
-    PATHS are shard files or folders (searched recursively for *.parquet). A
+    PATHS are shard files or folders (searched recursively for *.parquet). The
+    deal in a file's metadata (seed, opp seed, declaration, hands) must be the
+    one its name and its record (NAME.json beside it) name; a directory,
+    symlink or special file under a *.parquet name fails unopened. A
     failing shard is moved aside to NAME.parquet.corrupt-<time> (the reason in
     NAME.parquet.corrupt-<time>.why), so the next `forge run` solves it again;
     --no-repair only reports.

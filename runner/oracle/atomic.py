@@ -61,3 +61,24 @@ def write_atomic(dest: str | os.PathLike[str], data: bytes, *, fsync: bool = Fal
     """Write ``data`` to ``dest`` whole or not at all (see :func:`atomic_path`)."""
     with atomic_path(dest, fsync=fsync) as tmp:
         tmp.write_bytes(data)
+
+
+def append_durable(dest: str | os.PathLike[str], data: bytes) -> None:
+    """Append ``data`` to ``dest`` in one ``write`` (``O_APPEND``: never over another
+    writer's bytes) and fsync it; a new file's folder is synced too, so its name survives.
+
+    A crash mid-write can leave only a torn tail, which a reader must detect (the spend
+    ledger checksums every line); a short write raises instead of passing for success.
+    """
+    dest = Path(dest)
+    new = not dest.exists()
+    fd = os.open(dest, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+    try:
+        written = os.write(fd, data)
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+    if written != len(data):
+        raise OSError(f"{dest}: wrote {written} of {len(data)} bytes (disk full?)")
+    if new:
+        fsync_path(dest.parent)

@@ -9,6 +9,7 @@ import contextlib
 import hashlib
 import json
 import os
+import re
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -99,6 +100,51 @@ def shard_filename(base_seed: int, opp_seed: int | None, decl_id: int) -> str:
     return f"seed_{base_seed:08d}_opp{opp_seed}_decl_{decl_id}.parquet"
 
 
+Deal = tuple[int, int | None, int]  # (base seed, opp seed or None, declaration)
+_NAME = re.compile(r"seed_(\d{8,})(?:_opp(\d+))?_decl_(\d)\.parquet")
+
+
+def deal_of_filename(name: str) -> Deal | None:
+    """The deal a shard's file name names (``shard_filename`` read back); None if it names none."""
+    m = _NAME.fullmatch(name)
+    if m is None:
+        return None
+    deal = (int(m[1]), None if m[2] is None else int(m[2]), int(m[3]))
+    return deal if shard_filename(*deal) == name else None  # one spelling per deal
+
+
+def describe_deal(deal: Deal) -> str:
+    seed, opp, decl = deal
+    return f"seed {seed}" + (f" opp seed {opp}" if opp is not None else "") + f" declaration {decl}"
+
+
+def deal_of_meta(meta: dict[str, str]) -> Deal | str:
+    """The deal a shard's metadata says it holds, or why it says none."""
+    try:
+        opp = None if meta["opp_seed"] == "" else int(meta["opp_seed"])
+        return int(meta["seed"]), opp, int(meta["decl_id"])
+    except (KeyError, ValueError) as exc:
+        return f"bad seed/opp_seed/decl_id metadata: {exc}"
+
+
+def identity_errors(meta: dict[str, str], expected: Deal, what: str) -> list[str]:
+    """Whether a file's metadata (seed, opp seed, declaration, hands) holds the deal
+    ``expected`` that ``what`` (its name, its record) says: a copy of another deal's
+    valid shard passes every other check."""
+    got = deal_of_meta(meta)
+    if isinstance(got, str):
+        return [got]
+    if got != expected:
+        return [f"holds {describe_deal(got)} but {what} says {describe_deal(expected)}"]
+    try:
+        hands = json.loads(meta.get("hands", ""))
+    except ValueError:
+        hands = None
+    if hands != [list(h) for h in deal_hands(expected[0], expected[1])]:
+        return [f"its hands are not those of the deal {what} names"]
+    return []
+
+
 def _h(a: np.ndarray, dtype: str) -> str:
     # Hashed through the buffer protocol, not ``.tobytes()``: that copy held the GIL (0.3 s on a
     # 20 M-state table, stalling the solver thread beside a background write) and cost 3x the
@@ -185,17 +231,23 @@ def read_shard(path: str | os.PathLike[str]) -> ShardData:
 
 def quick_check(path: str | os.PathLike[str]) -> str | None:
     """Cheap integrity check: None when the footer reads and its row count matches the metadata."""
+    return quick_check_meta(path)[0]
+
+
+def quick_check_meta(path: str | os.PathLike[str]) -> tuple[str | None, dict[str, str]]:
+    """``quick_check`` and the metadata it read (one footer read for both)."""
     try:
         pf = pq.ParquetFile(path)
         raw = pf.schema_arrow.metadata or {}
+        meta = {k.decode(): v.decode() for k, v in raw.items()}
         declared = raw.get(b"states")
         if declared is None:
-            return "no 'states' in metadata"
+            return "no 'states' in metadata", meta
         if pf.metadata.num_rows != int(declared):
-            return f"{pf.metadata.num_rows} rows but metadata says {int(declared)}"
-    except (OSError, ValueError, pa.ArrowException) as exc:
-        return f"unreadable: {exc}"
-    return None
+            return f"{pf.metadata.num_rows} rows but metadata says {int(declared)}", meta
+    except (OSError, ValueError, pa.ArrowException, UnicodeDecodeError) as exc:
+        return f"unreadable: {exc}", {}
+    return None, meta
 
 
 CORRUPT_MARK = ".corrupt-"
@@ -235,7 +287,8 @@ def best_legal(Q: np.ndarray, states: np.ndarray) -> np.ndarray:
 
 
 def verify_shard(path: str | os.PathLike[str]) -> list[str]:
-    """Every check of ``forge verify``; an empty list means the shard is sound."""
+    """Every check of ``forge verify`` the file itself can answer (a file named as a shard
+    must hold that deal); an empty list means the shard is sound."""
     errors: list[str] = []
     try:
         schema = pq.read_schema(path)
@@ -283,4 +336,7 @@ def verify_shard(path: str | os.PathLike[str]) -> list[str]:
             errors.append("hands in metadata do not match the deal of seed/opp_seed")
     except (ValueError, json.JSONDecodeError) as exc:
         errors.append(f"bad seed/opp_seed/hands metadata: {exc}")
+    named = deal_of_filename(Path(path).name)
+    if named is not None:
+        errors += identity_errors(meta, named, "its name")
     return errors

@@ -12,6 +12,7 @@ Layout below the job's output root (``<store dir>/<output.root>``)::
     <split>/<NAME>.lock.tmp-<hex>       the claim a taker swaps in (renamed at once)
     _runs/<run_id>.json                 one manifest per ``forge run``
     _runs/<run_id>.json.tmp-<pid>       a manifest being written (orphans removed by the next run)
+    _ledger/<run_id>.jsonl              the run's spend, appended line by line (ledger.py)
 
 The same code runs on a Modal volume mount: the commit hook decides when
 written data becomes durable (``volume.commit`` there, fsync here).
@@ -32,14 +33,14 @@ from runner.jobspec.model import Commit, JobSpec, ShardTask
 from runner.jobspec.plan import shard_dir
 from runner.oracle.atomic import atomic_path, fsync_path
 from runner.store.claims import LOCK_SUFFIX, LOCK_TMP_MARK, TAKEOVER_SUFFIX
+from runner.store.identity import RECORD_SUFFIX, not_a_file, quick_problem, verify_file
+from runner.store.ledger import RUNS_DIR, SpendProblem, folder_sources, prior_spend
 
 if TYPE_CHECKING:
     from runner.oracle.solve import Solution
 
 ShardState = Literal["done", "unrecorded", "missing", "corrupt", "skipped"]
 
-RUNS_DIR = "_runs"
-RECORD_SUFFIX = ".json"
 TMP_MARK = ".tmp"
 DEBRIS_AGE_S = 60.0  # a temporary JSON file older than this has no live writer
 
@@ -157,9 +158,10 @@ class StoreStatus:
     root: str
     splits: dict[str, dict[str, int]] = field(default_factory=dict)
     spend_usd: float = 0.0  # sum of the records of finished shards
-    runs_usd: float = 0.0  # sum over run manifests (includes failed attempts)
+    runs_usd: float = 0.0  # the job's spend over its runs (ledger.prior_spend; failed attempts too)
     runs: int = 0
     details: list[KeyStatus] = field(default_factory=list)
+    spend_problems: list[SpendProblem] = field(default_factory=list)  # entries that cannot be read
 
     def totals(self) -> dict[str, int]:
         out: dict[str, int] = {}
@@ -176,6 +178,7 @@ class StoreStatus:
             "spend_usd": round(self.spend_usd, 6),
             "runs_usd": round(self.runs_usd, 6),
             "runs": self.runs,
+            "spend_problems": [{"where": p.where, "why": p.why} for p in self.spend_problems],
             "problems": [
                 {"key": d.key, "state": d.state, "why": d.why}
                 for d in self.details
@@ -292,18 +295,17 @@ class ShardStore:
     def check(self, task: ShardTask) -> ShardCheck:
         """The state of one shard: done / unrecorded / missing / corrupt / skipped.
 
-        A file under the final name counts only if its quick check passes
-        (footer readable, row count equal to its metadata).
+        A file under the final name counts only if it is a regular file and its
+        quick check passes (footer readable, row count equal to its metadata, the
+        deal in its metadata the one its name and its record name).
         """
-        from runner.oracle.shard import quick_check
-
         path = self.shard_path(task)
         record = self.read_record(task)
+        odd = not_a_file(path)
+        if odd is not None:
+            return ShardCheck(task.key, "corrupt", odd, record)
         if path.exists():
-            try:
-                why = quick_check(path)
-            except Exception as e:  # an unreadable file is corrupt, whatever the reason
-                why = f"{type(e).__name__}: {e}"
+            why = quick_problem(path, (task.base_seed, task.opp_seed, task.decl_id), record)
             if why is not None:
                 return ShardCheck(task.key, "corrupt", why, record)
             if record is None or record.get("status") != "done":
@@ -328,20 +330,22 @@ class ShardStore:
         """Fully verify every shard under its final name (``forge run --verify``).
 
         The quick check reads only the footer, so a flipped byte in the data
-        passes it; this reads every page (CRCs, digests, order, V against Q).
-        Failing shards are moved aside so the run solves them again. Returns
-        (shards checked, [(key, why, where it went)]).
+        passes it; this reads every page (CRCs, digests, order, V against Q)
+        and compares the deal with the name and the record (``identity.py``).
+        Failing shards, and anything not a regular file under a shard's name,
+        are moved aside so the run solves them again. Returns (shards checked,
+        [(key, why, where it went)]).
         """
-        from runner.oracle.shard import move_aside, verify_shard
+        from runner.oracle.shard import move_aside
 
         checked = 0
         moved: list[tuple[str, str, Path]] = []
         for t in tasks:
             path = self.shard_path(t)
-            if not path.is_file():
+            if not os.path.lexists(path):
                 continue
             checked += 1
-            errors = verify_shard(path)
+            errors = verify_file(path)
             if errors:
                 why = "; ".join(errors)
                 aside = move_aside(path, "forge run --verify: " + why)
@@ -472,9 +476,10 @@ class ShardStore:
         t = time.time() if now is None else now
         h = host or this_host()
         manifests = self.manifests()
-        failed_last, spent = manifest_outcomes(manifests)
+        failed_last, _ = manifest_outcomes(manifests)
+        book = prior_spend(folder_sources(self.root))
         st = StoreStatus(root=str(self.root), runs=len(manifests))
-        st.runs_usd = spent
+        st.runs_usd, st.spend_problems = book.usd, book.problems
         for task in tasks:
             counts = st.splits.setdefault(task.split, dict.fromkeys(STATUS_COLUMNS, 0))
             chk = self.check(task)

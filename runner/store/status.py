@@ -17,6 +17,7 @@ from runner.jobspec.model import JobSpec
 from runner.jobspec.plan import existing_tasks
 from runner.jobspec.plan import tasks as plan_tasks
 from runner.store.claims import LocalClaims
+from runner.store.ledger import refusal
 from runner.store.shards import STATUS_COLUMNS, ShardStore, StoreStatus, check_root, job_root
 
 
@@ -73,12 +74,20 @@ def status_table(st: StoreStatus) -> Table:
     return t
 
 
-def status_lines(st: StoreStatus) -> list[str]:
-    """The lines under the table: spend, and each shard that needs attention."""
-    lines = [
+def status_lines(st: StoreStatus, repair: str = "forge repair-ledger JOB") -> list[str]:
+    """The lines under the table: spend (or why it cannot be read, as ``forge run``
+    refuses: ``repair`` is the command that repairs it), and each shard that needs attention."""
+    if st.spend_problems:
+        return [*refusal(st.spend_problems, repair).splitlines(), *_shard_lines(st)]
+    return [
         f"spend so far: ${st.spend_usd:,.4f} in the records of finished shards; "
-        f"${st.runs_usd:,.4f} over {st.runs} run(s) (failed attempts included)"
+        f"${st.runs_usd:,.4f} over {st.runs} run(s) (failed attempts included)",
+        *_shard_lines(st),
     ]
+
+
+def _shard_lines(st: StoreStatus) -> list[str]:
+    lines = []
     for d in st.details:
         if d.state in ("done", "missing"):
             continue

@@ -19,6 +19,7 @@ from typing import Any
 import pytest
 
 from runner.backends.base import Backend, RunContext, SurveyState, TaskRequest, Tier
+from runner.backends.manifests import SpendUnreadable
 from runner.backends.orchestrate import Orchestrator
 from runner.backends.runstate import (
     EXIT_BUDGET,
@@ -458,6 +459,20 @@ def test_prior_spend_alone_can_stop_a_run(tmp_path: Path) -> None:
     be = Scripted(spec, clock, manifests=[{"run_id": "old", "spend_usd": 30.0}])
     s = orchestrate(spec, be, clock)
     assert s.exit_code == EXIT_BUDGET and be.requests == []
+
+
+@pytest.mark.parametrize("bad", [{"accrued_usd": -1e308}, {"spend_usd": float("nan")}, {"spend_usd": None}])
+def test_an_unbelievable_prior_spend_refuses_the_run_before_any_work(
+    tmp_path: Path, bad: dict[str, Any]
+) -> None:
+    spec = make_job(tmp_path, "compute: {gpu: T4}\npricing: {T4: 3600}\n", seeds=3, budget="max_usd: 25")
+    clock = Clock()
+    be = Scripted(spec, clock, manifests=[{"run_id": "old", "spend_usd": 20.0} | bad])
+    with pytest.raises(SpendUnreadable) as e:
+        orchestrate(spec, be, clock)
+    assert e.value.exit_code == EXIT_FAILED and "_runs/old.json" in str(e.value)
+    assert f"forge repair-ledger {spec.path}" in str(e.value)
+    assert be.requests == [] and be.written == {}, "refused before any work or manifest"
 
 
 def test_downgrade_moves_remaining_work_to_the_cheaper_gpu(tmp_path: Path) -> None:

@@ -80,12 +80,13 @@ def test_plan_json_counts_existing_shards_under_out(tmp_path: Path) -> None:
 
     import numpy as np
 
+    from runner.oracle.deal import deal_hands
     from runner.oracle.shard import write_shard
 
     train = tmp_path / "shards" / "smoke" / "train"
-    # a readable shard (footer and row count agree) counts as done ...
+    # a readable shard (footer and row count agree, the deal its name names) counts as done ...
     tiny = SimpleNamespace(
-        hands=((0,) * 7,) * 4, decl_id=1, states=np.arange(3, dtype=np.int64),
+        hands=deal_hands(1, None), decl_id=1, states=np.arange(3, dtype=np.int64),
         V=np.zeros(3, np.int8), Q=np.zeros((3, 7), np.int8), root_value=0, device="cpu",
     )  # fmt: skip
     write_shard(train / "seed_00000001_decl_1.parquet", tiny, base_seed=1, opp_seed=None)

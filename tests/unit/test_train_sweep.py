@@ -6,6 +6,8 @@ import json
 import math
 from pathlib import Path
 
+import pytest
+
 from runner.train.loop import TrainConfig
 from runner.train.records import (
     checkpoint_path,
@@ -74,9 +76,16 @@ def test_spend_of_records_from_before_manifests_counts_once(tmp_path: Path) -> N
     outcome = SweepOutcome(None, tmp_path, "local", [], read_records(tmp_path))  # type: ignore[arg-type]
     be = Folder(None, None, outcome, lambda k, i: None, "r2")  # type: ignore[arg-type]
     be.write_manifest("r1", {"run_id": "r1", "status": "budget", "spend_usd": 0.5, "accrued_usd": 0.0})
-    from runner.backends.orchestrate import prior_spend
+    from runner.store.ledger import prior_spend
 
-    assert prior_spend(be.manifests()) == 0.25 + 0.5
+    assert prior_spend(be.spend_sources()).usd == 0.25 + 0.5
+    # An amount nobody can believe refuses the sweep as it refuses a run (the sweep keeps
+    # no ledger: the file is named, to be moved away by hand).
+    be.write_manifest("r1", {"run_id": "r1", "status": "budget", "spend_usd": 0.5, "accrued_usd": -1e308})
+    from runner.backends.manifests import SpendUnreadable, earlier_spend
+
+    with pytest.raises(SpendUnreadable, match="r1.json: accrued_usd is -1e[+]308, a negative amount"):
+        earlier_spend(be, "r2")
 
 
 def test_a_retried_trial_keeps_counting_what_its_attempts_cost(tmp_path: Path) -> None:

@@ -37,6 +37,7 @@ from runner.backends.modal.names import claim_timeout_s
 from runner.backends.modal.volume import VolumeView, classify
 from runner.backends.task import TaskResult, is_oom
 from runner.jobspec.model import JobSpec, ShardTask
+from runner.store.ledger import LEDGER_DIR, LEDGER_SUFFIX, SpendSource, ledger_line
 from runner.store.shards import RECORD_SUFFIX, RUNS_DIR
 
 
@@ -112,6 +113,8 @@ class ModalBackend(Backend):
         self._lock = threading.Lock()
         self._problem: ModalUserError | None = None
         self._last_manifest = -1e9
+        self._ledger: list[bytes] = []  # this run's ledger lines (append_ledger)
+        self._last_ledger = -1e9
         self._stopped = False
         self._stop_done = False
         self._calls: dict[str, Any] = {}  # key -> the attempt's modal.FunctionCall
@@ -435,6 +438,28 @@ class ModalBackend(Backend):
                     f"{self.spec.output.volume} (containers commit when they exit) ..."
                 )
             time.sleep(self.PERSIST_POLL_S)
+
+    def spend_sources(self) -> list[SpendSource]:
+        try:
+            return self.view.spend_sources()
+        except modal.exception.NotFoundError:
+            return []  # the volume does not exist yet: no earlier runs
+        except Exception as e:
+            raise self._fatal(e) from e
+
+    def append_ledger(self, run_id: str, entry: dict[str, Any]) -> None:
+        """The file API uploads whole files: this run's ledger is kept here and uploaded
+        whole, at the manifests' pace and at the end. Only this run writes it, so two runs
+        never race on one file; readers see its lines, appended only."""
+        self._ledger.append(ledger_line(entry))
+        now = time.monotonic()
+        if entry.get("status") == "running" and now - self._last_ledger < self.MANIFEST_EVERY_S:
+            return
+        self._last_ledger = now
+        try:
+            self.view.upload(f"{LEDGER_DIR}/{run_id}{LEDGER_SUFFIX}", b"".join(self._ledger))
+        except Exception as e:
+            raise OSError(f"writing the run's ledger to volume {self.spec.output.volume}: {e}") from e
 
     def write_manifest(self, run_id: str, manifest: dict[str, Any]) -> str:
         now = time.monotonic()

@@ -36,6 +36,7 @@ from runner.jobspec.load import load_job
 from runner.jobspec.model import JobSpec, ShardTask
 from runner.jobspec.plan import tasks as plan_tasks
 from runner.oracle.atomic import atomic_path
+from runner.store.ledger import SpendBook, prior_spend
 from runner.store.shards import (
     RECORD_SUFFIX,
     STATUS_COLUMNS,
@@ -192,10 +193,11 @@ def modal_status(spec: JobSpec, tasks: Sequence[ShardTask]) -> StoreStatus:
         view = _volume(spec)
         files = _or_empty(view.files, {})
         manifests = _or_empty(view.manifests, [])
+        spend = prior_spend(_or_empty(view.spend_sources, []))
         claims = _claims(spec)
         held = _or_empty(claims.claims, {})
         records = _or_empty(claims.records, {})
-    return status_from(spec, tasks, files, held, records, manifests, where=view.where())
+    return status_from(spec, tasks, files, held, records, manifests, where=view.where(), spend=spend)
 
 
 def status_from(
@@ -208,11 +210,15 @@ def status_from(
     *,
     where: str = "",
     now: float | None = None,
+    spend: SpendBook | None = None,
 ) -> StoreStatus:
-    """The status table from what the volume and the Dict hold (no Modal call here)."""
+    """The status table from what the volume and the Dict hold (no Modal call here);
+    ``spend``: the job's spend as the manifests and ledgers together say it."""
     failed_last, spent = manifest_outcomes(manifests)
     st = StoreStatus(root=where, runs=len(manifests))
     st.runs_usd = spent
+    if spend is not None:
+        st.runs_usd, st.spend_problems = spend.usd, spend.problems
     t_now = time.time() if now is None else now
     # the orchestrator's survey rule, refined with what only a status table says
     states = classify(tasks, files, claims, records, now=t_now, timeout_s=claim_timeout_s(spec))

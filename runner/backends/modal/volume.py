@@ -9,7 +9,10 @@ from __future__ import annotations
 
 import io
 import json
+import os
+import time
 from collections.abc import Collection, Mapping, Sequence
+from pathlib import PurePosixPath
 from typing import Any
 
 import modal
@@ -17,9 +20,23 @@ import modal.exception
 from modal.types import FileEntryType
 
 from runner.backends.base import SurveyState
+from runner.backends.modal.errors import modal_errors, require_credentials
 from runner.backends.modal.names import volume_root
+from runner.jobspec.load import load_job
 from runner.jobspec.model import JobSpec, ShardTask
+from runner.oracle.shard import CORRUPT_MARK
 from runner.store.claims import is_stale, this_host
+from runner.store.ledger import (
+    LEDGER_DIR,
+    LEDGER_SUFFIX,
+    MANIFEST_SUFFIX,
+    Content,
+    SpendSource,
+    ledger_line,
+    ledger_source,
+    manifests_source,
+)
+from runner.store.repair import repair_spend
 from runner.store.shards import RECORD_SUFFIX, RUNS_DIR
 
 
@@ -120,3 +137,56 @@ class VolumeView:
                     out.append(m)
         out.sort(key=lambda m: float(m.get("started") or 0.0))
         return out
+
+    def raw_files(self, folder: str, suffix: str) -> list[tuple[str, Content]]:
+        """(where, bytes or the error) of every ``folder/*suffix`` file of the job."""
+        out: list[tuple[str, Content]] = []
+        for rel in sorted(self.files(folder)):
+            if rel.endswith(suffix):
+                try:
+                    out.append((self.where(rel), self.read(rel)))
+                except (modal.exception.NotFoundError, FileNotFoundError) as e:
+                    out.append((self.where(rel), e))
+        return out
+
+    # -- the job's spend records (runner.store.ledger), as run and repair-ledger use them --
+    def manifest_files(self) -> list[tuple[str, Content]]:
+        return self.raw_files(RUNS_DIR, MANIFEST_SUFFIX)
+
+    def ledger_files(self) -> list[tuple[str, Content]]:
+        return self.raw_files(LEDGER_DIR, LEDGER_SUFFIX)
+
+    def spend_sources(self) -> list[SpendSource]:
+        """The run manifests and the runs' ledgers on the volume."""
+        return [manifests_source(self.manifest_files()), ledger_source(self.ledger_files())]
+
+    def remove(self, rel: str) -> None:
+        self.volume.remove_file(self.path(rel))
+
+    def move_aside(self, where: str, why: str) -> str:
+        """Copy the file listed as ``where`` to ``NAME.corrupt-<time>`` (the reason in
+        ``.why``), then remove it: kept, never deleted, as ``move_aside`` does in a folder."""
+        rel = where.removeprefix(self.where("")).lstrip("/")
+        aside = f"{rel}{CORRUPT_MARK}{time.strftime('%Y%m%dT%H%M%SZ', time.gmtime())}"
+        self.upload(aside, self.read(rel))
+        self.upload(f"{aside}.why", (why + "\n").encode())
+        self.remove(rel)
+        return PurePosixPath(aside).name
+
+    def write_manifest(self, run_id: str, data: bytes) -> None:
+        self.upload(f"{RUNS_DIR}/{run_id}{MANIFEST_SUFFIX}", data)
+
+    def add_ledger_entry(self, run_id: str, entry: dict[str, Any]) -> None:
+        """Nobody else writes a run's ledger while it is repaired: read, add, upload whole."""
+        rel = f"{LEDGER_DIR}/{run_id}{LEDGER_SUFFIX}"
+        before = self.read(rel) if rel in self.files(LEDGER_DIR) else b""
+        self.upload(rel, before + ledger_line(entry))
+
+
+def repair_on_volume(job: str | os.PathLike[str], *, accept_loss: bool = False) -> tuple[bool, list[str]]:
+    """``forge repair-ledger --backend modal``: repair the spend records on the job's volume."""
+    spec = load_job(job)
+    require_credentials()
+    with modal_errors():
+        view = VolumeView(spec, modal.Volume.from_name(spec.output.volume))
+        return repair_spend(view, accept_loss=accept_loss)
