@@ -215,7 +215,7 @@ def test_a_takeover_leaves_no_mutex_key_behind() -> None:
     won, _ = acquire(table, KEY, mine, timeout_s=600)
     assert won
     assert not table.replace(KEY, stale, make_claim("run-c", KEY))  # a late taker of the same claim
-    assert [k for k in d.keys() if k.startswith("takeover:")] == []
+    assert [k for k in d.data if k.startswith("takeover:")] == []
     got = table.get(KEY)
     assert got is not None and got["run_id"] == "run-b"
 
