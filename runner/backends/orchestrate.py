@@ -59,6 +59,7 @@ from runner.backends.manifests import (
     seconds_by_gpu,
 )
 from runner.backends.meter import MIN_POLL_S, Meter, Spec, spend_of
+from runner.backends.rechecks import Rechecks
 from runner.backends.runstate import Progress, RunOptions, RunSummary, Terminated
 from runner.backends.task import TaskResult
 from runner.jobspec import pricing
@@ -96,9 +97,8 @@ class Orchestrator:
         # Ready requests, ordered by (not-before time, sequence) so retries wait their backoff.
         self._ready: list[tuple[float, int, TaskRequest]] = []
         self._seq = itertools.count()
-        self._claimed: dict[str, tuple[float, TaskRequest]] = {}  # key -> (recheck at, request)
-        self._rechecks: dict[str, int] = {}  # key -> rechecks so far (each waits twice as long)
-        self._later: list[float] = []  # heap: not-before times of queued retries (the "waiting" count)
+        self._claimed = Rechecks(self.opt.recheck_claimed_s)  # shards another run holds
+        self._later: list[float] = []  # heap: not-before times of queued retries (for "waiting")
         self._inflight: dict[str, TaskRequest] = {}
         self._sent: dict[str, float] = {}  # key -> clock() when submitted (metering fallback)
         self._secs: dict[str, Measured] = {}  # price name -> shards done by this run, their seconds
@@ -181,17 +181,21 @@ class Orchestrator:
         now = self.clock()
         seen = self.backend.running()
         m = Meter()
+        per_name: dict[str, tuple[float, float]] = {}  # price name -> ($/s, estimated s)
         for key, req in self._inflight.items():
             a = seen.get(key)
             if a is not None:
                 secs, name, billing = a.elapsed_s, a.gpu, a.billing
             else:
                 secs, name, billing = now - self._sent.get(key, now), self.backend.price_name(req.gpu), True
-            price = self.spec.rate(name) / 3600.0
-            m.accrued += max(0.0, secs) * price
-            m.rest += max(0.0, self._per_shard_s(name) - secs) * price
+            if name not in per_name:
+                per_name[name] = (self.spec.rate(name) / 3600.0, self._per_shard_s(name))
+            price, estimate = per_name[name]
+            secs = secs if secs > 0.0 else 0.0
+            m.accrued += secs * price
+            m.rest += (estimate - secs) * price if estimate > secs else 0.0
             m.rate += price if billing else 0.0
-            m.seconds[key] = (max(0.0, secs), name)
+            m.seconds[key] = (secs, name)
         self.p.accrued_usd = m.accrued
         return m
 
@@ -390,7 +394,7 @@ class Orchestrator:
         return bool(self._ready)
 
     def _next_wakeup(self) -> float:
-        times = [t for t, _, _ in self._ready[:1]] + [t for t, _ in self._claimed.values()]
+        times = [t for t, _, _ in self._ready[:1]] + [t for t in [self._claimed.next_due()] if t is not None]
         return min(times) if times else self.clock()
 
     def _dispatch(self) -> None:
@@ -407,8 +411,7 @@ class Orchestrator:
             req = self._ready[0][2]
             if req.exclusive and (self._inflight or wave):
                 break  # wait until everything else has finished, then run it alone
-            if used.get(req.tier, 0) >= self.backend.capacity(req.tier):
-                # Another tier may still have room: look past this one.
+            if used.get(req.tier, 0) >= self.backend.capacity(req.tier):  # another tier may have room
                 other = self._first_ready_of_other_tier(req.tier, used, now)
                 if other is None:
                     break
@@ -478,7 +481,6 @@ class Orchestrator:
             n, total = self._secs.get(name, (0, 0.0))
             self._secs[name] = (n + 1, total + float(r.seconds))
             self.solved_keys.append(r.key)
-            self._rechecks.pop(r.key, None)
             if r.key in self._failed_before:
                 self.recovered.append(r.key)
         elif st == "already_done":
@@ -496,7 +498,7 @@ class Orchestrator:
         elif st == "cancelled":
             pass  # stopped by us (budget, Ctrl+C): charged above, left to the next run
         elif st == "claimed_elsewhere":
-            self._claimed[r.key] = (self.clock() + self.opt.recheck_claimed_s, req)
+            self._claimed.wait(req, self.clock())
         else:  # failed
             if req.attempt < self.spec.compute.retries:
                 self.p.retries += 1
@@ -515,30 +517,18 @@ class Orchestrator:
                     }
                 )
 
-    RECHECK_MAX_S = 60.0  # the longest wait between two looks at a shard another run holds
-    RECHECK_PER_TURN = 256  # shards looked at per loop turn at most; the rest wait a turn
-
     def _recheck_claimed(self) -> None:
-        """Look again at shards another run holds: those due, each wait twice the last."""
-        if not self._claimed:
-            return
+        """Look again at the shards another run holds that are due (see ``Rechecks``)."""
         now = self.clock()
-        due = [k for k, (t, _) in self._claimed.items() if t <= now][: self.RECHECK_PER_TURN]
+        due = self._claimed.due(now)
         if not due:
             return
-        reqs = {k: self._claimed[k][1] for k in due}
-        states = self.backend.survey([r.task for r in reqs.values()])
-        for k, req in reqs.items():
-            s = states.get(k, "missing")
+        states = self.backend.survey([req.task for req, _ in due])
+        for req, looks in due:
+            s = states.get(req.task.key, "missing")
             if s == "claimed":
-                n = self._rechecks.get(k, 0) + 1
-                self._rechecks[k] = n
-                wait = min(self.RECHECK_MAX_S, self.opt.recheck_claimed_s * 2**n)
-                self._claimed[k] = (now + wait, req)
-                continue
-            del self._claimed[k]
-            self._rechecks.pop(k, None)
-            if s == "done":
+                self._claimed.wait(req, now, looks + 1)
+            elif s == "done":
                 self.p.done_elsewhere += 1
             else:  # missing, stale or corrupt: ours to do now (a stale claim is taken over)
                 self._push(req)

@@ -516,3 +516,40 @@ def test_an_unexpected_error_stops_the_backend_and_is_not_swallowed(tmp_path: Pa
         orchestrate(spec, be, clock)
     assert be.stopped == [True]
     assert be.written["run-test"]["status"] == "error"
+
+
+def test_a_shard_another_run_holds_is_looked_at_less_and_less_often(tmp_path: Path) -> None:
+    """Every 3 s for as long as the other run held it (each look: a volume listing and two
+    Dict reads per shard, for thousands of shards); now each wait doubles, up to 60 s."""
+    spec = make_job(tmp_path, seeds=1)
+    (k,) = keys(spec)
+    clock = Clock()
+    looks: list[float] = []
+
+    class Watched(Scripted):
+        def survey(self, tasks: Sequence[ShardTask]) -> dict[str, SurveyState]:
+            if [t.key for t in tasks] == [k] and self.requests:
+                looks.append(clock.t)
+            return super().survey(tasks)
+
+    be = Watched(spec, clock, script={k: [{"status": "claimed_elsewhere"}]}, claimed_for={k: 9})
+    s = orchestrate(spec, be, clock, recheck_claimed_s=3.0)
+    assert s.exit_code == EXIT_OK and s.progress.done_elsewhere == 1
+    gaps = [round(b - a) for a, b in zip(looks, looks[1:], strict=False)]
+    assert gaps[:5] == [6, 12, 24, 48, 60] and set(gaps[5:]) == {60}
+
+
+def test_a_failure_an_earlier_run_gave_up_on_is_cleared_once_solved(tmp_path: Path) -> None:
+    from runner.store.shards import manifest_outcomes
+
+    spec = make_job(tmp_path, seeds=3)
+    ks = keys(spec)
+    earlier = {"run_id": "old", "status": "failed", "spend_usd": 1.0, "started": 1.0,
+               "failures": [{"key": ks[1], "error": "boom"}]}  # fmt: skip
+    clock = Clock()
+    be = Scripted(spec, clock, manifests=[earlier])
+    assert orchestrate(spec, be, clock).exit_code == EXIT_OK
+    m = be.written["run-test"]
+    assert m["recovered"] == [ks[1]]  # the manifest names no other solved shard
+    assert manifest_outcomes([earlier])[0] == {ks[1]: "boom"}
+    assert manifest_outcomes([earlier, m])[0] == {}

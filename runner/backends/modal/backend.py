@@ -123,6 +123,7 @@ class ModalBackend(Backend):
         self._calls: dict[str, Any] = {}  # key -> the attempt's modal.FunctionCall
         self._cancelled: set[str] = set()
         self._variant = {v.name: v for v in self.job.variants}
+        self._price_names: dict[tuple[str, ...], str] = {}
         self.view = VolumeView(self.spec, self.job.volume)
         self.claims_table = DictClaims(self.job.claims)
 
@@ -332,10 +333,10 @@ class ModalBackend(Backend):
     def running(self) -> dict[str, Attempt]:
         # Billed from the submit (a container's start is billed too), at the dearest
         # GPU the input may land on: which one it got is known only from its result.
-        now = self.clock()
+        now, sent, names = self.clock(), self._sent, self._price_names
         with self._lock:
             return {
-                k: Attempt(k, now - self._sent.get(k, now), self.price_name(r.gpu))
+                k: Attempt(k, now - sent.get(k, now), names.get(r.gpu) or self.price_name(r.gpu))
                 for k, r in self._pending.items()
             }
 
@@ -515,7 +516,10 @@ class ModalBackend(Backend):
 
     def price_name(self, gpu: tuple[str, ...]) -> str:
         """Estimates use the dearest GPU the attempt may land on (the budget must not under-count)."""
-        return self.spec.dearest(gpu) if gpu else self.name
+        name = self._price_names.get(gpu)
+        if name is None:  # asked for every attempt in flight several times a second: remembered
+            name = self._price_names[gpu] = self.spec.dearest(gpu) if gpu else self.name
+        return name
 
     def describe(self) -> str:
         app = f"{self.job.app.name} ({self.app_id})" if self.app_id else self.job.app.name
