@@ -10,6 +10,7 @@ proportion to what changed in that turn, however many shards the job has.
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import pytest
 
@@ -82,3 +83,19 @@ def test_recorded_and_billed_figures_come_from_the_same_attempts(preempt: float)
 def spec_rate_per_s() -> float:
     spec = simulated_job(1, 1)
     return spec.rate(str(spec.compute.gpu[0])) / 3600
+
+
+def test_forge_bench_orchestrator_writes_its_figures(tmp_path: Path) -> None:
+    from click.testing import CliRunner
+
+    from runner.cli import main
+
+    out = tmp_path / "orch.json"
+    r = CliRunner().invoke(main, ["bench", "--orchestrator", "--shards", "300", "--json", str(out)])
+    assert r.exit_code == 0, r.output
+    assert "300 of 300 shards done" in r.output and "simulated Modal" in r.output
+    doc = json.loads(out.read_text())
+    for key in ("shards", "completed", "duplicate_solves", "seconds", "peak_rss_bytes",
+                "max_list_calls_per_tick", "max_dict_calls_per_tick", "recorded_usd", "billed_usd"):  # fmt: skip
+        assert key in doc
+    assert doc["shards"] == doc["completed"] == 300
