@@ -375,6 +375,7 @@ compute:
   gpu: H100
   max_containers: {containers}
   timeout_s: 900
+  retries: 3  # at 1% crashes, three retries leave about one shard in 10^8 failed
 output:
   root: shards/{{name}}
   volume: forge-bench-simulated
