@@ -9,6 +9,7 @@ tests/acceptance/test_run.py.
 
 from __future__ import annotations
 
+import copy
 import os
 import signal
 import textwrap
@@ -553,3 +554,22 @@ def test_a_failure_an_earlier_run_gave_up_on_is_cleared_once_solved(tmp_path: Pa
     assert m["recovered"] == [ks[1]]  # the manifest names no other solved shard
     assert manifest_outcomes([earlier])[0] == {ks[1]: "boom"}
     assert manifest_outcomes([earlier, m])[0] == {}
+
+
+def test_totals_per_gpu_feed_the_next_runs_estimates_and_count_killed_work(tmp_path: Path) -> None:
+    from runner.backends.manifests import mark_abandoned, seconds_by_gpu
+
+    spec = make_job(tmp_path, seeds=4)
+    clock = Clock()
+    be = Scripted(spec, clock, cap=2, seconds=8.0)
+    assert orchestrate(spec, be, clock).exit_code == EXIT_OK
+    m = be.written["run-test"]
+    (gpu,) = m["by_gpu"]
+    assert seconds_by_gpu([m]) == {gpu: (4, pytest.approx(32.0))}
+    gone = copy.deepcopy(m)
+    gone.update(status="running", in_flight=[{"key": "k", "gpu": gpu, "seconds": 5.0, "usd": 0.5}])
+    mark_abandoned(gone)
+    assert gone["by_gpu"][gpu]["attempts"] == 5 and gone["by_gpu"][gpu]["done"] == 4
+    assert gone["by_gpu"][gpu]["usd"] == pytest.approx(m["by_gpu"][gpu]["usd"] + 0.5)
+    assert [a["status"] for a in gone["attempts"]] == ["killed"]
+    assert seconds_by_gpu([gone]) == seconds_by_gpu([m])  # killed work is no measured shard
