@@ -34,7 +34,8 @@ def test_ten_thousand_shards_with_crashes_and_preemptions_finish_in_bounded_turn
     manifest_per_failed_attempt = sim["manifest_bytes"] / (sim["crashes"] + 1)
     assert manifest_per_failed_attempt < 400
     assert r["billed_usd"] > 0 and r["recorded_usd"] > 0
-    assert r["peak_rss_bytes"] < 500 * 2**20
+    # (peak_rss_bytes is the whole process's: here pytest's, after whatever ran before;
+    # `forge bench --orchestrator` measures it in a process of its own, BENCHMARKS.md.)
     json.dumps(r)  # the bench writes it as it is
 
 
