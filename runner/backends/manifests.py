@@ -52,14 +52,47 @@ def earlier_spend(backend: Backend[Any], run_id: str) -> float:
     return book.usd
 
 
-def seconds_by_gpu(manifests: Sequence[dict[str, Any]]) -> dict[str, list[float]]:
-    """Seconds of every finished shard of these runs, by the hardware that ran it."""
-    out: dict[str, list[float]] = {}
+Measured = tuple[int, float]  # (shards, their seconds in all): a mean without a list
+
+
+def seconds_by_gpu(manifests: Sequence[dict[str, Any]]) -> dict[str, Measured]:
+    """Finished shards of these runs and their seconds, by the hardware that ran them."""
+    out: dict[str, Measured] = {}
+
+    def add(gpu: str, n: int, secs: float) -> None:
+        had = out.get(gpu, (0, 0.0))
+        out[gpu] = (had[0] + n, had[1] + secs)
+
     for m in manifests:
-        for a in m.get("attempts") or ():
+        totals = m.get("by_gpu")
+        if isinstance(totals, dict):
+            for gpu, t in totals.items():
+                if isinstance(t, dict) and int(t.get("done") or 0) > 0:
+                    add(str(gpu), int(t["done"]), float(t.get("done_seconds") or 0.0))
+            continue
+        for a in m.get("attempts") or ():  # an older manifest: every attempt listed
             if isinstance(a, dict) and a.get("status") == "done" and a.get("gpu"):
-                out.setdefault(str(a["gpu"]), []).append(float(a.get("seconds") or 0.0))
+                add(str(a["gpu"]), 1, float(a.get("seconds") or 0.0))
     return out
+
+
+def add_attempt(
+    by_gpu: dict[str, dict[str, Any]], kept: list[dict[str, Any]], a: dict[str, Any]
+) -> None:
+    """Count an ended attempt in a manifest: in the totals of its GPU and, unless it
+    ended done, in the list kept (failed, cancelled, killed...). The manifest thus
+    grows with failures, not with shards: a 100,000-shard run rewrites a small file."""
+    empty = {"attempts": 0, "seconds": 0.0, "usd": 0.0, "done": 0, "done_seconds": 0.0}
+    t = by_gpu.setdefault(str(a.get("gpu") or ""), empty)
+    secs, usd = float(a.get("seconds") or 0.0), float(a.get("usd") or 0.0)
+    t["attempts"] += 1
+    t["seconds"] = round(t["seconds"] + secs, 3)
+    t["usd"] = round(t["usd"] + usd, 6)
+    if a.get("status") == "done":
+        t["done"] += 1
+        t["done_seconds"] = round(t["done_seconds"] + secs, 3)
+    else:
+        kept.append(a)
 
 
 def is_abandoned(m: dict[str, Any], now: float, host: str | None = None) -> bool:
@@ -82,11 +115,11 @@ def mark_abandoned(m: dict[str, Any]) -> None:
     killed = [a for a in m.get("in_flight") or () if isinstance(a, dict)]
     m["status"] = "abandoned"
     m["ended"] = m.get("updated")
-    m.setdefault("attempts", []).extend(
-        {"key": a.get("key"), "gpu": a.get("gpu"), "status": "killed",
-         "seconds": a.get("seconds", 0.0), "usd": a.get("usd", 0.0)}
-        for a in killed
-    )  # fmt: skip
+    kept = m.setdefault("attempts", [])
+    by_gpu = m["by_gpu"] if isinstance(m.get("by_gpu"), dict) else {}  # older manifests: no totals
+    for a in killed:
+        add_attempt(by_gpu, kept, {"key": a.get("key"), "gpu": a.get("gpu"), "status": "killed",
+                                   "seconds": a.get("seconds", 0.0), "usd": a.get("usd", 0.0)})  # fmt: skip
     m["spend_usd"] = round(float(m.get("spend_usd") or 0.0) + float(m.get("accrued_usd") or 0.0), 6)
     m["accrued_usd"] = 0.0
     m["in_flight"] = []

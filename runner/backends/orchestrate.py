@@ -14,8 +14,10 @@ Given the plan's tasks, ``Orchestrator.run``:
 - meters spend live (see "The budget" below) and applies
   ``on_exceed: {downgrade: GPU, at: F}``;
 - writes the run manifest ``_runs/<run_id>.json`` (job file hash, start and
-  end, counts, spend, every charged attempt, failures) as it goes and at the
-  end; marks earlier manifests whose process is gone ``abandoned``.
+  end, counts, spend and seconds per GPU, every attempt that did not end done,
+  failures) as it goes and at the end; marks earlier manifests whose process
+  is gone ``abandoned``. Work per loop turn grows with what changed, not with
+  the job's size (``forge bench --orchestrator`` measures 100,000 shards).
 
 The budget. *Committed* spend is what finished attempts cost (seconds x price
 of the hardware that ran them, cancelled and failed ones included) plus what
@@ -52,14 +54,22 @@ from typing import Any
 
 from runner import __version__
 from runner.backends.base import Backend, Keyed, TaskRequest, Tier, cancelled_result
-from runner.backends.manifests import close_abandoned, earlier_spend, seconds_by_gpu
+from runner.backends.manifests import (
+    Measured,
+    add_attempt,
+    close_abandoned,
+    earlier_spend,
+    seconds_by_gpu,
+)
 from runner.backends.meter import MIN_POLL_S, Meter, Spec, spend_of
+from runner.backends.rechecks import Rechecks
 from runner.backends.runstate import Progress, RunOptions, RunSummary, Terminated
 from runner.backends.task import TaskResult
 from runner.jobspec import pricing
 from runner.jobspec.model import Compute, JobSpec, LargeTier
 from runner.store.claims import this_host
 from runner.store.ledger import ledger_reading
+from runner.store.shards import manifest_outcomes
 
 
 class Orchestrator:
@@ -91,14 +101,18 @@ class Orchestrator:
         # Ready requests, ordered by (not-before time, sequence) so retries wait their backoff.
         self._ready: list[tuple[float, int, TaskRequest]] = []
         self._seq = itertools.count()
-        self._claimed: dict[str, tuple[float, TaskRequest]] = {}  # key -> (recheck at, request)
+        self._claimed = Rechecks(self.opt.recheck_claimed_s)  # shards another run holds
+        self._later: list[float] = []  # heap: not-before times of queued retries (for "waiting")
         self._inflight: dict[str, TaskRequest] = {}
         self._sent: dict[str, float] = {}  # key -> clock() when submitted (metering fallback)
-        self._secs: dict[str, list[float]] = {}  # price name -> seconds of shards done by this run
-        self._prior_secs: dict[str, list[float]] = {}  # the same, from earlier runs' manifests
-        self.attempts: list[dict[str, Any]] = []  # every charged attempt (manifest)
+        self._secs: dict[str, Measured] = {}  # price name -> shards done by this run, their seconds
+        self._prior_secs: dict[str, Measured] = {}  # the same, from earlier runs' manifests
+        self.by_gpu: dict[str, dict[str, Any]] = {}  # manifest: attempts, seconds, $ per price name
+        self.attempts: list[dict[str, Any]] = []  # manifest: each attempt that did not end done
         self.failures: list[dict[str, Any]] = []
         self.solved_keys: list[str] = []
+        self._failed_before: set[str] = set()  # earlier runs gave up on these
+        self.recovered: list[str] = []  # ... and this run solved them (clears them in forge status)
         self.notes: list[str] = []
         self._persist_rounds = 0
         self.skipped_keys: list[str] = []
@@ -143,13 +157,15 @@ class Orchestrator:
 
     def _push(self, req: TaskRequest, not_before: float = 0.0) -> None:
         heapq.heappush(self._ready, (not_before, next(self._seq), req))
+        if not_before > self.clock():
+            heapq.heappush(self._later, not_before)
 
     # -- money -------------------------------------------------------------------
     def _per_shard_s(self, name: str) -> float:
         """Estimated seconds of one attempt on ``name``: measured here, else earlier, else the model."""
-        for measured in (self._secs.get(name), self._prior_secs.get(name)):
-            if measured:
-                return sum(measured) / len(measured)
+        for n, total in (self._secs.get(name, (0, 0.0)), self._prior_secs.get(name, (0, 0.0))):
+            if n:
+                return total / n
         if self.opt.model_s is not None:
             return self.opt.model_s
         try:
@@ -170,17 +186,21 @@ class Orchestrator:
         now = self.clock()
         seen = self.backend.running()
         m = Meter()
+        per_name: dict[str, tuple[float, float]] = {}  # price name -> ($/s, estimated s)
         for key, req in self._inflight.items():
             a = seen.get(key)
             if a is not None:
                 secs, name, billing = a.elapsed_s, a.gpu, a.billing
             else:
                 secs, name, billing = now - self._sent.get(key, now), self.backend.price_name(req.gpu), True
-            price = self.spec.rate(name) / 3600.0
-            m.accrued += max(0.0, secs) * price
-            m.rest += max(0.0, self._per_shard_s(name) - secs) * price
+            if name not in per_name:
+                per_name[name] = (self.spec.rate(name) / 3600.0, self._per_shard_s(name))
+            price, estimate = per_name[name]
+            secs = secs if secs > 0.0 else 0.0
+            m.accrued += secs * price
+            m.rest += (estimate - secs) * price if estimate > secs else 0.0
             m.rate += price if billing else 0.0
-            m.seconds[key] = (max(0.0, secs), name)
+            m.seconds[key] = (secs, name)
         self.p.accrued_usd = m.accrued
         return m
 
@@ -264,6 +284,7 @@ class Orchestrator:
         earlier = close_abandoned(self.backend, self.run_id)
         self.p.prior_usd = earlier_spend(self.backend, self.run_id)  # refuses an unreadable entry
         self._prior_secs = seconds_by_gpu(earlier)
+        self._failed_before = set(manifest_outcomes(earlier)[0])
         try:
             self.backend.start()
             self._work0 = time.time()
@@ -369,17 +390,16 @@ class Orchestrator:
         lost = set(self.backend.unpersisted(list(self.solved_keys)))
         if not lost:
             return False
-        by_key = {t.key: t for t in self.tasks}
-        for key in lost:
-            if key in by_key:
-                self.solved_keys.remove(key)
-                self.p.solved -= 1
-                self._push(self._request(by_key[key]))
+        by_key = {t.key: t for t in self.tasks if t.key in lost}
+        self.solved_keys = [k for k in self.solved_keys if k not in by_key]
+        for task in by_key.values():
+            self.p.solved -= 1
+            self._push(self._request(task))
         self.notes.append(f"{len(lost)} shard(s) reported done were not in the store at the end; solved again")
         return bool(self._ready)
 
     def _next_wakeup(self) -> float:
-        times = [t for t, _, _ in self._ready[:1]] + [t for t, _ in self._claimed.values()]
+        times = [t for t, _, _ in self._ready[:1]] + [t for t in [self._claimed.next_due()] if t is not None]
         return min(times) if times else self.clock()
 
     def _dispatch(self) -> None:
@@ -396,8 +416,7 @@ class Orchestrator:
             req = self._ready[0][2]
             if req.exclusive and (self._inflight or wave):
                 break  # wait until everything else has finished, then run it alone
-            if used.get(req.tier, 0) >= self.backend.capacity(req.tier):
-                # Another tier may still have room: look past this one.
+            if used.get(req.tier, 0) >= self.backend.capacity(req.tier):  # another tier may have room
                 other = self._first_ready_of_other_tier(req.tier, used, now)
                 if other is None:
                     break
@@ -423,6 +442,9 @@ class Orchestrator:
     def _first_ready_of_other_tier(
         self, full: str, used: dict[str, int], now: float
     ) -> TaskRequest | None:
+        other: Tier = "large" if full == "default" else "default"
+        if used.get(other, 0) >= self.backend.capacity(other):
+            return None  # no room there either: no scan of the whole queue each turn
         for i, (t, _s, r) in enumerate(self._ready):
             if (
                 t <= now
@@ -444,11 +466,13 @@ class Orchestrator:
             self._exclusive_running = False
         cost = spend_of(self.spec, r)
         self.p.spend_usd += cost
-        self.attempts.append(
+        add_attempt(
+            self.by_gpu,
+            self.attempts,
             {
                 "key": r.key, "attempt": req.attempt, "tier": req.tier, "gpu": r.gpu,
                 "status": r.status, "seconds": round(float(r.seconds), 3), "usd": round(cost, 6),
-            }
+            },
         )  # fmt: skip
         if r.takeover_of:
             self.takeovers.append({"key": r.key, "from": r.takeover_of})
@@ -458,8 +482,12 @@ class Orchestrator:
         if st == "done":
             self.p.solved += 1
             self.p.states += int(r.states or 0)
-            self._secs.setdefault(r.gpu or self.backend.price_name(req.gpu), []).append(r.seconds)
+            name = r.gpu or self.backend.price_name(req.gpu)
+            n, total = self._secs.get(name, (0, 0.0))
+            self._secs[name] = (n + 1, total + float(r.seconds))
             self.solved_keys.append(r.key)
+            if r.key in self._failed_before:
+                self.recovered.append(r.key)
         elif st == "already_done":
             self.p.done_elsewhere += 1
         elif st == "skipped":
@@ -475,7 +503,7 @@ class Orchestrator:
         elif st == "cancelled":
             pass  # stopped by us (budget, Ctrl+C): charged above, left to the next run
         elif st == "claimed_elsewhere":
-            self._claimed[r.key] = (self.clock() + self.opt.recheck_claimed_s, req)
+            self._claimed.wait(req, self.clock())
         else:  # failed
             if req.attempt < self.spec.compute.retries:
                 self.p.retries += 1
@@ -495,27 +523,28 @@ class Orchestrator:
                 )
 
     def _recheck_claimed(self) -> None:
+        """Look again at the shards another run holds that are due (see ``Rechecks``)."""
         now = self.clock()
-        due = [k for k, (t, _) in self._claimed.items() if t <= now]
+        due = self._claimed.due(now)
         if not due:
             return
-        reqs = {k: self._claimed[k][1] for k in due}
-        states = self.backend.survey([r.task for r in reqs.values()])
-        for k, req in reqs.items():
-            s = states.get(k, "missing")
-            if s == "done":
-                del self._claimed[k]
+        states = self.backend.survey([req.task for req, _ in due])
+        for req, looks in due:
+            s = states.get(req.task.key, "missing")
+            if s == "claimed":
+                self._claimed.wait(req, now, looks + 1)
+            elif s == "done":
                 self.p.done_elsewhere += 1
-            elif s == "claimed":
-                self._claimed[k] = (now + self.opt.recheck_claimed_s, req)
             else:  # missing, stale or corrupt: ours to do now (a stale claim is taken over)
-                del self._claimed[k]
                 self._push(req)
 
     def _emit(self) -> None:
         self.p.elapsed_s = self.clock() - self._t0
         self.p.in_flight = len(self._inflight)
-        self.p.waiting = len(self._claimed) + sum(1 for t, _, _ in self._ready if t > self.clock())
+        now = self.clock()
+        while self._later and self._later[0] <= now:
+            heapq.heappop(self._later)
+        self.p.waiting = len(self._claimed) + len(self._later)
         if self.on_progress is not None:
             self.on_progress(self.p)
 
@@ -524,43 +553,23 @@ class Orchestrator:
         p = self.p
         spec = self.spec
         return {
-            "run_id": self.run_id,
-            "status": status,
-            "job": {
-                "name": spec.name,
-                "path": str(spec.path) if spec.path else "",
-                "sha256": spec.sha256,
-            },
-            "backend": self.backend.name,
-            "forge_version": __version__,
-            "host": this_host(),
-            "pid": os.getpid(),
-            "started": self._wall0,
-            "updated": time.time(),
-            "ended": time.time() if final else None,
-            "limit": self.opt.limit,
-            "max_usd": self.max_usd,
-            "spend_usd": round(p.spend_usd, 6),
-            "accrued_usd": round(p.accrued_usd, 6),
-            "prior_usd": round(p.prior_usd, 6),
-            "overshoot_usd": round(p.overshoot_usd, 6),
+            "run_id": self.run_id, "status": status,
+            "job": {"name": spec.name, "path": str(spec.path) if spec.path else "", "sha256": spec.sha256},
+            "backend": self.backend.name, "forge_version": __version__, "host": this_host(), "pid": os.getpid(),
+            "started": self._wall0, "updated": time.time(), "ended": time.time() if final else None,
+            "limit": self.opt.limit, "max_usd": self.max_usd,
+            "spend_usd": round(p.spend_usd, 6), "accrued_usd": round(p.accrued_usd, 6),
+            "prior_usd": round(p.prior_usd, 6), "overshoot_usd": round(p.overshoot_usd, 6),
             "downgraded_to": p.downgraded_to,
             "counts": {
-                "planned": p.planned,
-                "total_in_job": self.total_planned,
-                "already_done": p.already_done,
-                "solved": p.solved,
-                "done_elsewhere": p.done_elsewhere,
-                "skipped": p.skipped,
-                "failed": p.failed,
-                "retries": p.retries,
-                "rerouted": p.rerouted,
-                "takeovers": len(self.takeovers),
-                "quarantined": len(self.quarantined),
-                "remaining": p.remaining,
+                "planned": p.planned, "total_in_job": self.total_planned, "already_done": p.already_done,
+                "solved": p.solved, "done_elsewhere": p.done_elsewhere, "skipped": p.skipped,
+                "failed": p.failed, "retries": p.retries, "rerouted": p.rerouted,
+                "takeovers": len(self.takeovers), "quarantined": len(self.quarantined), "remaining": p.remaining,
             },
             "states": p.states,
-            "solved": self.solved_keys,
+            "by_gpu": self.by_gpu,
+            "recovered": self.recovered,
             "skipped": self.skipped_keys,
             "failures": self.failures,
             "takeovers": self.takeovers,
@@ -571,8 +580,8 @@ class Orchestrator:
                 {"key": k, "gpu": name, "seconds": round(secs, 3),
                  "usd": round(spec.usd(secs, name), 6)}
                 for k, (secs, name) in (self._meter().seconds.items() if not final else ())
-            ],  # fmt: skip
-        }
+            ],
+        }  # fmt: skip
 
     def _write_manifest(self, status: str, *, force: bool = False, final: bool = False) -> str:
         now = self.clock()

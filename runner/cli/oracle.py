@@ -168,6 +168,11 @@ def verify(paths: tuple[str, ...], as_json: bool, no_repair: bool) -> None:
 @click.option("--workers", type=click.IntRange(1, 256), default=None,
               help="With --end-to-end: local worker processes (default 1; a GPU machine adds "
               "writers).")
+@click.option("--orchestrator", is_flag=True,
+              help="Instead: run the orchestrator and the Modal backend on a simulated Modal "
+              "(no network, nothing solved) and count what each loop turn asks of it.")
+@click.option("--shards", type=click.IntRange(1, 1_000_000), default=100_000, show_default=True,
+              help="With --orchestrator: shards in the simulated job.")
 def bench(
     seeds: str,
     opp_seed: int | None,
@@ -177,6 +182,8 @@ def bench(
     end_to_end: bool,
     n_opp: int,
     workers: int | None,
+    orchestrator: bool,
+    shards: int,
 ) -> None:
     """Solver throughput per deal and in total: states/s, phases, shard write s and bytes/state, memory.
 
@@ -185,17 +192,29 @@ def bench(
     to a temporary folder and removed. --end-to-end measures whole marginalized
     shards per second through the local backend instead; its worker first solves
     every deal once untimed (not with --no-warmup), so both figures are warm and
-    their ratio says how far writing slows a long run.
+    their ratio says how far writing slows a long run. --orchestrator runs a
+    job of --shards shards through the real orchestrator and Modal backend on
+    a simulated Modal (64 containers, random latencies, 1% crashes, 0.1%
+    preemptions, on a simulated clock): listings and Dict calls per loop turn,
+    memory, seconds, and what forge recorded beside what Modal would bill.
 
-    Exit codes: 0 measured, 1 the --end-to-end run failed, 2 usage error (a bad
-    option or --seeds).
+    Exit codes: 0 measured (--orchestrator runs with no Modal credentials:
+    nothing reaches Modal), 1 the --end-to-end run failed or the simulated job
+    did not finish every shard, 2 usage error (a bad option or --seeds).
 
     \b
     Example:
       forge bench
       forge bench --seeds 0-39 --compression zstd --json bench.json
       forge bench --end-to-end --seeds 900-903 --opp-seeds 8
+      forge bench --orchestrator --shards 100000 --json orchestrator.json
     """
+    if orchestrator:
+        from runner.backends.bench_orchestrator import orchestrator_command
+
+        if not orchestrator_command(shards, json_path):
+            raise SystemExit(1)
+        return
     if end_to_end:
         from runner.backends.bench import end_to_end_command
 

@@ -43,11 +43,14 @@ def download(job: str, to: str, split: str | None) -> None:
 
     Shows a progress bar. Files already there and identical are skipped; a local
     file that differs is kept as it is and listed (exit 1). Every file lands
-    through a temporary name, so an interrupted download leaves no partial shard.
+    through a temporary name and is checked there before it is renamed: a shard's
+    size against the volume's listing and its table digests, recomputed from the
+    data, against the volume's record. A copy that fails is fetched once more,
+    then listed and not written (exit 1); its record is not written either.
 
-    Exit codes: 0 every file is there, 1 a local file differs (listed), the job
-    file is invalid or JOB does not exist, 2 usage error or no Modal
-    credentials.
+    Exit codes: 0 every file is there and verified, 1 a local file differs or a
+    copy failed its check (listed), the job file is invalid or JOB does not
+    exist, 2 usage error or no Modal credentials.
 
     \b
     Example:
@@ -59,7 +62,7 @@ def download(job: str, to: str, split: str | None) -> None:
     report = modal_call(download_job, job, to, split=split)
     for line in report.lines():
         click.echo(line)
-    raise SystemExit(1 if report.conflicts else 0)
+    raise SystemExit(0 if report.ok else 1)
 
 
 @main.command()

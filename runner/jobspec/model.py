@@ -8,12 +8,14 @@ them equal to the schema's.
 
 from __future__ import annotations
 
+import functools
 import itertools
 import math
 import random
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
+from types import MappingProxyType
 from typing import Any, Literal
 
 from runner.jobspec.pricing import dollars
@@ -109,6 +111,13 @@ class Budget:
     downgrade_at: float | None = None  # fraction of max_usd
 
 
+@functools.lru_cache(maxsize=64)
+def _rates(pricing: tuple[tuple[str, float], ...]) -> Mapping[str, float]:
+    """A price table as a read-only mapping, built once: the live meter asks it for every
+    attempt in flight several times a second."""
+    return MappingProxyType(dict(pricing))
+
+
 class Priced:
     """What both spec kinds share: the price table (built-ins merged with ``pricing:``)."""
 
@@ -126,7 +135,7 @@ class Priced:
     def rate(self, gpu: str) -> float:
         """$/hour an attempt on ``gpu`` is charged: its price, or 0 for a name that is no
         price (a backend's own name, "" for no hardware)."""
-        return float(self.price_table().get(gpu, 0.0))
+        return float(_rates(self.pricing).get(gpu, 0.0))
 
     def dearest(self, gpus: Iterable[str]) -> str:
         """The dearest of ``gpus`` (a tier's fallback list): what an attempt whose GPU is not
@@ -181,12 +190,13 @@ class ShardTask:
             return f"seed_{self.base_seed:08d}_decl_{self.decl_id}.parquet"
         return f"seed_{self.base_seed:08d}_opp{self.opp_seed}_decl_{self.decl_id}.parquet"
 
-    @property
+    # Computed once per task: a run looks a task's key up many times per attempt.
+    @functools.cached_property
     def relpath(self) -> str:
         """Path of the shard below the job's output root."""
         return f"{self.split}/{self.filename}"
 
-    @property
+    @functools.cached_property
     def key(self) -> str:
         """Stable identifier (relpath without the suffix), used for locks and records."""
         return self.relpath.removesuffix(".parquet")

@@ -211,7 +211,7 @@ def manifest_outcomes(manifests: Sequence[dict[str, Any]]) -> tuple[dict[str, st
     for m in manifests:
         for f in m.get("failures", []):
             failed_last[str(f.get("key"))] = str(f.get("error", ""))
-        for k in m.get("solved", []):
+        for k in (*m.get("solved", ()), *m.get("recovered", ())):  # "solved": older manifests
             failed_last.pop(str(k), None)
     return failed_last, sum(float(m.get("spend_usd") or 0.0) for m in manifests)
 

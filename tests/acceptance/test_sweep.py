@@ -193,7 +193,7 @@ def test_the_cap_stops_a_trial_in_flight_and_a_larger_cap_trains_it(project: Pat
     assert r.returncode == 0, r.stdout + r.stderr
     out = project / "sweeps" / "tiny-sweep"
     (first,) = [json.loads(p.read_text()) for p in (out / "_runs").glob("*.json")]
-    t1 = first["attempts"][0]["seconds"]
+    (t1,) = [g["done_seconds"] for g in first["by_gpu"].values()]
     # A new trial of ten times the steps: the estimate (T s, from the first sweep) fits
     # the cap, the trial runs past it and is stopped there.
     sweep_file(project, lrs="[0.01]", max_usd=1000, extra="pricing: {local: 3600}\n", steps=2000)

@@ -71,6 +71,8 @@ def test_ctrl_c_stops_the_app_then_frees_the_runs_claims(dummy_token: None) -> N
     claims = backend.claims_table
     claims.put_if_absent("val/a", make_claim("run-1", "val/a", host="c1"))
     claims.put_if_absent("val/b", make_claim("run-other", "val/b", host="c2"))
+    # What submit() notes of every attempt sent: the run asks only these keys, not the whole Dict.
+    backend._maybe_held |= {"val/a", "val/b"}
     backend.app_stopper = lambda: log.append("app.stop")  # type: ignore[method-assign]
 
     backend.stop(interrupted=True)

@@ -202,3 +202,32 @@ def test_containers_sharing_a_host_name_do_not_judge_each_others_pids(
     assert not is_stale(theirs, time.time(), 600, this_host())
     mine = make_claim("run-1", KEY, pid=999_999_999)  # same container, gone pid: stale
     assert is_stale(mine, time.time(), 600, this_host())
+
+
+def test_a_takeover_leaves_no_mutex_key_behind() -> None:
+    """Each stale claim taken over used to leave a ``takeover:`` entry for good: at
+    100,000 shards the Dict (and every stream of it) grew by one entry per takeover."""
+    d = LockedDict()
+    table = DictClaims(d)
+    stale = make_claim("dead-run", KEY, host="gone", now=time.time() - 7200)
+    assert table.put_if_absent(KEY, stale)
+    mine = make_claim("run-b", KEY, host="container-2", pid=8)
+    won, _ = acquire(table, KEY, mine, timeout_s=600)
+    assert won
+    assert not table.replace(KEY, stale, make_claim("run-c", KEY))  # a late taker of the same claim
+    assert [k for k in d.data if k.startswith("takeover:")] == []
+    got = table.get(KEY)
+    assert got is not None and got["run_id"] == "run-b"
+
+
+def test_a_run_frees_its_claims_by_key_without_streaming_the_dict() -> None:
+    d = LockedDict()
+    table = DictClaims(d)
+    for i, run in enumerate(["run-a", "run-b", "run-a"]):
+        table.put_if_absent(f"{KEY}{i}", make_claim(run, f"{KEY}{i}"))
+    streams: list[int] = []
+    items = d.items
+    d.items = lambda: (streams.append(1), items())[1]  # type: ignore[method-assign]
+    assert release_run_claims(table, "run-a", keys=[f"{KEY}0", f"{KEY}1", "never-sent"]) == 1
+    assert streams == [] and table.keys() == [f"{KEY}1", f"{KEY}2"]
+    assert release_run_claims(table, "run-a") == 1 and streams == [1]

@@ -26,6 +26,7 @@ from pathlib import Path
 import modal
 import pytest
 from modal_local import fresh_container, one_deal_job
+from shard_fakes import TASK, produce
 
 from runner.backends.base import TaskRequest
 from runner.backends.modal import container, modal_settings
@@ -193,7 +194,7 @@ def test_a_commit_waits_for_writes_in_progress() -> None:
     writing = threading.Event()
 
     def writer() -> None:
-        with gate.writing():
+        with gate.using():
             writing.set()
             time.sleep(0.3)
             events.append("write done")
@@ -213,7 +214,7 @@ def test_a_failed_commit_does_not_fail_the_shard(tmp_path: Path) -> None:
 
     def commit() -> None:
         calls.append("commit")
-        raise RuntimeError("there are open files preventing the operation")
+        raise RuntimeError("Volume commit conflict")
 
     container.reset_container_state()
     store = container.container_store(spec, str(tmp_path / "store"), commit=commit)
@@ -223,6 +224,82 @@ def test_a_failed_commit_does_not_fail_the_shard(tmp_path: Path) -> None:
     assert calls == ["commit"] and store.gate.failed == 1
     assert "checks its finished shards on the volume at its end" in said[0]
     container.reset_container_state()
+
+
+def test_a_reload_refused_after_the_commit_went_through_is_no_failure(tmp_path: Path) -> None:
+    """``Volume.commit()`` reloads after VolumeCommit succeeded, and the reload refuses while a
+    file is open (modal/volume.py:899-935): the shard is committed and done, not failed."""
+    spec = one_deal_job(tmp_path, name="gpu-rule")
+    said: list[str] = []
+    committed: list[str] = []
+
+    def commit() -> None:
+        committed.append("committed")  # the VolumeCommit RPC went through; then the reload:
+        raise RuntimeError(
+            "Cannot reload volume: there are open files preventing the operation: path /forge/x.json is open"
+        )
+
+    container.reset_container_state()
+    store = container.container_store(spec, str(tmp_path / "store"), commit=commit)
+    store.gate.say = said.append
+    res = produce(store, TASK)  # type: ignore[arg-type]  # a ShardStore behind the gate
+    assert res.status == "done" and committed == ["committed"]
+    assert store.gate.failed == 0 and store.gate.reload_failed == 1
+    assert "went through" in said[0] and "failed (" in said[0]
+    assert store.check(TASK).state == "done"
+    container.reset_container_state()
+
+
+def test_a_read_in_progress_holds_a_commit_back(tmp_path: Path) -> None:
+    """``check`` opens the shard and its record: a commit's reload would fail on them, so reads
+    pass the gate as writes do (they went around it)."""
+    spec = one_deal_job(tmp_path, name="gpu-rule")
+    events: list[str] = []
+    reading = threading.Event()
+    container.reset_container_state()
+    store = container.container_store(spec, str(tmp_path / "store"), commit=lambda: events.append("commit"))
+    inner_check = store.store.check
+
+    def slow_check(task: ShardTask) -> object:
+        reading.set()
+        time.sleep(0.3)
+        events.append("read done")
+        return inner_check(task)
+
+    store.store.check = slow_check
+    t = threading.Thread(target=store.check, args=(TASK,))
+    t.start()
+    reading.wait()
+    assert store.gate.commit(lambda: events.append("commit"))
+    t.join()
+    assert events == ["read done", "commit"]
+    container.reset_container_state()
+
+
+def test_the_jax_cache_is_off_the_volume_and_shared_through_it(tmp_path: Path) -> None:
+    from runner.backends.modal.jaxcache import JaxCache
+    from runner.backends.modal.names import JAX_CACHE, MOUNT, SHARED_JAX_CACHE
+
+    assert not JAX_CACHE.startswith(f"{MOUNT}/") and SHARED_JAX_CACHE.startswith(f"{MOUNT}/")
+    shared, local = tmp_path / "volume" / "jax", tmp_path / "disk" / "jax"
+    shared.mkdir(parents=True)
+    (shared / "kernel-a").write_bytes(b"a")
+    gate = container.CommitGate(say=lambda m: None)
+    uses: list[str] = []
+    real_using = gate.using
+
+    def using() -> object:
+        uses.append("use")
+        return real_using()
+
+    cache = JaxCache(using, local, shared)  # type: ignore[arg-type]
+    assert cache.seed() == 1 and (local / "kernel-a").read_bytes() == b"a"
+    assert cache.seed() == 0  # once per container
+    assert cache.publish() == 0  # nothing new
+    (local / "kernel-b").write_bytes(b"b")
+    assert cache.publish() == 1 and (shared / "kernel-b").read_bytes() == b"b"
+    assert sorted(p.name for p in shared.iterdir()) == ["kernel-a", "kernel-b"]  # no temporary left
+    assert uses == ["use", "use"]  # each copy held the commit gate
 
 
 # -- spend ---------------------------------------------------------------------------------

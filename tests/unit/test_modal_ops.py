@@ -12,13 +12,9 @@ from typing import Any
 
 import pytest
 
-from runner.backends.modal.ops import (
-    DownloadReport,
-    _same_shard,
-    _wanted,
-    cost_lines,
-    status_from,
-)
+from runner.backends.modal.fetch import DownloadReport, shard_mismatch
+from runner.backends.modal.fetch import wanted as _wanted
+from runner.backends.modal.ops import cost_lines, status_from
 from runner.jobspec.load import load_job
 from runner.jobspec.plan import tasks as plan_tasks
 from runner.oracle.shard import read_shard_meta
@@ -78,13 +74,15 @@ def test_a_local_shard_is_identical_when_its_digests_match(sample_store: Path) -
     shard = next((sample_store / "shards" / "tiny" / "train").glob("*.parquet"))
     meta = read_shard_meta(shard)
     record = {k: meta[k] for k in ("h_states", "h_v", "h_q")}
-    assert _same_shard(shard, record)
-    assert not _same_shard(shard, {**record, "h_q": "0" * 16})
-    assert not _same_shard(shard, None)
+    assert shard_mismatch(shard, record) is None
+    assert shard_mismatch(shard, record, shard.stat().st_size) is None
+    assert "h_q" in (shard_mismatch(shard, {**record, "h_q": "0" * 16}) or "")
+    assert shard_mismatch(shard, None) is not None
+    assert "bytes" in (shard_mismatch(shard, record, shard.stat().st_size + 1) or "")
     broken = shard.parent / "broken.parquet"
     broken.write_bytes(b"not parquet")
     try:
-        assert not _same_shard(broken, record)
+        assert "unreadable" in (shard_mismatch(broken, record) or "")
     finally:
         broken.unlink()
 

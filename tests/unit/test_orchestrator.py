@@ -9,6 +9,7 @@ tests/acceptance/test_run.py.
 
 from __future__ import annotations
 
+import copy
 import os
 import signal
 import textwrap
@@ -248,7 +249,10 @@ def test_skips_finished_shards_and_dispatches_in_waves_within_capacity(tmp_path:
     m = be.written["run-test"]
     assert m["status"] == "finished" and m["counts"]["solved"] == 5 and m["counts"]["already_done"] == 2
     assert m["job"]["sha256"] == spec.sha256 and m["ended"] is not None
-    assert sorted(m["solved"]) == sorted(set(ks) - {ks[0], ks[4]})
+    # Totals per GPU, not a line per shard: the manifest does not grow with the job.
+    assert "solved" not in m and m["attempts"] == []
+    (gpu,) = m["by_gpu"]
+    assert m["by_gpu"][gpu]["done"] == 5 and m["by_gpu"][gpu]["attempts"] == 5
     assert be.stopped == [False]
 
 
@@ -344,9 +348,8 @@ def test_the_soft_stop_counts_the_work_in_flight_and_the_next_attempt(tmp_path: 
     assert s.progress.remaining == 9 and s.progress.overshoot_usd == 0
     m = be.written["run-test"]
     assert m["status"] == "budget" and m["spend_usd"] == pytest.approx(10.0)
-    assert m["attempts"] == [
-        {"key": ks[0], "attempt": 0, "tier": "default", "gpu": "T4", "status": "done", "seconds": 10.0, "usd": 10.0}
-    ]
+    assert m["attempts"] == []  # only attempts that did not end done are listed
+    assert m["by_gpu"] == {"T4": {"attempts": 1, "seconds": 10.0, "usd": 10.0, "done": 1, "done_seconds": 10.0}}
 
 
 def test_the_hard_stop_cancels_work_in_flight_at_the_cap_and_charges_it(tmp_path: Path) -> None:
@@ -529,3 +532,59 @@ def test_an_unexpected_error_stops_the_backend_and_is_not_swallowed(tmp_path: Pa
         orchestrate(spec, be, clock)
     assert be.stopped == [True]
     assert be.written["run-test"]["status"] == "error"
+
+
+def test_a_shard_another_run_holds_is_looked_at_less_and_less_often(tmp_path: Path) -> None:
+    """Every 3 s for as long as the other run held it (each look: a volume listing and two
+    Dict reads per shard, for thousands of shards); now each wait doubles, up to 60 s."""
+    spec = make_job(tmp_path, seeds=1)
+    (k,) = keys(spec)
+    clock = Clock()
+    looks: list[float] = []
+
+    class Watched(Scripted):
+        def survey(self, tasks: Sequence[ShardTask]) -> dict[str, SurveyState]:
+            if [t.key for t in tasks] == [k] and self.requests:
+                looks.append(clock.t)
+            return super().survey(tasks)
+
+    be = Watched(spec, clock, script={k: [{"status": "claimed_elsewhere"}]}, claimed_for={k: 9})
+    s = orchestrate(spec, be, clock, recheck_claimed_s=3.0)
+    assert s.exit_code == EXIT_OK and s.progress.done_elsewhere == 1
+    gaps = [round(b - a) for a, b in zip(looks, looks[1:], strict=False)]
+    assert gaps[:5] == [6, 12, 24, 48, 60] and set(gaps[5:]) == {60}
+
+
+def test_a_failure_an_earlier_run_gave_up_on_is_cleared_once_solved(tmp_path: Path) -> None:
+    from runner.store.shards import manifest_outcomes
+
+    spec = make_job(tmp_path, seeds=3)
+    ks = keys(spec)
+    earlier = {"run_id": "old", "status": "failed", "spend_usd": 1.0, "started": 1.0,
+               "failures": [{"key": ks[1], "error": "boom"}]}  # fmt: skip
+    clock = Clock()
+    be = Scripted(spec, clock, manifests=[earlier])
+    assert orchestrate(spec, be, clock).exit_code == EXIT_OK
+    m = be.written["run-test"]
+    assert m["recovered"] == [ks[1]]  # the manifest names no other solved shard
+    assert manifest_outcomes([earlier])[0] == {ks[1]: "boom"}
+    assert manifest_outcomes([earlier, m])[0] == {}
+
+
+def test_totals_per_gpu_feed_the_next_runs_estimates_and_count_killed_work(tmp_path: Path) -> None:
+    from runner.backends.manifests import mark_abandoned, seconds_by_gpu
+
+    spec = make_job(tmp_path, seeds=4)
+    clock = Clock()
+    be = Scripted(spec, clock, cap=2, seconds=8.0)
+    assert orchestrate(spec, be, clock).exit_code == EXIT_OK
+    m = be.written["run-test"]
+    (gpu,) = m["by_gpu"]
+    assert seconds_by_gpu([m]) == {gpu: (4, pytest.approx(32.0))}
+    gone = copy.deepcopy(m)
+    gone.update(status="running", in_flight=[{"key": "k", "gpu": gpu, "seconds": 5.0, "usd": 0.5}])
+    mark_abandoned(gone)
+    assert gone["by_gpu"][gpu]["attempts"] == 5 and gone["by_gpu"][gpu]["done"] == 4
+    assert gone["by_gpu"][gpu]["usd"] == pytest.approx(m["by_gpu"][gpu]["usd"] + 0.5)
+    assert [a["status"] for a in gone["attempts"]] == ["killed"]
+    assert seconds_by_gpu([gone]) == seconds_by_gpu([m])  # killed work is no measured shard

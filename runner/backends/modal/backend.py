@@ -104,12 +104,18 @@ class ModalBackend(Backend):
         self._remote: dict[str, Any] | None = ctx.options.get("functions") or None
         self.app_id: str | None = ctx.options.get("app_id")
         self.say: Callable[[str], None] = ctx.options.get("say") or _say
+        # Injected by the simulation (simulate.py), which runs this very class on its own clock.
+        self.clock: Callable[[], float] = ctx.options.get("clock") or time.monotonic
+        self.wall: Callable[[], float] = ctx.options.get("wall") or time.time
+        self.sleep: Callable[[float], None] = ctx.options.get("sleep") or time.sleep
         self._run_cm: Any = None
         self._results: queue.Queue[TaskResult] = queue.Queue()
         self._pending: dict[str, TaskRequest] = {}
         self._sent: dict[str, float] = {}  # key -> time.monotonic() at submit (live metering)
         self._tasks: dict[str, ShardTask] = {}  # every task submitted in this run
+        self._maybe_held: set[str] = set()  # sent and not seen to end: a claim of ours may be left
         self._surveyed = False  # the first survey trusts only the volume (see classify)
+        self._listing: dict[str, int] | None = None  # manifests()'s listing, for the first survey
         self._lock = threading.Lock()
         self._problem: ModalUserError | None = None
         self._last_manifest = -1e9
@@ -120,6 +126,7 @@ class ModalBackend(Backend):
         self._calls: dict[str, Any] = {}  # key -> the attempt's modal.FunctionCall
         self._cancelled: set[str] = set()
         self._variant = {v.name: v for v in self.job.variants}
+        self._price_names: dict[tuple[str, ...], str] = {}
         self.view = VolumeView(self.spec, self.job.volume)
         self.claims_table = DictClaims(self.job.claims)
 
@@ -264,15 +271,26 @@ class ModalBackend(Backend):
         with self._lock:
             for req in wave:
                 self._pending[req.task.key] = req
-                self._sent[req.task.key] = time.monotonic()
+                self._sent[req.task.key] = self.clock()
                 self._tasks[req.task.key] = req.task
+                self._maybe_held.add(req.task.key)
         for name, req in routed:
-            threading.Thread(
-                target=self._run_one, args=(name, req), name=f"forge-{name}", daemon=True
-            ).start()
+            self._start(name, req)
+
+    def _start(self, name: str, req: TaskRequest) -> None:
+        """Run one attempt in its own thread (the simulation schedules it on its clock instead)."""
+        threading.Thread(
+            target=self._run_one, args=(name, req), name=f"forge-{name}", daemon=True
+        ).start()
 
     def _run_one(self, name: str, req: TaskRequest) -> None:
         """One attempt: ``spawn`` then ``get`` (modal/_functions.py:2258, 2440); exactly one result."""
+        call = self._spawn(name, req)
+        if call is not None:
+            self._collect(req, call)
+
+    def _spawn(self, name: str, req: TaskRequest) -> Any | None:
+        """Send the attempt; None when it failed to go (then already answered)."""
         key = req.task.key
         try:
             call = self._function(name).spawn(req, spec=self.spec, run_id=self.run_id)
@@ -281,6 +299,17 @@ class ModalBackend(Backend):
                 cancelled = key in self._cancelled
             if cancelled:  # cancel() came while the call was being spawned
                 call.cancel(terminate_containers=True)
+            return call
+        except BaseException as e:  # every attempt must answer, whatever ended it
+            with self._lock:
+                self._calls.pop(key, None)
+            self._answer_error(req, e)
+            return None
+
+    def _collect(self, req: TaskRequest, call: Any) -> None:
+        """Wait for the attempt's answer and hand it (or its error) to ``poll``."""
+        key = req.task.key
+        try:
             out = call.get()
             if not isinstance(out, TaskResult):
                 raise RuntimeError(f"unexpected output {out!r}")
@@ -291,6 +320,10 @@ class ModalBackend(Backend):
         finally:
             with self._lock:
                 self._calls.pop(key, None)
+        self._answer_error(req, error)
+
+    def _answer_error(self, req: TaskRequest, error: BaseException) -> None:
+        key = req.task.key
         problem = user_error(error)
         if problem is not None and self._problem is None:
             self._problem = problem
@@ -303,10 +336,10 @@ class ModalBackend(Backend):
     def running(self) -> dict[str, Attempt]:
         # Billed from the submit (a container's start is billed too), at the dearest
         # GPU the input may land on: which one it got is known only from its result.
-        now = time.monotonic()
+        now, sent, names = self.clock(), self._sent, self._price_names
         with self._lock:
             return {
-                k: Attempt(k, now - self._sent.get(k, now), self.price_name(r.gpu))
+                k: Attempt(k, now - sent.get(k, now), names.get(r.gpu) or self.price_name(r.gpu))
                 for k, r in self._pending.items()
             }
 
@@ -320,7 +353,7 @@ class ModalBackend(Backend):
         charged from its submit at the dearest GPU it may have had (the budget's
         hard stop, Ctrl+C, SIGTERM); whatever its call answers later is dropped.
         """
-        now = time.monotonic()
+        now = self.clock()
         with self._lock:
             wanted = set(self._pending) if keys is None else set(keys) & set(self._pending)
             self._cancelled |= wanted
@@ -348,6 +381,9 @@ class ModalBackend(Backend):
         with self._lock:
             if self._pending.pop(r.key, None) is None:
                 return  # cancelled meanwhile: already answered by cancel()
+            self._sent.pop(r.key, None)
+            if r.status != "failed":  # the container ended and released its claim
+                self._maybe_held.discard(r.key)
         self._results.put(r)
 
     def poll(self, timeout: float) -> list[TaskResult]:
@@ -363,8 +399,6 @@ class ModalBackend(Backend):
         return out
 
     # -- the store on the volume -----------------------------------------------------------------
-    SURVEY_ONE_BY_ONE = 16  # below this many tasks, ask per file instead of listing the job
-
     def survey(self, tasks: Sequence[ShardTask]) -> dict[str, SurveyState]:
         try:
             return self._survey(tasks)
@@ -372,18 +406,26 @@ class ModalBackend(Backend):
             raise self._fatal(e) from e
 
     def _survey(self, tasks: Sequence[ShardTask]) -> dict[str, SurveyState]:
-        trust, self._surveyed = self._surveyed, True
+        """The first survey: one volume listing and one Dict stream; later ones: per key.
+
+        Later surveys are the orchestrator rechecking shards another run holds:
+        two Dict reads per shard, no volume call. A done record there is trusted
+        (its run checks its own commits); a shard with neither claim nor record
+        is dispatched, and its container finds it on the volume if it is there.
+        """
+        first, self._surveyed = not self._surveyed, True
         claims = self.claims_table
-        files: Collection[str]
-        if len(tasks) <= self.SURVEY_ONE_BY_ONE:  # the orchestrator rechecking a few shards
-            names = [t.relpath for t in tasks] + [f"{t.key}{RECORD_SUFFIX}" for t in tasks]
-            files = {n for n in names if self.view.exists(n)}
+        if not first:
             held = {t.key: c for t in tasks if (c := claims.get(t.key)) is not None}
             records = {t.key: r for t in tasks if (r := claims.get_record(t.key)) is not None}
-        else:
+            return classify(
+                tasks, (), held, records, now=self.wall(),
+                timeout_s=claim_timeout_s(self.spec), trust_records=True,
+            )  # fmt: skip
+        files, self._listing = self._listing, None
+        if files is None:
             files = self.view.files()
-            held = claims.claims()
-            records = claims.records()
+        held, records = claims.snapshot()
         for t in tasks:  # a record file whose Dict entry expired: is it a skip?
             name = f"{t.key}{RECORD_SUFFIX}"
             if t.key not in records and name in files and t.relpath not in files:
@@ -391,25 +433,21 @@ class ModalBackend(Backend):
                 if rec is not None:
                     records[t.key] = rec
         return classify(
-            tasks,
-            files,
-            held,
-            records,
-            now=time.time(),
-            timeout_s=claim_timeout_s(self.spec),
-            trust_records=trust,
+            tasks, files, held, records, now=self.wall(), timeout_s=claim_timeout_s(self.spec)
         )
 
     def manifests(self) -> list[dict[str, Any]]:
+        """Earlier runs' manifests, from one listing of the job that the first survey reuses."""
         try:
-            return self.view.manifests()
+            self._listing = self.view.files()
+            return self.view.manifests(self._listing)
         except modal.exception.NotFoundError:
             return []  # the volume does not exist yet: no earlier runs
         except Exception as e:
             raise self._fatal(e) from e
 
     PERSIST_GRACE_S = 150.0  # containers commit every few seconds, and at exit (idle 60 s)
-    PERSIST_POLL_S = 5.0
+    PERSIST_POLL_S = 5.0  # the first wait; each next one twice as long (one listing each)
 
     def unpersisted(self, keys: Sequence[str]) -> list[str]:
         """Keys reported done whose shard or record is still not on the volume.
@@ -417,11 +455,13 @@ class ModalBackend(Backend):
         Containers commit in the background and when they exit, and a failed
         exit commit only logs a line; so a run ends by checking the volume
         against what was reported done, giving idle containers time to exit and
-        commit. What is still missing after that must be solved again.
+        commit. What is still missing after that must be solved again. Each
+        look is one listing of the job; the waits between them double, so the
+        grace costs a handful of listings, not one every few seconds.
         """
         tasks = {k: self._tasks[k] for k in keys if k in self._tasks}
-        deadline = time.monotonic() + self.PERSIST_GRACE_S
-        waited = False
+        deadline = self.clock() + self.PERSIST_GRACE_S
+        wait = self.PERSIST_POLL_S
         while True:
             files = self.view.files()
             missing = [
@@ -429,15 +469,18 @@ class ModalBackend(Backend):
                 for k, t in tasks.items()
                 if t.relpath not in files or f"{t.key}{RECORD_SUFFIX}" not in files
             ]
-            if not missing or time.monotonic() >= deadline:
+            del files
+            left = deadline - self.clock()
+            if not missing or left <= 0:
                 return missing
-            if not waited:
-                waited = True
+            if wait == self.PERSIST_POLL_S:
                 self.say(
                     f"Waiting for {len(missing)} finished shard(s) to reach volume "
                     f"{self.spec.output.volume} (containers commit when they exit) ..."
                 )
-            time.sleep(self.PERSIST_POLL_S)
+            tasks = {k: tasks[k] for k in missing}
+            self.sleep(min(wait, left))
+            wait *= 2
 
     def spend_sources(self) -> list[SpendSource]:
         try:
@@ -462,7 +505,7 @@ class ModalBackend(Backend):
             raise OSError(f"writing the run's ledger to volume {self.spec.output.volume}: {e}") from e
 
     def write_manifest(self, run_id: str, manifest: dict[str, Any]) -> str:
-        now = time.monotonic()
+        now = self.clock()
         running = manifest.get("status") == "running"
         if running and now - self._last_manifest < self.MANIFEST_EVERY_S:
             return ""
@@ -488,7 +531,9 @@ class ModalBackend(Backend):
     def _release_own_claims(self) -> None:
         """After the app stopped, no container of this run holds a shard: free their claims."""
         try:
-            release_run_claims(self.claims_table, self.run_id)
+            with self._lock:
+                keys = sorted(self._maybe_held)
+            release_run_claims(self.claims_table, self.run_id, keys)
         except Exception as e:
             self.say(
                 f"warning: could not release this run's claims ({e}); they go stale after the task timeout"
@@ -496,7 +541,10 @@ class ModalBackend(Backend):
 
     def price_name(self, gpu: tuple[str, ...]) -> str:
         """Estimates use the dearest GPU the attempt may land on (the budget must not under-count)."""
-        return self.spec.dearest(gpu) if gpu else self.name
+        name = self._price_names.get(gpu)
+        if name is None:  # asked for every attempt in flight several times a second: remembered
+            name = self._price_names[gpu] = self.spec.dearest(gpu) if gpu else self.name
+        return name
 
     def describe(self) -> str:
         app = f"{self.job.app.name} ({self.app_id})" if self.app_id else self.job.app.name

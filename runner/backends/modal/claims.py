@@ -10,7 +10,8 @@ Layout of the job's Dict (``forge-{name}-claims``), one namespace per prefix so
 that ``keys()`` returns only claims:
 
 - ``<task key>``                  the claim (``make_claim`` dict) of a running shard
-- ``takeover:<task key>:<token>`` who took over the stale claim with that token
+- ``takeover:<task key>:<token>`` who is taking over the stale claim with that token
+                                  (deleted once the takeover is decided)
 - ``record:<task key>``           the shard's result record, written when it finishes
 - ``app:<app id>``                apps started for this job (``forge stop`` reads them)
 
@@ -21,7 +22,7 @@ view while a run is live.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from typing import Any, Protocol
 
 from runner.store.claims import Claim, same_claim
@@ -70,18 +71,25 @@ class DictClaims:
 
     def replace(self, key: str, expected: Claim, new: Claim) -> bool:
         token = expected.get("token") or f"{expected.get('run_id')}-{expected.get('started')}"
-        if not self.d.put(f"{TAKEOVER_PREFIX}{key}:{token}", dict(new), skip_if_exists=True):
+        mutex = f"{TAKEOVER_PREFIX}{key}:{token}"
+        if not self.d.put(mutex, dict(new), skip_if_exists=True):
             return False
-        # We own the takeover of ``expected``. If its owner released it meanwhile
-        # (or finished), the key may be free or hold a newer claim: only overwrite
-        # the claim we judged stale.
-        current = self.get(key)
-        if current is None:
-            return self.put_if_absent(key, new)
-        if not same_claim(current, expected):
-            return False
-        self.d[key] = dict(new)
-        return True
+        try:
+            # We own the takeover of ``expected``. If its owner released it meanwhile
+            # (or finished), the key may be free or hold a newer claim: only overwrite
+            # the claim we judged stale.
+            current = self.get(key)
+            if current is None:
+                return self.put_if_absent(key, new)
+            if not same_claim(current, expected):
+                return False
+            self.d[key] = dict(new)
+            return True
+        finally:
+            # Decided: ``expected`` is gone from the key either way, so a later taker
+            # that wins this mutex finds another claim (or none) and stops there.
+            # Kept, the mutexes would grow the Dict by one entry per takeover.
+            self.d.pop(mutex, None)
 
     def delete(self, key: str) -> None:
         self.d.pop(key, None)
@@ -112,11 +120,20 @@ class DictClaims:
 
     def claims(self) -> dict[str, Claim]:
         """Every live or stale claim, by task key."""
-        return {
-            k: dict(v)
-            for k, v in self.d.items()
-            if isinstance(k, str) and not k.startswith(_PREFIXES) and isinstance(v, dict)
-        }
+        return self.snapshot()[0]
+
+    def snapshot(self) -> tuple[dict[str, Claim], dict[str, dict[str, Any]]]:
+        """Every claim and every record, from one streamed listing of the Dict."""
+        claims: dict[str, Claim] = {}
+        records: dict[str, dict[str, Any]] = {}
+        for k, v in self.d.items():
+            if not isinstance(k, str) or not isinstance(v, dict):
+                continue
+            if k.startswith(RECORD_PREFIX):
+                records[k[len(RECORD_PREFIX) :]] = dict(v)
+            elif not k.startswith(_PREFIXES):
+                claims[k] = dict(v)
+        return claims, records
 
     def add_app(self, app_id: str, info: dict[str, Any]) -> None:
         self.d[APP_PREFIX + app_id] = dict(info)
@@ -129,9 +146,21 @@ class DictClaims:
         return self._with_prefix(APP_PREFIX)
 
 
-def release_run_claims(claims: DictClaims, run_id: str) -> int:
-    """Delete the claims a run holds (once none of its containers runs); how many."""
+def release_run_claims(claims: DictClaims, run_id: str, keys: Iterable[str] | None = None) -> int:
+    """Delete the claims a run holds (once none of its containers runs); how many.
+
+    ``keys``: the only keys the run may hold (what it sent and did not see end),
+    asked one by one; without them the whole Dict is streamed (``forge stop``,
+    which knows nothing of the run).
+    """
     n = 0
+    if keys is not None:  # each read just now: delete what this run holds
+        for key in keys:
+            held = claims.get(key)
+            if held is not None and held.get("run_id") == run_id:
+                claims.delete(key)
+                n += 1
+        return n
     for key, held in claims.claims().items():
         if held.get("run_id") == run_id and same_claim(claims.get(key), held):
             claims.delete(key)

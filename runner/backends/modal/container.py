@@ -14,16 +14,19 @@ Two rules hold here that the local backend does not need:
   jax fails instead of falling back to the CPU, and an input that still sees no
   GPU refuses to run (a failed attempt, priced at the dearest GPU it asked for,
   never as ``local``).
-- Commits are serialized with writes: ``Volume.commit()`` reloads the volume,
+- Commits are serialized with file use: ``Volume.commit()`` reloads the volume,
   which fails while another input of the container has a file open, so a commit
-  waits for writes in progress and a failed commit is left to the run's final
+  waits for reads and writes in progress (and the JAX cache is on the
+  container's disk, jaxcache.py); a failed commit is left to the run's final
   check of the volume (``ModalBackend.unpersisted``) instead of failing a
-  finished shard.
+  finished shard, and a reload that fails after the commit went through is
+  said as such.
 """
 
 from __future__ import annotations
 
 import contextlib
+import functools
 import os
 import resource
 import sys
@@ -36,6 +39,7 @@ import modal
 
 from runner.backends.base import TaskRequest
 from runner.backends.modal.claims import DictClaims
+from runner.backends.modal.jaxcache import JaxCache
 from runner.backends.modal.names import (
     ENV_CLAIMS,
     ENV_STORE_ROOT,
@@ -137,10 +141,16 @@ def device_kind(required: bool) -> str:
 # -- the store a container's inputs share -----------------------------------------------------
 
 
-class CommitGate:
-    """Writes share the gate; a volume commit takes it alone, after writes in progress end.
+# Modal's reload refuses while a file is open and says so in these words
+# (modal/volume.py:926); commit() reloads only after VolumeCommit went through (:899-917).
+RELOAD_REFUSED = "open files preventing the operation"
 
-    A waiting commit also holds back new writes, so a busy container still commits.
+
+class CommitGate:
+    """File use (reads and writes) shares the gate; a volume commit takes it alone, after
+    the uses in progress end.
+
+    A waiting commit also holds back new uses, so a busy container still commits.
     """
 
     def __init__(self, say: Callable[[str], None] | None = None) -> None:
@@ -149,10 +159,11 @@ class CommitGate:
         self._committing = False
         self._waiting = 0
         self.failed = 0
+        self.reload_failed = 0  # committed, but the reload after it was refused
         self.say = say or (lambda m: print(m, file=sys.stderr, flush=True))
 
     @contextlib.contextmanager
-    def writing(self) -> Iterator[None]:
+    def using(self) -> Iterator[None]:
         with self._cond:
             while self._committing or self._waiting:
                 self._cond.wait()
@@ -176,6 +187,13 @@ class CommitGate:
             fn()
             return True
         except Exception as e:
+            if RELOAD_REFUSED in str(e):
+                self.reload_failed += 1
+                self.say(
+                    f"note: the volume commit went through; reloading the volume after it failed "
+                    f"({e}); the shards are committed"
+                )
+                return True
             self.failed += 1
             self.say(
                 f"warning: volume commit failed ({type(e).__name__}: {e}); "
@@ -189,30 +207,32 @@ class CommitGate:
 
 
 class GatedStore:
-    """A ``ShardStore`` whose writes pass through the container's ``CommitGate``."""
+    """A ``ShardStore`` whose every method that opens files (``check`` and ``read_record``
+    as much as the writes) runs inside the container's ``CommitGate``."""
+
+    # These commit (take the gate alone): inside a use they would wait on themselves.
+    COMMITS = frozenset({"committed", "flush"})
 
     def __init__(self, store: Any, gate: CommitGate) -> None:
         self.store = store
         self.gate = gate
 
-    def write_shard(self, *args: Any, **kwargs: Any) -> Any:
-        with self.gate.writing():
-            return self.store.write_shard(*args, **kwargs)
-
-    def write_record(self, *args: Any, **kwargs: Any) -> Any:
-        with self.gate.writing():
-            return self.store.write_record(*args, **kwargs)
-
-    def quarantine(self, *args: Any, **kwargs: Any) -> Any:
-        with self.gate.writing():
-            return self.store.quarantine(*args, **kwargs)
-
     def __getattr__(self, name: str) -> Any:
-        return getattr(self.store, name)
+        attr = getattr(self.store, name)
+        if not callable(attr) or name in self.COMMITS:
+            return attr
+
+        @functools.wraps(attr)
+        def gated(*args: Any, **kwargs: Any) -> Any:
+            with self.gate.using():
+                return attr(*args, **kwargs)
+
+        return gated
 
 
 _stores: dict[tuple[str, str], GatedStore] = {}
 _stores_lock = threading.Lock()
+_jax_caches: dict[int, JaxCache] = {}  # per commit gate: one per container and volume
 
 
 def container_store(
@@ -241,6 +261,19 @@ def container_store(
         return store
 
 
+def _jax_cache(gate: CommitGate) -> JaxCache:
+    with _stores_lock:
+        return _jax_caches.setdefault(id(gate), JaxCache(gate.using))
+
+
+def _best_effort(fn: Callable[[], object], what: str) -> None:
+    """A cache copy that fails costs a compile, never the shard."""
+    try:
+        fn()
+    except OSError as e:
+        print(f"warning: {what} failed ({e}); kernels compile again", file=sys.stderr, flush=True)
+
+
 def _commit_hook(gate: CommitGate, commit: Callable[[], None]) -> Callable[[], None]:
     def hook() -> None:
         gate.commit(commit)
@@ -253,6 +286,7 @@ def reset_container_state() -> None:
     global _startup_charged
     with _stores_lock:
         _stores.clear()
+        _jax_caches.clear()
     with _startup_lock:
         _startup_charged = False
 
@@ -400,6 +434,9 @@ def solve_shard(request: TaskRequest, spec: JobSpec, run_id: str) -> TaskResult:
         )
     root = shard_store_root(spec)
     store = container_store(spec, root)
+    cache = _jax_cache(store.gate) if in_modal() else None
+    if cache is not None:
+        _best_effort(cache.seed, "copying the JAX cache from the volume")
     input_id = modal.current_input_id()
     claims = TaggedClaims(shard_claims(spec, root), input_id)
     forget_own_claim(claims, request.task.key, input_id)
@@ -413,6 +450,8 @@ def solve_shard(request: TaskRequest, spec: JobSpec, run_id: str) -> TaskResult:
         price_per_hour=spec.rate(gpu),
     )
     result = run_task(request, env)
+    if cache is not None:
+        _best_effort(cache.publish, "copying new JAX cache entries to the volume")
     charge(result, spec, startup=startup, cpu_used=cpu_seconds() - cpu0, billed=in_modal())
     if result.status in ("done", "skipped", "already_done"):
         record = store.read_record(request.task)

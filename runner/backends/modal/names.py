@@ -11,7 +11,11 @@ from pathlib import PurePosixPath
 from runner.jobspec.model import JobSpec
 
 MOUNT = "/forge"  # where the output volume is mounted in every container
-JAX_CACHE = f"{MOUNT}/.cache/jax"  # outside every job's output root
+# The JAX compilation cache: JAX uses the container's own disk (an open cache file on the
+# volume fails a commit's reload); the volume keeps a copy for the next containers
+# (jaxcache.py), outside every job's output root.
+JAX_CACHE = "/root/.cache/forge/jax"
+SHARED_JAX_CACHE = f"{MOUNT}/.cache/jax"
 TAG_JOB = "forge-job"
 TAG_RUN = "forge-run"
 

@@ -8,12 +8,10 @@ validate`` never come here.
 from __future__ import annotations
 
 import contextlib
-import json
 import os
 import sys
 import time
 from collections.abc import Callable, Collection, Mapping, Sequence
-from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -29,16 +27,15 @@ from runner.backends.modal.errors import (
     require_credentials,
     user_error,
 )
+from runner.backends.modal.fetch import DownloadReport, ProgressFn, download_from
 from runner.backends.modal.names import TAG_JOB, TAG_RUN, app_name, claim_timeout_s, claims_name
 from runner.backends.modal.volume import VolumeView, classify
 from runner.backends.runstate import new_run_id
 from runner.jobspec.load import load_job
 from runner.jobspec.model import JobSpec, ShardTask
 from runner.jobspec.plan import tasks as plan_tasks
-from runner.oracle.atomic import atomic_path
 from runner.store.ledger import SpendBook, prior_spend
 from runner.store.shards import (
-    RECORD_SUFFIX,
     STATUS_COLUMNS,
     KeyStatus,
     StoreStatus,
@@ -246,60 +243,6 @@ def status_from(
 # forge download ---------------------------------------------------------------------------------
 
 
-@dataclass
-class DownloadReport:
-    to: str
-    source: str = ""
-    copied: list[str] = field(default_factory=list)
-    identical: list[str] = field(default_factory=list)  # present locally, same content: skipped
-    conflicts: list[str] = field(default_factory=list)  # present locally, different: kept
-    bytes: int = 0
-
-    def lines(self) -> list[str]:
-        if not (self.copied or self.identical or self.conflicts):
-            return [f"Nothing to download: no shards under {self.source} yet."]
-        out = [
-            f"{len(self.copied)} file(s) copied ({self.bytes / 1e6:,.1f} MB), "
-            f"{len(self.identical)} already present and identical, into {self.to}"
-        ]
-        if self.conflicts:
-            out.append(
-                f"{len(self.conflicts)} local file(s) differ from the volume and were kept "
-                "(move them away to download the volume's copy):"
-            )
-            out += [f"  {c}" for c in self.conflicts[:20]]
-            if len(self.conflicts) > 20:
-                out.append(f"  ... and {len(self.conflicts) - 20} more")
-        return out
-
-
-ProgressFn = Callable[[int, int, str], None]  # (bytes done, bytes total, current file)
-
-
-def _wanted(rel: str, split: str | None) -> bool:
-    parts = rel.split("/")
-    if len(parts) != 2 or parts[0].startswith("_"):
-        return False  # run manifests and anything that is not <split>/<file>
-    if split is not None and parts[0] != split:
-        return False
-    name = parts[1]
-    return name.endswith(".parquet") or (name.endswith(RECORD_SUFFIX) and ".tmp" not in name)
-
-
-def _same_shard(local: Path, record: dict[str, Any] | None) -> bool:
-    """A local shard is the volume's when its footer digests equal the volume's record."""
-    if record is None:
-        return False
-    from runner.oracle.shard import read_shard_meta
-
-    try:
-        meta = read_shard_meta(local)
-    except Exception:
-        return False
-    keys = ("h_states", "h_v", "h_q")
-    return all(record.get(k) and meta.get(k) == record.get(k) for k in keys)
-
-
 def download(
     spec: JobSpec,
     to: str | os.PathLike[str],
@@ -307,64 +250,20 @@ def download(
     split: str | None = None,
     progress: ProgressFn | None = None,
 ) -> DownloadReport:
-    """Copy the job's shards and records from its volume into ``to/<split>/``.
+    """Copy the job's shards and records from its volume into ``to/<split>/``, each checked
+    against the volume's record before it gets its final name (``fetch.download_from``).
 
-    A file already there is skipped when identical (records: same bytes;
-    shards: same size and the same table digests as the volume's record) and
-    kept, untouched, when it differs. Files land through a temporary name, so an
-    interrupted download never leaves a partial shard under a final name.
+    A file already there is skipped when identical (records: same bytes; shards:
+    the same size and table digests as the volume's) and kept, untouched, when it
+    differs.
     """
     require_credentials()
-    dest = Path(to)
-    report = DownloadReport(to=str(dest))
     with modal_errors():
         view = _volume(spec)
-        files = _or_empty(view.files, {})
-        report.source = view.where(split or "")
-        wanted = sorted(
-            (r for r in files if _wanted(r, split)), key=lambda r: (not r.endswith(".json"), r)
-        )
-        total = sum(files[r] for r in wanted)
-        done = 0
-        records: dict[str, dict[str, Any]] = {}
-        for rel in wanted:
-            size = files[rel]
-            local = dest / rel
-            data: bytes | None = None
-            if rel.endswith(RECORD_SUFFIX):
-                data = view.read(rel)
-                with contextlib.suppress(ValueError):
-                    obj = json.loads(data)
-                    if isinstance(obj, dict):
-                        records[rel.removesuffix(RECORD_SUFFIX)] = obj
-            if local.exists():
-                if data is not None:
-                    same = local.read_bytes() == data
-                else:
-                    rec = records.get(rel.removesuffix(".parquet"))
-                    same = local.stat().st_size == size and _same_shard(local, rec)
-                (report.identical if same else report.conflicts).append(rel)
-                done += size
-                if progress is not None:
-                    progress(done, total, rel)
-                continue
-            local.parent.mkdir(parents=True, exist_ok=True)
-            part = local.with_name(f"{local.name}.download-{os.getpid()}")
-            with atomic_path(local, tmp=part) as tmp, open(tmp, "wb") as f:
-                if data is not None:
-                    f.write(data)
-                    done += len(data)
-                else:
-                    for chunk in view.volume.read_file(view.path(rel)):
-                        f.write(chunk)
-                        done += len(chunk)
-                        if progress is not None:
-                            progress(done, total, rel)
-            report.copied.append(rel)
-            report.bytes += size
-            if progress is not None:
-                progress(done, total, rel)
-    return report
+        try:
+            return download_from(view, Path(to), split, progress)
+        except modal.exception.NotFoundError:  # no volume yet: nothing to download
+            return DownloadReport(to=str(to), source=view.where(split or ""))
 
 
 # forge cost -------------------------------------------------------------------------------------

@@ -127,10 +127,15 @@ class VolumeView:
             batch.put_file(io.BytesIO(data), self.path(rel))
         return self.where(rel)
 
-    def manifests(self) -> list[dict[str, Any]]:
-        """The job's run manifests (``_runs/*.json``), oldest first."""
+    def manifests(self, listing: Collection[str] | None = None) -> list[dict[str, Any]]:
+        """The job's run manifests (``_runs/*.json``), oldest first; ``listing``: the
+        job's files, already listed (else the ``_runs`` folder is listed)."""
+        if listing is None:
+            names = sorted(self.files(RUNS_DIR))
+        else:
+            names = sorted(n for n in listing if n.startswith(f"{RUNS_DIR}/"))
         out = []
-        for rel in sorted(self.files(RUNS_DIR)):
+        for rel in names:
             if rel.endswith(".json"):
                 m = self.read_json(rel)
                 if m is not None:
