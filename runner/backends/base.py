@@ -175,6 +175,11 @@ class Backend(abc.ABC, Generic[T]):
         """The price-table name used to estimate an attempt that asks for ``gpu``."""
         return gpu[0] if gpu else self.name
 
+    def hourly(self, name: str) -> float:
+        """$/hour an attempt priced as ``name`` (see ``price_name``) costs while it runs: the
+        price table's rate here; a Modal container adds its CPU and memory."""
+        return self.ctx.spec.rate(name)
+
     def describe(self) -> str:
         """One line for the run header (where the store is, what runs)."""
         return self.name

@@ -154,7 +154,7 @@ class Orchestrator:
 
     def _estimate_usd(self, req: TaskRequest) -> float:
         name = self.backend.price_name(req.gpu)
-        return self.spec.usd(self._per_shard_s(name), name)
+        return pricing.dollars(self._per_shard_s(name), self.backend.hourly(name))
 
     def _spent(self) -> float:
         """Committed: earlier runs plus this run's attempts that have ended."""
@@ -171,7 +171,7 @@ class Orchestrator:
                 secs, name, billing = a.elapsed_s, a.gpu, a.billing
             else:
                 secs, name, billing = now - self._sent.get(key, now), self.backend.price_name(req.gpu), True
-            price = self.spec.rate(name) / 3600.0
+            price = self.backend.hourly(name) / 3600.0
             m.accrued += max(0.0, secs) * price
             m.rest += max(0.0, self._per_shard_s(name) - secs) * price
             m.rate += price if billing else 0.0
@@ -224,7 +224,7 @@ class Orchestrator:
             secs, name = m.seconds.get(key, (0.0, self.backend.price_name(req.gpu)))
             results.append(
                 cancelled_result(
-                    key, seconds=secs, gpu=name, per_hour=self.spec.rate(name),
+                    key, seconds=secs, gpu=name, per_hour=self.backend.hourly(name),
                     run_id=self.run_id, tier=req.tier, attempt=req.attempt,
                 )
             )  # fmt: skip
@@ -564,7 +564,7 @@ class Orchestrator:
             # What a kill -9 would leave unbilled: the next run charges it (mark_abandoned).
             "in_flight": [
                 {"key": k, "gpu": name, "seconds": round(secs, 3),
-                 "usd": round(spec.usd(secs, name), 6)}
+                 "usd": round(pricing.dollars(secs, self.backend.hourly(name)), 6)}
                 for k, (secs, name) in (self._meter().seconds.items() if not final else ())
             ],  # fmt: skip
         }

@@ -281,6 +281,7 @@ def _compute(
         max_states=compute["max_states"],
         large=large,
         workers=compute["workers"],
+        scaledown_window_s=compute["scaledown_window_s"],
     )
 
 

@@ -93,6 +93,14 @@ def test_job_compiles_with_its_settings(path: Path) -> None:
     assert orch["max_containers"] == 1
     assert orch["retries"] == 0
     assert orch["secrets"] == []  # a CPU function: no JAX_PLATFORMS=cuda
+    # Modal preempts with SIGINT (modal/exception.py:300-305): the orchestrator asks not to be
+    assert orch["nonpreemptible"] is True
+
+    # The idle tail is set, short, and what billing charges (modal/app.py:918, 961)
+    for name, fn in job.functions.items():
+        s = fm.modal_settings(fn)
+        assert s["scaledown_window"] == c.scaledown_window_s, name
+        assert s["nonpreemptible"] is False, name  # GPU work survives preemption by retrying
 
     # GPU or nothing: every GPU function sets JAX_PLATFORMS (env= is a secret, modal/_functions.py:811)
     for plan in job.variants:
@@ -101,7 +109,10 @@ def test_job_compiles_with_its_settings(path: Path) -> None:
         assert s["secrets"] == ["Secret.from_dict([JAX_PLATFORMS])"]
         # what forge plan shows is what Modal holds
         shown = plan.to_json()
-        for key in ("name", "gpu", "max_inputs", "timeout", "retries", "max_containers", "cpu", "memory_mib"):
+        for key in (
+            "name", "gpu", "max_inputs", "timeout", "retries", "max_containers", "cpu", "memory_mib",
+            "scaledown_window", "nonpreemptible",
+        ):  # fmt: skip
             assert s[key] == shown[key], key
 
 
@@ -165,6 +176,8 @@ def test_plan_json_cli_without_credentials(tmp_path: Path) -> None:
         "env": {"JAX_PLATFORMS": "cuda"},
         "cpu": 0.125,
         "memory_mib": 128,
+        "scaledown_window": spec.compute.scaledown_window_s,
+        "nonpreemptible": False,
     }
     assert all(f["retries"] == 0 and f["env"]["JAX_PLATFORMS"] == "cuda" for f in doc["functions"])
     assert {f["tier"] for f in doc["functions"]} <= {"main", "large"}

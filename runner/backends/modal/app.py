@@ -78,6 +78,12 @@ class FunctionPlan:
     env: dict[str, str] = field(default_factory=dict)
     cpu: float = CPU_CORES
     memory_mib: int = MEMORY_MIB
+    # Seconds an idle container is kept (and billed) after its last input; set, not
+    # left to Modal's default (modal/app.py:918, 961; 2 to 3600, modal/_functions.py:841).
+    scaledown_window: int = 5
+    # Preemption restarts the function with SIGINT (modal/exception.py:300-305): the
+    # detached orchestrator asks for a machine that is not preempted (modal/app.py:928).
+    nonpreemptible: bool = False
 
     def decorate(self, app: modal.App, body: Callable[..., Any], volumes: Volumes) -> Any:
         """``body`` registered on ``app`` with this plan's settings."""
@@ -92,6 +98,8 @@ class FunctionPlan:
             env=dict(self.env) or None,
             cpu=self.cpu,
             memory=self.memory_mib,
+            scaledown_window=int(self.scaledown_window),
+            nonpreemptible=self.nonpreemptible,
         )(fn)
 
     def to_json(self) -> dict[str, Any]:
@@ -107,6 +115,8 @@ class FunctionPlan:
             "env": dict(self.env),
             "cpu": self.cpu,
             "memory_mib": self.memory_mib,
+            "scaledown_window": self.scaledown_window,
+            "nonpreemptible": self.nonpreemptible,
         }
 
 
@@ -118,8 +128,9 @@ def gpu_function(
     max_inputs: int,
     timeout: int,
     max_containers: int,
+    scaledown_window: int,
 ) -> FunctionPlan:
-    """A work function on a GPU: no Modal retries, and jax may only use CUDA."""
+    """A work function on a GPU: no Modal retries, jax may only use CUDA, a short idle tail."""
     return FunctionPlan(
         name,
         tier,
@@ -130,6 +141,7 @@ def gpu_function(
         int(max_containers),
         0,
         dict(GPU_ENV),
+        scaledown_window=int(scaledown_window),
     )
 
 
@@ -143,15 +155,15 @@ def variants(spec: JobSpec) -> list[FunctionPlan]:
     that gets no input costs nothing.
     """
     c = spec.compute
-    t, n = int(c.timeout_s), int(c.max_containers)
-    out = [gpu_function("solve_main", "main", "main", tuple(c.gpu), c.concurrency, t, n)]
+    t, n, idle = int(c.timeout_s), int(c.max_containers), int(c.scaledown_window_s)
+    out = [gpu_function("solve_main", "main", "main", tuple(c.gpu), c.concurrency, t, n, idle)]
     if c.concurrency > 1:
-        out.append(gpu_function("solve_main_solo", "main", "solo", tuple(c.gpu), 1, t, n))
+        out.append(gpu_function("solve_main_solo", "main", "solo", tuple(c.gpu), 1, t, n, idle))
     b = spec.budget
     if b.on_exceed == "downgrade" and b.downgrade_gpu and (b.downgrade_gpu,) != tuple(c.gpu):
         out.append(
             gpu_function(
-                "solve_downgrade", "main", "downgrade", (b.downgrade_gpu,), c.concurrency, t, n
+                "solve_downgrade", "main", "downgrade", (b.downgrade_gpu,), c.concurrency, t, n, idle
             )
         )
     if c.large is not None:
@@ -164,14 +176,16 @@ def variants(spec: JobSpec) -> list[FunctionPlan]:
                 c.large.concurrency,
                 int(c.large.timeout_s),
                 n,
+                idle,
             )
         )
     return out
 
 
 ORCHESTRATOR = FunctionPlan(
-    ORCHESTRATOR_NAME, "", "orchestrator", (), 1, ORCHESTRATOR_TIMEOUT_S, max_containers=1
-)
+    ORCHESTRATOR_NAME, "", "orchestrator", (), 1, ORCHESTRATOR_TIMEOUT_S, max_containers=1,
+    nonpreemptible=True,
+)  # fmt: skip
 
 
 @dataclass
