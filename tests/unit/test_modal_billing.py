@@ -296,7 +296,7 @@ def test_a_run_records_at_least_modals_bill_and_stops_dispatching_before_the_cap
     spec = make_job(_folder(), round(max_usd, 4))
     be = SimModal(spec, list(plans))
     orch = Orchestrator(
-        spec, be, plan_tasks(spec), run_id="run-sim", options=RunOptions(backoff_s=1.0),
+        spec, be, plan_tasks(spec), run_id="run-sim", options=RunOptions(backoff_s=1.0, poll_s=5.0),
         clock=be.clock, sleep=be.sleep,
     )  # fmt: skip
     be.orch = orch

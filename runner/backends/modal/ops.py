@@ -10,9 +10,11 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import signal
 import sys
+import threading
 import time
-from collections.abc import Callable, Collection, Mapping, Sequence
+from collections.abc import Callable, Collection, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -31,7 +33,7 @@ from runner.backends.modal.errors import (
 )
 from runner.backends.modal.names import TAG_JOB, TAG_RUN, app_name, claim_timeout_s, claims_name
 from runner.backends.modal.volume import VolumeView, classify
-from runner.backends.runstate import new_run_id
+from runner.backends.runstate import EXIT_INTERRUPTED, EXIT_TERMINATED, Terminated, new_run_id
 from runner.jobspec.load import load_job
 from runner.jobspec.model import JobSpec, ShardTask
 from runner.jobspec.plan import tasks as plan_tasks
@@ -65,7 +67,6 @@ def _or_empty(fn: Callable[[], Any], empty: Any) -> Any:
 # forge run --detach ----------------------------------------------------------------------------
 
 
-EXIT_INTERRUPTED = 130
 
 
 def _say(message: str) -> None:
@@ -90,37 +91,42 @@ def run_detached(
     returns normally (modal/runner.py:502-522), and a detached app keeps running
     after it, so the interrupt is caught here and the app stopped by id
     (``App.lookup`` of an ``ap-`` id and ``App.stop``: modal/app.py:460, 1724).
+    SIGTERM before the spawn does the same (exit 143), instead of killing forge
+    with the detached app and its ``app:`` entry left behind.
     """
     require_credentials()
     job = compile_job(spec, run_id)
     spawned: Any = None
     app_id = ""
-    try:
-        say(f"Starting Modal app {job.app.name} detached (the first run builds its image) ...")
-        cm = enter(job.app, detach=True, say=say)
-        error: Exception | None = None
+    with _sigterm_interrupts() as terminated:
         try:
-            with modal_errors():
-                app_id = job.app.app_id or ""
-                claims = DictClaims(job.claims)
-                claims.add_app(app_id, {"run_id": run_id, "started": time.time(), "detached": True})
-                functions = dict(job.functions)
-                options = {"limit": limit, "max_usd": max_usd, "app_id": app_id}
-                spawned = job.orchestrator.spawn(spec, run_id, list(tasks), functions, options)
+            say(f"Starting Modal app {job.app.name} detached (the first run builds its image) ...")
+            cm = enter(job.app, detach=True, say=say)
+            error: Exception | None = None
+            try:
+                with modal_errors():
+                    app_id = job.app.app_id or ""
+                    claims = DictClaims(job.claims)
+                    claims.add_app(app_id, {"run_id": run_id, "started": time.time(), "detached": True})
+                    functions = dict(job.functions)
+                    options = {"limit": limit, "max_usd": max_usd, "app_id": app_id}
+                    spawned = job.orchestrator.spawn(spec, run_id, list(tasks), functions, options)
+            except KeyboardInterrupt:
+                pass  # handled below, once out of Modal's context
+            except Exception as e:
+                error = e
+            finally:
+                cm.__exit__(None, None, None)
+            if error is not None:  # a detached app with no orchestrator would idle on: stop it
+                for line in _abandon_detached(spec, app_id, why="Could not start the run"):
+                    say(line)
+                raise error
         except KeyboardInterrupt:
-            pass  # handled below, once out of Modal's context
-        except Exception as e:
-            error = e
-        finally:
-            cm.__exit__(None, None, None)
-        if error is not None:  # a detached app with no orchestrator would idle on: stop it
-            for line in _abandon_detached(spec, app_id, why="Could not start the run"):
-                say(line)
-            raise error
-    except KeyboardInterrupt:
-        pass
-    if spawned is None:
-        return EXIT_INTERRUPTED, _abandon_detached(spec, app_id)
+            pass
+        if spawned is None:
+            why = "Terminated (SIGTERM)" if terminated else "Interrupted"
+            code = EXIT_TERMINATED if terminated else EXIT_INTERRUPTED
+            return code, _abandon_detached(spec, app_id, why=why)
     return 0, [
         f"Detached: {app_name(spec)} runs on Modal as app {app_id} (run {run_id}); "
         "closing this terminal does not stop it.",
@@ -128,6 +134,28 @@ def run_detached(
         f"  status:  forge status {spec.path or spec.name} --backend modal",
         f"  stop:    forge stop {spec.path or spec.name}",
     ]
+
+
+@contextlib.contextmanager
+def _sigterm_interrupts() -> Iterator[list[int]]:
+    """While a detached run starts, SIGTERM interrupts it as Ctrl+C does (once; later ones
+    are ignored while the app is stopped), so no app and no ``app:`` entry outlive it. The
+    yielded list is non-empty once a SIGTERM came."""
+    came: list[int] = []
+    if threading.current_thread() is not threading.main_thread():
+        yield came
+        return
+
+    def on_term(signum: int, frame: Any) -> None:
+        if not came:
+            came.append(signum)
+            raise Terminated()
+
+    old = signal.signal(signal.SIGTERM, on_term)
+    try:
+        yield came
+    finally:
+        signal.signal(signal.SIGTERM, old)
 
 
 def _abandon_detached(spec: JobSpec, app_id: str, why: str = "Interrupted") -> list[str]:
