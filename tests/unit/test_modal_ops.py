@@ -208,7 +208,9 @@ def test_sigterm_before_the_orchestrator_is_spawned_leaves_no_app_and_no_entry(
         signal.signal(signal.SIGTERM, old)
     assert code == 143
     assert stopped == ["ap-term"] and table.apps() == {}
-    assert lines == ["Terminated (SIGTERM): stopped Modal app ap-term before its orchestrator started."]
+    assert lines == [
+        "Terminated (SIGTERM): stopped Modal app ap-term before its orchestrator started."
+    ]
 
 
 def test_modal_is_pinned_to_the_verified_version() -> None:

@@ -67,8 +67,6 @@ def _or_empty(fn: Callable[[], Any], empty: Any) -> Any:
 # forge run --detach ----------------------------------------------------------------------------
 
 
-
-
 def _say(message: str) -> None:
     print(message, file=sys.stderr, flush=True)
 
@@ -107,7 +105,9 @@ def run_detached(
                 with modal_errors():
                     app_id = job.app.app_id or ""
                     claims = DictClaims(job.claims)
-                    claims.add_app(app_id, {"run_id": run_id, "started": time.time(), "detached": True})
+                    claims.add_app(
+                        app_id, {"run_id": run_id, "started": time.time(), "detached": True}
+                    )
                     functions = dict(job.functions)
                     options = {"limit": limit, "max_usd": max_usd, "app_id": app_id}
                     spawned = job.orchestrator.spawn(spec, run_id, list(tasks), functions, options)
