@@ -349,7 +349,7 @@ def _budget(
         return Budget(max_usd=float(budget["max_usd"]))
     path: KeyPath = ("budget", "on_exceed", "downgrade")
     try:
-        target = pricing.normalize_gpu(on["downgrade"])
+        target = pricing.solver_gpu(on["downgrade"])
     except ValueError as e:
         ctx.add(path, str(e))
         return None

@@ -50,6 +50,7 @@ from runner.backends.modal import (
     unanswered,
     volume_root,
 )
+from runner.backends.modal.app import project_requirements
 from runner.backends.modal.billing import answered_charge, cancelled_charge, unanswered_charge
 from runner.backends.modal.container import startup_seconds
 from runner.backends.task import TaskResult
@@ -60,8 +61,8 @@ from runner.train.trial import run_trial
 
 FUNCTION_NAME = "train_trial"
 TAG_SWEEP = "forge-sweep"
-# Training needs these on top of the solver image's packages (ranges as in pyproject.toml).
-TRAIN_REQUIREMENTS: tuple[str, ...] = ("flax>=0.10,<0.13", "optax>=0.2,<0.3")
+# Training needs these on top of the solver image's packages (pyproject.toml's ranges).
+TRAIN_REQUIREMENTS: tuple[str, ...] = project_requirements(("flax", "optax"))
 # What a trial leaves before Modal's timeout for its container's start (image load, jax
 # import; the timeout covers start-up too: modal/app.py:965). Charged is the start-up the
 # container measured (container.startup_seconds), not this allowance.
@@ -164,7 +165,9 @@ class ModalSweepBackend(TrialBackend):
         super().__init__(*args, **kwargs)
         require_credentials()
         self.compiled = compile_sweep(self.spec)
-        self.map: Any = self.compiled.function.map  # Modal's Function.map (tests: Function.local runs)
+        self.map: Any = (
+            self.compiled.function.map
+        )  # Modal's Function.map (tests: Function.local runs)
         self.limit = time_limit_s(self.spec.compute.timeout_s)
         self._cm: Any = None
         self._sent: dict[str, float] = {}
@@ -192,7 +195,9 @@ class ModalSweepBackend(TrialBackend):
             self._sent[req.task.trial_id] = now
             self.emit("trial_start", {"trial": req.task})
         trials = [r.task for r in wave]
-        threading.Thread(target=self._run_wave, args=(trials,), name="forge-sweep-wave", daemon=True).start()
+        threading.Thread(
+            target=self._run_wave, args=(trials,), name="forge-sweep-wave", daemon=True
+        ).start()
 
     def _run_wave(self, trials: list[Trial]) -> None:
         by_id = {t.trial_id: t for t in trials}
@@ -211,7 +216,9 @@ class ModalSweepBackend(TrialBackend):
         for failed in self._fail_unanswered(list(by_id.values()), errors):
             self._results.put(failed)
 
-    def _answered(self, trial: Trial, result: dict[str, Any]) -> tuple[Trial, dict[str, Any], str, float]:
+    def _answered(
+        self, trial: Trial, result: dict[str, Any]
+    ) -> tuple[Trial, dict[str, Any], str, float]:
         """A returned trial, charged from its submit (billing.answered_charge)."""
         gpu = gpu_from_device(str(result.get("device", "")), self.spec.compute.gpu, self.spec)
         result["seconds"] = float(result.get("seconds", 0.0)) + float(result.get("startup_s", 0.0))
@@ -244,7 +251,12 @@ class ModalSweepBackend(TrialBackend):
                 self.spec, self.spec.compute.gpu, self._elapsed(trial.trial_id),
                 idle_s=self.spec.compute.scaledown_window_s, floor_s=floor,
             )  # fmt: skip
-            failed = {"trial_id": trial.trial_id, "status": "failed", "error": error, "seconds": c.seconds}
+            failed = {
+                "trial_id": trial.trial_id,
+                "status": "failed",
+                "error": error,
+                "seconds": c.seconds,
+            }
             out.append((trial, failed, c.gpu, c.usd))
         return out
 
@@ -260,7 +272,9 @@ class ModalSweepBackend(TrialBackend):
         for trial, result, gpu, usd in got:
             if self._trials.pop(trial.trial_id, None) is None:
                 continue  # cancelled meanwhile: answered by cancel()
-            out.append(self.finish(trial, result, gpu=gpu, price_per_hour=self.hourly(gpu), usd=usd))
+            out.append(
+                self.finish(trial, result, gpu=gpu, price_per_hour=self.hourly(gpu), usd=usd)
+            )
         return out
 
     def hourly(self, name: str) -> float:
@@ -283,12 +297,24 @@ class ModalSweepBackend(TrialBackend):
             try:
                 self.compiled.app.stop()
             except Exception as e:  # said, not raised: the orchestrator must still charge them
-                print(f"warning: stopping Modal app {self.compiled.app.name}: {e}", file=sys.stderr, flush=True)
+                print(
+                    f"warning: stopping Modal app {self.compiled.app.name}: {e}",
+                    file=sys.stderr,
+                    flush=True,
+                )
         out = []
         for t in trials:
-            c = cancelled_charge(self.spec, self.spec.compute.gpu, now - self._sent.get(t.trial_id, now))
+            c = cancelled_charge(
+                self.spec, self.spec.compute.gpu, now - self._sent.get(t.trial_id, now)
+            )
             out.append(
-                cancelled_result(t.trial_id, seconds=c.seconds, gpu=c.gpu, per_hour=self.hourly(c.gpu), run_id=self.run_id)
+                cancelled_result(
+                    t.trial_id,
+                    seconds=c.seconds,
+                    gpu=c.gpu,
+                    per_hour=self.hourly(c.gpu),
+                    run_id=self.run_id,
+                )
             )
         return out
 
@@ -296,4 +322,3 @@ class ModalSweepBackend(TrialBackend):
         cm, self._cm = self._cm, None
         if cm is not None:
             cm.__exit__(None, None, None)
-

@@ -8,12 +8,15 @@ backend never imports the module that imports the detached orchestrator's body
 
 from __future__ import annotations
 
+import importlib.metadata
+import re
 import sys
 import threading
 import time
+import tomllib
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from pathlib import PurePosixPath
+from pathlib import Path, PurePosixPath
 from typing import Any
 
 import modal
@@ -22,21 +25,58 @@ from runner.backends.modal.container import CPU_CORES, GPU_ENV, MEMORY_MIB
 from runner.backends.modal.errors import check_name, modal_errors
 from runner.backends.modal.names import JAX_CACHE, TAG_JOB, TAG_RUN, app_name, claims_name
 from runner.jobspec.model import JobSpec
+from runner.jobspec.pricing import IMAGE_CUDA
 
 ORCHESTRATOR_NAME = "orchestrate"
 ORCHESTRATOR_TIMEOUT_S = 24 * 3600  # Modal's ceiling for one input
 
-# What the containers install. Ranges match pyproject.toml (a unit test checks);
-# jax is the CUDA 12 build, in the range our code is tested on (0.10 and 0.11).
-IMAGE_REQUIREMENTS: tuple[str, ...] = (
-    "jax[cuda12]>=0.10,<0.12",
-    "numpy>=1.26,<3",
-    "pyarrow>=17,<30",
-    "pyyaml>=6.0,<7",
-    "jsonschema>=4.20,<5",
-    "click>=8.1,<9",
-    "rich>=13,<16",
+# What the containers install: pyproject.toml's ranges, read from there (the one place),
+# jax as its CUDA 12 build; and the CUDA 12 wheels jax loads at least at IMAGE_CUDA, the
+# version GPUs are checked against when a job file is validated (B200 needs 12.8).
+IMAGE_PACKAGES: tuple[str, ...] = (
+    "jax",
+    "numpy",
+    "pyarrow",
+    "pyyaml",
+    "jsonschema",
+    "click",
+    "rich",
 )
+CUDA_WHEELS: tuple[str, ...] = (
+    "nvidia-cuda-runtime-cu12",
+    "nvidia-cuda-nvcc-cu12",
+    "nvidia-nvjitlink-cu12",
+)
+
+
+def project_requirements(names: tuple[str, ...]) -> tuple[str, ...]:
+    """``names`` as pyproject.toml requires them (its source tree, else the installed metadata).
+
+    Inside a Modal container neither is there: the image is built already, and the bare
+    names only let the app be described.
+    """
+    source = Path(__file__).resolve().parents[3] / "pyproject.toml"
+    try:
+        if source.is_file():
+            deps = list(tomllib.loads(source.read_text())["project"]["dependencies"])
+        else:
+            deps = list(importlib.metadata.requires("forge") or ())
+    except (OSError, KeyError, ValueError, importlib.metadata.PackageNotFoundError):
+        deps = []
+    by_name = {re.split(r"[<>=!~;\[ ]", d, maxsplit=1)[0].strip().lower(): d for d in deps}
+    return tuple(by_name.get(n, n) for n in names)
+
+
+def _image_requirements() -> tuple[str, ...]:
+    reqs = [
+        r.replace("jax", "jax[cuda12]", 1) if r.startswith("jax") else r
+        for r in project_requirements(IMAGE_PACKAGES)
+    ]
+    cuda = ".".join(map(str, IMAGE_CUDA))
+    return (*reqs, *(f"{w}>={cuda}" for w in CUDA_WHEELS))
+
+
+IMAGE_REQUIREMENTS: tuple[str, ...] = _image_requirements()
 # The package's .py files plus its data (the JSON schemas), not caches. The
 # container-path test applies this same rule to the tree.
 SHIPPED_FILES: tuple[str, ...] = ("**/*.py", "**/*.json")
@@ -163,7 +203,14 @@ def variants(spec: JobSpec) -> list[FunctionPlan]:
     if b.on_exceed == "downgrade" and b.downgrade_gpu and (b.downgrade_gpu,) != tuple(c.gpu):
         out.append(
             gpu_function(
-                "solve_downgrade", "main", "downgrade", (b.downgrade_gpu,), c.concurrency, t, n, idle
+                "solve_downgrade",
+                "main",
+                "downgrade",
+                (b.downgrade_gpu,),
+                c.concurrency,
+                t,
+                n,
+                idle,
             )
         )
     if c.large is not None:
