@@ -17,6 +17,12 @@ def spend_of(spec: Spec, r: TaskResult) -> float:
     return max(spec.usd(r.seconds, r.gpu), float(r.usd))
 
 
+def budget_prior(forge_prior: float, billed: float | None) -> float:
+    """The budget's prior spend: forge's record of earlier runs, or the provider's bill for
+    them when it has one and it is larger (``forge cost --reconcile`` shows both)."""
+    return max(forge_prior, billed) if billed is not None else forge_prior
+
+
 MIN_POLL_S = 0.01  # the shortest wait: the meter converges on the cap, never spins
 
 

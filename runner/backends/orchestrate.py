@@ -50,7 +50,7 @@ from typing import Any
 from runner import __version__
 from runner.backends.base import Backend, Keyed, TaskRequest, Tier, cancelled_result
 from runner.backends.manifests import close_abandoned, prior_spend, seconds_by_gpu
-from runner.backends.meter import MIN_POLL_S, Meter, Spec, spend_of
+from runner.backends.meter import MIN_POLL_S, Meter, Spec, budget_prior, spend_of
 from runner.backends.runstate import Progress, RunOptions, RunSummary, Terminated
 from runner.backends.task import TaskResult
 from runner.jobspec import pricing
@@ -257,7 +257,7 @@ class Orchestrator:
 
     def _run(self) -> RunSummary:
         earlier = close_abandoned(self.backend, self.run_id)
-        self.p.prior_usd = prior_spend(earlier)
+        self.p.prior_usd = budget_prior(prior_spend(earlier), self.backend.billed_usd())
         self._prior_secs = seconds_by_gpu(earlier)
         try:
             self.backend.start()

@@ -35,6 +35,7 @@ from runner.backends.modal.billing import answered, cancelled_charge, hourly, un
 from runner.backends.modal.claims import DictClaims, release_run_claims
 from runner.backends.modal.errors import ModalUserError, require_credentials, user_error
 from runner.backends.modal.names import claim_timeout_s
+from runner.backends.modal.reconcile import REPORT_DAYS, billed_by_run, report_rows
 from runner.backends.modal.volume import VolumeView, classify
 from runner.backends.task import TaskResult
 from runner.jobspec.model import ShardTask
@@ -274,6 +275,15 @@ class ModalBackend(Backend):
 
     def hourly(self, name: str) -> float:
         return hourly(self.spec, name)
+
+    def billed_usd(self) -> float | None:
+        """Modal's bill for this job's earlier runs (reconcile.py); None where the report
+        cannot be had (no billing reports on the plan, no network): forge's record stands."""
+        try:
+            billed = billed_by_run(report_rows(REPORT_DAYS), self.spec.name)
+        except Exception:
+            return None
+        return sum(v for rid, v in billed.items() if rid != self.run_id)
 
     def running(self) -> dict[str, Attempt]:
         # Billed from the submit (a container's start is billed too), at the dearest

@@ -16,7 +16,6 @@ import threading
 import time
 from collections.abc import Callable, Collection, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
-from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -31,7 +30,8 @@ from runner.backends.modal.errors import (
     require_credentials,
     user_error,
 )
-from runner.backends.modal.names import TAG_JOB, TAG_RUN, app_name, claim_timeout_s, claims_name
+from runner.backends.modal.names import TAG_JOB, app_name, claim_timeout_s, claims_name
+from runner.backends.modal.reconcile import billed_by_run, reconcile, reconcile_lines, report_rows
 from runner.backends.modal.volume import VolumeView, classify
 from runner.backends.runstate import EXIT_INTERRUPTED, EXIT_TERMINATED, Terminated, new_run_id
 from runner.jobspec.load import load_job
@@ -392,7 +392,7 @@ def download(
 # forge cost -------------------------------------------------------------------------------------
 
 
-def cost_report(spec: JobSpec, *, days: int = 30) -> dict[str, Any]:
+def cost_report(spec: JobSpec, *, days: int = 30, with_reconcile: bool = False) -> dict[str, Any]:
     """forge's spend per run (from the run manifests) beside Modal's billing for the job's tag.
 
     Modal's report covers whole hours up to the last full one and needs a plan
@@ -413,22 +413,11 @@ def cost_report(spec: JobSpec, *, days: int = 30) -> dict[str, Any]:
             "forge_usd": round(float(m.get("spend_usd") or 0.0), 4),
             "modal_usd": None,
         }
-    since = datetime.now(UTC) - timedelta(days=days)
     modal_side: dict[str, Any] = {"available": False, "total_usd": None, "note": ""}
+    billed: dict[str, float] | None = None
     try:
-        # Workspace.billing.report (modal/_workspace.py:378, since 1.5.1): rows are
-        # modal.types.BillingReportItem (types.py:531) with .cost and the asked-for .tags
-        items = modal.Workspace.from_context().billing.report(
-            start=since, resolution="h", tag_names=[TAG_JOB, TAG_RUN]
-        )
-        total = 0.0
-        for item in items:
-            tags = dict(item.tags)
-            if tags.get(TAG_JOB) != spec.name:
-                continue
-            cost = float(item.cost)
-            total += cost
-            rid = tags.get(TAG_RUN, "?")
+        billed = billed_by_run(report_rows(days), spec.name)
+        for rid, cost in billed.items():
             row = runs.setdefault(
                 rid,
                 {
@@ -439,8 +428,8 @@ def cost_report(spec: JobSpec, *, days: int = 30) -> dict[str, Any]:
                     "forge_usd": None,
                 },
             )
-            row["modal_usd"] = round(float(row.get("modal_usd") or 0.0) + cost, 4)
-        modal_side.update(available=True, total_usd=round(total, 4))
+            row["modal_usd"] = round(cost, 4)
+        modal_side.update(available=True, total_usd=round(sum(billed.values()), 4))
         modal_side["note"] = (
             f"Modal's billing for tag {TAG_JOB}={spec.name}, last {days} days, whole hours"
         )
@@ -456,7 +445,7 @@ def cost_report(spec: JobSpec, *, days: int = 30) -> dict[str, Any]:
     ordered = sorted(
         runs.values(), key=lambda r: (r["started"] is None, r["started"] or 0.0, r["run_id"])
     )
-    return {
+    report = {
         "job": spec.name,
         "app": app_name(spec),
         "budget_usd": spec.budget.max_usd,
@@ -464,6 +453,10 @@ def cost_report(spec: JobSpec, *, days: int = 30) -> dict[str, Any]:
         "modal": modal_side,
         "runs": ordered,
     }
+    if with_reconcile:  # None where Modal's report could not be had (the note says why)
+        forge_by_run = {r["run_id"]: float(r["forge_usd"] or 0.0) for r in ordered}
+        report["reconcile"] = None if billed is None else reconcile(forge_by_run, billed)
+    return report
 
 
 def cost_lines(report: dict[str, Any]) -> list[str]:
@@ -483,6 +476,13 @@ def cost_lines(report: dict[str, Any]) -> list[str]:
     )
     if m.get("note"):
         lines.append(m["note"])
+    if "reconcile" in report:
+        rec = report["reconcile"]
+        lines += (
+            reconcile_lines(rec)
+            if rec
+            else ["Not reconciled: Modal's billing report is not available."]
+        )
     return lines
 
 
@@ -570,8 +570,10 @@ def download_job(
         return download(spec, to, split=split, progress=progress)
 
 
-def cost_of(job: str | os.PathLike[str], *, days: int = 30) -> dict[str, Any]:
-    """``forge cost JOB``."""
+def cost_of(
+    job: str | os.PathLike[str], *, days: int = 30, with_reconcile: bool = False
+) -> dict[str, Any]:
+    """``forge cost JOB [--reconcile]``."""
     require_credentials()
     spec, _ = _load(job)
-    return cost_report(spec, days=days)
+    return cost_report(spec, days=days, with_reconcile=with_reconcile)
