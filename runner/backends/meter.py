@@ -3,10 +3,13 @@ reading of the work in flight."""
 
 from __future__ import annotations
 
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from typing import Any
 
 from runner.backends.task import TaskResult
 from runner.jobspec.model import JobSpec, SweepSpec
+from runner.jobspec.pricing import dollars
 
 Spec = JobSpec | SweepSpec  # a run's shards, or a sweep's trials
 
@@ -21,6 +24,23 @@ def budget_prior(forge_prior: float, billed: float | None) -> float:
     """The budget's prior spend: forge's record of earlier runs, or the provider's bill for
     them when it has one and it is larger (``forge cost --reconcile`` shows both)."""
     return max(forge_prior, billed) if billed is not None else forge_prior
+
+
+def resumed_spend(
+    own: Sequence[dict[str, Any]], worst_s: float, hourly: Callable[[str], float]
+) -> float:
+    """What a run spent before it was restarted with the same run id (a preempted detached
+    orchestrator that Modal runs again), from its own manifests: their spend, and each
+    attempt they left in flight at its worst (``worst_s`` at its price), since no one
+    meters those any more. Its shards are not solved again: the survey finds them done,
+    or claimed by the containers still solving them."""
+    spent = 0.0
+    for m in own:
+        spent += float(m.get("spend_usd") or 0.0)
+        for a in m.get("in_flight") or ():
+            secs = max(worst_s, float(a.get("seconds") or 0.0))
+            spent += dollars(secs, hourly(str(a.get("gpu") or "")))
+    return spent
 
 
 MIN_POLL_S = 0.01  # the shortest wait: the meter converges on the cap, never spins

@@ -50,7 +50,7 @@ from typing import Any
 from runner import __version__
 from runner.backends.base import Backend, Keyed, TaskRequest, Tier, cancelled_result
 from runner.backends.manifests import close_abandoned, prior_spend, seconds_by_gpu
-from runner.backends.meter import MIN_POLL_S, Meter, Spec, budget_prior, spend_of
+from runner.backends.meter import MIN_POLL_S, Meter, Spec, budget_prior, resumed_spend, spend_of
 from runner.backends.runstate import Progress, RunOptions, RunSummary, Terminated
 from runner.backends.task import TaskResult
 from runner.jobspec import pricing
@@ -258,6 +258,7 @@ class Orchestrator:
     def _run(self) -> RunSummary:
         earlier = close_abandoned(self.backend, self.run_id)
         self.p.prior_usd = budget_prior(prior_spend(earlier), self.backend.billed_usd())
+        self.p.spend_usd = self._resumed_spend()
         self._prior_secs = seconds_by_gpu(earlier)
         try:
             self.backend.start()
@@ -323,6 +324,16 @@ class Orchestrator:
             total_planned=self.total_planned,
             notes=self.notes,
         )
+
+    def _resumed_spend(self) -> float:
+        """What this run spent before it was restarted (see ``meter.resumed_spend``)."""
+        own = [m for m in self.backend.manifests() if m.get("run_id") == self.run_id]
+        large = self._large()
+        worst_s = max(float(self.spec.compute.timeout_s), float(large.timeout_s) if large else 0.0)
+        spent = resumed_spend(own, worst_s, self.backend.hourly)
+        if own:
+            self.notes.append(f"resumed run {self.run_id}: ${spent:.2f} spent before the restart")
+        return spent
 
     def _queue_todo(self) -> None:
         """Queue the tasks the backend's survey does not find done (at most ``--limit``)."""

@@ -345,3 +345,34 @@ def test_a_slow_app_start_is_not_silent() -> None:
     time.sleep(0.3)
     assert len(said) == n  # quiet once started
     cm.__exit__(None, None, None)
+
+
+def test_a_sigint_in_the_detached_orchestrator_is_a_preemption_not_a_ctrl_c(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Modal preempts with SIGINT (modal/exception.py:300-305). Inside the detached body it
+    must not reach the orchestrator as Ctrl+C (which stops the app): the run goes on."""
+    import os
+    import signal
+    from types import SimpleNamespace
+
+    from runner.backends.modal import detached
+
+    spec = job("jobs/valtest.yaml")
+    went_on: list[bool] = []
+
+    class Orchestrator:  # the shared loop, reduced to: a SIGINT lands while it runs
+        def __init__(self, *args: Any, **kwargs: Any) -> None: ...
+
+        def run(self) -> Any:
+            os.kill(os.getpid(), signal.SIGINT)
+            went_on.append(True)  # a KeyboardInterrupt would have left before this line
+            progress = SimpleNamespace(solved=0, failed=0, spend_usd=0.0)
+            return SimpleNamespace(stopped_by=None, progress=progress, exit_code=0)
+
+    monkeypatch.setattr(detached, "Orchestrator", Orchestrator)
+    before = signal.getsignal(signal.SIGINT)
+    code = detached.orchestrate(spec, "run-1", [], {"solve_main": object()}, {"app_id": "ap-1"})
+    assert code == 0 and went_on == [True]
+    assert "Modal preempting it" in capsys.readouterr().out
+    assert signal.getsignal(signal.SIGINT) is before  # restored after the run

@@ -514,3 +514,31 @@ def test_an_unexpected_error_stops_the_backend_and_is_not_swallowed(tmp_path: Pa
         orchestrate(spec, be, clock)
     assert be.stopped == [True]
     assert be.written["run-test"]["status"] == "error"
+
+
+def test_a_restarted_run_resumes_from_its_manifest_and_the_claims(tmp_path: Path) -> None:
+    """A preempted detached orchestrator is run again by Modal with the same run id: the
+    shard its predecessor committed is not solved again (the survey finds it done), the one
+    still being solved by a container is waited for (its claim), not dispatched; what the
+    predecessor spent carries on in this run's manifest, and what it left in flight is
+    charged at its worst (the whole timeout at its price: no one meters it any more)."""
+    spec = make_job(tmp_path, T4_1USD_PER_S, seeds=4, budget="max_usd: 10000")
+    ks = keys(spec)
+    before = {
+        "run_id": "run-test", "status": "running", "host": "modal-container", "pid": 7,
+        "started": 1.0, "updated": 9e18, "spend_usd": 30.0, "accrued_usd": 4.0,
+        "attempts": [], "in_flight": [{"key": ks[1], "gpu": "T4", "seconds": 4.0, "usd": 4.0}],
+    }  # fmt: skip
+    clock = Clock()
+    # The container still solving ks[1] holds its claim: an attempt there answers at once
+    # that it is claimed (solve_shard's claim check), and the run waits for it.
+    script = {ks[1]: [{"status": "claimed_elsewhere"}]}
+    be = Scripted(spec, clock, done={ks[0]}, script=script, manifests=[before])
+    s = orchestrate(spec, be, clock)
+    dispatched = [r.task.key for r in be.requests]
+    assert ks[0] not in dispatched and dispatched.count(ks[1]) == 1
+    assert s.progress.solved == 2 and s.progress.done_elsewhere == 1 and s.progress.already_done == 1
+    worst = spec.compute.timeout_s * 1.0  # T4 at $3600/h: $1 a second
+    assert s.progress.spend_usd == pytest.approx(30.0 + worst + 3 * 10.0)
+    assert be.written["run-test"]["spend_usd"] == pytest.approx(s.progress.spend_usd)
+    assert any("resumed run run-test" in n for n in s.notes)
