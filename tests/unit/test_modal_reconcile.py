@@ -133,3 +133,30 @@ def test_the_budgets_prior_spend_is_the_larger_of_forges_and_modals(
         spec, Billed(spec, billed), [], run_id="run-now", options=RunOptions()
     ).run()
     assert summary.progress.prior_usd == pytest.approx(prior)
+
+
+def test_the_modal_backend_reads_modals_bill_for_the_jobs_other_runs(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from runner.backends.modal import ModalBackend, compile_job
+    from runner.backends.modal import backend as backend_module
+
+    monkeypatch.setenv("MODAL_TOKEN_ID", "ak-offline-test")
+    monkeypatch.setenv("MODAL_TOKEN_SECRET", "as-offline-test")
+    spec = load_job(REPO / "jobs/valtest.yaml")
+    be = ModalBackend(RunContext(spec, "r2"), compile_job(spec, "r2"))
+    asked: list[tuple[int, str]] = []
+
+    def rows(days: int, resolution: str = "h") -> list[Any]:
+        asked.append((days, resolution))
+        return ROWS
+
+    monkeypatch.setattr(backend_module, "report_rows", rows)
+    assert be.billed_usd() == pytest.approx(2.0 + 0.4)  # r1 and the untagged row; not r2 (this run)
+    assert asked == [(90, "d")]
+
+    def unavailable(days: int, resolution: str = "h") -> list[Any]:
+        raise RuntimeError("no billing reports on this plan")
+
+    monkeypatch.setattr(backend_module, "report_rows", unavailable)
+    assert be.billed_usd() is None  # forge's record stands alone

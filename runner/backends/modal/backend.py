@@ -280,7 +280,8 @@ class ModalBackend(Backend):
         """Modal's bill for this job's earlier runs (reconcile.py); None where the report
         cannot be had (no billing reports on the plan, no network): forge's record stands."""
         try:
-            billed = billed_by_run(report_rows(REPORT_DAYS), self.spec.name)
+            # daily rows: the totals are all the budget needs, and far fewer rows than hourly
+            billed = billed_by_run(report_rows(REPORT_DAYS, "d"), self.spec.name)
         except Exception:
             return None
         return sum(v for rid, v in billed.items() if rid != self.run_id)

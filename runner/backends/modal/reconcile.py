@@ -22,14 +22,15 @@ from runner.backends.modal.names import TAG_JOB, TAG_RUN
 REPORT_DAYS = 90  # how far back the budget looks in Modal's bill for a job's earlier runs
 
 
-def report_rows(days: int) -> list[Any]:
-    """The workspace's billing report for the last ``days`` days, hourly, with forge's tags."""
+def report_rows(days: int, resolution: str = "h") -> list[Any]:
+    """The workspace's billing report for the last ``days`` days (rows per ``resolution``:
+    "h" hourly, "d" daily), with forge's tags."""
     import modal
 
     since = datetime.now(UTC) - timedelta(days=days)
     return list(
         modal.Workspace.from_context().billing.report(
-            start=since, resolution="h", tag_names=[TAG_JOB, TAG_RUN]
+            start=since, resolution=resolution, tag_names=[TAG_JOB, TAG_RUN]
         )
     )
 
