@@ -187,6 +187,16 @@ class Backend(abc.ABC, Generic[T]):
         """The price-table name used to estimate an attempt that asks for ``gpu``."""
         return gpu[0] if gpu else self.name
 
+    def billed_usd(self) -> float | None:
+        """What the provider billed this job's earlier runs, where its bill can be read
+        (Modal's billing report); None here and where it cannot."""
+        return None
+
+    def hourly(self, name: str) -> float:
+        """$/hour an attempt priced as ``name`` (see ``price_name``) costs while it runs: the
+        price table's rate here; a Modal container adds its CPU and memory."""
+        return self.ctx.spec.rate(name)
+
     def describe(self) -> str:
         """One line for the run header (where the store is, what runs)."""
         return self.name

@@ -19,9 +19,13 @@ from runner.store.ledger import prior_spend, refusal, repair_command
 ABANDONED_AFTER_S = 600.0
 
 
-def close_abandoned(backend: Backend[Any], run_id: str) -> list[dict[str, Any]]:
-    """The job's earlier manifests (not ``run_id``'s); those abandoned are closed and rewritten."""
-    earlier = [m for m in backend.manifests() if m.get("run_id") != run_id]
+def close_abandoned(
+    backend: Backend[Any], run_id: str, manifests: Sequence[dict[str, Any]] | None = None
+) -> list[dict[str, Any]]:
+    """The job's earlier manifests (not ``run_id``'s) of ``manifests`` (default: the
+    backend's); those abandoned are closed and rewritten."""
+    every = backend.manifests() if manifests is None else manifests
+    earlier = [m for m in every if m.get("run_id") != run_id]
     for m in earlier:
         if is_abandoned(m, time.time()):
             mark_abandoned(m)

@@ -19,23 +19,7 @@ Given the plan's tasks, ``Orchestrator.run``:
   is gone ``abandoned``. Work per loop turn grows with what changed, not with
   the job's size (``forge bench --orchestrator`` measures 100,000 shards).
 
-The budget. *Committed* spend is what finished attempts cost (seconds x price
-of the hardware that ran them, cancelled and failed ones included) plus what
-earlier runs of the job spent (per run, the larger of its manifest and its ledger
-``_ledger/<run_id>.jsonl``; an entry that cannot be read refuses the run, exit 1,
-see ``runner.store.ledger``); *accrued* spend is elapsed seconds x price of
-every attempt in flight, re-read at least every ``poll_s`` (0.25 s).
-
-- Soft stop: an attempt starts only if committed + accrued + the estimated
-  remaining cost of the work in flight + its own estimate stays within the cap.
-  Estimates are this run's measured seconds per shard on that hardware once it
-  has finished one, else earlier runs' (from their manifests), else the model
-  in ``spec.pricing``.
-- Hard stop: once committed + accrued reaches the cap, every attempt in flight
-  is cancelled (``Backend.cancel``) and charged for the seconds it ran. The
-  wait for results is cut to the moment the cap would be reached, so the
-  overshoot is at most one metering interval of the work in flight.
-- Either stop leaves exit 3; so does a run whose spend ended above the cap.
+The budget (what counts, the soft and hard stops): see ``runner.backends.meter``.
 SIGTERM stops a run as Ctrl+C does (cancel, charge, release), exit 143.
 """
 
@@ -61,7 +45,7 @@ from runner.backends.manifests import (
     earlier_spend,
     seconds_by_gpu,
 )
-from runner.backends.meter import MIN_POLL_S, Meter, Spec, spend_of
+from runner.backends.meter import MIN_POLL_S, Meter, Spec, budget_prior, resumed_spend, spend_of
 from runner.backends.rechecks import Rechecks
 from runner.backends.runstate import Progress, RunOptions, RunSummary, Terminated
 from runner.backends.task import TaskResult
@@ -175,7 +159,7 @@ class Orchestrator:
 
     def _estimate_usd(self, req: TaskRequest) -> float:
         name = self.backend.price_name(req.gpu)
-        return self.spec.usd(self._per_shard_s(name), name)
+        return pricing.dollars(self._per_shard_s(name), self.backend.hourly(name))
 
     def _spent(self) -> float:
         """Committed: earlier runs plus this run's attempts that have ended."""
@@ -194,7 +178,7 @@ class Orchestrator:
             else:
                 secs, name, billing = now - self._sent.get(key, now), self.backend.price_name(req.gpu), True
             if name not in per_name:
-                per_name[name] = (self.spec.rate(name) / 3600.0, self._per_shard_s(name))
+                per_name[name] = (self.backend.hourly(name) / 3600.0, self._per_shard_s(name))
             price, estimate = per_name[name]
             secs = secs if secs > 0.0 else 0.0
             m.accrued += secs * price
@@ -249,7 +233,7 @@ class Orchestrator:
             secs, name = m.seconds.get(key, (0.0, self.backend.price_name(req.gpu)))
             results.append(
                 cancelled_result(
-                    key, seconds=secs, gpu=name, per_hour=self.spec.rate(name),
+                    key, seconds=secs, gpu=name, per_hour=self.backend.hourly(name),
                     run_id=self.run_id, tier=req.tier, attempt=req.attempt,
                 )
             )  # fmt: skip
@@ -281,8 +265,11 @@ class Orchestrator:
                 signal.signal(signal.SIGTERM, old_term)
 
     def _run(self) -> RunSummary:
-        earlier = close_abandoned(self.backend, self.run_id)
-        self.p.prior_usd = earlier_spend(self.backend, self.run_id)  # refuses an unreadable entry
+        every = self.backend.manifests()  # one listing: the spend sources and survey reuse it
+        earlier = close_abandoned(self.backend, self.run_id, every)
+        prior = earlier_spend(self.backend, self.run_id)  # refuses an unreadable entry
+        self.p.prior_usd = budget_prior(prior, self.backend.billed_usd())
+        self.p.spend_usd = self._resumed_spend([m for m in every if m.get("run_id") == self.run_id])
         self._prior_secs = seconds_by_gpu(earlier)
         self._failed_before = set(manifest_outcomes(earlier)[0])
         try:
@@ -349,6 +336,16 @@ class Orchestrator:
             total_planned=self.total_planned,
             notes=self.notes,
         )
+
+    def _resumed_spend(self, own: Sequence[dict[str, Any]]) -> float:
+        """What this run spent before it was restarted (``own``: its manifests, see
+        ``meter.resumed_spend``)."""
+        large = self._large()
+        worst_s = max(float(self.spec.compute.timeout_s), float(large.timeout_s) if large else 0.0)
+        spent = resumed_spend(own, worst_s, self.backend.hourly)
+        if own:
+            self.notes.append(f"resumed run {self.run_id}: ${spent:.2f} spent before the restart")
+        return spent
 
     def _queue_todo(self) -> None:
         """Queue the tasks the backend's survey does not find done (at most ``--limit``)."""
@@ -578,7 +575,7 @@ class Orchestrator:
             # What a kill -9 would leave unbilled: the next run charges it (mark_abandoned).
             "in_flight": [
                 {"key": k, "gpu": name, "seconds": round(secs, 3),
-                 "usd": round(spec.usd(secs, name), 6)}
+                 "usd": round(pricing.dollars(secs, self.backend.hourly(name)), 6)}
                 for k, (secs, name) in (self._meter().seconds.items() if not final else ())
             ],
         }  # fmt: skip

@@ -69,12 +69,18 @@ def download(job: str, to: str, split: str | None) -> None:
 @click.argument("job", type=click.Path(path_type=str))
 @click.option("--days", type=click.IntRange(min=1), default=30, show_default=True, help="How far back to look.")
 @click.option("--json", "as_json", is_flag=True, help="Print the report as JSON.")
-def cost(job: str, days: int, as_json: bool) -> None:
+@click.option(
+    "--reconcile", is_flag=True, help="Set Modal's bill beside forge's per run and print the difference."
+)
+def cost(job: str, days: int, as_json: bool, reconcile: bool) -> None:
     """Put forge's spend per run beside Modal's billing for the job's tag.
 
-    forge's numbers come from the run manifests on the volume (measured seconds x
-    the price of the GPU that ran); Modal's from its billing report for tag
+    forge's numbers come from the run manifests on the volume (each attempt
+    charged from its submission); Modal's from its billing report for tag
     forge-job=<name>, where the workspace's plan allows billing reports.
+    --reconcile adds, per run and in total, Modal's minus forge's figure and the
+    prior spend the budget counts (the larger of the two); with --json both
+    figures are under "reconcile".
 
     Exit codes: 0 done, 1 the job file is invalid or JOB does not exist, 2
     usage error or no Modal credentials.
@@ -83,12 +89,13 @@ def cost(job: str, days: int, as_json: bool) -> None:
     Example:
       forge cost jobs/valtest.yaml
       forge cost jobs/valtest.yaml --days 7 --json
+      forge cost jobs/valtest.yaml --reconcile
     """
     import json
 
     from runner.backends.modal.ops import cost_lines, cost_of
 
-    report = modal_call(cost_of, job, days=days)
+    report = modal_call(cost_of, job, days=days, with_reconcile=reconcile)
     if as_json:
         click.echo(json.dumps(report, indent=2, default=str))
     else:

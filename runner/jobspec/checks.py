@@ -49,7 +49,7 @@ def gpus(ctx: Context, value: Any, path: KeyPath) -> tuple[str, ...]:
     for i, name in enumerate(items):
         p = path + (i,) if isinstance(value, list) else path
         try:
-            gpu = pricing.normalize_gpu(name)
+            gpu = pricing.solver_gpu(name)
         except ValueError as e:
             ctx.add(p, str(e))
             continue

@@ -283,6 +283,7 @@ def _compute(
         max_states=compute["max_states"],
         large=large,
         workers=compute["workers"],
+        scaledown_window_s=compute["scaledown_window_s"],
     )
 
 
@@ -376,7 +377,7 @@ def _budget(
         return Budget(max_usd=float(budget["max_usd"]))
     path: KeyPath = ("budget", "on_exceed", "downgrade")
     try:
-        target = pricing.normalize_gpu(on["downgrade"])
+        target = pricing.solver_gpu(on["downgrade"])
     except ValueError as e:
         ctx.add(path, str(e))
         return None

@@ -85,6 +85,7 @@ class Compute:
     max_states: int = 500_000_000
     large: LargeTier | None = None
     workers: int = 1
+    scaledown_window_s: int = 5  # Modal keeps (and bills) an idle container this long
 
 
 @dataclass(frozen=True)
@@ -266,6 +267,7 @@ class SweepCompute:
     max_containers: int = 10
     retries: int = 0
     workers: int = 1
+    scaledown_window_s: int = 5  # Modal keeps (and bills) an idle container this long
 
 
 @dataclass(frozen=True)

@@ -108,6 +108,27 @@ def normalize_gpu(name: str) -> str:
     raise _unknown(name, GPU_NAMES)
 
 
+# The CUDA version a GPU needs (its architecture's first CUDA release), where it exceeds
+# what every CUDA 12 build runs: Blackwell (B200, sm_100) needs CUDA 12.8.
+GPU_MIN_CUDA: dict[str, tuple[int, int]] = {"B200": (12, 8)}
+# The CUDA the Modal image guarantees: it installs the CUDA 12 wheels at least at this
+# version (backends/modal/app.py builds its requirements from this one constant).
+IMAGE_CUDA: tuple[int, int] = (12, 8)
+
+
+def solver_gpu(name: str) -> str:
+    """``normalize_gpu``, refusing a GPU the solver image's CUDA build cannot run (ValueError)."""
+    gpu = normalize_gpu(name)
+    need = GPU_MIN_CUDA.get(gpu)
+    if need is not None and need > IMAGE_CUDA:
+        have, want = ".".join(map(str, IMAGE_CUDA)), ".".join(map(str, need))
+        raise ValueError(
+            f"{gpu} needs CUDA >= {want}, and forge's Modal image is built on CUDA {have}; "
+            "choose another GPU"
+        )
+    return gpu
+
+
 def normalize_price_key(name: str) -> str:
     """A ``pricing:`` key: a GPU name, ``local``, or a container's ``cpu`` / ``memory``."""
     low = str(name).strip().lower()

@@ -214,4 +214,5 @@ def _compute(compute: dict[str, Any], main_gpus: tuple[str, ...]) -> SweepComput
         max_containers=compute["max_containers"],
         retries=compute["retries"],
         workers=compute["workers"],
+        scaledown_window_s=compute["scaledown_window_s"],
     )

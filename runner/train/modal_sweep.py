@@ -44,25 +44,29 @@ from runner.backends.modal import (
     check_name,
     enter_app,
     gpu_from_device,
+    hourly,
     modal_errors,
     require_credentials,
     unanswered,
     volume_root,
 )
-from runner.backends.modal.container import CPU_CORES, MEMORY_MIB
+from runner.backends.modal.app import project_requirements
+from runner.backends.modal.billing import answered_charge, cancelled_charge, unanswered_charge
+from runner.backends.modal.container import startup_seconds
 from runner.backends.task import TaskResult
 from runner.jobspec.model import SweepSpec
-from runner.jobspec.pricing import container_usd, dollars
+from runner.jobspec.pricing import dollars
 from runner.train.sweep import DataPlan, Trial, TrialBackend, payload, pick_shards
 from runner.train.trial import run_trial
 
 FUNCTION_NAME = "train_trial"
 TAG_SWEEP = "forge-sweep"
-# Training needs these on top of the solver image's packages (ranges as in pyproject.toml).
-TRAIN_REQUIREMENTS: tuple[str, ...] = ("flax>=0.10,<0.13", "optax>=0.2,<0.3")
-# Billed container time beyond a trial's own seconds (start, image load, jax import):
-# charged to every trial so the spend never under-counts.
-STARTUP_S = 30.0
+# Training needs these on top of the solver image's packages (pyproject.toml's ranges).
+TRAIN_REQUIREMENTS: tuple[str, ...] = project_requirements(("flax", "optax"))
+# What a trial leaves before Modal's timeout for its container's start (image load, jax
+# import; the timeout covers start-up too: modal/app.py:965). Charged is the start-up the
+# container measured (container.startup_seconds), not this allowance.
+STARTUP_ALLOWANCE_S = 30.0
 
 
 def app_name(spec: SweepSpec) -> str:
@@ -73,12 +77,16 @@ def time_limit_s(timeout_s: int) -> float:
     """When training stops itself inside a container: early enough to evaluate and return
     before Modal's timeout kills the input (which would lose the trial)."""
     margin = max(15.0, 0.1 * timeout_s)
-    return max(1.0, timeout_s - STARTUP_S - margin)
+    return max(1.0, timeout_s - STARTUP_ALLOWANCE_S - margin)
 
 
 def train_trial(request: dict[str, Any]) -> dict[str, Any]:
-    """The body of ``train_trial``: one trial, exactly as the local backend runs it."""
-    return run_trial(request)
+    """The body of ``train_trial``: one trial, exactly as the local backend runs it, with the
+    container's start-up seconds (its first trial only; 0 outside Modal) beside it."""
+    startup = startup_seconds()  # before the trial: its own seconds are counted by run_trial
+    result = run_trial(request)
+    result["startup_s"] = startup
+    return result
 
 
 @dataclass
@@ -95,8 +103,9 @@ def function_plan(spec: SweepSpec) -> FunctionPlan:
     """``train_trial``'s settings: one trial per GPU container, Modal retries 0, CUDA only."""
     c = spec.compute
     return FunctionPlan(
-        FUNCTION_NAME, "", "trial", tuple(c.gpu), 1, int(c.timeout_s), int(c.max_containers), 0, dict(GPU_ENV)
-    )
+        FUNCTION_NAME, "", "trial", tuple(c.gpu), 1, int(c.timeout_s), int(c.max_containers), 0, dict(GPU_ENV),
+        scaledown_window=int(c.scaledown_window_s),
+    )  # fmt: skip
 
 
 def compile_sweep(spec: SweepSpec) -> CompiledSweep:
@@ -112,13 +121,6 @@ def compile_sweep(spec: SweepSpec) -> CompiledSweep:
     plan = function_plan(spec)
     fn = plan.decorate(app, train_trial, {MOUNT: volume})
     return CompiledSweep(spec=spec, app=app, image=image, volume=volume, function=fn, plan=plan)
-
-
-def hourly(spec: SweepSpec, gpu: str) -> float:
-    """$/hour of a trial container: its GPU plus the CPU and memory it requests
-    (Modal bills both on top of the GPU; pricing.container_usd)."""
-    extra = container_usd(3600.0, spec.price_table(), cores=CPU_CORES, gib=MEMORY_MIB / 1024)
-    return spec.rate(gpu) + extra
 
 
 def worst_case_usd(spec: SweepSpec) -> float:
@@ -163,12 +165,14 @@ class ModalSweepBackend(TrialBackend):
         super().__init__(*args, **kwargs)
         require_credentials()
         self.compiled = compile_sweep(self.spec)
-        self.map: Any = self.compiled.function.map  # Modal's Function.map (tests: Function.local runs)
+        self.map: Any = (
+            self.compiled.function.map
+        )  # Modal's Function.map (tests: Function.local runs)
         self.limit = time_limit_s(self.spec.compute.timeout_s)
         self._cm: Any = None
         self._sent: dict[str, float] = {}
         self._trials: dict[str, Trial] = {}
-        self._results: queue.Queue[tuple[Trial, dict[str, Any], str]] = queue.Queue()
+        self._results: queue.Queue[tuple[Trial, dict[str, Any], str, float]] = queue.Queue()
 
     def start(self) -> None:
         # leaving the app (stop(), Ctrl+C included) stops it and its containers
@@ -191,7 +195,9 @@ class ModalSweepBackend(TrialBackend):
             self._sent[req.task.trial_id] = now
             self.emit("trial_start", {"trial": req.task})
         trials = [r.task for r in wave]
-        threading.Thread(target=self._run_wave, args=(trials,), name="forge-sweep-wave", daemon=True).start()
+        threading.Thread(
+            target=self._run_wave, args=(trials,), name="forge-sweep-wave", daemon=True
+        ).start()
 
     def _run_wave(self, trials: list[Trial]) -> None:
         by_id = {t.trial_id: t for t in trials}
@@ -204,17 +210,58 @@ class ModalSweepBackend(TrialBackend):
                     continue
                 trial = by_id.pop(str(result["trial_id"]), None)
                 if trial is not None:
-                    gpu = gpu_from_device(str(result.get("device", "")), self.spec.compute.gpu, self.spec)
-                    result["seconds"] = float(result.get("seconds", 0.0)) + STARTUP_S
-                    self._results.put((trial, result, gpu))
+                    self._results.put(self._answered(trial, result))
         except Exception as e:  # the whole call failed (app stopped, connection lost, ...)
             errors.append(e)
-        left = list(by_id.values())
-        for trial, failed in zip(left, _fail_unanswered(left, errors, self.spec), strict=True):
-            self._results.put((trial, failed, self.price_name(())))
+        for failed in self._fail_unanswered(list(by_id.values()), errors):
+            self._results.put(failed)
+
+    def _answered(
+        self, trial: Trial, result: dict[str, Any]
+    ) -> tuple[Trial, dict[str, Any], str, float]:
+        """A returned trial, charged from its submit (billing.answered_charge)."""
+        gpu = gpu_from_device(str(result.get("device", "")), self.spec.compute.gpu, self.spec)
+        result["seconds"] = float(result.get("seconds", 0.0)) + float(result.get("startup_s", 0.0))
+        c = answered_charge(
+            self.spec, self.spec.compute.gpu, self._elapsed(trial.trial_id),
+            measured_s=result["seconds"], measured_usd=0.0, gpu=gpu,
+            idle_s=self.spec.compute.scaledown_window_s,
+        )  # fmt: skip
+        return trial, result, gpu, c.usd
+
+    def _elapsed(self, trial_id: str) -> float:
+        sent = self._sent.get(trial_id)
+        return 0.0 if sent is None else time.monotonic() - sent
+
+    def _fail_unanswered(
+        self, trials: list[Trial], errors: list[BaseException]
+    ) -> list[tuple[Trial, dict[str, Any], str, float]]:
+        """Failed results for the trials of a wave that got none.
+
+        With ``order_outputs=False`` Modal does not say which input an exception
+        belongs to, so every unanswered trial fails with the wave's errors, each
+        charged from its submit (billing.unanswered_charge: every second it may
+        have run, at least its whole timeout for as many as timed out).
+        """
+        error, timeouts = unanswered(errors, "no result came back")
+        out = []
+        for i, trial in enumerate(trials):
+            floor = float(self.spec.compute.timeout_s) if i < timeouts else 0.0
+            c = unanswered_charge(
+                self.spec, self.spec.compute.gpu, self._elapsed(trial.trial_id),
+                idle_s=self.spec.compute.scaledown_window_s, floor_s=floor,
+            )  # fmt: skip
+            failed = {
+                "trial_id": trial.trial_id,
+                "status": "failed",
+                "error": error,
+                "seconds": c.seconds,
+            }
+            out.append((trial, failed, c.gpu, c.usd))
+        return out
 
     def poll(self, timeout: float) -> list[TaskResult]:
-        got: list[tuple[Trial, dict[str, Any], str]] = []
+        got: list[tuple[Trial, dict[str, Any], str, float]] = []
         try:
             got.append(self._results.get(timeout=max(0.0, timeout)))
             while True:
@@ -222,11 +269,16 @@ class ModalSweepBackend(TrialBackend):
         except queue.Empty:
             pass
         out = []
-        for trial, result, gpu in got:
+        for trial, result, gpu, usd in got:
             if self._trials.pop(trial.trial_id, None) is None:
                 continue  # cancelled meanwhile: answered by cancel()
-            out.append(self.finish(trial, result, gpu=gpu, price_per_hour=hourly(self.spec, gpu)))
+            out.append(
+                self.finish(trial, result, gpu=gpu, price_per_hour=self.hourly(gpu), usd=usd)
+            )
         return out
+
+    def hourly(self, name: str) -> float:
+        return hourly(self.spec, name)
 
     def running(self) -> dict[str, Attempt]:
         now = time.monotonic()
@@ -245,14 +297,24 @@ class ModalSweepBackend(TrialBackend):
             try:
                 self.compiled.app.stop()
             except Exception as e:  # said, not raised: the orchestrator must still charge them
-                print(f"warning: stopping Modal app {self.compiled.app.name}: {e}", file=sys.stderr, flush=True)
-        gpu = self.price_name(())
+                print(
+                    f"warning: stopping Modal app {self.compiled.app.name}: {e}",
+                    file=sys.stderr,
+                    flush=True,
+                )
         out = []
         for t in trials:
-            secs = now - self._sent.get(t.trial_id, now)
-            # the container's CPU and memory are billed too (hourly), not only its GPU
+            c = cancelled_charge(
+                self.spec, self.spec.compute.gpu, now - self._sent.get(t.trial_id, now)
+            )
             out.append(
-                cancelled_result(t.trial_id, seconds=secs, gpu=gpu, per_hour=hourly(self.spec, gpu), run_id=self.run_id)
+                cancelled_result(
+                    t.trial_id,
+                    seconds=c.seconds,
+                    gpu=c.gpu,
+                    per_hour=self.hourly(c.gpu),
+                    run_id=self.run_id,
+                )
             )
         return out
 
@@ -260,23 +322,3 @@ class ModalSweepBackend(TrialBackend):
         cm, self._cm = self._cm, None
         if cm is not None:
             cm.__exit__(None, None, None)
-
-
-def _fail_unanswered(trials: list[Trial], errors: list[BaseException], spec: SweepSpec) -> list[dict[str, Any]]:
-    """Failed results for the trials of a wave that got none.
-
-    With ``order_outputs=False`` Modal does not say which input an exception belongs
-    to, so every unanswered trial fails with the wave's errors. As many of them as there
-    were timeouts are charged their whole timeout (at the dearest GPU, by the caller), as
-    the oracle's Modal backend does, so the spend never under-counts.
-    """
-    error, timeouts = unanswered(errors, "no result came back")
-    return [
-        {
-            "trial_id": trial.trial_id,
-            "status": "failed",
-            "error": error,
-            "seconds": float(spec.compute.timeout_s) if i < timeouts else 0.0,
-        }
-        for i, trial in enumerate(trials)
-    ]

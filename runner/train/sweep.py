@@ -86,6 +86,9 @@ class TrialBackend(Backend[Trial]):
         self.run_id = run_id
         self.out = outcome.out_dir
 
+    def hourly(self, name: str) -> float:
+        return self.spec.rate(name)
+
     def survey(self, tasks: Sequence[Trial]) -> dict[str, SurveyState]:
         return {
             t.key: "done"
@@ -116,9 +119,15 @@ class TrialBackend(Backend[Trial]):
         return str(path)
 
     def finish(
-        self, trial: Trial, result: dict[str, Any], *, gpu: str, price_per_hour: float
+        self,
+        trial: Trial,
+        result: dict[str, Any],
+        *,
+        gpu: str,
+        price_per_hour: float,
+        usd: float | None = None,
     ) -> TaskResult:
-        """Record a returned trial; the orchestrator's result for it."""
+        """Record a returned trial (``usd`` as in ``record_result``); the orchestrator's result for it."""
         rec = record_result(
             self.outcome,
             trial,
@@ -127,6 +136,7 @@ class TrialBackend(Backend[Trial]):
             price_per_hour=price_per_hour,
             emit=self.emit,
             run_id=self.run_id,
+            usd=usd,
         )
         secs = max(0.0, float(result.get("seconds", 0.0)))
         return TaskResult(
@@ -134,7 +144,7 @@ class TrialBackend(Backend[Trial]):
             status="done" if rec["status"] == "finished" else "failed",
             seconds=secs,
             gpu=gpu,
-            usd=dollars(secs, price_per_hour),
+            usd=dollars(secs, price_per_hour) if usd is None else usd,
             error=str(rec.get("error", "")),
             run_id=self.run_id,
         )
@@ -155,9 +165,11 @@ def record_result(
     price_per_hour: float,
     emit: Event,
     run_id: str = "",
+    usd: float | None = None,
 ) -> dict[str, Any]:
-    """Price a returned result, save it, and report it: the one path every backend uses."""
-    cost = dollars(float(result.get("seconds", 0.0)), price_per_hour)
+    """Price a returned result (``usd``: the backend's own figure, when it meters one), save
+    it, and report it: the one path every backend uses."""
+    cost = dollars(float(result.get("seconds", 0.0)), price_per_hour) if usd is None else usd
     rec = save_result(
         outcome.out_dir,
         trial,

@@ -19,7 +19,7 @@ import pytest
 from claim_fakes import LockedDict
 
 from runner.backends.base import Backend, RunContext, SurveyState, TaskRequest, Tier
-from runner.backends.modal import ModalBackend, compile_job, enter_app, unanswered_results
+from runner.backends.modal import ModalBackend, compile_job, enter_app, hourly, unanswered_results
 from runner.backends.modal.claims import DictClaims
 from runner.backends.orchestrate import Orchestrator
 from runner.backends.runstate import RunOptions
@@ -134,7 +134,10 @@ def test_requests_go_to_the_function_of_their_tier_and_gpus(dummy_token: None) -
     assert backend.capacity("large") == c.max_containers * c.large.concurrency
 
 
-def test_unanswered_inputs_fail_one_by_one_and_timeouts_are_charged() -> None:
+def test_unanswered_inputs_fail_one_by_one_and_every_one_is_charged() -> None:
+    """A crashed container (RemoteError, modal/_utils/function_utils.py:578) is charged from
+    the submit like a timeout: every second sent, at the dearest GPU, CPU and memory, and
+    the idle tail; a timeout at least its whole timeout."""
     spec = job("jobs/valtest.yaml")
     reqs = [
         TaskRequest(ShardTask("val", 900 + i, 1, 0), gpu=("H200", "H100"), timeout_s=900)
@@ -144,13 +147,16 @@ def test_unanswered_inputs_fail_one_by_one_and_timeouts_are_charged() -> None:
         modal.exception.FunctionTimeoutError("Function timed out after 900s"),
         modal.exception.RemoteError("container exited: out of memory"),
     ]
-    results = unanswered_results(reqs, errors, spec, "run-1")
+    results = unanswered_results(reqs, errors, spec, "run-1", elapsed_s=120.0)
     assert [r.key for r in results] == [r.task.key for r in reqs]
     assert all(r.status == "failed" and r.oom for r in results)
     assert all("FunctionTimeoutError" in r.error for r in results)
-    charged = [r for r in results if r.seconds > 0]
-    assert len(charged) == 1 and charged[0].seconds == 900 and charged[0].gpu == "H200"
-    assert charged[0].usd == pytest.approx(900 * spec.price_per_hour("H200") / 3600)
+    assert [r.seconds for r in results] == [900.0, 120.0, 120.0]
+    assert {r.gpu for r in results} == {"H200"}
+    idle = spec.compute.scaledown_window_s
+    for r in results:
+        assert r.usd == pytest.approx((r.seconds + idle) * hourly(spec, "H200") / 3600)
+    assert hourly(spec, "H200") > spec.price_per_hour("H200")  # CPU and memory on top
 
 
 class Scripted(Backend):
@@ -235,7 +241,8 @@ def test_one_retry_layer_every_attempt_runs_once_and_is_charged() -> None:
     summary = Orchestrator(spec, backend, [task], run_id="run-1", options=opts, sleep=lambda s: None).run()
     assert [r.attempt for r in backend.attempts] == [0, 1, 2]
     dearest = max(spec.compute.gpu, key=spec.price_per_hour)
-    per_attempt = spec.compute.timeout_s * spec.price_per_hour(dearest) / 3600
+    charged_s = spec.compute.timeout_s + spec.compute.scaledown_window_s
+    per_attempt = charged_s * hourly(spec, dearest) / 3600
     assert summary.progress.spend_usd == pytest.approx(3 * per_attempt)
     assert summary.progress.failed == 1
 
@@ -291,7 +298,10 @@ def test_an_attempt_modal_cannot_take_still_answers_and_cancel_counts_it(dummy_t
         results = backend.poll(0.5)
     (r,) = results
     assert r.key == task.key and r.status == "failed" and r.error
-    assert r.seconds == 0.0  # not a timeout: nothing charged
+    # not a timeout, still charged: from its submit, at the dearest GPU, plus the idle tail
+    assert r.gpu == "H200" and r.seconds > 0.0
+    idle = backend.spec.compute.scaledown_window_s
+    assert r.usd >= (r.seconds + idle) * hourly(backend.spec, "H200") / 3600 * (1 - 1e-9)
     assert backend.in_flight() == 0 and backend.claims_table.get(task.key) is None
     assert backend.cancel() == []
 
@@ -312,7 +322,7 @@ def test_cancel_answers_each_attempt_in_flight_charged_from_its_submit(dummy_tok
     assert running.elapsed_s >= 36.0 and running.gpu == "H200"  # the dearest of [H200, H100]
     (r,) = backend.cancel([task.key, "not/in-flight"])
     assert r.key == task.key and r.status == "cancelled" and r.gpu == "H200"
-    price = dict(backend.spec.pricing)["H200"]
+    price = hourly(backend.spec, "H200")  # the GPU, its CPU and memory: no idle tail (terminated)
     assert r.seconds >= 36.0 and r.usd == pytest.approx(r.seconds * price / 3600.0, rel=1e-6)
     assert backend.in_flight() == 0 and backend.claims_table.get(task.key) is None
     backend._deliver(TaskResult(key=task.key, status="failed", error="CancelledError"))
@@ -337,3 +347,34 @@ def test_a_slow_app_start_is_not_silent() -> None:
     time.sleep(0.3)
     assert len(said) == n  # quiet once started
     cm.__exit__(None, None, None)
+
+
+def test_a_sigint_in_the_detached_orchestrator_is_a_preemption_not_a_ctrl_c(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Modal preempts with SIGINT (modal/exception.py:300-305). Inside the detached body it
+    must not reach the orchestrator as Ctrl+C (which stops the app): the run goes on."""
+    import os
+    import signal
+    from types import SimpleNamespace
+
+    from runner.backends.modal import detached
+
+    spec = job("jobs/valtest.yaml")
+    went_on: list[bool] = []
+
+    class Orchestrator:  # the shared loop, reduced to: a SIGINT lands while it runs
+        def __init__(self, *args: Any, **kwargs: Any) -> None: ...
+
+        def run(self) -> Any:
+            os.kill(os.getpid(), signal.SIGINT)
+            went_on.append(True)  # a KeyboardInterrupt would have left before this line
+            progress = SimpleNamespace(solved=0, failed=0, spend_usd=0.0)
+            return SimpleNamespace(stopped_by=None, progress=progress, exit_code=0)
+
+    monkeypatch.setattr(detached, "Orchestrator", Orchestrator)
+    before = signal.getsignal(signal.SIGINT)
+    code = detached.orchestrate(spec, "run-1", [], {"solve_main": object()}, {"app_id": "ap-1"})
+    assert code == 0 and went_on == [True]
+    assert "Modal preempting it" in capsys.readouterr().out
+    assert signal.getsignal(signal.SIGINT) is before  # restored after the run

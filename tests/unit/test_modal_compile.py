@@ -93,6 +93,14 @@ def test_job_compiles_with_its_settings(path: Path) -> None:
     assert orch["max_containers"] == 1
     assert orch["retries"] == 0
     assert orch["secrets"] == []  # a CPU function: no JAX_PLATFORMS=cuda
+    # Modal preempts with SIGINT (modal/exception.py:300-305): the orchestrator asks not to be
+    assert orch["nonpreemptible"] is True
+
+    # The idle tail is set, short, and what billing charges (modal/app.py:918, 961)
+    for name, fn in job.functions.items():
+        s = fm.modal_settings(fn)
+        assert s["scaledown_window"] == c.scaledown_window_s, name
+        assert s["nonpreemptible"] is False, name  # GPU work survives preemption by retrying
 
     # GPU or nothing: every GPU function sets JAX_PLATFORMS (env= is a secret, modal/_functions.py:811)
     for plan in job.variants:
@@ -101,7 +109,10 @@ def test_job_compiles_with_its_settings(path: Path) -> None:
         assert s["secrets"] == ["Secret.from_dict([JAX_PLATFORMS])"]
         # what forge plan shows is what Modal holds
         shown = plan.to_json()
-        for key in ("name", "gpu", "max_inputs", "timeout", "retries", "max_containers", "cpu", "memory_mib"):
+        for key in (
+            "name", "gpu", "max_inputs", "timeout", "retries", "max_containers", "cpu", "memory_mib",
+            "scaledown_window", "nonpreemptible",
+        ):  # fmt: skip
             assert s[key] == shown[key], key
 
 
@@ -165,6 +176,8 @@ def test_plan_json_cli_without_credentials(tmp_path: Path) -> None:
         "env": {"JAX_PLATFORMS": "cuda"},
         "cpu": 0.125,
         "memory_mib": 128,
+        "scaledown_window": spec.compute.scaledown_window_s,
+        "nonpreemptible": False,
     }
     assert all(f["retries"] == 0 and f["env"]["JAX_PLATFORMS"] == "cuda" for f in doc["functions"])
     assert {f["tier"] for f in doc["functions"]} <= {"main", "large"}
@@ -176,22 +189,44 @@ def _range(req: str) -> tuple[str, str]:
 
 
 def test_image_requirements_match_pyproject() -> None:
-    """The containers install what this package is tested with (jax as its CUDA build)."""
+    """The containers install pyproject.toml's ranges, read from it (jax as its CUDA 12
+    build), and the CUDA 12 wheels at least at the version job files are validated against."""
+    from runner.jobspec.pricing import IMAGE_CUDA
+
     deps = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]["dependencies"]
     ours = dict(_range(d) for d in deps)
     image = dict(_range(r) for r in fm.IMAGE_REQUIREMENTS)
     assert fm.IMAGE_REQUIREMENTS[0].startswith("jax[cuda12]")
+    cuda = {n for n in image if n.startswith("nvidia-")}
+    assert cuda and all(image[n] == ">=" + ".".join(map(str, IMAGE_CUDA)) for n in cuda)
     for name, spec_range in image.items():
-        assert name in ours, f"{name} is installed on Modal but not a dependency"
-        if name != "jax":
-            assert spec_range == ours[name], name
-    # jax: a CUDA build, inside the project's range, covering the versions we test (0.10, 0.11)
-    from packaging.specifiers import SpecifierSet
+        if name not in cuda:
+            assert name in ours, f"{name} is installed on Modal but not a dependency"
+            assert spec_range == ours[name], name  # jax included: the same range (<0.13)
+    assert ours["jax"].endswith("<0.13")
 
-    in_image, in_project = SpecifierSet(image["jax"]), SpecifierSet(ours["jax"])
-    assert list(in_image.filter(["0.10.0", "0.11.0"])) == ["0.10.0", "0.11.0"]
-    probes = ["0.4.29", "0.4.30", "0.9.9", "0.10.0", "0.11.9", "0.12.0", "0.13.0"]
-    assert set(in_image.filter(probes)) <= set(in_project.filter(probes))
+
+def test_a_gpu_the_images_cuda_cannot_run_is_refused_at_validation(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """B200 (Blackwell) needs CUDA >= 12.8: the image guarantees it, so B200 loads; a GPU whose
+    CUDA need exceeds the image's build is refused with a clear message naming the key."""
+    from runner.jobspec import pricing
+    from runner.jobspec.errors import SpecErrors
+
+    text = (
+        "version: 1\nname: blackwell\nkind: oracle\n"
+        "deals: {mode: standard, base_seeds: {list: [1]}}\n"
+        "compute:\n  gpu: [H100, B200]\nbudget: {max_usd: 1}\n"
+    )
+    (tmp_path / "b.yaml").write_text(text)
+    assert load(tmp_path / "b.yaml").compute.gpu == ("H100", "B200")  # type: ignore[union-attr]
+    monkeypatch.setitem(pricing.GPU_MIN_CUDA, "B200", (13, 0))
+    with pytest.raises(SpecErrors) as e:
+        load(tmp_path / "b.yaml")
+    said = str(e.value)
+    assert "B200 needs CUDA >= 13.0" in said and "CUDA 12.8" in said
+    assert "b.yaml:6:" in said and "compute.gpu[1]" in said
 
 
 def test_names_modal_refuses_are_user_errors() -> None:

@@ -43,6 +43,7 @@ def forge(args: list[str], env: dict[str, str]) -> subprocess.CompletedProcess[s
         ["stop", "jobs/valtest.yaml"],
         ["download", "jobs/valtest.yaml", "--to", "somewhere"],
         ["cost", "jobs/valtest.yaml"],
+        ["cost", "jobs/valtest.yaml", "--reconcile"],
     ],
     ids=lambda a: " ".join(a[:1] + [x for x in a[1:] if x.startswith("--")]),
 )

@@ -6,6 +6,7 @@ forge makes of them is tested here on plain data and real shard files.
 
 from __future__ import annotations
 
+import contextlib
 import time
 from pathlib import Path
 from typing import Any
@@ -141,6 +142,73 @@ def test_ctrl_c_before_the_orchestrator_is_spawned_is_not_detached(
     assert code == EXIT_INTERRUPTED == 130
     assert not any("Detached" in line for line in lines)
     assert lines == ["Interrupted while the Modal app was starting: nothing was started."]
+
+
+class _TermDuringSetup(Exception):
+    """What the test's own SIGTERM handler raises, should forge install none."""
+
+
+def test_sigterm_before_the_orchestrator_is_spawned_leaves_no_app_and_no_entry(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """SIGTERM after the detached app started and its ``app:`` entry was written, before the
+    orchestrator's spawn: the app is stopped by id and its entry removed; exit 143.
+    (Without forge's handler the process would die there, the detached app running on.)"""
+    import os
+    import signal
+
+    from claim_fakes import LockedDict
+
+    from runner.backends.modal import ops
+    from runner.backends.modal.claims import DictClaims
+
+    monkeypatch.setenv("MODAL_TOKEN_ID", "ak-offline-test")
+    monkeypatch.setenv("MODAL_TOKEN_SECRET", "as-offline-test")
+    spec = load_job(REPO / "jobs/smoke.yaml")
+    table = DictClaims(LockedDict())
+    stopped: list[str] = []
+
+    class Claims(DictClaims):  # the job's Dict, in process; SIGTERM lands right after add_app
+        def __init__(self, _d: Any) -> None:
+            self.d = table.d
+
+        def add_app(self, app_id: str, info: dict[str, Any]) -> None:
+            super().add_app(app_id, info)
+            os.kill(os.getpid(), signal.SIGTERM)
+
+    class Lookup:  # App.lookup(app_id).stop(), recorded (offline, Modal has no app to stop)
+        def __init__(self, app_id: str) -> None:
+            self.app_id = app_id
+
+        def stop(self) -> None:
+            stopped.append(self.app_id)
+
+    def started(app: Any, *, detach: bool, say: Any) -> Any:
+        from modal._utils.async_utils import synchronizer
+
+        # what app.run() leaves on a started app (modal/app.py:372)
+        synchronizer._translate_in(app)._app_id = "ap-term"
+        return contextlib.nullcontext()
+
+    def own_handler(signum: int, frame: Any) -> None:
+        raise _TermDuringSetup
+
+    monkeypatch.setattr(ops, "DictClaims", Claims)
+    monkeypatch.setattr(ops, "_claims", lambda spec: Claims(None))
+    monkeypatch.setattr(ops.modal.App, "lookup", staticmethod(Lookup))
+    old = signal.signal(signal.SIGTERM, own_handler)
+    try:
+        code, lines = ops.run_detached(
+            spec, plan_tasks(spec), run_id="r1", say=lambda m: None, enter=started
+        )
+        assert signal.getsignal(signal.SIGTERM) is own_handler  # restored
+    finally:
+        signal.signal(signal.SIGTERM, old)
+    assert code == 143
+    assert stopped == ["ap-term"] and table.apps() == {}
+    assert lines == [
+        "Terminated (SIGTERM): stopped Modal app ap-term before its orchestrator started."
+    ]
 
 
 def test_modal_is_pinned_to_the_verified_version() -> None:

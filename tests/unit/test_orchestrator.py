@@ -12,16 +12,15 @@ from __future__ import annotations
 import copy
 import os
 import signal
-import textwrap
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 import pytest
+from orchestrator_fakes import Clock, Scripted, keys, make_job, orchestrate
 
-from runner.backends.base import Backend, RunContext, SurveyState, TaskRequest, Tier
+from runner.backends.base import SurveyState
 from runner.backends.manifests import SpendUnreadable
-from runner.backends.orchestrate import Orchestrator
 from runner.backends.runstate import (
     EXIT_BUDGET,
     EXIT_FAILED,
@@ -31,208 +30,7 @@ from runner.backends.runstate import (
     RunOptions,
 )
 from runner.backends.task import TaskResult
-from runner.jobspec.load import load_job
-from runner.jobspec.model import JobSpec, ShardTask
-from runner.jobspec.plan import tasks as plan_tasks
-
-
-def make_job(tmp_path: Path, extra: str = "", seeds: int = 6, budget: str = "max_usd: 100") -> JobSpec:
-    text = textwrap.dedent(
-        f"""\
-        version: 1
-        name: orch
-        kind: oracle
-        deals:
-          mode: standard
-          base_seeds: {{start: 0, stop: {seeds}}}
-          decl: auto
-        """
-    )
-    text += f"budget:\n  {budget}\n"
-    p = tmp_path / "orch.yaml"
-    p.write_text(text + textwrap.dedent(extra))
-    return load_job(p)
-
-
-class Clock:
-    def __init__(self) -> None:
-        self.t = 0.0
-
-    def __call__(self) -> float:
-        return self.t
-
-    def sleep(self, s: float) -> None:
-        self.t += max(s, 0.01)
-
-
-class Scripted(Backend):
-    """Plays back per-key outcomes; every poll finishes everything in flight.
-
-    With ``lasting=S`` attempts take S virtual seconds instead: a poll advances
-    the clock by its timeout (or to the next attempt's end) and returns only
-    the attempts that ended, so live metering and the hard stop can be watched.
-    """
-
-    name = "scripted"
-
-    def __init__(
-        self,
-        spec: JobSpec,
-        clock: Clock,
-        *,
-        cap: int = 2,
-        large_cap: int = 1,
-        seconds: float = 10.0,
-        script: dict[str, list[dict[str, Any]]] | None = None,
-        done: set[str] | None = None,
-        claimed_for: dict[str, int] | None = None,
-        manifests: list[dict[str, Any]] | None = None,
-        interrupt_after: int | None = None,
-        lasting: float | None = None,
-        on_poll: Any = None,
-    ) -> None:
-        super().__init__(RunContext(spec, "run-test"))
-        self.clock = clock
-        self.cap = {"default": cap, "large": large_cap}
-        self.seconds = seconds
-        self.script = script or {}
-        self.done = set(done or ())
-        self.claimed_for = dict(claimed_for or {})  # key -> surveys until the other run finishes
-        self._manifests = manifests or []
-        self.interrupt_after = interrupt_after
-        self.inflight: dict[str, TaskRequest] = {}
-        self.waves: list[list[TaskRequest]] = []
-        self.requests: list[TaskRequest] = []
-        self.max_inflight = 0
-        self.exclusive_violations = 0
-        self.written: dict[str, dict[str, Any]] = {}
-        self.stopped: list[bool] = []
-        self.polls = 0
-        self.lasting = lasting
-        self.on_poll = on_poll
-        self.sent: dict[str, float] = {}
-        self.cancelled: list[str] = []
-        self.timeouts: list[float] = []
-
-    def start(self) -> None:
-        pass
-
-    def capacity(self, tier: Tier = "default") -> int:
-        return self.cap[tier]
-
-    def in_flight(self) -> int:
-        return len(self.inflight)
-
-    def price_name(self, gpu: tuple[str, ...]) -> str:
-        return gpu[0]
-
-    def submit(self, wave: Sequence[TaskRequest]) -> None:
-        self.waves.append(list(wave))
-        for r in wave:
-            assert r.task.key not in self.inflight
-            self.inflight[r.task.key] = r
-            self.sent[r.task.key] = self.clock.t
-            self.requests.append(r)
-        self.max_inflight = max(self.max_inflight, len(self.inflight))
-        if any(r.exclusive for r in self.inflight.values()) and len(self.inflight) > 1:
-            self.exclusive_violations += 1
-
-    def poll(self, timeout: float) -> list[TaskResult]:
-        self.polls += 1
-        self.timeouts.append(timeout)
-        if self.interrupt_after is not None and self.polls > self.interrupt_after:
-            raise KeyboardInterrupt
-        if self.on_poll is not None:
-            self.on_poll(self)
-        if self.lasting is None:
-            self.clock.t += self.seconds
-            ending = list(self.inflight)
-        else:
-            first_end = min(self.sent[k] + self.lasting for k in self.inflight)
-            self.clock.t = min(self.clock.t + timeout, first_end)
-            ending = [k for k in self.inflight if self.sent[k] + self.lasting <= self.clock.t + 1e-9]
-        out = []
-        for key in ending:
-            req = self.inflight.pop(key)
-            steps = self.script.get(key, [])
-            o = steps.pop(0) if steps else {}
-            status = o.get("status", "done")
-            if status == "too_large" and req.final_tier:
-                status = "skipped"
-            if status == "claimed_elsewhere":
-                self.claimed_for.setdefault(key, 2)
-            res = TaskResult(
-                key=key,
-                status=status,
-                states=o.get("states", 1000),
-                seconds=self.clock.t - self.sent[key],
-                gpu=req.gpu[0] if req.gpu else "local",
-                oom=o.get("oom", False),
-                error=o.get("error", ""),
-                tier=req.tier,
-                attempt=req.attempt,
-            )
-            if status == "done":
-                self.done.add(key)
-            out.append(res)
-        return out
-
-    def cancel(self, keys: Sequence[str]) -> list[TaskResult]:
-        out = []
-        for key in keys:
-            req = self.inflight.pop(key, None)
-            if req is None:
-                continue
-            self.cancelled.append(key)
-            gpu = req.gpu[0] if req.gpu else "local"
-            out.append(
-                TaskResult(key=key, status="cancelled", seconds=self.clock.t - self.sent[key], gpu=gpu,
-                           tier=req.tier, attempt=req.attempt)
-            )  # fmt: skip
-        return out
-
-    def survey(self, tasks: Sequence[ShardTask]) -> dict[str, SurveyState]:
-        out: dict[str, SurveyState] = {}
-        for t in tasks:
-            if t.key in self.done:
-                out[t.key] = "done"
-            elif t.key in self.claimed_for:
-                self.claimed_for[t.key] -= 1
-                if self.claimed_for[t.key] <= 0:
-                    del self.claimed_for[t.key]
-                    self.done.add(t.key)
-                out[t.key] = "claimed"
-            else:
-                out[t.key] = "missing"
-        return out
-
-    def manifests(self) -> list[dict[str, Any]]:
-        return self._manifests
-
-    def write_manifest(self, run_id: str, manifest: dict[str, Any]) -> str:
-        self.written[run_id] = manifest
-        return f"mem://{run_id}"
-
-    def stop(self, *, interrupted: bool) -> None:
-        self.stopped.append(interrupted)
-
-
-def orchestrate(spec: JobSpec, be: Scripted, clock: Clock, run_id: str = "run-test", **opts: Any) -> Any:
-    tasks = plan_tasks(spec)
-    o = Orchestrator(
-        spec,
-        be,
-        tasks,
-        run_id=run_id,
-        options=RunOptions(**opts),
-        clock=clock,
-        sleep=clock.sleep,
-    )
-    return o.run()
-
-
-def keys(spec: JobSpec) -> list[str]:
-    return [t.key for t in plan_tasks(spec)]
+from runner.jobspec.model import ShardTask
 
 
 def test_skips_finished_shards_and_dispatches_in_waves_within_capacity(tmp_path: Path) -> None:
@@ -464,6 +262,25 @@ def test_prior_spend_alone_can_stop_a_run(tmp_path: Path) -> None:
     assert s.exit_code == EXIT_BUDGET and be.requests == []
 
 
+@pytest.mark.parametrize(("billed", "prior"), [(None, 10.0), (4.0, 10.0), (26.0, 26.0)])
+def test_the_prior_spend_is_the_larger_of_the_records_and_the_providers_bill(
+    tmp_path: Path, billed: float | None, prior: float
+) -> None:
+    """The ledger's figure for earlier runs, or the bill for them when it is larger
+    (meter.budget_prior); no bill (None): the records stand."""
+    spec = make_job(tmp_path, "compute: {gpu: T4}\npricing: {T4: 3600}\n", seeds=3, budget="max_usd: 25")
+
+    class Billed(Scripted):
+        def billed_usd(self) -> float | None:
+            return billed
+
+    clock = Clock()
+    be = Billed(spec, clock, seconds=1.0, manifests=[{"run_id": "old", "spend_usd": 10.0}])
+    s = orchestrate(spec, be, clock)
+    assert s.progress.prior_usd == prior and be.written["run-test"]["prior_usd"] == prior
+    assert bool(be.requests) == (prior < 25) and (s.exit_code == EXIT_BUDGET) == (prior > 25)
+
+
 @pytest.mark.parametrize("bad", [{"accrued_usd": -1e308}, {"spend_usd": float("nan")}, {"spend_usd": None}])
 def test_an_unbelievable_prior_spend_refuses_the_run_before_any_work(
     tmp_path: Path, bad: dict[str, Any]
@@ -588,3 +405,31 @@ def test_totals_per_gpu_feed_the_next_runs_estimates_and_count_killed_work(tmp_p
     assert gone["by_gpu"][gpu]["usd"] == pytest.approx(m["by_gpu"][gpu]["usd"] + 0.5)
     assert [a["status"] for a in gone["attempts"]] == ["killed"]
     assert seconds_by_gpu([gone]) == seconds_by_gpu([m])  # killed work is no measured shard
+
+
+def test_a_restarted_run_resumes_from_its_manifest_and_the_claims(tmp_path: Path) -> None:
+    """A preempted detached orchestrator is run again by Modal with the same run id: the
+    shard its predecessor committed is not solved again (the survey finds it done), the one
+    still being solved by a container is waited for (its claim), not dispatched; what the
+    predecessor spent carries on in this run's manifest, and what it left in flight is
+    charged at its worst (the whole timeout at its price: no one meters it any more)."""
+    spec = make_job(tmp_path, T4_1USD_PER_S, seeds=4, budget="max_usd: 10000")
+    ks = keys(spec)
+    before = {
+        "run_id": "run-test", "status": "running", "host": "modal-container", "pid": 7,
+        "started": 1.0, "updated": 9e18, "spend_usd": 30.0, "accrued_usd": 4.0,
+        "attempts": [], "in_flight": [{"key": ks[1], "gpu": "T4", "seconds": 4.0, "usd": 4.0}],
+    }  # fmt: skip
+    clock = Clock()
+    # The container still solving ks[1] holds its claim: an attempt there answers at once
+    # that it is claimed (solve_shard's claim check), and the run waits for it.
+    script = {ks[1]: [{"status": "claimed_elsewhere"}]}
+    be = Scripted(spec, clock, done={ks[0]}, script=script, manifests=[before])
+    s = orchestrate(spec, be, clock)
+    dispatched = [r.task.key for r in be.requests]
+    assert ks[0] not in dispatched and dispatched.count(ks[1]) == 1
+    assert s.progress.solved == 2 and s.progress.done_elsewhere == 1 and s.progress.already_done == 1
+    worst = spec.compute.timeout_s * 1.0  # T4 at $3600/h: $1 a second
+    assert s.progress.spend_usd == pytest.approx(30.0 + worst + 3 * 10.0)
+    assert be.written["run-test"]["spend_usd"] == pytest.approx(s.progress.spend_usd)
+    assert any("resumed run run-test" in n for n in s.notes)

@@ -63,6 +63,7 @@ JOB_FIELDS: dict[str, Callable[[JobSpec], Any]] = {
         j.compute.large.concurrency
     ),
     "/properties/compute/properties/workers": lambda j: j.compute.workers,
+    "/properties/compute/properties/scaledown_window_s": lambda j: j.compute.scaledown_window_s,
     "/properties/output/properties/root": lambda j: j.output.root.replace(j.name, "{name}"),
     "/properties/output/properties/volume": lambda j: j.output.volume,
     "/properties/output/properties/commit": lambda j: j.output.commit.policy,
@@ -76,6 +77,7 @@ SWEEP_FIELDS: dict[str, Callable[[SweepSpec], Any]] = {
     "/properties/compute/properties/max_containers": lambda s: s.compute.max_containers,
     "/properties/compute/properties/retries": lambda s: s.compute.retries,
     "/properties/compute/properties/workers": lambda s: s.compute.workers,
+    "/properties/compute/properties/scaledown_window_s": lambda s: s.compute.scaledown_window_s,
     "/$defs/range/properties/log": lambda s: dict(s.search.parameters)["lr"].log,
 }
 

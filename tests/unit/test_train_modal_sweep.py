@@ -6,6 +6,7 @@ from __future__ import annotations
 import time
 import tomllib
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -63,7 +64,7 @@ def test_function_settings_come_from_the_sweep_file(spec: SweepSpec) -> None:
 def test_trials_stop_before_the_modal_timeout() -> None:
     for timeout in (60, 900, 3600, 86400):
         limit = modal_sweep.time_limit_s(timeout)
-        assert 0 < limit < timeout - modal_sweep.STARTUP_S
+        assert 0 < limit < timeout - modal_sweep.STARTUP_ALLOWANCE_S
 
 
 def test_worst_case_is_the_timeout_on_the_dearest_gpu(spec: SweepSpec) -> None:
@@ -91,20 +92,91 @@ def test_function_body_runs_locally(spec: SweepSpec, sample_store: Path) -> None
     assert isinstance(out["params"], bytes) and len(out["params"]) > 1000
 
 
-def test_trials_without_a_result_fail_and_timeouts_are_charged(spec: SweepSpec, tmp_path: Path) -> None:
+def _backend(
+    spec: SweepSpec, sample_store: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, lrs: tuple[float, ...]
+) -> tuple[modal_sweep.ModalSweepBackend, list[Any]]:
+    """An offline ModalSweepBackend over ``spec`` with one trial per learning rate."""
+    from dataclasses import replace
+
+    from runner.train.sweep import SweepOutcome
+
+    monkeypatch.setenv("MODAL_TOKEN_ID", "ak-offline-test")
+    monkeypatch.setenv("MODAL_TOKEN_SECRET", "as-offline-test")
+    many = replace(spec, search=replace(spec.search, parameters=(("lr", lrs),) + tuple(
+        (k, v) for k, v in spec.search.parameters if k != "lr"
+    )))  # fmt: skip
+    data = resolve_data(many, sample_store / "shards" / "tiny")
+    trials = expand(many, data)
+    outcome = SweepOutcome(many, tmp_path, "modal", trials, {})
+    return modal_sweep.ModalSweepBackend(many, data, outcome, lambda k, i: None, "run-1"), trials
+
+
+def _poll(backend: modal_sweep.ModalSweepBackend, n: int) -> list[Any]:
+    got: list[Any] = []
+    deadline = time.monotonic() + 120
+    while len(got) < n and time.monotonic() < deadline:
+        got += backend.poll(0.2)
+    return got
+
+
+def test_trials_without_a_result_fail_charged_from_their_submit(
+    spec: SweepSpec, sample_store: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A crashed trial container (RemoteError) is charged like a timed-out one: every
+    second since the wave was sent, at the dearest GPU with CPU and memory, plus the idle
+    tail (billing.py); a timeout at least its whole timeout. Before, only timeouts cost."""
     import modal.exception
 
-    from runner.train.loop import TrainConfig
-    from runner.train.sweep import Trial
+    from runner.backends.base import TaskRequest
+    from runner.backends.modal import hourly
+    from runner.backends.modal.billing import billed_s
 
-    trials = [Trial(i, f"t{i}", {"lr": 0.1 * i}, TrainConfig()) for i in (1, 2, 3)]
-    errors = [modal.exception.FunctionTimeoutError("timed out"), RuntimeError("container lost")]
-    results = modal_sweep._fail_unanswered(trials, errors, spec)
-    assert [r["trial_id"] for r in results] == ["t1", "t2", "t3"]
-    assert [r["status"] for r in results] == ["failed"] * 3
-    assert all("timed out" in r["error"] and "container lost" in r["error"] for r in results)
-    # one timeout among the errors: one trial is charged its whole timeout
-    assert [r["seconds"] for r in results] == [float(spec.compute.timeout_s), 0.0, 0.0]
+    backend, trials = _backend(spec, sample_store, tmp_path, monkeypatch, (0.001, 0.003, 0.01))
+    errors = [modal.exception.FunctionTimeoutError("timed out"), modal.exception.RemoteError("container lost")]
+
+    def mapper(requests: list[dict[str, object]], **kw: object) -> object:
+        time.sleep(0.3)  # the containers ran (and billed) before failing
+        yield from errors
+
+    backend.map = mapper
+    backend.submit([TaskRequest(t, gpu=tuple(spec.compute.gpu)) for t in trials])
+    results = _poll(backend, 3)
+    assert sorted(r.key for r in results) == sorted(t.trial_id for t in trials)
+    assert all(r.status == "failed" and "timed out" in r.error and "container lost" in r.error for r in results)
+    seconds = sorted(r.seconds for r in results)
+    assert seconds[-1] == float(spec.compute.timeout_s) and 0.3 <= seconds[0] < 60
+    per_s = hourly(spec, "H100") / 3600  # the dearest of [H100, A100-80GB]
+    for r in results:
+        assert r.gpu == "H100"
+        charged = billed_s(r.seconds) + spec.compute.scaledown_window_s  # whole seconds, as billed
+        assert r.usd == pytest.approx(charged * per_s, rel=0.05)
+
+
+@pytest.mark.filterwarnings("ignore:The train_trial function is executing locally")
+def test_a_trial_is_charged_its_containers_measured_start_up(
+    spec: SweepSpec, sample_store: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The start-up charge is what the container measured (container.startup_seconds:
+    from its process start, once per container), not a flat 30 s."""
+    from runner.backends.base import TaskRequest
+    from runner.backends.modal import container
+
+    backend, trials = _backend(spec, sample_store, tmp_path, monkeypatch, (0.003,))
+    container.reset_container_state()
+    monkeypatch.setattr(container, "in_modal", lambda: True)  # as inside a Modal container ...
+    monkeypatch.setattr(container, "process_start_time", lambda: time.time() - 47.0)  # ... up 47 s
+    try:
+        out = backend.compiled.function.local(payload(trials[0], backend.data, str(backend.data.root), 600.0))
+        again = modal_sweep.train_trial(payload(trials[0], backend.data, str(backend.data.root), 600.0))
+    finally:
+        container.reset_container_state()
+    assert out["startup_s"] == pytest.approx(47.0, abs=5.0)
+    assert again["startup_s"] == 0.0  # the container's second trial started warm
+    trained = float(out["seconds"])
+    backend.map = lambda requests, **kw: iter([dict(out)])
+    backend.submit([TaskRequest(trials[0], gpu=tuple(spec.compute.gpu))])
+    (r,) = _poll(backend, 1)
+    assert r.status == "done" and r.seconds == pytest.approx(trained + out["startup_s"])
 
 
 @pytest.mark.filterwarnings("ignore:The train_trial function is executing locally")

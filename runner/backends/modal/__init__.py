@@ -12,6 +12,7 @@ One module per concern:
 - ``claims``    claims and records in a ``modal.Dict``
 - ``volume``    the job's files on its volume and the shard states they imply
 - ``backend``   the ``Backend`` the shared orchestrator drives
+- ``billing``   what an attempt is charged, from its submission (both Modal backends)
 - ``ops``       ``forge run --detach``, ``stop``, ``status``, ``download``, ``cost``
 
 Requires modal>=1.6.4 (pyproject.toml): ``App.stop``, ``App.lookup`` by app id
@@ -29,7 +30,8 @@ from runner.backends.modal.app import (
     enter_app,
     job_app,
 )
-from runner.backends.modal.backend import ModalBackend, unanswered_results
+from runner.backends.modal.backend import ModalBackend
+from runner.backends.modal.billing import hourly, unanswered_results
 from runner.backends.modal.compile import (
     CompiledJob,
     compile_job,
@@ -67,6 +69,7 @@ __all__ = [
     "describe",
     "enter_app",
     "gpu_from_device",
+    "hourly",
     "job_app",
     "modal_errors",
     "modal_settings",

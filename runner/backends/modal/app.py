@@ -8,12 +8,15 @@ backend never imports the module that imports the detached orchestrator's body
 
 from __future__ import annotations
 
+import importlib.metadata
+import re
 import sys
 import threading
 import time
+import tomllib
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from pathlib import PurePosixPath
+from pathlib import Path, PurePosixPath
 from typing import Any
 
 import modal
@@ -22,21 +25,58 @@ from runner.backends.modal.container import CPU_CORES, GPU_ENV, MEMORY_MIB
 from runner.backends.modal.errors import check_name, modal_errors
 from runner.backends.modal.names import JAX_CACHE, TAG_JOB, TAG_RUN, app_name, claims_name
 from runner.jobspec.model import JobSpec
+from runner.jobspec.pricing import IMAGE_CUDA
 
 ORCHESTRATOR_NAME = "orchestrate"
 ORCHESTRATOR_TIMEOUT_S = 24 * 3600  # Modal's ceiling for one input
 
-# What the containers install. Ranges match pyproject.toml (a unit test checks);
-# jax is the CUDA 12 build, in the range our code is tested on (0.10 and 0.11).
-IMAGE_REQUIREMENTS: tuple[str, ...] = (
-    "jax[cuda12]>=0.10,<0.12",
-    "numpy>=1.26,<3",
-    "pyarrow>=17,<30",
-    "pyyaml>=6.0,<7",
-    "jsonschema>=4.20,<5",
-    "click>=8.1,<9",
-    "rich>=13,<16",
+# What the containers install: pyproject.toml's ranges, read from there (the one place),
+# jax as its CUDA 12 build; and the CUDA 12 wheels jax loads at least at IMAGE_CUDA, the
+# version GPUs are checked against when a job file is validated (B200 needs 12.8).
+IMAGE_PACKAGES: tuple[str, ...] = (
+    "jax",
+    "numpy",
+    "pyarrow",
+    "pyyaml",
+    "jsonschema",
+    "click",
+    "rich",
 )
+CUDA_WHEELS: tuple[str, ...] = (
+    "nvidia-cuda-runtime-cu12",
+    "nvidia-cuda-nvcc-cu12",
+    "nvidia-nvjitlink-cu12",
+)
+
+
+def project_requirements(names: tuple[str, ...]) -> tuple[str, ...]:
+    """``names`` as pyproject.toml requires them (its source tree, else the installed metadata).
+
+    Inside a Modal container neither is there: the image is built already, and the bare
+    names only let the app be described.
+    """
+    source = Path(__file__).resolve().parents[3] / "pyproject.toml"
+    try:
+        if source.is_file():
+            deps = list(tomllib.loads(source.read_text())["project"]["dependencies"])
+        else:
+            deps = list(importlib.metadata.requires("forge") or ())
+    except (OSError, KeyError, ValueError, importlib.metadata.PackageNotFoundError):
+        deps = []
+    by_name = {re.split(r"[<>=!~;\[ ]", d, maxsplit=1)[0].strip().lower(): d for d in deps}
+    return tuple(by_name.get(n, n) for n in names)
+
+
+def _image_requirements() -> tuple[str, ...]:
+    reqs = [
+        r.replace("jax", "jax[cuda12]", 1) if r.startswith("jax") else r
+        for r in project_requirements(IMAGE_PACKAGES)
+    ]
+    cuda = ".".join(map(str, IMAGE_CUDA))
+    return (*reqs, *(f"{w}>={cuda}" for w in CUDA_WHEELS))
+
+
+IMAGE_REQUIREMENTS: tuple[str, ...] = _image_requirements()
 # The package's .py files plus its data (the JSON schemas), not caches. The
 # container-path test applies this same rule to the tree.
 SHIPPED_FILES: tuple[str, ...] = ("**/*.py", "**/*.json")
@@ -78,6 +118,12 @@ class FunctionPlan:
     env: dict[str, str] = field(default_factory=dict)
     cpu: float = CPU_CORES
     memory_mib: int = MEMORY_MIB
+    # Seconds an idle container is kept (and billed) after its last input; set, not
+    # left to Modal's default (modal/app.py:918, 961; 2 to 3600, modal/_functions.py:841).
+    scaledown_window: int = 5
+    # Preemption restarts the function with SIGINT (modal/exception.py:300-305): the
+    # detached orchestrator asks for a machine that is not preempted (modal/app.py:928).
+    nonpreemptible: bool = False
 
     def decorate(self, app: modal.App, body: Callable[..., Any], volumes: Volumes) -> Any:
         """``body`` registered on ``app`` with this plan's settings."""
@@ -92,6 +138,8 @@ class FunctionPlan:
             env=dict(self.env) or None,
             cpu=self.cpu,
             memory=self.memory_mib,
+            scaledown_window=int(self.scaledown_window),
+            nonpreemptible=self.nonpreemptible,
         )(fn)
 
     def to_json(self) -> dict[str, Any]:
@@ -107,6 +155,8 @@ class FunctionPlan:
             "env": dict(self.env),
             "cpu": self.cpu,
             "memory_mib": self.memory_mib,
+            "scaledown_window": self.scaledown_window,
+            "nonpreemptible": self.nonpreemptible,
         }
 
 
@@ -118,8 +168,9 @@ def gpu_function(
     max_inputs: int,
     timeout: int,
     max_containers: int,
+    scaledown_window: int,
 ) -> FunctionPlan:
-    """A work function on a GPU: no Modal retries, and jax may only use CUDA."""
+    """A work function on a GPU: no Modal retries, jax may only use CUDA, a short idle tail."""
     return FunctionPlan(
         name,
         tier,
@@ -130,6 +181,7 @@ def gpu_function(
         int(max_containers),
         0,
         dict(GPU_ENV),
+        scaledown_window=int(scaledown_window),
     )
 
 
@@ -143,15 +195,22 @@ def variants(spec: JobSpec) -> list[FunctionPlan]:
     that gets no input costs nothing.
     """
     c = spec.compute
-    t, n = int(c.timeout_s), int(c.max_containers)
-    out = [gpu_function("solve_main", "main", "main", tuple(c.gpu), c.concurrency, t, n)]
+    t, n, idle = int(c.timeout_s), int(c.max_containers), int(c.scaledown_window_s)
+    out = [gpu_function("solve_main", "main", "main", tuple(c.gpu), c.concurrency, t, n, idle)]
     if c.concurrency > 1:
-        out.append(gpu_function("solve_main_solo", "main", "solo", tuple(c.gpu), 1, t, n))
+        out.append(gpu_function("solve_main_solo", "main", "solo", tuple(c.gpu), 1, t, n, idle))
     b = spec.budget
     if b.on_exceed == "downgrade" and b.downgrade_gpu and (b.downgrade_gpu,) != tuple(c.gpu):
         out.append(
             gpu_function(
-                "solve_downgrade", "main", "downgrade", (b.downgrade_gpu,), c.concurrency, t, n
+                "solve_downgrade",
+                "main",
+                "downgrade",
+                (b.downgrade_gpu,),
+                c.concurrency,
+                t,
+                n,
+                idle,
             )
         )
     if c.large is not None:
@@ -164,14 +223,16 @@ def variants(spec: JobSpec) -> list[FunctionPlan]:
                 c.large.concurrency,
                 int(c.large.timeout_s),
                 n,
+                idle,
             )
         )
     return out
 
 
 ORCHESTRATOR = FunctionPlan(
-    ORCHESTRATOR_NAME, "", "orchestrator", (), 1, ORCHESTRATOR_TIMEOUT_S, max_containers=1
-)
+    ORCHESTRATOR_NAME, "", "orchestrator", (), 1, ORCHESTRATOR_TIMEOUT_S, max_containers=1,
+    nonpreemptible=True,
+)  # fmt: skip
 
 
 @dataclass

@@ -4,7 +4,7 @@ Locally (``forge run --backend modal``) ``start`` runs the compiled app and
 ``stop`` ends it; inside the ``orchestrate`` function (``--detach``) the app is
 already running and its functions are handed in. The orchestrator is the only
 retry layer: the functions have Modal retries 0 (compile.py), so every attempt
-is one input, answered once and charged once.
+is one input, answered once and charged once, from its submission (billing.py).
 """
 
 from __future__ import annotations
@@ -31,47 +31,16 @@ from runner.backends.base import (
     cancelled_result,
 )
 from runner.backends.modal.app import FunctionPlan, JobApp, enter_app
+from runner.backends.modal.billing import answered, cancelled_charge, hourly, unanswered_results
 from runner.backends.modal.claims import DictClaims, release_run_claims
-from runner.backends.modal.errors import ModalUserError, require_credentials, unanswered, user_error
+from runner.backends.modal.errors import ModalUserError, require_credentials, user_error
 from runner.backends.modal.names import claim_timeout_s
+from runner.backends.modal.reconcile import REPORT_DAYS, billed_by_run, report_rows
 from runner.backends.modal.volume import VolumeView, classify
-from runner.backends.task import TaskResult, is_oom
-from runner.jobspec.model import JobSpec, ShardTask
+from runner.backends.task import TaskResult
+from runner.jobspec.model import ShardTask
 from runner.store.ledger import LEDGER_DIR, LEDGER_SUFFIX, SpendSource, ledger_line
 from runner.store.shards import RECORD_SUFFIX, RUNS_DIR
-
-
-def unanswered_results(
-    reqs: Sequence[TaskRequest], errors: Sequence[BaseException], spec: JobSpec, run_id: str
-) -> list[TaskResult]:
-    """Failed results for inputs that came back as exceptions, not results.
-
-    The backend asks for one input at a time (one error each); given a group,
-    every input fails with the group's errors. A timed-out input was billed for
-    its whole timeout: as many inputs as there were timeouts are charged that,
-    at the dearest GPU their function could have run on, so the budget guard
-    never under-counts.
-    """
-    error, timeouts = unanswered(errors)
-    out = []
-    for i, req in enumerate(reqs):
-        gpu = spec.dearest(req.gpu) if req.gpu else ""
-        secs = float(req.timeout_s) if i < timeouts else 0.0
-        out.append(
-            TaskResult(
-                key=req.task.key,
-                status="failed",
-                seconds=secs,
-                gpu=gpu,
-                usd=spec.usd(secs, gpu),
-                error=error,
-                oom=is_oom(error),
-                tier=req.tier,
-                attempt=req.attempt,
-                run_id=run_id,
-            )
-        )
-    return out
 
 
 def _say(message: str) -> None:
@@ -313,7 +282,7 @@ class ModalBackend(Backend):
             out = call.get()
             if not isinstance(out, TaskResult):
                 raise RuntimeError(f"unexpected output {out!r}")
-            self._deliver(out)
+            self._deliver(answered(out, req, self.spec, self._elapsed(key)))
             return
         except BaseException as e:  # a worker thread: every attempt must answer, whatever ended it
             error: BaseException = e
@@ -327,11 +296,31 @@ class ModalBackend(Backend):
         problem = user_error(error)
         if problem is not None and self._problem is None:
             self._problem = problem
-        for result in unanswered_results([req], [error], self.spec, self.run_id):
+        elapsed = self._elapsed(key)
+        for result in unanswered_results([req], [error], self.spec, self.run_id, elapsed_s=elapsed):
             if key in self._cancelled:
                 result.error = f"cancelled by forge ({result.error})"
             self._release_claim_of_run(result.key)
             self._deliver(result)
+
+    def _elapsed(self, key: str) -> float:
+        """Seconds since ``key``'s attempt was sent: what it is charged from."""
+        with self._lock:
+            sent = self._sent.get(key)
+        return 0.0 if sent is None else self.clock() - sent
+
+    def hourly(self, name: str) -> float:
+        return hourly(self.spec, name)
+
+    def billed_usd(self) -> float | None:
+        """Modal's bill for this job's earlier runs (reconcile.py); None where the report
+        cannot be had (no billing reports on the plan, no network): forge's record stands."""
+        try:
+            # daily rows: the totals are all the budget needs, and far fewer rows than hourly
+            billed = billed_by_run(report_rows(REPORT_DAYS, "d"), self.spec.name)
+        except Exception:
+            return None
+        return sum(v for rid, v in billed.items() if rid != self.run_id)
 
     def running(self) -> dict[str, Attempt]:
         # Billed from the submit (a container's start is billed too), at the dearest
@@ -350,8 +339,9 @@ class ModalBackend(Backend):
         ends the input without a Modal retry and stops its container, so its GPU
         stops billing; other inputs of that container are rescheduled by Modal and
         find their shard claimed or done. Each cancelled attempt is answered here,
-        charged from its submit at the dearest GPU it may have had (the budget's
-        hard stop, Ctrl+C, SIGTERM); whatever its call answers later is dropped.
+        charged from its submit at the dearest GPU it may have had, CPU and memory
+        included (the budget's hard stop, Ctrl+C, SIGTERM); whatever its call
+        answers later is dropped.
         """
         now = self.clock()
         with self._lock:
@@ -366,12 +356,12 @@ class ModalBackend(Backend):
                 self.say(f"warning: cancelling a Modal call failed: {e}")
         out = []
         for req in reqs:
-            secs = now - self._sent.get(req.task.key, now)
-            gpu = self.price_name(req.gpu)
+            c = cancelled_charge(self.spec, req.gpu, now - self._sent.get(req.task.key, now))
             out.append(
                 cancelled_result(
-                    req.task.key, seconds=secs, gpu=gpu, per_hour=self.spec.rate(gpu),
-                    run_id=self.run_id, tier=req.tier, attempt=req.attempt,
+                    req.task.key, seconds=c.seconds, gpu=c.gpu or self.name,
+                    per_hour=self.hourly(c.gpu), run_id=self.run_id, tier=req.tier,
+                    attempt=req.attempt,
                 )
             )  # fmt: skip
             self._release_claim_of_run(req.task.key)
@@ -483,8 +473,10 @@ class ModalBackend(Backend):
             wait *= 2
 
     def spend_sources(self) -> list[SpendSource]:
+        """From the listing ``manifests()`` just made, when the first survey has not used it yet
+        (the run's start: one listing of the job in all)."""
         try:
-            return self.view.spend_sources()
+            return self.view.spend_sources(self._listing)
         except modal.exception.NotFoundError:
             return []  # the volume does not exist yet: no earlier runs
         except Exception as e:
@@ -495,7 +487,7 @@ class ModalBackend(Backend):
         whole, at the manifests' pace and at the end. Only this run writes it, so two runs
         never race on one file; readers see its lines, appended only."""
         self._ledger.append(ledger_line(entry))
-        now = time.monotonic()
+        now = self.clock()
         if entry.get("status") == "running" and now - self._last_ledger < self.MANIFEST_EVERY_S:
             return
         self._last_ledger = now

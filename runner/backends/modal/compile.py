@@ -92,6 +92,10 @@ def modal_settings(fn: modal.Function) -> dict[str, Any]:
         "secrets": list(info.secrets),
         "cpu": info.cpu,
         "memory_mib": info.memory_mib,
+        "scaledown_window": autoscaler.scaledown_window
+        if autoscaler.HasField("scaledown_window")
+        else None,
+        "nonpreemptible": info.nonpreemptible,
         "volumes": {path: mount.name for path, mount in info.volumes.items()},
         "module": module,
         "implementation": implementation,

@@ -8,7 +8,11 @@ It builds a ``ModalBackend`` from the job's app parts (``app.job_app``), not fro
 
 from __future__ import annotations
 
+import contextlib
+import signal
+import threading
 import time
+from collections.abc import Iterator
 from typing import Any
 
 from runner.backends.base import RunContext
@@ -17,6 +21,33 @@ from runner.backends.modal.backend import ModalBackend
 from runner.backends.orchestrate import Orchestrator
 from runner.backends.runstate import Progress, RunOptions
 from runner.jobspec.model import JobSpec, ShardTask
+
+PREEMPTED = (
+    "forge: SIGINT in the detached orchestrator is Modal preempting it (modal/exception.py:300-305), "
+    "not a Ctrl+C: the run goes on; if Modal restarts it, it resumes from its manifest and the claims"
+)
+
+
+@contextlib.contextmanager
+def sigint_is_preemption() -> Iterator[list[int]]:
+    """Inside the detached orchestrator no user can press Ctrl+C: a SIGINT is Modal's
+    preemption notice. It must not stop the app (the orchestrator's Ctrl+C path), so it is
+    logged and the run goes on (a restart resumes it: ``Orchestrator._resumed_spend``, the
+    survey). The function asks for a nonpreemptible machine (app.ORCHESTRATOR) besides."""
+    came: list[int] = []
+    if threading.current_thread() is not threading.main_thread():
+        yield came
+        return
+
+    def on_int(signum: int, frame: Any) -> None:
+        came.append(signum)
+        print(PREEMPTED, flush=True)
+
+    old = signal.signal(signal.SIGINT, on_int)
+    try:
+        yield came
+    finally:
+        signal.signal(signal.SIGINT, old)
 
 
 def orchestrate(
@@ -56,7 +87,8 @@ def orchestrate(
         options=RunOptions(limit=options.get("limit"), max_usd=options.get("max_usd")),
         on_progress=log,
     )
-    summary = orch.run()
+    with sigint_is_preemption():
+        summary = orch.run()
     print(
         f"forge {spec.name} run {run_id} ended ({summary.stopped_by or 'finished'}): "
         f"{summary.progress.solved} solved, {summary.progress.failed} failed, "

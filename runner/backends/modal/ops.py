@@ -9,10 +9,11 @@ from __future__ import annotations
 
 import contextlib
 import os
+import signal
 import sys
+import threading
 import time
-from collections.abc import Callable, Collection, Mapping, Sequence
-from datetime import UTC, datetime, timedelta
+from collections.abc import Callable, Collection, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -28,9 +29,10 @@ from runner.backends.modal.errors import (
     user_error,
 )
 from runner.backends.modal.fetch import DownloadReport, ProgressFn, download_from
-from runner.backends.modal.names import TAG_JOB, TAG_RUN, app_name, claim_timeout_s, claims_name
+from runner.backends.modal.names import TAG_JOB, app_name, claim_timeout_s, claims_name
+from runner.backends.modal.reconcile import billed_by_run, reconcile, reconcile_lines, report_rows
 from runner.backends.modal.volume import VolumeView, classify
-from runner.backends.runstate import new_run_id
+from runner.backends.runstate import EXIT_INTERRUPTED, EXIT_TERMINATED, Terminated, new_run_id
 from runner.jobspec.load import load_job
 from runner.jobspec.model import JobSpec, ShardTask
 from runner.jobspec.plan import tasks as plan_tasks
@@ -63,9 +65,6 @@ def _or_empty(fn: Callable[[], Any], empty: Any) -> Any:
 # forge run --detach ----------------------------------------------------------------------------
 
 
-EXIT_INTERRUPTED = 130
-
-
 def _say(message: str) -> None:
     print(message, file=sys.stderr, flush=True)
 
@@ -88,37 +87,44 @@ def run_detached(
     returns normally (modal/runner.py:502-522), and a detached app keeps running
     after it, so the interrupt is caught here and the app stopped by id
     (``App.lookup`` of an ``ap-`` id and ``App.stop``: modal/app.py:460, 1724).
+    SIGTERM before the spawn does the same (exit 143), instead of killing forge
+    with the detached app and its ``app:`` entry left behind.
     """
     require_credentials()
     job = compile_job(spec, run_id)
     spawned: Any = None
     app_id = ""
-    try:
-        say(f"Starting Modal app {job.app.name} detached (the first run builds its image) ...")
-        cm = enter(job.app, detach=True, say=say)
-        error: Exception | None = None
+    with _sigterm_interrupts() as terminated:
         try:
-            with modal_errors():
-                app_id = job.app.app_id or ""
-                claims = DictClaims(job.claims)
-                claims.add_app(app_id, {"run_id": run_id, "started": time.time(), "detached": True})
-                functions = dict(job.functions)
-                options = {"limit": limit, "max_usd": max_usd, "app_id": app_id}
-                spawned = job.orchestrator.spawn(spec, run_id, list(tasks), functions, options)
+            say(f"Starting Modal app {job.app.name} detached (the first run builds its image) ...")
+            cm = enter(job.app, detach=True, say=say)
+            error: Exception | None = None
+            try:
+                with modal_errors():
+                    app_id = job.app.app_id or ""
+                    claims = DictClaims(job.claims)
+                    claims.add_app(
+                        app_id, {"run_id": run_id, "started": time.time(), "detached": True}
+                    )
+                    functions = dict(job.functions)
+                    options = {"limit": limit, "max_usd": max_usd, "app_id": app_id}
+                    spawned = job.orchestrator.spawn(spec, run_id, list(tasks), functions, options)
+            except KeyboardInterrupt:
+                pass  # handled below, once out of Modal's context
+            except Exception as e:
+                error = e
+            finally:
+                cm.__exit__(None, None, None)
+            if error is not None:  # a detached app with no orchestrator would idle on: stop it
+                for line in _abandon_detached(spec, app_id, why="Could not start the run"):
+                    say(line)
+                raise error
         except KeyboardInterrupt:
-            pass  # handled below, once out of Modal's context
-        except Exception as e:
-            error = e
-        finally:
-            cm.__exit__(None, None, None)
-        if error is not None:  # a detached app with no orchestrator would idle on: stop it
-            for line in _abandon_detached(spec, app_id, why="Could not start the run"):
-                say(line)
-            raise error
-    except KeyboardInterrupt:
-        pass
-    if spawned is None:
-        return EXIT_INTERRUPTED, _abandon_detached(spec, app_id)
+            pass
+        if spawned is None:
+            why = "Terminated (SIGTERM)" if terminated else "Interrupted"
+            code = EXIT_TERMINATED if terminated else EXIT_INTERRUPTED
+            return code, _abandon_detached(spec, app_id, why=why)
     return 0, [
         f"Detached: {app_name(spec)} runs on Modal as app {app_id} (run {run_id}); "
         "closing this terminal does not stop it.",
@@ -126,6 +132,28 @@ def run_detached(
         f"  status:  forge status {spec.path or spec.name} --backend modal",
         f"  stop:    forge stop {spec.path or spec.name}",
     ]
+
+
+@contextlib.contextmanager
+def _sigterm_interrupts() -> Iterator[list[int]]:
+    """While a detached run starts, SIGTERM interrupts it as Ctrl+C does (once; later ones
+    are ignored while the app is stopped), so no app and no ``app:`` entry outlive it. The
+    yielded list is non-empty once a SIGTERM came."""
+    came: list[int] = []
+    if threading.current_thread() is not threading.main_thread():
+        yield came
+        return
+
+    def on_term(signum: int, frame: Any) -> None:
+        if not came:
+            came.append(signum)
+            raise Terminated()
+
+    old = signal.signal(signal.SIGTERM, on_term)
+    try:
+        yield came
+    finally:
+        signal.signal(signal.SIGTERM, old)
 
 
 def _abandon_detached(spec: JobSpec, app_id: str, why: str = "Interrupted") -> list[str]:
@@ -269,7 +297,7 @@ def download(
 # forge cost -------------------------------------------------------------------------------------
 
 
-def cost_report(spec: JobSpec, *, days: int = 30) -> dict[str, Any]:
+def cost_report(spec: JobSpec, *, days: int = 30, with_reconcile: bool = False) -> dict[str, Any]:
     """forge's spend per run (from the run manifests) beside Modal's billing for the job's tag.
 
     Modal's report covers whole hours up to the last full one and needs a plan
@@ -290,22 +318,11 @@ def cost_report(spec: JobSpec, *, days: int = 30) -> dict[str, Any]:
             "forge_usd": round(float(m.get("spend_usd") or 0.0), 4),
             "modal_usd": None,
         }
-    since = datetime.now(UTC) - timedelta(days=days)
     modal_side: dict[str, Any] = {"available": False, "total_usd": None, "note": ""}
+    billed: dict[str, float] | None = None
     try:
-        # Workspace.billing.report (modal/_workspace.py:378, since 1.5.1): rows are
-        # modal.types.BillingReportItem (types.py:531) with .cost and the asked-for .tags
-        items = modal.Workspace.from_context().billing.report(
-            start=since, resolution="h", tag_names=[TAG_JOB, TAG_RUN]
-        )
-        total = 0.0
-        for item in items:
-            tags = dict(item.tags)
-            if tags.get(TAG_JOB) != spec.name:
-                continue
-            cost = float(item.cost)
-            total += cost
-            rid = tags.get(TAG_RUN, "?")
+        billed = billed_by_run(report_rows(days), spec.name)
+        for rid, cost in billed.items():
             row = runs.setdefault(
                 rid,
                 {
@@ -316,8 +333,8 @@ def cost_report(spec: JobSpec, *, days: int = 30) -> dict[str, Any]:
                     "forge_usd": None,
                 },
             )
-            row["modal_usd"] = round(float(row.get("modal_usd") or 0.0) + cost, 4)
-        modal_side.update(available=True, total_usd=round(total, 4))
+            row["modal_usd"] = round(cost, 4)
+        modal_side.update(available=True, total_usd=round(sum(billed.values()), 4))
         modal_side["note"] = (
             f"Modal's billing for tag {TAG_JOB}={spec.name}, last {days} days, whole hours"
         )
@@ -333,7 +350,7 @@ def cost_report(spec: JobSpec, *, days: int = 30) -> dict[str, Any]:
     ordered = sorted(
         runs.values(), key=lambda r: (r["started"] is None, r["started"] or 0.0, r["run_id"])
     )
-    return {
+    report = {
         "job": spec.name,
         "app": app_name(spec),
         "budget_usd": spec.budget.max_usd,
@@ -341,6 +358,10 @@ def cost_report(spec: JobSpec, *, days: int = 30) -> dict[str, Any]:
         "modal": modal_side,
         "runs": ordered,
     }
+    if with_reconcile:  # None where Modal's report could not be had (the note says why)
+        forge_by_run = {r["run_id"]: float(r["forge_usd"] or 0.0) for r in ordered}
+        report["reconcile"] = None if billed is None else reconcile(forge_by_run, billed)
+    return report
 
 
 def cost_lines(report: dict[str, Any]) -> list[str]:
@@ -360,6 +381,13 @@ def cost_lines(report: dict[str, Any]) -> list[str]:
     )
     if m.get("note"):
         lines.append(m["note"])
+    if "reconcile" in report:
+        rec = report["reconcile"]
+        lines += (
+            reconcile_lines(rec)
+            if rec
+            else ["Not reconciled: Modal's billing report is not available."]
+        )
     return lines
 
 
@@ -447,8 +475,10 @@ def download_job(
         return download(spec, to, split=split, progress=progress)
 
 
-def cost_of(job: str | os.PathLike[str], *, days: int = 30) -> dict[str, Any]:
-    """``forge cost JOB``."""
+def cost_of(
+    job: str | os.PathLike[str], *, days: int = 30, with_reconcile: bool = False
+) -> dict[str, Any]:
+    """``forge cost JOB [--reconcile]``."""
     require_credentials()
     spec, _ = _load(job)
-    return cost_report(spec, days=days)
+    return cost_report(spec, days=days, with_reconcile=with_reconcile)

@@ -45,6 +45,7 @@ from modal.types import FileEntry, FileEntryType
 from runner.backends.base import RunContext, SurveyState
 from runner.backends.modal.app import job_app
 from runner.backends.modal.backend import ModalBackend
+from runner.backends.modal.billing import hourly
 from runner.backends.modal.claims import DictClaims
 from runner.backends.orchestrate import Orchestrator
 from runner.backends.runstate import RunOptions
@@ -258,7 +259,8 @@ class Simulation:
             self.now = max(self.now, at)
             if call.cancelled:
                 continue
-            self._bill(call, call.runs)
+            alive = not isinstance(call.answer, BaseException)  # a crashed container is gone
+            self._bill(call, call.runs, self.spec.compute.scaledown_window_s if alive else 0.0)
             self._finish(call)
             assert self.backend is not None
             self.changes += 1
@@ -271,10 +273,11 @@ class Simulation:
         self.advance(self.now + max(0.0, seconds))
 
     # -- containers ---------------------------------------------------------------------
-    def _bill(self, call: SimCall, runs: list[float]) -> None:
-        """Modal bills each container run per second, at the GPU's price."""
-        rate = self.spec.rate(str(call.req.gpu[0]) if call.req.gpu else "")
-        self.billed_usd += sum(math.ceil(s) for s in runs) * rate / 3600.0
+    def _bill(self, call: SimCall, runs: list[float], idle_s: float = 0.0) -> None:
+        """Modal bills each container run per second, its GPU, CPU and memory (billing.hourly),
+        and ``idle_s``: the container's idle tail before it scales down."""
+        rate = hourly(self.spec, str(call.req.gpu[0]) if call.req.gpu else "")
+        self.billed_usd += (sum(math.ceil(s) for s in runs) + idle_s) * rate / 3600.0
 
     def _files(self, key: str, relpath: str) -> tuple[str, str]:
         return f"{self.root}/{relpath}", f"{self.root}/{key}{RECORD_SUFFIX}"

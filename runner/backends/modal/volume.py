@@ -143,10 +143,17 @@ class VolumeView:
         out.sort(key=lambda m: float(m.get("started") or 0.0))
         return out
 
-    def raw_files(self, folder: str, suffix: str) -> list[tuple[str, Content]]:
-        """(where, bytes or the error) of every ``folder/*suffix`` file of the job."""
+    def raw_files(
+        self, folder: str, suffix: str, listing: Collection[str] | None = None
+    ) -> list[tuple[str, Content]]:
+        """(where, bytes or the error) of every ``folder/*suffix`` file of the job;
+        ``listing``: the job's files, already listed (else ``folder`` is listed)."""
+        if listing is None:
+            names: Collection[str] = self.files(folder)
+        else:
+            names = [n for n in listing if n.startswith(f"{folder}/")]
         out: list[tuple[str, Content]] = []
-        for rel in sorted(self.files(folder)):
+        for rel in sorted(names):
             if rel.endswith(suffix):
                 try:
                     out.append((self.where(rel), self.read(rel)))
@@ -155,15 +162,15 @@ class VolumeView:
         return out
 
     # -- the job's spend records (runner.store.ledger), as run and repair-ledger use them --
-    def manifest_files(self) -> list[tuple[str, Content]]:
-        return self.raw_files(RUNS_DIR, MANIFEST_SUFFIX)
+    def manifest_files(self, listing: Collection[str] | None = None) -> list[tuple[str, Content]]:
+        return self.raw_files(RUNS_DIR, MANIFEST_SUFFIX, listing)
 
-    def ledger_files(self) -> list[tuple[str, Content]]:
-        return self.raw_files(LEDGER_DIR, LEDGER_SUFFIX)
+    def ledger_files(self, listing: Collection[str] | None = None) -> list[tuple[str, Content]]:
+        return self.raw_files(LEDGER_DIR, LEDGER_SUFFIX, listing)
 
-    def spend_sources(self) -> list[SpendSource]:
-        """The run manifests and the runs' ledgers on the volume."""
-        return [manifests_source(self.manifest_files()), ledger_source(self.ledger_files())]
+    def spend_sources(self, listing: Collection[str] | None = None) -> list[SpendSource]:
+        """The run manifests and the runs' ledgers on the volume (``listing``: as in ``raw_files``)."""
+        return [manifests_source(self.manifest_files(listing)), ledger_source(self.ledger_files(listing))]
 
     def remove(self, rel: str) -> None:
         self.volume.remove_file(self.path(rel))
