@@ -74,12 +74,12 @@ def test_the_end_check_waits_longer_each_time_for_a_commit_that_never_lands() ->
 def test_what_forge_records_is_never_below_what_modal_bills(preempt: float) -> None:
     """Modal bills each container run per started second (GPU, CPU and memory) and its idle
     tail; forge charges every attempt from its submit in whole seconds, the tail included
-    (billing.py), so its record stays at or above the bill, by under a second per attempt
-    (its rounding). Preempted runs are billed for both executions
+    (billing.py), so its record stays at or above the bill: equal here, with no crash
+    (a crashed container leaves no tail, which forge charges all the same). Preempted runs are billed for both executions
     and forge charges the gap before the measured one."""
     r = simulate(500, Settings(fail=0.0, preempt=preempt, late_commit=0.0, seed=1))
     assert preempt == 0.0 or r["simulated"]["preemptions"] > 0
-    assert 0 <= r["recorded_usd"] - r["billed_usd"] <= 500 * spec_rate_per_s()  # a second each
+    assert 0 <= r["recorded_usd"] - r["billed_usd"] <= spec_rate_per_s()  # a second in all
 
 
 def spec_rate_per_s() -> float:

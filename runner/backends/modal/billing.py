@@ -56,8 +56,9 @@ def worst_gpu(spec: Priced, gpus: Sequence[str], fallback: str = "") -> str:
 
 
 def billed_s(seconds: float) -> float:
-    """``seconds`` as a per-second bill counts them: each started second in full."""
-    return float(math.ceil(seconds)) if seconds > 0.0 else 0.0
+    """``seconds`` as a per-second bill counts them: each started second in full (a
+    nanosecond of clock arithmetic, as in elapsed minus measured, starts none)."""
+    return float(math.ceil(seconds - 1e-9)) if seconds > 1e-9 else 0.0
 
 
 @dataclass(frozen=True)
