@@ -15,6 +15,7 @@ from dataclasses import asdict, dataclass, field, fields
 from functools import partial
 from typing import Any, NamedTuple, cast
 
+import flax.linen as nn
 import flax.serialization
 import jax
 import jax.numpy as jnp
@@ -24,13 +25,13 @@ import optax
 from runner.train.data import Dataset
 from runner.train.features import N_FEATURES, features, split_states
 from runner.train.metrics import ILLEGAL, MoveSums, move_sums, mover_q, summarize
-from runner.train.model import PolicyValueNet
+from runner.train.model import MODELS, build
 
 F32 = jnp.float32
 EVAL_CHUNK = 8192
 # Part of every trial's id: bump it when features, model, loss or schedule change, so a
 # rerun retrains instead of reusing results of the old code.
-TRAINER_VERSION = "2"
+TRAINER_VERSION = "3"
 
 
 @dataclass(frozen=True)
@@ -44,8 +45,12 @@ class TrainConfig:
     weight_decay: float = 1e-4
     dropout: float = 0.0
     warmup_steps: int | None = None  # None: 5% of steps
-    # fixed, not swept: weight of the value head's loss beside the policy's
+    model: str = "mlp"  # runner.train.model.MODELS
+    heads: int = 4  # transformer only
+    # the loss: policy cross-entropy x policy_weight + value Huber x value_weight
+    policy_weight: float = 1.0
     value_weight: float = 0.5
+    regret_weight: float = 0.0  # the policy's expected regret beside its cross-entropy
     # from the sweep file's train section
     steps: int = 2000
     eval_every: int = 500
@@ -68,6 +73,11 @@ HYPERPARAMETERS: dict[str, type] = {
     "weight_decay": float,
     "dropout": float,
     "warmup_steps": int,
+    "model": str,
+    "heads": int,
+    "policy_weight": float,
+    "value_weight": float,
+    "regret_weight": float,
 }
 
 
@@ -81,7 +91,7 @@ def make_config(params: dict[str, Any], *, steps: int, eval_every: int, seed: in
     values: dict[str, Any] = {}
     for k, v in params.items():
         kind = HYPERPARAMETERS[k]
-        values[k] = int(round(v)) if kind is int else float(v)
+        values[k] = str(v) if kind is str else int(round(v)) if kind is int else float(v)
     cfg = TrainConfig(**values, steps=int(steps), eval_every=int(eval_every), seed=int(seed))
     problems = []
     if cfg.lr <= 0:
@@ -91,6 +101,13 @@ def make_config(params: dict[str, Any], *, steps: int, eval_every: int, seed: in
             problems.append(f"{name} must be >= 1")
     if not 0 <= cfg.dropout < 1:
         problems.append("dropout must be in [0, 1)")
+    if cfg.model not in MODELS:
+        problems.append(f"model must be one of {', '.join(MODELS)}")
+    if cfg.model == "transformer" and (cfg.heads < 1 or cfg.hidden % cfg.heads):
+        problems.append("heads must be >= 1 and divide hidden")
+    weights = (cfg.policy_weight, cfg.value_weight, cfg.regret_weight)
+    if min(weights) < 0 or cfg.policy_weight + cfg.value_weight == 0:
+        problems.append("loss weights must be >= 0, policy_weight and value_weight not both 0")
     if cfg.weight_decay < 0 or cfg.warmup < 0:
         problems.append("weight_decay and warmup_steps must be >= 0")
     if problems:
@@ -110,10 +127,12 @@ class TrainResult:
 
 
 class Net(NamedTuple):
-    """The model's shape: the static part of every compiled function that applies it."""
+    """The model's family and shape: the static part of every compiled function that applies it."""
 
+    model: str
     hidden: int
     layers: int
+    heads: int
     dropout: float
 
 
@@ -133,7 +152,9 @@ class Hyper(NamedTuple):
     lr: jax.Array
     warmup: jax.Array
     weight_decay: jax.Array
+    policy_weight: jax.Array
     value_weight: jax.Array
+    regret_weight: jax.Array
 
 
 class TrainState(NamedTuple):
@@ -150,15 +171,16 @@ traces: Counter[str] = Counter()
 
 
 def net_of(cfg: TrainConfig) -> Net:
-    return Net(hidden=cfg.hidden, layers=cfg.layers, dropout=cfg.dropout)
+    return Net(model=cfg.model, hidden=cfg.hidden, layers=cfg.layers, heads=cfg.heads, dropout=cfg.dropout)
 
 
 def hyper_of(cfg: TrainConfig) -> Hyper:
-    return Hyper(*(jnp.float32(v) for v in (cfg.lr, cfg.warmup, cfg.weight_decay, cfg.value_weight)))
+    knobs = (cfg.lr, cfg.warmup, cfg.weight_decay, cfg.policy_weight, cfg.value_weight, cfg.regret_weight)
+    return Hyper(*(jnp.float32(v) for v in knobs))
 
 
-def build_model(net: Net) -> PolicyValueNet:
-    return PolicyValueNet(hidden=net.hidden, layers=net.layers, dropout=net.dropout)
+def build_model(net: Net) -> nn.Module:
+    return build(net.model, net.hidden, net.layers, net.heads, net.dropout)
 
 
 def init_params(cfg: TrainConfig, key: jax.Array) -> Any:
@@ -196,7 +218,7 @@ def learning_rate(hyper: Hyper, step: jax.Array, total: jax.Array) -> jax.Array:
     return (hyper.lr * jnp.where(step < warmup, warm, cos)).astype(F32)
 
 
-def _scores(model: PolicyValueNet, params: Any, lo, hi, q, shard, hands, decls, dropout_key=None):  # type: ignore[no-untyped-def]
+def _scores(model: nn.Module, params: Any, lo, hi, q, shard, hands, decls, dropout_key=None):  # type: ignore[no-untyped-def]
     legal = q != ILLEGAL
     f = features(lo, hi, shard, legal, hands, decls)
     if dropout_key is None:
@@ -210,17 +232,20 @@ def _scores(model: PolicyValueNet, params: Any, lo, hi, q, shard, hands, decls, 
 
 
 def _losses(logits: jax.Array, values: jax.Array, q: jax.Array, team: jax.Array):  # type: ignore[no-untyped-def]
-    """Per-row policy cross-entropy (target: uniform over the oracle's best moves) and
-    value error (Huber, Q in units of 42 points) over legal moves."""
+    """Per-row losses over the legal moves: the policy's cross-entropy (target: uniform
+    over the oracle's best moves), its expected regret (the points its move distribution
+    loses against the best, / 42: what Q-gap measures, so a costly mistake weighs more
+    than a cheap one), and the value error (Huber, Q in units of 42 points)."""
     legal, qm = mover_q(q, team)
     best = jnp.max(jnp.where(legal, qm, -jnp.inf), axis=1, keepdims=True)
     target = (legal & (qm == best)).astype(F32)
     target = target / jnp.maximum(target.sum(axis=1, keepdims=True), 1.0)
     logp = jax.nn.log_softmax(jnp.where(legal, logits, -1e9), axis=1)
     ce = -(target * jnp.where(legal, logp, 0.0)).sum(axis=1)
+    regret = (jnp.exp(logp) * jnp.where(legal, best - qm, 0.0)).sum(axis=1) / 42.0
     err = optax.huber_loss(values, qm / 42.0, delta=0.25) * legal.astype(F32)
     v = err.sum(axis=1) / jnp.maximum(legal.sum(axis=1).astype(F32), 1.0)
-    return ce, v
+    return ce, regret, v
 
 
 def _chunk_size(cfg: TrainConfig, limit: int = 32) -> int:
@@ -246,8 +271,9 @@ def train_step(
 
     def loss_fn(p, lo, hi, q, shard, dkey):  # type: ignore[no-untyped-def]
         logits, values, team = _scores(model, p, lo, hi, q, shard, hands, decls, dkey)
-        ce, v = _losses(logits, values, q, team)
-        return jnp.mean(ce) + hyper.value_weight * jnp.mean(v)
+        ce, regret, v = _losses(logits, values, q, team)
+        policy = jnp.mean(ce) + hyper.regret_weight * jnp.mean(regret)
+        return hyper.policy_weight * policy + hyper.value_weight * jnp.mean(v)
 
     def one_step(i, carry):  # type: ignore[no-untyped-def]
         p, s, loss_sum = carry
@@ -278,7 +304,7 @@ def eval_step(net: Net, size: int, params: Any, start: jax.Array, data: tuple[ja
 
     lo, hi, q, shard, w = sl(lo), sl(hi), sl(q), sl(shard), sl(w)
     logits, values, team = _scores(build_model(net), params, lo, hi, q, shard, hands, decls)
-    ce, _ = _losses(logits, values, q, team)
+    ce, _, _ = _losses(logits, values, q, team)
     sums = move_sums(logits, q, team, w)
     return jnp.stack([*sums, (ce * w).sum()])
 
