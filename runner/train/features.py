@@ -59,7 +59,9 @@ TILE_CHANNELS: tuple[str, ...] = (
     "reply_right",
     "team_takes_trick",
 )
-N_GLOBAL = rules.N_DECLS + 4 + (NO_LED + 1) + 4 + 1  # decl, plays, led suit, trick leader so far, trick points
+# decl, plays, led suit, trick leader so far, trick points; per player (me, left, partner,
+# right): trumps held, count points held
+N_GLOBAL = rules.N_DECLS + 4 + (NO_LED + 1) + 4 + 1 + 4 + 4
 N_TILE_CHANNELS = len(TILE_CHANNELS)
 N_FEATURES = N_TILE_CHANNELS * N_TILES + N_GLOBAL  # the per-tile block first, channel-major
 
@@ -203,6 +205,8 @@ def features(
             jax.nn.one_hot(led, NO_LED + 1, dtype=f32),
             jax.nn.one_hot(winner_rel, 4, dtype=f32),  # 0: nothing played yet
             (trick_points / 20.0)[:, None],
+            (hand_loc * trump[:, None, :]).sum(axis=2) / 7.0,
+            (hand_loc * jnp.asarray(COUNT)[None, None, :]).sum(axis=2) / 35.0,
         ],
         axis=1,
     )
