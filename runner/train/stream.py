@@ -6,8 +6,8 @@ sorted by state, so one row group holds one narrow corner of one deal's game tre
 buffer mixes them: each row read replaces a random row of the buffer, and the row it
 replaces goes out to a batch. At the end of a pass the buffer is emptied in random order,
 so every kept row is used exactly once per pass. Memory is the buffer (``capacity`` rows of
-:data:`ROW_BYTES` bytes), the row groups being read ahead and a few batches queued for the
-device, whatever the size of the split.
+:data:`ROW_BYTES` bytes), the row groups in flight (``READ_AHEAD`` being read, one being
+mixed in) and ``QUEUED`` device calls' worth of batches, whatever the size of the split.
 
 Reading, filtering and shuffling run in a background thread (pyarrow decodes with the GIL
 released), so they overlap the training step. The order depends only on the seed: the
