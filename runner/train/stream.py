@@ -14,8 +14,10 @@ released), so they overlap the training step. The order depends only on the seed
 reader threads' results are consumed in order, and every random draw is keyed by the seed,
 the pass and the row group.
 
-A split that fits in the buffer is not streamed: :func:`open_rows` loads it into memory
-(``runner.train.data.load_rows``), and the training loop keeps it on the device.
+A split that fits in the buffer is not streamed, nor is a capped draw (``max_train_rows``):
+:func:`open_rows` loads them into memory (``runner.train.data.load_rows``, which draws a
+capped subset from a few row groups of every shard, where a stream could only take whole
+1 M-row groups, from a handful of deals), and the training loop keeps them on the device.
 """
 
 from __future__ import annotations
@@ -152,8 +154,7 @@ class _Stop(Exception):
 class RowStream:
     """The rows of the shards ``infos``, endlessly, one pass after another (see the module).
 
-    ``max_rows``: read only a seeded subset of whole row groups holding at least that many
-    rows. ``keep_trivial``: the share of trivial rows kept (``runner.train.data.keep_rows``),
+    ``keep_trivial``: the share of trivial rows kept (``runner.train.data.keep_rows``),
     drawn again each pass.
     """
 
@@ -164,7 +165,6 @@ class RowStream:
         buffer_rows: int,
         seed: int,
         keep_trivial: float = 1.0,
-        max_rows: int | None = None,
         read_ahead: int = READ_AHEAD,
     ) -> None:
         if not infos:
@@ -176,15 +176,8 @@ class RowStream:
         self.read_ahead = max(1, int(read_ahead))
         self.hands = np.array([i.hands for i in self.infos], np.int32).reshape(len(self.infos), 4, 7)
         self.decls = np.array([i.decl_id for i in self.infos], np.int32)
-        units = [(s, g) for s, info in enumerate(self.infos) for g in range(len(info.groups))]
-        sizes = [self.infos[s].groups[g] for s, g in units]
-        if max_rows is not None and sum(sizes) > max_rows:
-            order = np.random.default_rng([self.seed, 2]).permutation(len(units))
-            upto = int(np.searchsorted(np.cumsum(np.array(sizes)[order]), max_rows)) + 1
-            units = [units[i] for i in sorted(order[:upto])]
-        self.units = units
-        self.rows = sum(self.infos[s].groups[g] for s, g in units)  # rows per pass, as read
-        self.source_rows = sum(i.rows for i in self.infos)
+        self.units = [(s, g) for s, info in enumerate(self.infos) for g in range(len(info.groups))]
+        self.rows = sum(i.rows for i in self.infos)  # rows per pass, as read
         self.buffer: ShuffleBuffer | None = None  # the running stream's (tests read its peak)
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
@@ -299,19 +292,20 @@ def describe(
     choice :func:`open_rows` makes). ``rows``: the split's rows, None when not known here
     (on a Modal volume), where the line says both ways."""
     text = f"train data: {shards} shard{'s' if shards != 1 else ''}"
-    if keep_trivial < 1:
-        return f"{describe(shards, rows, buffer_rows, max_rows)}; {keep_trivial:.0%} of its trivial rows kept"
     if rows is not None:
         text += f", {_millions(rows)} rows"
-        if max_rows is not None and rows > max_rows:
-            text += f" of which {_millions(max_rows)} are drawn (max_train_rows)"
-            rows = max_rows
-    stream = f"streamed through a {buffer_rows:,}-row shuffle buffer ({memory_text(buffer_rows)})"
-    if rows is None:
-        return f"{text}, {stream} (held in memory instead if they fit in it)"
-    if rows <= buffer_rows:
-        return f"{text}, held in memory ({memory_text(rows)}): they fit the {buffer_rows:,}-row shuffle buffer"
-    return f"{text}, {stream}"
+    if max_rows is not None and (rows is None or rows > max_rows):
+        most = "" if rows is not None else "at most "
+        text += f", {most}{max_rows:,} of them drawn (max_train_rows) and held in memory ({memory_text(max_rows)})"
+    elif rows is not None and (max_rows is not None or rows <= buffer_rows):
+        text += f", held in memory ({memory_text(rows)})"
+        text += "" if max_rows is not None else f": they fit the {buffer_rows:,}-row shuffle buffer"
+    else:
+        text += f", streamed through a {buffer_rows:,}-row shuffle buffer ({memory_text(buffer_rows)})"
+        text += " (held in memory instead if they fit in it)" if rows is None else ""
+    if keep_trivial < 1:
+        text += f"; {keep_trivial:.0%} of its trivial rows kept"
+    return text
 
 
 def _millions(n: int) -> str:
@@ -327,10 +321,9 @@ def open_rows(
     keep_trivial: float = 1.0,
     infos: Sequence[ShardInfo] | None = None,
 ) -> Dataset | RowStream:
-    """The train rows of ``paths``: in memory when they fit the buffer, else a stream."""
+    """The train rows of ``paths``: in memory when capped or when they fit the buffer, else
+    a stream."""
     infos = list(infos) if infos is not None else read_infos(paths)
-    total = sum(i.rows for i in infos)
-    used = total if max_rows is None else min(total, max_rows)
-    if used <= buffer_rows:
+    if max_rows is not None or sum(i.rows for i in infos) <= buffer_rows:
         return load_rows(paths, max_rows, seed, keep_trivial=keep_trivial)
-    return RowStream(infos, buffer_rows=buffer_rows, seed=seed, keep_trivial=keep_trivial, max_rows=max_rows)
+    return RowStream(infos, buffer_rows=buffer_rows, seed=seed, keep_trivial=keep_trivial)

@@ -25,8 +25,8 @@ _CACHE: dict[tuple[Any, ...], Dataset | list[ShardInfo]] = {}
 
 
 def _load_pair(payload: dict[str, Any]) -> tuple[Dataset | RowStream, Dataset]:
-    """The train rows (in memory, or a stream when the split does not fit the shuffle
-    buffer) and the val rows (in memory, every row: val is never subsampled)."""
+    """The train rows (in memory, or a stream when the split is not capped and does not fit
+    the shuffle buffer) and the val rows (in memory, every row: val is never subsampled)."""
     root = payload["data_root"]
     seed = int(payload["data_seed"])
     buffer_rows = int(payload["shuffle_buffer"])
@@ -53,14 +53,7 @@ def _load_pair(payload: dict[str, Any]) -> tuple[Dataset | RowStream, Dataset]:
     assert isinstance(val, Dataset)
     if isinstance(train_rows, Dataset):
         return train_rows, val
-    stream = RowStream(
-        train_rows,
-        buffer_rows=buffer_rows,
-        seed=seed,
-        keep_trivial=keep_trivial,
-        max_rows=payload["max_train_rows"],
-    )
-    return stream, val
+    return RowStream(train_rows, buffer_rows=buffer_rows, seed=seed, keep_trivial=keep_trivial), val
 
 
 def run_trial(

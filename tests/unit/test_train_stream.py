@@ -165,23 +165,13 @@ def test_a_stream_keeps_every_decision_row_and_a_share_of_the_rest(grouped: list
     assert int((~trivial_rows(sub.q)).sum()) == n_decision
 
 
-def test_a_row_cap_streams_a_seeded_subset_of_whole_row_groups(grouped: list[Path]) -> None:
-    infos = read_infos(grouped)
-    total = sum(i.rows for i in infos)
-    a = RowStream(infos, buffer_rows=100, seed=0, max_rows=1000)
-    assert 1000 <= len(a) < 1000 + GROUP and len(a) < total
-    assert a.units == RowStream(infos, buffer_rows=100, seed=0, max_rows=1000).units
-    assert a.units != RowStream(infos, buffer_rows=100, seed=1, max_rows=1000).units
-    assert len(RowStream(infos, buffer_rows=100, seed=0, max_rows=10 * total)) == total
-
-
-def test_the_split_is_held_in_memory_when_it_fits_the_buffer(grouped: list[Path]) -> None:
+def test_the_split_is_held_in_memory_when_it_fits_the_buffer_or_is_capped(grouped: list[Path]) -> None:
     total = sum(i.rows for i in read_infos(grouped))
     assert isinstance(open_rows(grouped, max_rows=None, seed=0, buffer_rows=total), Dataset)
     assert isinstance(open_rows(grouped, max_rows=None, seed=0, buffer_rows=total - 1), RowStream)
-    # a cap that fits the buffer: today's in-memory subset
-    capped = open_rows(grouped, max_rows=500, seed=0, buffer_rows=total - 1)
-    assert isinstance(capped, Dataset) and len(capped) <= 500
+    # a cap draws today's in-memory subset (load_rows), whatever the buffer
+    capped = open_rows(grouped, max_rows=500, seed=0, buffer_rows=100)
+    assert isinstance(capped, Dataset) and 490 <= len(capped) <= 500
 
 
 def test_the_printed_bound() -> None:
@@ -189,12 +179,18 @@ def test_the_printed_bound() -> None:
         "train data: 212 shards, 48.1 M rows, streamed through a 2,000,000-row shuffle buffer (~38 MB)"
     )
     assert describe(4, 19_507_417, 8_000_000, max_rows=200_000) == (
-        "train data: 4 shards, 19.5 M rows of which 200,000 are drawn (max_train_rows), held in "
-        "memory (~3.8 MB): they fit the 8,000,000-row shuffle buffer"
+        "train data: 4 shards, 19.5 M rows, 200,000 of them drawn (max_train_rows) and held in "
+        "memory (~3.8 MB)"
+    )
+    assert describe(1, 2_400, 8_000_000) == (
+        "train data: 1 shard, 2,400 rows, held in memory (~46 KB): they fit the 8,000,000-row shuffle buffer"
     )
     assert describe(3, None, 1_000_000, keep_trivial=0.25) == (
         "train data: 3 shards, streamed through a 1,000,000-row shuffle buffer (~19 MB) "
         "(held in memory instead if they fit in it); 25% of its trivial rows kept"
+    )
+    assert describe(3, None, 1_000_000, max_rows=10**7) == (
+        "train data: 3 shards, at most 10,000,000 of them drawn (max_train_rows) and held in memory (~190 MB)"
     )
 
 
