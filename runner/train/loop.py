@@ -1,8 +1,10 @@
 """One training run: a config, train rows and val rows in; params, metrics and history out.
 
-The whole training set lives on the device; batches are drawn inside the jitted step
+A training set in memory lives on the device; batches are drawn inside the jitted step
 (uniformly, with replacement) from an explicit key folded with the step number, so a run
-is reproducible and independent of how steps are grouped into device calls.
+is reproducible and independent of how steps are grouped into device calls. A training set
+too large for memory comes as a :class:`RowStream`: the host feeds the step its batches,
+one device call's worth at a time, in the stream's seeded order.
 """
 
 from __future__ import annotations
@@ -10,7 +12,7 @@ from __future__ import annotations
 import math
 import time
 from collections import Counter
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Generator, Iterator, Sequence
 from dataclasses import asdict, dataclass, field, fields
 from functools import partial
 from typing import Any, NamedTuple, cast
@@ -26,6 +28,7 @@ from runner.train.data import Dataset
 from runner.train.features import N_FEATURES, features, split_states
 from runner.train.metrics import ILLEGAL, MoveSums, move_sums, mover_q, summarize
 from runner.train.model import MODELS, build
+from runner.train.stream import RowStream
 
 F32 = jnp.float32
 EVAL_CHUNK = 8192
@@ -255,6 +258,30 @@ def _chunk_size(cfg: TrainConfig, limit: int = 32) -> int:
     return max(d for d in range(1, min(g, limit) + 1) if g % d == 0)
 
 
+def _sgd(arch: Arch, hyper: Hyper, hands: jax.Array, decls: jax.Array, dropout_root: jax.Array, total: jax.Array):  # type: ignore[no-untyped-def]
+    """One optimizer step on a batch of rows (lo, hi, q, shard): what both train steps do
+    per step, whether they draw the batch on the device or are fed it."""
+    model = build_model(arch.net)
+    tx = make_optimizer(hyper.weight_decay)
+
+    def loss_fn(p, lo, hi, q, shard, dkey):  # type: ignore[no-untyped-def]
+        logits, values, team = _scores(model, p, lo, hi, q, shard, hands, decls, dkey)
+        ce, regret, v = _losses(logits, values, q, team)
+        policy = jnp.mean(ce) + hyper.regret_weight * jnp.mean(regret)
+        return hyper.policy_weight * policy + hyper.value_weight * jnp.mean(v)
+
+    def update(i, p, s, rows):  # type: ignore[no-untyped-def]
+        dkey = jax.random.fold_in(dropout_root, i) if arch.net.dropout > 0 else None
+        loss, grads = jax.value_and_grad(loss_fn)(p, *rows, dkey)
+        updates, s = tx.update(grads, s, p)
+        lr = learning_rate(hyper, i, total)
+        # cast back: under x64 a stray float64 would otherwise leak into the params
+        updates = jax.tree_util.tree_map(lambda u, w: (-lr * u).astype(w.dtype), updates, p)
+        return optax.apply_updates(p, updates), s, loss.astype(F32)
+
+    return update
+
+
 @partial(jax.jit, static_argnums=0)
 def train_step(
     arch: Arch, state: TrainState, hyper: Hyper, keys: tuple[jax.Array, jax.Array],
@@ -264,32 +291,67 @@ def train_step(
     state and the mean training loss. Batches are drawn with ``keys[0]`` folded with the
     step number, dropout masks with ``keys[1]``."""
     traces["train_step"] += 1
-    model = build_model(arch.net)
-    tx = make_optimizer(hyper.weight_decay)
     data_key, dropout_root = keys
     lo, hi, q, shard, hands, decls = data
-
-    def loss_fn(p, lo, hi, q, shard, dkey):  # type: ignore[no-untyped-def]
-        logits, values, team = _scores(model, p, lo, hi, q, shard, hands, decls, dkey)
-        ce, regret, v = _losses(logits, values, q, team)
-        policy = jnp.mean(ce) + hyper.regret_weight * jnp.mean(regret)
-        return hyper.policy_weight * policy + hyper.value_weight * jnp.mean(v)
+    update = _sgd(arch, hyper, hands, decls, dropout_root, total)
 
     def one_step(i, carry):  # type: ignore[no-untyped-def]
         p, s, loss_sum = carry
         key = jax.random.fold_in(data_key, i)
         idx = jax.random.randint(key, (arch.batch_size,), 0, lo.shape[0], dtype=jnp.int32)
-        dkey = jax.random.fold_in(dropout_root, i) if arch.net.dropout > 0 else None
-        loss, grads = jax.value_and_grad(loss_fn)(p, lo[idx], hi[idx], q[idx], shard[idx], dkey)
-        updates, s = tx.update(grads, s, p)
-        lr = learning_rate(hyper, i, total)
-        # cast back: under x64 a stray float64 would otherwise leak into the params
-        updates = jax.tree_util.tree_map(lambda u, w: (-lr * u).astype(w.dtype), updates, p)
-        return optax.apply_updates(p, updates), s, loss_sum + loss.astype(F32)
+        p, s, loss = update(i, p, s, (lo[idx], hi[idx], q[idx], shard[idx]))
+        return p, s, loss_sum + loss
 
     init = (state.params, state.opt_state, jnp.zeros((), F32))
     p, s, loss_sum = jax.lax.fori_loop(start, start + arch.chunk, one_step, init)
     return TrainState(p, s), loss_sum / arch.chunk
+
+
+@partial(jax.jit, static_argnums=0)
+def train_step_fed(
+    arch: Arch, state: TrainState, hyper: Hyper, keys: tuple[jax.Array, jax.Array],
+    start: jax.Array, total: jax.Array, batches: tuple[jax.Array, ...], tables: tuple[jax.Array, jax.Array],
+) -> tuple[TrainState, jax.Array]:
+    """:func:`train_step` on batches streamed from the host (``runner.train.stream``):
+    ``batches`` are (lo, hi, q, shard) shaped (``arch.chunk``, batch, ...), one per step;
+    ``tables`` the (hands, decls) their shard indices refer to."""
+    traces["train_step_fed"] += 1
+    update = _sgd(arch, hyper, *tables, keys[1], total)
+
+    def one_step(i, carry):  # type: ignore[no-untyped-def]
+        p, s, loss_sum = carry
+        rows = tuple(jax.lax.dynamic_index_in_dim(a, i - start, keepdims=False) for a in batches)
+        p, s, loss = update(i, p, s, rows)
+        return p, s, loss_sum + loss
+
+    init = (state.params, state.opt_state, jnp.zeros((), F32))
+    p, s, loss_sum = jax.lax.fori_loop(start, start + arch.chunk, one_step, init)
+    return TrainState(p, s), loss_sum / arch.chunk
+
+
+class _Steps:
+    """Runs ``arch.chunk`` steps per call on the train rows: on the device when they are in
+    memory, else fed from a :class:`RowStream` (whose reader thread :meth:`close` stops)."""
+
+    def __init__(self, arch: Arch, hyper: Hyper, keys: tuple[jax.Array, jax.Array], rows: Dataset | RowStream) -> None:
+        self.arch, self.hyper, self.keys = arch, hyper, keys
+        self.feed: Iterator[Any] | None = None
+        if isinstance(rows, Dataset):
+            self.data = tuple(jnp.asarray(a) for a in rows.arrays())
+        else:
+            self.feed = rows.batches(arch.batch_size, arch.chunk)
+            self.tables = (jnp.asarray(rows.hands), jnp.asarray(rows.decls))
+
+    def __call__(self, state: TrainState, step: int, total: int) -> tuple[TrainState, jax.Array]:
+        start, end = jnp.int32(step), jnp.int32(total)
+        if self.feed is None:
+            return train_step(self.arch, state, self.hyper, self.keys, start, end, self.data)
+        batches = tuple(jnp.asarray(a) for a in next(self.feed))
+        return train_step_fed(self.arch, state, self.hyper, self.keys, start, end, batches, self.tables)
+
+    def close(self) -> None:
+        if self.feed is not None:
+            cast(Generator[Any, None, None], self.feed).close()
 
 
 @partial(jax.jit, static_argnums=(0, 1))
@@ -362,7 +424,7 @@ class _Pace:
 
 def train(
     cfg: TrainConfig,
-    train_ds: Dataset,
+    train_ds: Dataset | RowStream,
     val_ds: Dataset,
     *,
     deadline: float | None = None,
@@ -384,24 +446,27 @@ def train(
     keys = (data_key, dropout_root)
     state = init_state(arch.net, init_key)
     evaluate = _Validator(arch.net, val_ds)
-    train_dev = tuple(jnp.asarray(a) for a in train_ds.arrays())
+    run_steps = _Steps(arch, hyper, keys, train_ds)
     history: list[dict[str, float]] = []
     pace = _Pace(cfg.steps, arch.chunk, deadline)
     step = 0
-    while step < pace.total:
-        pace.before_turn(step, clock())
-        state, loss = train_step(arch, state, hyper, keys, jnp.int32(step), jnp.int32(pace.total), train_dev)
-        loss.block_until_ready()
-        step += arch.chunk
-        pace.after_turn(step, clock)
-        if step % cfg.eval_every == 0 or step == pace.total:
-            t_eval = clock()
-            m = {"step": float(step), "train_loss": float(loss), **evaluate(state.params)}
-            pace.evaluated(clock() - t_eval)
-            m["seconds"] = clock() - t0
-            history.append(m)
-            if on_eval is not None:
-                on_eval(m)
+    try:
+        while step < pace.total:
+            pace.before_turn(step, clock())
+            state, loss = run_steps(state, step, pace.total)
+            loss.block_until_ready()
+            step += arch.chunk
+            pace.after_turn(step, clock)
+            if step % cfg.eval_every == 0 or step == pace.total:
+                t_eval = clock()
+                m = {"step": float(step), "train_loss": float(loss), **evaluate(state.params)}
+                pace.evaluated(clock() - t_eval)
+                m["seconds"] = clock() - t0
+                history.append(m)
+                if on_eval is not None:
+                    on_eval(m)
+    finally:
+        run_steps.close()
     final = {k: v for k, v in history[-1].items() if k not in ("step", "seconds")}
     return TrainResult(
         params=state.params,

@@ -15,6 +15,7 @@ from rich.table import Table
 from runner.jobspec.pricing import format_duration
 from runner.train.metrics import BASELINES, BLUNDER_POINTS
 from runner.train.results import REPORTED, SweepOutcome, params_text
+from runner.train.stream import describe
 from runner.train.trials import Trial
 
 # Columns and progress lines say the metrics' own names (as results.csv and
@@ -77,6 +78,7 @@ class Reporter:
                 f"data: {len(data.train)} train and {len(data.val)} val shards of job "
                 f"{escape(repr(data.job_name))} under {escape(_shown(data.root))}"
             )
+            say("  " + describe(len(data.train), data.train_rows, data.shuffle_buffer, data.max_train_rows, data.keep_trivial))
             for split, used in ((data.train_split, data.train), (data.val_split, data.val)):
                 planned = data.planned[split]
                 if len(used) < planned:
