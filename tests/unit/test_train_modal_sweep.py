@@ -88,7 +88,7 @@ def test_function_body_runs_locally(spec: SweepSpec, sample_store: Path) -> None
     assert out["status"] == "finished", out.get("error")
     assert out["trial_id"] == trial.trial_id and out["steps_done"] == 4
     assert set(out["metrics"]) >= {"val_accuracy", "q_gap", "blunder_rate"}
-    assert isinstance(out["params"], bytes) and len(out["params"]) > 1000
+    assert isinstance(out["checkpoint"], bytes) and len(out["checkpoint"]) > 1000
 
 
 def test_trials_without_a_result_fail_and_timeouts_are_charged(spec: SweepSpec, tmp_path: Path) -> None:
