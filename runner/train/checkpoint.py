@@ -22,12 +22,14 @@ from pathlib import Path
 from typing import Any
 
 import flax.serialization
+import jax
 
 from runner.oracle.atomic import write_atomic
 from runner.train.loop import (
     TRAINER_VERSION,
     TrainConfig,
     config_from_dict,
+    init_params,
     params_from_bytes,
     params_to_bytes,
 )
@@ -114,7 +116,14 @@ def _restore(
         ) from None
     try:
         restored = params_from_bytes(cfg, params)
-    except Exception as e:  # flax reports a shape or key mismatch as ValueError, KeyError...
+        # flax restores whatever shapes the bytes hold: a mismatch would only fail (or not)
+        # at the first call, so compare with the shapes the config's model has
+        want = jax.eval_shape(lambda key: init_params(cfg, key), jax.random.key(0))
+        got = jax.tree_util.tree_map(lambda a: (a.shape, str(a.dtype)), restored)
+        want_shapes = jax.tree_util.tree_map(lambda a: (a.shape, str(a.dtype)), want)
+        if got != want_shapes:
+            raise ValueError("parameter shapes differ from the model's")
+    except Exception as e:  # flax reports a missing key as ValueError, KeyError...
         raise CheckpointError(
             f"{name}: its params do not fit the model its config describes "
             f"({type(e).__name__}: {str(e)[:200]})"
