@@ -22,7 +22,7 @@ from pathlib import Path
 from typing import Any
 
 from runner.train.records import jsonable, write_file
-from runner.train.results import SweepOutcome
+from runner.train.results import SweepOutcome, params_text
 
 METRICS_LOG = "metrics.jsonl"
 CURVES = "curves.png"
@@ -81,6 +81,7 @@ def write_curves(outcome: SweepOutcome) -> Path | None:
         r["trial_id"]: (outcome.records.get(r["trial_id"]) or {}).get("history") or [] for r in rows
     }
     histories = {k: h for k, h in histories.items() if h}
+    params = {r["trial_id"]: r["params"] for r in rows}
     if not histories:
         return None
     _, base = outcome.baselines()
@@ -90,7 +91,8 @@ def write_curves(outcome: SweepOutcome) -> Path | None:
         for k, (tid, hist) in enumerate(histories.items()):
             steps = [h["step"] for h in hist if isinstance(h.get(name), int | float)]
             values = [h[name] for h in hist if isinstance(h.get(name), int | float)]
-            ax.plot(steps, values, marker="o", markersize=3, label=tid if k < LEGEND_MAX else None)
+            label = f"{tid} {params_text(params[tid])}"[:48] if k < LEGEND_MAX else None
+            ax.plot(steps, values, marker="o", markersize=3, label=label)
         for style, (bname, metrics) in zip(("--", ":"), base.items(), strict=False):
             v = metrics.get(name)
             if isinstance(v, int | float):
