@@ -2,7 +2,7 @@
 both baselines (``metrics.BASELINES``) on the same rows.
 
 Rows stream shard by shard and row group by row group, scored in chunks of ``CHUNK`` rows
-(one compiled shape), so memory holds one row group whatever the split's size. The sums
+(a few compiled shapes), so memory holds one row group whatever the split's size. The sums
 are those of training's evaluation (``metrics.move_sums``), so on the rows a trial was
 validated on, ``forge eval`` gives the trial's figures. Terminal rows (no legal move)
 do not count, as in training.
@@ -36,9 +36,11 @@ from runner.train.metrics import (
     random_move_sums,
     summarize,
 )
+from runner.train.policy import padded_size
 from runner.train.trials import shard_done, split_tasks
 
 CHUNK = 8192  # rows per model call
+MIN_CHUNK = 512  # a shorter chunk is padded to a power of two from here: few compiled shapes
 REPORT_EVERY_S = 10.0  # seconds between progress lines
 Q_COLUMNS = tuple(f"q{i}" for i in range(7))
 PLAYERS = ("model", "random", "highest_tile")
@@ -214,16 +216,17 @@ def evaluate(
             n = len(s)
             if n == 0:
                 continue
+            size = padded_size(n, MIN_CHUNK, CHUNK)  # a shard's last chunk: a smaller call
             legal = q != ILLEGAL
             scores, _ = move_outputs(
-                ck.config, ck.params, _pad(s, CHUNK), _pad(legal, CHUNK), info.hands, info.decl_id
+                ck.config, ck.params, _pad(s, size), _pad(legal, size), info.hands, info.decl_id
             )
             mover = (((s >> 28) & 3) + ((s >> 30) & 3)) % 4
-            w = (np.arange(CHUNK) < n).astype(np.float32)
+            w = (np.arange(size) < n).astype(np.float32)
             sums = _chunk_sums(
                 jnp.asarray(scores),
-                jnp.asarray(_pad(q, CHUNK)),
-                jnp.asarray(_pad(mover % 2, CHUNK).astype(np.int32)),
+                jnp.asarray(_pad(q, size)),
+                jnp.asarray(_pad(mover % 2, size).astype(np.int32)),
                 jnp.asarray(w),
             )
             total += np.asarray(sums, np.float64)

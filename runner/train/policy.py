@@ -62,7 +62,7 @@ class Policy:
         s = np.atleast_1d(np.asarray(states, dtype=np.int64))
         legal = legal_slots(s, make_context(hands, decl_id))
         n = len(s)
-        size = max(MIN_BATCH, 1 << max(0, n - 1).bit_length())
+        size = padded_size(n, MIN_BATCH)
         pad = np.concatenate([s, np.repeat(s[:1], size - n)]) if n else np.zeros(size, np.int64)
         pad_legal = np.concatenate([legal, np.ones((size - n, 7), bool)])
         logits, values = move_outputs(self.config, self.params, pad, pad_legal, hands, decl_id)
@@ -77,6 +77,13 @@ class Policy:
     def move(self, state: int, deal: Deal | tuple[Any, int]) -> int:
         """The policy's move (a local slot) in one position; -1 if it has none."""
         return int(self(np.array([state], np.int64), deal).move[0])
+
+
+def padded_size(n: int, least: int, most: int | None = None) -> int:
+    """The size a batch of ``n`` rows is padded to: a power of two, at least ``least`` (and
+    at most ``most``), so calls of any size compile a handful of shapes, not one each."""
+    size = max(least, 1 << max(0, n - 1).bit_length())
+    return size if most is None else min(size, most)
 
 
 def load_policy(checkpoint: str | os.PathLike[str] | Checkpoint) -> Policy:
