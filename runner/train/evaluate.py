@@ -14,7 +14,6 @@ import os
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -25,7 +24,7 @@ import pyarrow.parquet as pq
 
 from runner.jobspec.load import load_job
 from runner.jobspec.pricing import format_duration
-from runner.train.checkpoint import read_checkpoint
+from runner.train.checkpoint import Checkpoint, read_checkpoint
 from runner.train.data import DataError, ShardInfo, shard_folder, shard_info
 from runner.train.loop import move_outputs
 from runner.train.metrics import (
@@ -90,7 +89,7 @@ class EvalReport:
         }
 
 
-@partial(jax.jit, static_argnums=())
+@jax.jit
 def _chunk_sums(scores: jax.Array, q: jax.Array, team: jax.Array, w: jax.Array) -> jax.Array:
     """(3, 6): the ``MoveSums`` of the model, a random legal move and the highest tile."""
     highest = jnp.broadcast_to(HIGHEST_TILE_SCORES, q.shape)
@@ -174,6 +173,25 @@ def _chunks(info: ShardInfo, pick: np.ndarray | None) -> Any:
         raise DataError(f"{info.path}: not a readable shard ({e})") from None
 
 
+def _score_chunk(ck: Checkpoint, info: ShardInfo, s: np.ndarray, q: np.ndarray) -> np.ndarray:
+    """(3, 6) float64: the ``MoveSums`` of the model and both baselines on these rows."""
+    n = len(s)
+    size = padded_size(n, MIN_CHUNK, CHUNK)  # a shard's last chunk: a smaller call
+    legal = q != ILLEGAL
+    scores, _ = move_outputs(
+        ck.config, ck.params, _pad(s, size), _pad(legal, size), info.hands, info.decl_id
+    )
+    mover = (((s >> 28) & 3) + ((s >> 30) & 3)) % 4
+    w = (np.arange(size) < n).astype(np.float32)
+    sums = _chunk_sums(
+        jnp.asarray(scores),
+        jnp.asarray(_pad(q, size)),
+        jnp.asarray(_pad(mover % 2, size).astype(np.int32)),
+        jnp.asarray(w),
+    )
+    return np.asarray(sums, np.float64)
+
+
 def _pad(a: np.ndarray, n: int) -> np.ndarray:
     return np.concatenate([a, np.repeat(a[:1], n - len(a), axis=0)]) if len(a) < n else a
 
@@ -213,23 +231,8 @@ def evaluate(
     for k, (info, pick) in enumerate(zip(infos, picks, strict=True), start=1):
         for s, q, read in _chunks(info, pick):
             seen += read
-            n = len(s)
-            if n == 0:
-                continue
-            size = padded_size(n, MIN_CHUNK, CHUNK)  # a shard's last chunk: a smaller call
-            legal = q != ILLEGAL
-            scores, _ = move_outputs(
-                ck.config, ck.params, _pad(s, size), _pad(legal, size), info.hands, info.decl_id
-            )
-            mover = (((s >> 28) & 3) + ((s >> 30) & 3)) % 4
-            w = (np.arange(size) < n).astype(np.float32)
-            sums = _chunk_sums(
-                jnp.asarray(scores),
-                jnp.asarray(_pad(q, size)),
-                jnp.asarray(_pad(mover % 2, size).astype(np.int32)),
-                jnp.asarray(w),
-            )
-            total += np.asarray(sums, np.float64)
+            if len(s):
+                total += _score_chunk(ck, info, s, q)
             if clock() - last >= REPORT_EVERY_S:
                 last = clock()
                 say(_progress_line(seen, todo, k, len(infos), last - t0))

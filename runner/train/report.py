@@ -113,6 +113,8 @@ class Reporter:
                 )
             else:
                 say(f"  {t.trial_id} [red]failed[/red]: {escape(str(rec.get('error', '')))}")
+        elif kind == "curves_failed":
+            say(f"[yellow]note[/yellow]: curves.png not drawn: {escape(info['error'])}")
         elif kind == "budget_stop":
             say(
                 f"[yellow]budget[/yellow]: ${info['spent']:.2f} of ${info['max_usd']:.2f} spent; "

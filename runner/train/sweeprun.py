@@ -65,7 +65,8 @@ def run_sweep(
     """Run every unfinished trial of ``spec`` and write the results files.
 
     ``on_event(kind, info)`` reports progress: ``start`` (what will run), ``trial_start``,
-    ``eval`` (local only: a trial's periodic metrics), ``trial_done``, ``budget_stop``.
+    ``eval`` (local only: a trial's periodic metrics), ``trial_done``, ``budget_stop``,
+    ``curves_failed`` (curves.png could not be drawn; the results files are written).
     ``max_usd`` replaces ``budget.max_usd`` for this call.
     """
     if backend not in BACKENDS:
@@ -114,7 +115,10 @@ def run_sweep(
     if todo or (out.exists() and not (out / "results.json").exists()):
         write_results(outcome)
     if todo or (out.exists() and not (out / CURVES).exists()):
-        write_curves(outcome)
+        try:
+            write_curves(outcome)
+        except Exception as e:  # a picture is not worth losing the results' report over
+            emit("curves_failed", {"error": f"{type(e).__name__}: {e}"})
     return outcome
 
 
