@@ -480,8 +480,36 @@ def train(
 
 
 @partial(jax.jit, static_argnums=0)
-def _policy_logits(net: Net, params: Any, *rows: jax.Array) -> jax.Array:
-    return _scores(build_model(net), params, *rows)[0]
+def _move_outputs(net: Net, params: Any, *rows: jax.Array) -> tuple[jax.Array, jax.Array]:
+    logits, values, _ = _scores(build_model(net), params, *rows)
+    return logits, values
+
+
+def move_outputs(
+    cfg: TrainConfig,
+    params: Any,
+    states: np.ndarray,
+    legal: np.ndarray,
+    hands: Sequence[Sequence[int]],
+    decl_id: int,
+) -> tuple[np.ndarray, np.ndarray]:
+    """The model's policy scores and values, each (N, 7), for the mover's local slots of
+    packed ``states`` of one deal; ``legal`` (N, 7) bool marks the legal slots. Values are
+    in units of 42 points, from the mover's side (the value head's target, ``_losses``).
+    Each new N compiles once: callers with many sizes pad to a few."""
+    lo, hi = split_states(states)
+    q = np.where(np.asarray(legal, bool), 0, ILLEGAL).astype(np.int8)
+    logits, values = _move_outputs(
+        net_of(cfg),
+        params,
+        jnp.asarray(lo),
+        jnp.asarray(hi),
+        jnp.asarray(q),
+        jnp.zeros(len(lo), jnp.int32),
+        jnp.asarray(np.array([hands], np.int32).reshape(1, 4, 7)),
+        jnp.asarray(np.array([decl_id], np.int32)),
+    )
+    return np.asarray(logits), np.asarray(values)
 
 
 def move_scores(
@@ -494,19 +522,7 @@ def move_scores(
 ) -> np.ndarray:
     """The model's scores (N, 7) for the mover's local slots of packed ``states`` of one deal;
     its move is the best-scoring legal slot. ``legal`` (N, 7) bool marks the legal slots."""
-    lo, hi = split_states(states)
-    q = np.where(np.asarray(legal, bool), 0, ILLEGAL).astype(np.int8)
-    logits = _policy_logits(
-        net_of(cfg),
-        params,
-        jnp.asarray(lo),
-        jnp.asarray(hi),
-        jnp.asarray(q),
-        jnp.zeros(len(lo), jnp.int32),
-        jnp.asarray(np.array([hands], np.int32).reshape(1, 4, 7)),
-        jnp.asarray(np.array([decl_id], np.int32)),
-    )
-    return np.asarray(logits)
+    return move_outputs(cfg, params, states, legal, hands, decl_id)[0]
 
 
 def params_to_bytes(params: Any) -> bytes:

@@ -35,7 +35,7 @@ def _metric(name: str, v: Any) -> str:
     return f"{100 * v:.2f}%"
 
 
-def _metrics_text(m: dict[str, Any]) -> str:
+def metrics_text(m: dict[str, Any]) -> str:
     return "  ".join(
         f"{k} {_metric(k, m.get(k))}" + (" points" if k == "q_gap" else "") for k in REPORTED
     )
@@ -99,7 +99,7 @@ class Reporter:
             m = info["metrics"]
             say(
                 f"  step {int(m['step'])}/{self.steps}  "
-                + _metrics_text(m)
+                + metrics_text(m)
                 + f"  ({format_duration(m['seconds'])})"
             )
         elif kind == "trial_done":
@@ -110,11 +110,13 @@ class Reporter:
                 early = f", stopped at step {rec['steps_done']} (time limit)" if rec.get("stopped_early") else ""
                 say(
                     f"  {t.trial_id} done: "
-                    + _metrics_text(m)
+                    + metrics_text(m)
                     + f"  in {format_duration(rec['seconds'])}, {_usd(rec['cost_usd'])}{early}"
                 )
             else:
                 say(f"  {t.trial_id} [red]failed[/red]: {escape(str(rec.get('error', '')))}")
+        elif kind == "curves_failed":
+            say(f"[yellow]note[/yellow]: curves.png not drawn: {escape(info['error'])}")
         elif kind == "budget_stop":
             say(
                 f"[yellow]budget[/yellow]: ${info['spent']:.2f} of ${info['max_usd']:.2f} spent; "
@@ -173,7 +175,7 @@ def baseline_lines(outcome: SweepOutcome) -> list[str]:
     lines = [f"baselines on the same {rows}val rows (a model worth keeping beats both):"]
     for name, what in BASELINES.items():
         if name in base:
-            lines.append(f"  {name:<14}{_metrics_text(base[name])}  - {what}")
+            lines.append(f"  {name:<14}{metrics_text(base[name])}  - {what}")
     return lines
 
 
@@ -187,7 +189,9 @@ def print_outcome(console: Console, outcome: SweepOutcome) -> None:
         if r["status"] == "failed":
             console.print(f"trial {r['trial_id']} failed: {r.get('error')}", soft_wrap=True, markup=False)
     out = outcome.out_dir
-    console.print(f"results: {out / 'results.json'}, {out / 'results.csv'}", soft_wrap=True, markup=False)
+    files = [out / n for n in ("results.json", "results.csv", "curves.png", "metrics.jsonl") if (out / n).exists()]
+    if files:
+        console.print(f"results: {', '.join(str(f) for f in files)}", soft_wrap=True, markup=False)
     if outcome.spent_usd:
         console.print(f"spent: {_usd(outcome.spent_usd)} of ${outcome.spec.budget.max_usd:.2f}")
     best = outcome.best()
@@ -196,7 +200,7 @@ def print_outcome(console: Console, outcome: SweepOutcome) -> None:
         return
     m = best["metrics"]
     console.print(
-        f"best: trial {best['trial_id']}  {params_text(best['params'])}  " + _metrics_text(m),
+        f"best: trial {best['trial_id']}  {params_text(best['params'])}  " + metrics_text(m),
         soft_wrap=True,
     )
     console.print(f"checkpoint: {best['checkpoint']}", soft_wrap=True, markup=False)

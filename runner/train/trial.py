@@ -13,8 +13,9 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from runner.train.checkpoint import checkpoint_bytes
 from runner.train.data import Dataset, ShardInfo, load_rows, read_infos
-from runner.train.loop import config_from_dict, params_to_bytes, train
+from runner.train.loop import config_from_dict, train
 from runner.train.metrics import val_baselines
 from runner.train.stream import RowStream, open_rows
 
@@ -73,7 +74,7 @@ def run_trial(
     not end a sweep.
     """
     t0 = time.time()
-    out: dict[str, Any] = {"trial_id": payload["trial_id"], "status": "failed", "params": None}
+    out: dict[str, Any] = {"trial_id": payload["trial_id"], "status": "failed", "checkpoint": None}
     try:
         cfg = config_from_dict(payload["config"])
         train_ds, val_ds = _load_pair(payload)
@@ -94,7 +95,7 @@ def run_trial(
             baselines=val_baselines(val_ds),
             load_seconds=load_s,
             device=result.device,
-            params=params_to_bytes(result.params),
+            checkpoint=checkpoint_bytes(cfg, result.params),  # the checkpoint file, config included
         )
     except Exception as e:  # reported in the trial's record; the sweep goes on
         out.update(error=f"{type(e).__name__}: {e}", traceback=traceback.format_exc(limit=8))

@@ -123,19 +123,22 @@ def pick_shards(
 def resolve_data(spec: SweepSpec, data_dir: str | os.PathLike[str] | None = None) -> DataPlan:
     """The finished shards on this machine, in the store ``data_dir`` (see
     :func:`runner.train.data.shard_folder`)."""
-    from runner.oracle.shard import quick_check
     from runner.train.data import read_infos, shard_folder
 
     root = shard_folder(spec.data.job, data_dir)
-
-    def done(t: ShardTask) -> bool:
-        path = root / t.relpath
-        return path.is_file() and quick_check(path) is None
-
-    plan = pick_shards(spec, str(root), done, where=str(root))
+    plan = pick_shards(spec, str(root), lambda t: shard_done(root, t), where=str(root))
     # the footers alone: what `forge sweep` says of the memory the train rows will take
     rows = sum(i.rows for i in read_infos([root / p for p in plan.train]))
     return dataclasses.replace(plan, train_rows=rows)
+
+
+def shard_done(root: Path, task: ShardTask) -> bool:
+    """Whether the shard of ``task`` is finished in the shard folder ``root`` (the quick
+    check: a whole file whose footer says it is complete)."""
+    from runner.oracle.shard import quick_check
+
+    path = root / task.relpath
+    return path.is_file() and quick_check(path) is None
 
 
 def _shown(path: Path) -> str:
