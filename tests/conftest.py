@@ -72,6 +72,24 @@ def sample_store(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return root
 
 
+@pytest.fixture(scope="session")
+def tiny_checkpoint(sample_store: Path, tmp_path_factory: pytest.TempPathFactory):  # type: ignore[no-untyped-def]
+    """A small model trained on the sample's train shard (value head weighted up, so its Q
+    means something after a few seconds), written as a checkpoint file. Returns
+    (path, the TrainResult, the val Dataset it was evaluated on)."""
+    from runner.train.checkpoint import write_checkpoint
+    from runner.train.data import load_rows
+    from runner.train.loop import TrainConfig, train
+
+    root = sample_store / "shards" / "tiny"
+    train_ds = load_rows(sorted((root / "train").glob("*.parquet")), None, 0)
+    val_ds = load_rows(sorted((root / "val").glob("*.parquet")), None, 0)
+    cfg = TrainConfig(hidden=32, layers=1, batch_size=128, lr=1e-2, steps=120, eval_every=60, value_weight=4.0)
+    result = train(cfg, train_ds, val_ds)
+    path = write_checkpoint(tmp_path_factory.mktemp("checkpoint") / "tiny.msgpack", cfg, result.params)
+    return path, result, val_ds
+
+
 # --- oracle (runner/oracle) ---------------------------------------------------------------
 
 @pytest.fixture(scope="session")
@@ -81,3 +99,16 @@ def seed30_solution():  # type: ignore[no-untyped-def]
     from runner.oracle.solve import solve_deal
 
     return solve_deal(deal_hands(30), 0)
+
+
+LATE_MASKS = (0b0000111,) * 4  # every seat holds its first three tiles; seat 0 leads
+
+
+@pytest.fixture(scope="session")
+def late_solution():  # type: ignore[no-untyped-def]
+    """Seed 30, declaration 0, solved from the last three tricks (``LATE_MASKS``): a few
+    hundred states, a few seconds."""
+    from runner.oracle.deal import deal_hands
+    from runner.oracle.solve import solve_position
+
+    return solve_position(deal_hands(30), 0, leader=0, masks=LATE_MASKS)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 from collections.abc import Callable
 from pathlib import Path
@@ -12,10 +13,11 @@ from rich.console import Console
 from runner.backends.base import BackendError, RunContext
 from runner.backends.orchestrate import Orchestrator
 from runner.backends.progress import RunDisplay
-from runner.backends.registry import check_run_flags, make_backend
+from runner.backends.registry import FlagConflict, check_run_flags, make_backend
 from runner.backends.runstate import RunOptions, RunSummary, new_run_id
 from runner.jobspec.load import load_job
 from runner.jobspec.plan import tasks as plan_tasks
+from runner.oracle.atomic import write_atomic
 from runner.store.shards import ShardStore, StoreError, job_root
 
 
@@ -29,17 +31,25 @@ def forge_run(
     detach: bool = False,
     verify: bool = False,
     echo: Callable[[str], None] = print,
+    json_file: str | os.PathLike[str] | None = None,
 ) -> int:
     """``forge run``: the exit code. Flags the backend cannot take are refused first
     (``registry.FlagConflict``, the CLI's usage error); ``detach`` hands the
-    orchestrator itself to Modal, otherwise ``run_job`` runs it here."""
+    orchestrator itself to Modal, otherwise ``run_job`` runs it here, and its summary
+    goes to ``json_file`` too (``RunSummary.to_json``)."""
     check_run_flags(backend, out=out, detach=detach, verify=verify)
     if detach:
+        if json_file is not None:
+            raise FlagConflict("--json writes the run's summary, which --detach does not wait for")
         # Imported only when chosen: modal is a heavy import a local run does not need.
         from runner.backends.modal.ops import detach_job
 
         return detach_job(job, limit=limit, max_usd=max_usd, echo=echo)
-    return run_job(job, backend=backend, out=out, limit=limit, max_usd=max_usd, verify=verify).exit_code
+    summary = run_job(job, backend=backend, out=out, limit=limit, max_usd=max_usd, verify=verify)
+    if json_file is not None:
+        doc = {"job_file": str(job), **summary.to_json()}
+        write_atomic(json_file, (json.dumps(doc, indent=1) + "\n").encode())
+    return summary.exit_code
 
 
 def run_job(

@@ -120,3 +120,55 @@ class RunSummary:
         if self.progress.failed or self.progress.remaining:
             return EXIT_FAILED
         return EXIT_OK
+
+    @property
+    def exit_reason(self) -> str:
+        """Why the run ended, in one word (the exit code's reason)."""
+        p = self.progress
+        if self.stopped_by == "interrupt":
+            return "interrupted"
+        if self.stopped_by == "terminate":
+            return "terminated"
+        if self.stopped_by == "budget" or p.ended_over_cap:
+            return "budget"
+        if p.failed:
+            return "failed"
+        if p.remaining:
+            return "incomplete"
+        return "limit" if p.planned < self.total_planned else "complete"
+
+    def to_json(self) -> dict[str, Any]:
+        """What ``forge run --json`` writes: shards, states, spend, time and why it ended."""
+        p = self.progress
+        return {
+            "run_id": self.run_id,
+            "backend": self.backend,
+            "exit_code": self.exit_code,
+            "exit_reason": self.exit_reason,
+            "shards": {
+                "in_job": self.total_planned,
+                "planned": p.planned,
+                "already_done": p.already_done,
+                "solved": p.solved,
+                "done_elsewhere": p.done_elsewhere,
+                "skipped": p.skipped,
+                "failed": p.failed,
+                "not_done": p.remaining,
+                "retries": p.retries,
+                "rerouted": p.rerouted,
+            },
+            "states": p.states,
+            "spend_usd": {
+                "this_run": round(p.spend_usd, 6),
+                "job": round(p.job_spend, 6),
+                "max": p.max_usd,
+                "over_cap": round(p.overshoot_usd, 6),
+            },
+            "wall_s": round(self.ended - self.started, 3),
+            "downgraded_to": p.downgraded_to,
+            "manifest": self.manifest,
+            "failures": [
+                {"key": f.get("key"), "attempts": f.get("attempts"), "error": f.get("error")} for f in self.failures
+            ],
+            "notes": list(self.notes),
+        }

@@ -9,7 +9,7 @@ block (a test walks them all).
 from __future__ import annotations
 
 # Importing a command module registers its commands on ``main``.
-from runner.cli import jobs, oracle, remote, sweep
+from runner.cli import evaluate, jobs, oracle, remote, sweep
 from runner.cli.common import main
 
-__all__ = ["jobs", "main", "oracle", "remote", "sweep"]
+__all__ = ["evaluate", "jobs", "main", "oracle", "remote", "sweep"]

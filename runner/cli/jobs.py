@@ -129,6 +129,14 @@ def plan(job: str, backend: str | None, out: str, as_json: bool) -> None:
     help="Local backend: fully verify the shards already there before skipping them; "
     "failing ones are moved aside and solved again.",
 )
+@click.option(
+    "--json",
+    "json_file",
+    type=click.Path(dir_okay=False, path_type=str),
+    default=None,
+    help="Also write the run's summary as JSON to FILE: shards done, states, spend, "
+    "wall time and the exit reason.",
+)
 def run(
     job: str,
     backend: str,
@@ -137,6 +145,7 @@ def run(
     max_usd: float | None,
     detach: bool,
     verify_first: bool = False,
+    json_file: str | None = None,
 ) -> None:
     """Run what is missing of a job: claim, solve, write and record each shard.
 
@@ -160,6 +169,7 @@ def run(
       forge run jobs/valtest.yaml --backend modal --detach
       forge run jobs/smoke.yaml --out /data/forge
       forge run jobs/smoke.yaml --verify
+      forge run jobs/smoke.yaml --json run.json
     """
     from runner.backends.jobrun import forge_run
     from runner.backends.registry import FlagConflict
@@ -168,7 +178,7 @@ def run(
         with backend_errors():
             code = forge_run(
                 job, backend=backend, out=out, limit=limit, max_usd=max_usd, detach=detach,
-                verify=verify_first, echo=click.echo,
+                verify=verify_first, echo=click.echo, json_file=json_file,
             )  # fmt: skip
     except FlagConflict as e:
         raise click.UsageError(str(e)) from None

@@ -39,7 +39,18 @@ from runner.cli.common import backend_errors, main, must_exist
     default=None,
     help="Budget cap for the sweep's spend, replacing budget.max_usd.",
 )
-def sweep(sweep_file: str, backend: str, data_dir: str | None, out_dir: str | None, max_usd: float | None) -> None:
+@click.option(
+    "--json",
+    "json_file",
+    type=click.Path(dir_okay=False, path_type=str),
+    default=None,
+    help="Also write the outcome as JSON to FILE: the results table (best first), the best "
+    "trial with its checkpoint path, the baselines and the exit code.",
+)
+def sweep(
+    sweep_file: str, backend: str, data_dir: str | None, out_dir: str | None, max_usd: float | None,
+    json_file: str | None,
+) -> None:
     """Train one model per config of a sweep file on the data job's shards; rank them.
 
     Every config is a trial. A finished trial is recorded (OUT/trials/ID.json, with
@@ -49,8 +60,9 @@ def sweep(sweep_file: str, backend: str, data_dir: str | None, out_dir: str | No
     and trials in flight are stopped when the spend reaches it (recorded as not
     finished; a rerun trains them). Ends with a results table sorted by the
     objective (decision accuracy, Q-gap in points, blunder rate) beside two
-    baselines on the same val rows, OUT/results.json and OUT/results.csv, and the
-    best config and its checkpoint.
+    baselines on the same val rows, OUT/results.json and OUT/results.csv, the
+    learning curves (OUT/curves.png; every evaluation in OUT/metrics.jsonl), and
+    the best config and its checkpoint (score it on other shards with forge eval).
 
     Exit codes: 0 every trial finished, 1 a trial failed, or the sweep file, its
     data job or its shards are missing or invalid, 2 usage error or (with
@@ -63,6 +75,7 @@ def sweep(sweep_file: str, backend: str, data_dir: str | None, out_dir: str | No
       forge sweep jobs/sweep-gpu.yaml --backend modal
       forge sweep jobs/sweep.yaml --data /data/forge --out /tmp/my-sweep
       forge sweep jobs/sweep.yaml --max-usd 5
+      forge sweep jobs/sweep.yaml --json sweep.json
     """
     from runner.train.sweep import SweepError
     from runner.train.sweeprun import forge_sweep
@@ -71,7 +84,9 @@ def sweep(sweep_file: str, backend: str, data_dir: str | None, out_dir: str | No
         must_exist(data_dir, "data folder (--data)")
     try:
         with backend_errors():  # a Modal user error is worded like every other command's
-            code = forge_sweep(sweep_file, backend=backend, data_dir=data_dir, out_dir=out_dir, max_usd=max_usd)
+            code = forge_sweep(
+                sweep_file, backend=backend, data_dir=data_dir, out_dir=out_dir, max_usd=max_usd, json_file=json_file
+            )
     except SweepError as e:
         click.echo(f"error: {e}", err=True)
         raise SystemExit(1) from None

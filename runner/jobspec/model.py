@@ -237,6 +237,8 @@ class SweepData:
     val_split: str
     max_train_rows: int | None = None
     max_val_rows: int | None = None
+    shuffle_buffer: int = 8_000_000  # rows; the split is held in memory when it fits
+    keep_trivial: float = 0.1  # share of the rows where every legal move is optimal kept
 
 
 @dataclass(frozen=True)

@@ -112,6 +112,8 @@ def _data(
         val_split=d["val_split"],
         max_train_rows=d.get("max_train_rows"),
         max_val_rows=d.get("max_val_rows"),
+        shuffle_buffer=d["shuffle_buffer"],
+        keep_trivial=float(d["keep_trivial"]),
     )
 
 

@@ -22,6 +22,7 @@ import pyarrow.parquet as pq
 from runner import __version__
 from runner.oracle.atomic import atomic_path
 from runner.oracle.deal import deal_hands
+from runner.oracle.state import INITIAL_STATE
 
 FORMAT_VERSION = "1"
 COMPRESSIONS = ("zstd", "snappy", "lz4", "none")
@@ -40,7 +41,6 @@ REQUIRED_META = (
     "h_v",
     "h_q",
 )
-INITIAL_STATE = 0x7F | 0x7F << 7 | 0x7F << 14 | 0x7F << 21 | 7 << 32 | 7 << 35 | 7 << 38
 ILLEGAL = -128
 
 

@@ -5,6 +5,9 @@ of rows is kept (up to ``max_rows`` over all shards, spread over them in proport
 their size), and terminal rows (no legal move) are dropped. The deal of each shard (four
 hands and the declaration, from the parquet metadata) is kept once per shard; each row
 keeps the index of its shard so features are built on the device.
+
+This is the in-memory reader: a split too large for memory is streamed instead
+(:mod:`runner.train.stream`), through the same row filter (:func:`keep_rows`).
 """
 
 from __future__ import annotations
@@ -37,6 +40,30 @@ class ShardInfo:
     rows: int
     hands: tuple[tuple[int, ...], ...]
     decl_id: int
+    groups: tuple[int, ...] = ()  # rows of each row group, in file order
+
+
+# Bytes one training row takes in memory: lo and hi (int32 each), q (7 x int8), shard (int32).
+ROW_BYTES = 4 + 4 + 7 + 4
+
+
+def trivial_rows(q: np.ndarray) -> np.ndarray:
+    """Rows with a legal move where every legal move is optimal (one legal move included):
+    the policy has nothing to learn from them, only the value head."""
+    legal = q != ILLEGAL
+    hi = np.where(legal, q, np.int8(-127)).max(axis=1)
+    lo = np.where(legal, q, np.int8(127)).min(axis=1)
+    return legal.any(axis=1) & (hi == lo)
+
+
+def keep_rows(q: np.ndarray, keep_trivial: float, rng: np.random.Generator) -> np.ndarray:
+    """Which rows to train on: none of the terminal rows (no legal move), each trivial row
+    with probability ``keep_trivial``, every other row."""
+    keep = (q != ILLEGAL).any(axis=1)
+    if keep_trivial < 1.0:
+        trivial = trivial_rows(q)
+        keep &= ~trivial | (rng.random(len(q)) < keep_trivial)
+    return keep
 
 
 @dataclass(frozen=True)
@@ -94,7 +121,17 @@ def shard_info(path: Path) -> ShardInfo:
         raise DataError(f"{path}: shard metadata 'hands' is not a deal of 28 tiles")
     if "states" in meta and meta["states"].isdigit() and int(meta["states"]) != rows:
         raise DataError(f"{path}: {rows} rows but metadata says {meta['states']}: incomplete shard")
-    return ShardInfo(Path(path), int(rows), hands, decl_id)
+    groups = tuple(int(pf.metadata.row_group(g).num_rows) for g in range(pf.metadata.num_row_groups))
+    return ShardInfo(Path(path), int(rows), hands, decl_id, groups)
+
+
+def read_infos(paths: Sequence[Path], threads: int = 16) -> list[ShardInfo]:
+    """The footers of ``paths``, read in parallel (pyarrow releases the GIL, so threads
+    overlap files and the latency of a network volume)."""
+    if not paths:
+        raise DataError("no shards to read")
+    with ThreadPoolExecutor(max_workers=max(1, min(threads, len(paths)))) as pool:
+        return list(pool.map(shard_info, [Path(p) for p in paths]))
 
 
 # Rows read for every row kept: reading a row group decodes all of it, so a shard gives its
@@ -137,9 +174,15 @@ MIN_ROWS_PER_SHARD = 5_000
 
 
 def load_rows(
-    paths: Sequence[Path], max_rows: int | None, seed: int, threads: int = 16
+    paths: Sequence[Path],
+    max_rows: int | None,
+    seed: int,
+    threads: int = 16,
+    *,
+    keep_trivial: float = 1.0,
 ) -> Dataset:
-    """A seeded subset of at most ``max_rows`` non-terminal rows of the shards at ``paths``."""
+    """A seeded subset of at most ``max_rows`` non-terminal rows of the shards at ``paths``;
+    of those, trivial rows are kept with probability ``keep_trivial`` (:func:`keep_rows`)."""
     if not paths:
         raise DataError("no shards to read")
     paths = [Path(p) for p in paths]
@@ -148,11 +191,8 @@ def load_rows(
         if len(paths) > most:
             keep = np.random.default_rng([seed, len(paths), most]).choice(len(paths), most, replace=False)
             paths = [paths[i] for i in sorted(keep)]
-    # pyarrow reads and decodes with the GIL released, so threads overlap files (and the
-    # latency of a network volume)
+    infos = read_infos(paths, threads)
     workers = max(1, min(threads, len(paths)))
-    with ThreadPoolExecutor(max_workers=workers) as pool:
-        infos = list(pool.map(shard_info, paths))
     sizes = np.array([i.rows for i in infos], np.int64)
     total = int(sizes.sum())
     n = total if max_rows is None else min(int(max_rows), total)
@@ -171,7 +211,7 @@ def load_rows(
     shard = np.concatenate(
         [np.full(len(p[0]), i, np.int32) for i, p in enumerate(parts)]
     ).astype(np.int32)
-    keep = (q != ILLEGAL).any(axis=1)
+    keep = keep_rows(q, keep_trivial, np.random.default_rng([seed, len(infos), 1]))
     lo, hi = split_states(states[keep])
     return Dataset(
         lo=lo,

@@ -50,9 +50,20 @@ TILE_CHANNELS: tuple[str, ...] = (
     "beaters_left",  # tiles in the left opponent's hand that outrank it (suit led, else its own)
     "beaters_partner",
     "beaters_right",
+    # the trick's answer if I play this tile now (the suit led, else the suit it leads):
+    # each player after me in this trick, their highest-ranking legal reply (rank / 46;
+    # 0 for a player who has already played), and whether my team would take the trick
+    # if everyone after me played that reply
+    "reply_left",
+    "reply_partner",
+    "reply_right",
+    "team_takes_trick",
 )
-N_GLOBAL = rules.N_DECLS + 4 + (NO_LED + 1) + 4 + 1  # decl, plays, led suit, trick leader so far, trick points
-N_FEATURES = len(TILE_CHANNELS) * N_TILES + N_GLOBAL
+# decl, plays, led suit, trick leader so far, trick points; per player (me, left, partner,
+# right): trumps held, count points held
+N_GLOBAL = rules.N_DECLS + 4 + (NO_LED + 1) + 4 + 1 + 4 + 4
+N_TILE_CHANNELS = len(TILE_CHANNELS)
+N_FEATURES = N_TILE_CHANNELS * N_TILES + N_GLOBAL  # the per-tile block first, channel-major
 
 
 def _rule_tables() -> tuple[np.ndarray, ...]:
@@ -169,12 +180,21 @@ def features(
     beats = (ranks_ref > own[:, :, None]).astype(f32)
     beaters = jnp.einsum("btu,bru->brt", beats, hand_loc[:, 1:4]) / 7.0  # (B, 3, 28)
     winner_rel = jnp.where(has_lead, jnp.take_along_axis(rel_k, winner_k[:, None], axis=1)[:, 0], 0)
+    replies = _replies(st.plays, hand_loc, ranks_ref, jnp.asarray(FOLLOWS)[d[:, None], ref])
+    top = jnp.where(has_lead, trick_rank.max(axis=1), -1.0)[:, None]  # (B, 1)
+    ours = jnp.maximum(jnp.maximum(own, replies[:, 1]), jnp.where((winner_rel == 2)[:, None], top, -1.0))
+    theirs = jnp.maximum(
+        jnp.maximum(replies[:, 0], replies[:, 2]),
+        jnp.where((has_lead & (winner_rel % 2 == 1))[:, None], top, -1.0),
+    )
     trick_points = (jnp.asarray(COUNT)[trick_tiles] * played.astype(f32)).sum(axis=1)
     per_tile = jnp.concatenate(
         [
             loc,
             jnp.stack([trump, follows, rank_t / MAX_RANK, count, legal_t, wins_now], axis=1),
             beaters,
+            replies / MAX_RANK,
+            (ours > theirs).astype(f32)[:, None, :],
         ],
         axis=1,
     )  # (B, len(TILE_CHANNELS), 28)
@@ -185,8 +205,27 @@ def features(
             jax.nn.one_hot(led, NO_LED + 1, dtype=f32),
             jax.nn.one_hot(winner_rel, 4, dtype=f32),  # 0: nothing played yet
             (trick_points / 20.0)[:, None],
+            (hand_loc * trump[:, None, :]).sum(axis=2) / 7.0,
+            (hand_loc * jnp.asarray(COUNT)[None, None, :]).sum(axis=2) / 35.0,
         ],
         axis=1,
     )
     x = jnp.concatenate([per_tile.reshape(b, -1), glob], axis=1).astype(f32)
     return Features(x, mover_tiles.astype(jnp.int32), (st.mover % 2).astype(jnp.int32))
+
+
+def _replies(plays: jax.Array, hand_loc: jax.Array, ranks: jax.Array, follows: jax.Array) -> jax.Array:
+    """(B, 3, 28): for each tile t the mover might play now, the highest rank each other
+    player (relative seats 1-3) could answer with: a tile that follows the suit led if
+    they hold one, else any tile (rules.legal_tiles); 0 for players already in the trick.
+
+    ``ranks``/``follows`` (B, 28 t, 28 u) are each tile u's rank and follow flag once
+    the suit of t's trick is led.
+    """
+    held = hand_loc[:, 1:4, None, :]  # (B, 3, 1, 28 u)
+    following = follows[:, None] * held  # (B, 3, 28 t, 28 u)
+    can_follow = following.max(axis=3, keepdims=True) > 0
+    legal = jnp.where(can_follow, following, held)
+    best = (legal * ranks[:, None]).max(axis=3)  # (B, 3, 28 t)
+    after_me = plays[:, None] + jnp.arange(1, 4, dtype=jnp.int32)[None, :] <= 3  # (B, 3)
+    return best * after_me[:, :, None].astype(best.dtype)

@@ -1,8 +1,10 @@
 """One training run: a config, train rows and val rows in; params, metrics and history out.
 
-The whole training set lives on the device; batches are drawn inside the jitted step
+A training set in memory lives on the device; batches are drawn inside the jitted step
 (uniformly, with replacement) from an explicit key folded with the step number, so a run
-is reproducible and independent of how steps are grouped into device calls.
+is reproducible and independent of how steps are grouped into device calls. A training set
+too large for memory comes as a :class:`RowStream`: the host feeds the step its batches,
+one device call's worth at a time, in the stream's seeded order.
 """
 
 from __future__ import annotations
@@ -10,11 +12,12 @@ from __future__ import annotations
 import math
 import time
 from collections import Counter
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Generator, Iterator, Sequence
 from dataclasses import asdict, dataclass, field, fields
 from functools import partial
 from typing import Any, NamedTuple, cast
 
+import flax.linen as nn
 import flax.serialization
 import jax
 import jax.numpy as jnp
@@ -24,13 +27,14 @@ import optax
 from runner.train.data import Dataset
 from runner.train.features import N_FEATURES, features, split_states
 from runner.train.metrics import ILLEGAL, MoveSums, move_sums, mover_q, summarize
-from runner.train.model import PolicyValueNet
+from runner.train.model import MODELS, build
+from runner.train.stream import RowStream
 
 F32 = jnp.float32
 EVAL_CHUNK = 8192
 # Part of every trial's id: bump it when features, model, loss or schedule change, so a
 # rerun retrains instead of reusing results of the old code.
-TRAINER_VERSION = "2"
+TRAINER_VERSION = "3"
 
 
 @dataclass(frozen=True)
@@ -44,8 +48,12 @@ class TrainConfig:
     weight_decay: float = 1e-4
     dropout: float = 0.0
     warmup_steps: int | None = None  # None: 5% of steps
-    # fixed, not swept: weight of the value head's loss beside the policy's
+    model: str = "mlp"  # runner.train.model.MODELS
+    heads: int = 4  # transformer only
+    # the loss: policy cross-entropy x policy_weight + value Huber x value_weight
+    policy_weight: float = 1.0
     value_weight: float = 0.5
+    regret_weight: float = 0.0  # the policy's expected regret beside its cross-entropy
     # from the sweep file's train section
     steps: int = 2000
     eval_every: int = 500
@@ -68,6 +76,11 @@ HYPERPARAMETERS: dict[str, type] = {
     "weight_decay": float,
     "dropout": float,
     "warmup_steps": int,
+    "model": str,
+    "heads": int,
+    "policy_weight": float,
+    "value_weight": float,
+    "regret_weight": float,
 }
 
 
@@ -81,7 +94,7 @@ def make_config(params: dict[str, Any], *, steps: int, eval_every: int, seed: in
     values: dict[str, Any] = {}
     for k, v in params.items():
         kind = HYPERPARAMETERS[k]
-        values[k] = int(round(v)) if kind is int else float(v)
+        values[k] = str(v) if kind is str else int(round(v)) if kind is int else float(v)
     cfg = TrainConfig(**values, steps=int(steps), eval_every=int(eval_every), seed=int(seed))
     problems = []
     if cfg.lr <= 0:
@@ -91,6 +104,13 @@ def make_config(params: dict[str, Any], *, steps: int, eval_every: int, seed: in
             problems.append(f"{name} must be >= 1")
     if not 0 <= cfg.dropout < 1:
         problems.append("dropout must be in [0, 1)")
+    if cfg.model not in MODELS:
+        problems.append(f"model must be one of {', '.join(MODELS)}")
+    if cfg.model == "transformer" and (cfg.heads < 1 or cfg.hidden % cfg.heads):
+        problems.append("heads must be >= 1 and divide hidden")
+    weights = (cfg.policy_weight, cfg.value_weight, cfg.regret_weight)
+    if min(weights) < 0 or cfg.policy_weight + cfg.value_weight == 0:
+        problems.append("loss weights must be >= 0, policy_weight and value_weight not both 0")
     if cfg.weight_decay < 0 or cfg.warmup < 0:
         problems.append("weight_decay and warmup_steps must be >= 0")
     if problems:
@@ -110,10 +130,12 @@ class TrainResult:
 
 
 class Net(NamedTuple):
-    """The model's shape: the static part of every compiled function that applies it."""
+    """The model's family and shape: the static part of every compiled function that applies it."""
 
+    model: str
     hidden: int
     layers: int
+    heads: int
     dropout: float
 
 
@@ -133,7 +155,9 @@ class Hyper(NamedTuple):
     lr: jax.Array
     warmup: jax.Array
     weight_decay: jax.Array
+    policy_weight: jax.Array
     value_weight: jax.Array
+    regret_weight: jax.Array
 
 
 class TrainState(NamedTuple):
@@ -150,15 +174,16 @@ traces: Counter[str] = Counter()
 
 
 def net_of(cfg: TrainConfig) -> Net:
-    return Net(hidden=cfg.hidden, layers=cfg.layers, dropout=cfg.dropout)
+    return Net(model=cfg.model, hidden=cfg.hidden, layers=cfg.layers, heads=cfg.heads, dropout=cfg.dropout)
 
 
 def hyper_of(cfg: TrainConfig) -> Hyper:
-    return Hyper(*(jnp.float32(v) for v in (cfg.lr, cfg.warmup, cfg.weight_decay, cfg.value_weight)))
+    knobs = (cfg.lr, cfg.warmup, cfg.weight_decay, cfg.policy_weight, cfg.value_weight, cfg.regret_weight)
+    return Hyper(*(jnp.float32(v) for v in knobs))
 
 
-def build_model(net: Net) -> PolicyValueNet:
-    return PolicyValueNet(hidden=net.hidden, layers=net.layers, dropout=net.dropout)
+def build_model(net: Net) -> nn.Module:
+    return build(net.model, net.hidden, net.layers, net.heads, net.dropout)
 
 
 def init_params(cfg: TrainConfig, key: jax.Array) -> Any:
@@ -196,7 +221,7 @@ def learning_rate(hyper: Hyper, step: jax.Array, total: jax.Array) -> jax.Array:
     return (hyper.lr * jnp.where(step < warmup, warm, cos)).astype(F32)
 
 
-def _scores(model: PolicyValueNet, params: Any, lo, hi, q, shard, hands, decls, dropout_key=None):  # type: ignore[no-untyped-def]
+def _scores(model: nn.Module, params: Any, lo, hi, q, shard, hands, decls, dropout_key=None):  # type: ignore[no-untyped-def]
     legal = q != ILLEGAL
     f = features(lo, hi, shard, legal, hands, decls)
     if dropout_key is None:
@@ -210,17 +235,20 @@ def _scores(model: PolicyValueNet, params: Any, lo, hi, q, shard, hands, decls, 
 
 
 def _losses(logits: jax.Array, values: jax.Array, q: jax.Array, team: jax.Array):  # type: ignore[no-untyped-def]
-    """Per-row policy cross-entropy (target: uniform over the oracle's best moves) and
-    value error (Huber, Q in units of 42 points) over legal moves."""
+    """Per-row losses over the legal moves: the policy's cross-entropy (target: uniform
+    over the oracle's best moves), its expected regret (the points its move distribution
+    loses against the best, / 42: what Q-gap measures, so a costly mistake weighs more
+    than a cheap one), and the value error (Huber, Q in units of 42 points)."""
     legal, qm = mover_q(q, team)
     best = jnp.max(jnp.where(legal, qm, -jnp.inf), axis=1, keepdims=True)
     target = (legal & (qm == best)).astype(F32)
     target = target / jnp.maximum(target.sum(axis=1, keepdims=True), 1.0)
     logp = jax.nn.log_softmax(jnp.where(legal, logits, -1e9), axis=1)
     ce = -(target * jnp.where(legal, logp, 0.0)).sum(axis=1)
+    regret = (jnp.exp(logp) * jnp.where(legal, best - qm, 0.0)).sum(axis=1) / 42.0
     err = optax.huber_loss(values, qm / 42.0, delta=0.25) * legal.astype(F32)
     v = err.sum(axis=1) / jnp.maximum(legal.sum(axis=1).astype(F32), 1.0)
-    return ce, v
+    return ce, regret, v
 
 
 def _chunk_size(cfg: TrainConfig, limit: int = 32) -> int:
@@ -228,6 +256,30 @@ def _chunk_size(cfg: TrainConfig, limit: int = 32) -> int:
     on call boundaries; several steps per call hide the dispatch cost on a GPU."""
     g = math.gcd(cfg.steps, cfg.eval_every)
     return max(d for d in range(1, min(g, limit) + 1) if g % d == 0)
+
+
+def _sgd(arch: Arch, hyper: Hyper, hands: jax.Array, decls: jax.Array, dropout_root: jax.Array, total: jax.Array):  # type: ignore[no-untyped-def]
+    """One optimizer step on a batch of rows (lo, hi, q, shard): what both train steps do
+    per step, whether they draw the batch on the device or are fed it."""
+    model = build_model(arch.net)
+    tx = make_optimizer(hyper.weight_decay)
+
+    def loss_fn(p, lo, hi, q, shard, dkey):  # type: ignore[no-untyped-def]
+        logits, values, team = _scores(model, p, lo, hi, q, shard, hands, decls, dkey)
+        ce, regret, v = _losses(logits, values, q, team)
+        policy = jnp.mean(ce) + hyper.regret_weight * jnp.mean(regret)
+        return hyper.policy_weight * policy + hyper.value_weight * jnp.mean(v)
+
+    def update(i, p, s, rows):  # type: ignore[no-untyped-def]
+        dkey = jax.random.fold_in(dropout_root, i) if arch.net.dropout > 0 else None
+        loss, grads = jax.value_and_grad(loss_fn)(p, *rows, dkey)
+        updates, s = tx.update(grads, s, p)
+        lr = learning_rate(hyper, i, total)
+        # cast back: under x64 a stray float64 would otherwise leak into the params
+        updates = jax.tree_util.tree_map(lambda u, w: (-lr * u).astype(w.dtype), updates, p)
+        return optax.apply_updates(p, updates), s, loss.astype(F32)
+
+    return update
 
 
 @partial(jax.jit, static_argnums=0)
@@ -239,31 +291,67 @@ def train_step(
     state and the mean training loss. Batches are drawn with ``keys[0]`` folded with the
     step number, dropout masks with ``keys[1]``."""
     traces["train_step"] += 1
-    model = build_model(arch.net)
-    tx = make_optimizer(hyper.weight_decay)
     data_key, dropout_root = keys
     lo, hi, q, shard, hands, decls = data
-
-    def loss_fn(p, lo, hi, q, shard, dkey):  # type: ignore[no-untyped-def]
-        logits, values, team = _scores(model, p, lo, hi, q, shard, hands, decls, dkey)
-        ce, v = _losses(logits, values, q, team)
-        return jnp.mean(ce) + hyper.value_weight * jnp.mean(v)
+    update = _sgd(arch, hyper, hands, decls, dropout_root, total)
 
     def one_step(i, carry):  # type: ignore[no-untyped-def]
         p, s, loss_sum = carry
         key = jax.random.fold_in(data_key, i)
         idx = jax.random.randint(key, (arch.batch_size,), 0, lo.shape[0], dtype=jnp.int32)
-        dkey = jax.random.fold_in(dropout_root, i) if arch.net.dropout > 0 else None
-        loss, grads = jax.value_and_grad(loss_fn)(p, lo[idx], hi[idx], q[idx], shard[idx], dkey)
-        updates, s = tx.update(grads, s, p)
-        lr = learning_rate(hyper, i, total)
-        # cast back: under x64 a stray float64 would otherwise leak into the params
-        updates = jax.tree_util.tree_map(lambda u, w: (-lr * u).astype(w.dtype), updates, p)
-        return optax.apply_updates(p, updates), s, loss_sum + loss.astype(F32)
+        p, s, loss = update(i, p, s, (lo[idx], hi[idx], q[idx], shard[idx]))
+        return p, s, loss_sum + loss
 
     init = (state.params, state.opt_state, jnp.zeros((), F32))
     p, s, loss_sum = jax.lax.fori_loop(start, start + arch.chunk, one_step, init)
     return TrainState(p, s), loss_sum / arch.chunk
+
+
+@partial(jax.jit, static_argnums=0)
+def train_step_fed(
+    arch: Arch, state: TrainState, hyper: Hyper, keys: tuple[jax.Array, jax.Array],
+    start: jax.Array, total: jax.Array, batches: tuple[jax.Array, ...], tables: tuple[jax.Array, jax.Array],
+) -> tuple[TrainState, jax.Array]:
+    """:func:`train_step` on batches streamed from the host (``runner.train.stream``):
+    ``batches`` are (lo, hi, q, shard) shaped (``arch.chunk``, batch, ...), one per step;
+    ``tables`` the (hands, decls) their shard indices refer to."""
+    traces["train_step_fed"] += 1
+    update = _sgd(arch, hyper, *tables, keys[1], total)
+
+    def one_step(i, carry):  # type: ignore[no-untyped-def]
+        p, s, loss_sum = carry
+        rows = tuple(jax.lax.dynamic_index_in_dim(a, i - start, keepdims=False) for a in batches)
+        p, s, loss = update(i, p, s, rows)
+        return p, s, loss_sum + loss
+
+    init = (state.params, state.opt_state, jnp.zeros((), F32))
+    p, s, loss_sum = jax.lax.fori_loop(start, start + arch.chunk, one_step, init)
+    return TrainState(p, s), loss_sum / arch.chunk
+
+
+class _Steps:
+    """Runs ``arch.chunk`` steps per call on the train rows: on the device when they are in
+    memory, else fed from a :class:`RowStream` (whose reader thread :meth:`close` stops)."""
+
+    def __init__(self, arch: Arch, hyper: Hyper, keys: tuple[jax.Array, jax.Array], rows: Dataset | RowStream) -> None:
+        self.arch, self.hyper, self.keys = arch, hyper, keys
+        self.feed: Iterator[Any] | None = None
+        if isinstance(rows, Dataset):
+            self.data = tuple(jnp.asarray(a) for a in rows.arrays())
+        else:
+            self.feed = rows.batches(arch.batch_size, arch.chunk)
+            self.tables = (jnp.asarray(rows.hands), jnp.asarray(rows.decls))
+
+    def __call__(self, state: TrainState, step: int, total: int) -> tuple[TrainState, jax.Array]:
+        start, end = jnp.int32(step), jnp.int32(total)
+        if self.feed is None:
+            return train_step(self.arch, state, self.hyper, self.keys, start, end, self.data)
+        batches = tuple(jnp.asarray(a) for a in next(self.feed))
+        return train_step_fed(self.arch, state, self.hyper, self.keys, start, end, batches, self.tables)
+
+    def close(self) -> None:
+        if self.feed is not None:
+            cast(Generator[Any, None, None], self.feed).close()
 
 
 @partial(jax.jit, static_argnums=(0, 1))
@@ -278,7 +366,7 @@ def eval_step(net: Net, size: int, params: Any, start: jax.Array, data: tuple[ja
 
     lo, hi, q, shard, w = sl(lo), sl(hi), sl(q), sl(shard), sl(w)
     logits, values, team = _scores(build_model(net), params, lo, hi, q, shard, hands, decls)
-    ce, _ = _losses(logits, values, q, team)
+    ce, _, _ = _losses(logits, values, q, team)
     sums = move_sums(logits, q, team, w)
     return jnp.stack([*sums, (ce * w).sum()])
 
@@ -336,7 +424,7 @@ class _Pace:
 
 def train(
     cfg: TrainConfig,
-    train_ds: Dataset,
+    train_ds: Dataset | RowStream,
     val_ds: Dataset,
     *,
     deadline: float | None = None,
@@ -358,24 +446,27 @@ def train(
     keys = (data_key, dropout_root)
     state = init_state(arch.net, init_key)
     evaluate = _Validator(arch.net, val_ds)
-    train_dev = tuple(jnp.asarray(a) for a in train_ds.arrays())
+    run_steps = _Steps(arch, hyper, keys, train_ds)
     history: list[dict[str, float]] = []
     pace = _Pace(cfg.steps, arch.chunk, deadline)
     step = 0
-    while step < pace.total:
-        pace.before_turn(step, clock())
-        state, loss = train_step(arch, state, hyper, keys, jnp.int32(step), jnp.int32(pace.total), train_dev)
-        loss.block_until_ready()
-        step += arch.chunk
-        pace.after_turn(step, clock)
-        if step % cfg.eval_every == 0 or step == pace.total:
-            t_eval = clock()
-            m = {"step": float(step), "train_loss": float(loss), **evaluate(state.params)}
-            pace.evaluated(clock() - t_eval)
-            m["seconds"] = clock() - t0
-            history.append(m)
-            if on_eval is not None:
-                on_eval(m)
+    try:
+        while step < pace.total:
+            pace.before_turn(step, clock())
+            state, loss = run_steps(state, step, pace.total)
+            loss.block_until_ready()
+            step += arch.chunk
+            pace.after_turn(step, clock)
+            if step % cfg.eval_every == 0 or step == pace.total:
+                t_eval = clock()
+                m = {"step": float(step), "train_loss": float(loss), **evaluate(state.params)}
+                pace.evaluated(clock() - t_eval)
+                m["seconds"] = clock() - t0
+                history.append(m)
+                if on_eval is not None:
+                    on_eval(m)
+    finally:
+        run_steps.close()
     final = {k: v for k, v in history[-1].items() if k not in ("step", "seconds")}
     return TrainResult(
         params=state.params,
@@ -389,8 +480,36 @@ def train(
 
 
 @partial(jax.jit, static_argnums=0)
-def _policy_logits(net: Net, params: Any, *rows: jax.Array) -> jax.Array:
-    return _scores(build_model(net), params, *rows)[0]
+def _move_outputs(net: Net, params: Any, *rows: jax.Array) -> tuple[jax.Array, jax.Array]:
+    logits, values, _ = _scores(build_model(net), params, *rows)
+    return logits, values
+
+
+def move_outputs(
+    cfg: TrainConfig,
+    params: Any,
+    states: np.ndarray,
+    legal: np.ndarray,
+    hands: Sequence[Sequence[int]],
+    decl_id: int,
+) -> tuple[np.ndarray, np.ndarray]:
+    """The model's policy scores and values, each (N, 7), for the mover's local slots of
+    packed ``states`` of one deal; ``legal`` (N, 7) bool marks the legal slots. Values are
+    in units of 42 points, from the mover's side (the value head's target, ``_losses``).
+    Each new N compiles once: callers with many sizes pad to a few."""
+    lo, hi = split_states(states)
+    q = np.where(np.asarray(legal, bool), 0, ILLEGAL).astype(np.int8)
+    logits, values = _move_outputs(
+        net_of(cfg),
+        params,
+        jnp.asarray(lo),
+        jnp.asarray(hi),
+        jnp.asarray(q),
+        jnp.zeros(len(lo), jnp.int32),
+        jnp.asarray(np.array([hands], np.int32).reshape(1, 4, 7)),
+        jnp.asarray(np.array([decl_id], np.int32)),
+    )
+    return np.asarray(logits), np.asarray(values)
 
 
 def move_scores(
@@ -403,19 +522,7 @@ def move_scores(
 ) -> np.ndarray:
     """The model's scores (N, 7) for the mover's local slots of packed ``states`` of one deal;
     its move is the best-scoring legal slot. ``legal`` (N, 7) bool marks the legal slots."""
-    lo, hi = split_states(states)
-    q = np.where(np.asarray(legal, bool), 0, ILLEGAL).astype(np.int8)
-    logits = _policy_logits(
-        net_of(cfg),
-        params,
-        jnp.asarray(lo),
-        jnp.asarray(hi),
-        jnp.asarray(q),
-        jnp.zeros(len(lo), jnp.int32),
-        jnp.asarray(np.array([hands], np.int32).reshape(1, 4, 7)),
-        jnp.asarray(np.array([decl_id], np.int32)),
-    )
-    return np.asarray(logits)
+    return move_outputs(cfg, params, states, legal, hands, decl_id)[0]
 
 
 def params_to_bytes(params: Any) -> bytes:

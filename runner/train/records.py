@@ -1,7 +1,8 @@
 """A sweep's results folder on disk: one record and one checkpoint per trial.
 
 trials/<trial_id>.json         one record per finished (or failed) trial, written atomically
-checkpoints/<trial_id>.msgpack the trial's params (flax serialization), written before its record
+checkpoints/<trial_id>.msgpack the trained model, its config included (``checkpoint.py``),
+                               written before its record
 _runs/<run_id>.json            one manifest per ``forge sweep``: spend, every charged attempt
 """
 
@@ -15,7 +16,8 @@ from pathlib import Path
 from typing import Any
 
 from runner.oracle.atomic import write_atomic
-from runner.train.loop import TrainConfig, config_from_dict, params_from_bytes
+from runner.train.checkpoint import read_checkpoint
+from runner.train.loop import TrainConfig
 from runner.train.trials import Trial
 
 TRIALS_DIR = "trials"
@@ -116,7 +118,7 @@ def save_result(
     }
     if result["status"] == "finished":
         ck = checkpoint_path(out_dir, trial.trial_id)
-        write_file(ck, result["params"])
+        write_file(ck, result["checkpoint"])
         rec["checkpoint"] = str(ck.relative_to(out_dir))
     else:
         rec["error"] = result.get("error", "unknown error")
@@ -139,8 +141,6 @@ def jsonable(obj: Any) -> Any:
 
 
 def load_trial(out_dir: str | os.PathLike[str], tid: str) -> tuple[TrainConfig, Any]:
-    """A finished trial's config and trained params, from its record and checkpoint."""
-    out = Path(out_dir)
-    rec = json.loads(record_path(out, tid).read_text())
-    cfg = config_from_dict(rec["config"])
-    return cfg, params_from_bytes(cfg, checkpoint_path(out, tid).read_bytes())
+    """A finished trial's config and trained params, from its checkpoint."""
+    ck = read_checkpoint(checkpoint_path(Path(out_dir), tid))
+    return ck.config, ck.params

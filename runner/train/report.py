@@ -15,6 +15,7 @@ from rich.table import Table
 from runner.jobspec.pricing import format_duration
 from runner.train.metrics import BASELINES, BLUNDER_POINTS
 from runner.train.results import REPORTED, SweepOutcome, params_text
+from runner.train.stream import describe
 from runner.train.trials import Trial
 
 # Columns and progress lines say the metrics' own names (as results.csv and
@@ -34,7 +35,7 @@ def _metric(name: str, v: Any) -> str:
     return f"{100 * v:.2f}%"
 
 
-def _metrics_text(m: dict[str, Any]) -> str:
+def metrics_text(m: dict[str, Any]) -> str:
     return "  ".join(
         f"{k} {_metric(k, m.get(k))}" + (" points" if k == "q_gap" else "") for k in REPORTED
     )
@@ -77,6 +78,7 @@ class Reporter:
                 f"data: {len(data.train)} train and {len(data.val)} val shards of job "
                 f"{escape(repr(data.job_name))} under {escape(_shown(data.root))}"
             )
+            say("  " + describe(len(data.train), data.train_rows, data.shuffle_buffer, data.max_train_rows, data.keep_trivial))
             for split, used in ((data.train_split, data.train), (data.val_split, data.val)):
                 planned = data.planned[split]
                 if len(used) < planned:
@@ -97,7 +99,7 @@ class Reporter:
             m = info["metrics"]
             say(
                 f"  step {int(m['step'])}/{self.steps}  "
-                + _metrics_text(m)
+                + metrics_text(m)
                 + f"  ({format_duration(m['seconds'])})"
             )
         elif kind == "trial_done":
@@ -108,11 +110,13 @@ class Reporter:
                 early = f", stopped at step {rec['steps_done']} (time limit)" if rec.get("stopped_early") else ""
                 say(
                     f"  {t.trial_id} done: "
-                    + _metrics_text(m)
+                    + metrics_text(m)
                     + f"  in {format_duration(rec['seconds'])}, {_usd(rec['cost_usd'])}{early}"
                 )
             else:
                 say(f"  {t.trial_id} [red]failed[/red]: {escape(str(rec.get('error', '')))}")
+        elif kind == "curves_failed":
+            say(f"[yellow]note[/yellow]: curves.png not drawn: {escape(info['error'])}")
         elif kind == "budget_stop":
             say(
                 f"[yellow]budget[/yellow]: ${info['spent']:.2f} of ${info['max_usd']:.2f} spent; "
@@ -171,7 +175,7 @@ def baseline_lines(outcome: SweepOutcome) -> list[str]:
     lines = [f"baselines on the same {rows}val rows (a model worth keeping beats both):"]
     for name, what in BASELINES.items():
         if name in base:
-            lines.append(f"  {name:<14}{_metrics_text(base[name])}  - {what}")
+            lines.append(f"  {name:<14}{metrics_text(base[name])}  - {what}")
     return lines
 
 
@@ -185,7 +189,9 @@ def print_outcome(console: Console, outcome: SweepOutcome) -> None:
         if r["status"] == "failed":
             console.print(f"trial {r['trial_id']} failed: {r.get('error')}", soft_wrap=True, markup=False)
     out = outcome.out_dir
-    console.print(f"results: {out / 'results.json'}, {out / 'results.csv'}", soft_wrap=True, markup=False)
+    files = [out / n for n in ("results.json", "results.csv", "curves.png", "metrics.jsonl") if (out / n).exists()]
+    if files:
+        console.print(f"results: {', '.join(str(f) for f in files)}", soft_wrap=True, markup=False)
     if outcome.spent_usd:
         console.print(f"spent: {_usd(outcome.spent_usd)} of ${outcome.spec.budget.max_usd:.2f}")
     best = outcome.best()
@@ -194,7 +200,7 @@ def print_outcome(console: Console, outcome: SweepOutcome) -> None:
         return
     m = best["metrics"]
     console.print(
-        f"best: trial {best['trial_id']}  {params_text(best['params'])}  " + _metrics_text(m),
+        f"best: trial {best['trial_id']}  {params_text(best['params'])}  " + metrics_text(m),
         soft_wrap=True,
     )
     console.print(f"checkpoint: {best['checkpoint']}", soft_wrap=True, markup=False)

@@ -149,6 +149,32 @@ def write_results(outcome: SweepOutcome) -> tuple[Path, Path]:
     return j, c
 
 
+def sweep_json(outcome: SweepOutcome) -> dict[str, Any]:
+    """What ``forge sweep --json`` writes: the results table (best first), the best trial
+    with its checkpoint path (None until a trial finished), the baselines and the files."""
+    val_rows, base = outcome.baselines()
+    out = outcome.out_dir
+    return {
+        "sweep": outcome.spec.name,
+        "sweep_file": str(outcome.spec.path),
+        "backend": outcome.backend,
+        "objective": {"metric": outcome.metric, "goal": outcome.goal},
+        "best": outcome.best(),
+        "trials": outcome.rows(),
+        "baselines": base,
+        "val_rows": val_rows,
+        "ran": list(outcome.ran),
+        "skipped": list(outcome.skipped),
+        "spent_usd": outcome.spent_usd,
+        "max_usd": outcome.spec.budget.max_usd,
+        "files": {
+            name: str(out / name)
+            for name in ("results.json", "results.csv", "curves.png", "metrics.jsonl")
+            if (out / name).exists()
+        },
+    }
+
+
 def params_text(params: dict[str, Any]) -> str:
     return " ".join(f"{k}={_fmt(v)}" for k, v in params.items())
 

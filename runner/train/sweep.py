@@ -21,6 +21,7 @@ from runner.backends.base import Backend, SurveyState, cancelled_result
 from runner.backends.task import TaskResult
 from runner.jobspec.model import SweepSpec
 from runner.jobspec.pricing import dollars
+from runner.train.curves import append_evals
 from runner.train.records import (
     RUNS_DIR,
     is_finished,
@@ -30,7 +31,7 @@ from runner.train.records import (
     spent_usd,
     write_file,
 )
-from runner.train.results import SweepOutcome, write_results
+from runner.train.results import SweepOutcome, sweep_json, write_results
 from runner.train.trials import (
     DataPlan,
     SweepError,
@@ -57,6 +58,7 @@ __all__ = [
     "read_records",
     "record_result",
     "resolve_data",
+    "sweep_json",
     "write_results",
 ]
 
@@ -82,9 +84,17 @@ class TrialBackend(Backend[Trial]):
         self.spec = spec
         self.data = data
         self.outcome = outcome
-        self.emit = emit
         self.run_id = run_id
         self.out = outcome.out_dir
+        self._streamed: set[str] = set()  # trials whose evals arrived one by one this attempt
+
+        def emit_and_log(kind: str, info: dict[str, Any]) -> None:
+            if kind == "eval":
+                self._streamed.add(info["trial"].trial_id)
+                append_evals(self.out, info["trial"].trial_id, run_id, [info["metrics"]])
+            emit(kind, info)
+
+        self.emit: Event = emit_and_log
 
     def hourly(self, name: str) -> float:
         return self.spec.rate(name)
@@ -128,6 +138,9 @@ class TrialBackend(Backend[Trial]):
         usd: float | None = None,
     ) -> TaskResult:
         """Record a returned trial (``usd`` as in ``record_result``); the orchestrator's result for it."""
+        if trial.trial_id not in self._streamed:  # Modal: the evals come with the result
+            append_evals(self.out, trial.trial_id, self.run_id, result.get("history") or [])
+        self._streamed.discard(trial.trial_id)
         rec = record_result(
             self.outcome,
             trial,

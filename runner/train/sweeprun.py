@@ -8,6 +8,7 @@ them imports another.
 
 from __future__ import annotations
 
+import json
 import os
 import sys
 from pathlib import Path
@@ -18,6 +19,8 @@ from runner.backends.orchestrate import Orchestrator
 from runner.backends.runstate import RunOptions, new_run_id
 from runner.jobspec.load import load_sweep
 from runner.jobspec.model import SweepSpec
+from runner.train.curves import CURVES, write_curves
+from runner.train.records import jsonable, write_file
 from runner.train.report import Reporter, print_outcome
 from runner.train.sweep import (
     DataPlan,
@@ -30,6 +33,7 @@ from runner.train.sweep import (
     is_finished,
     read_records,
     resolve_data,
+    sweep_json,
     write_results,
 )
 
@@ -61,7 +65,8 @@ def run_sweep(
     """Run every unfinished trial of ``spec`` and write the results files.
 
     ``on_event(kind, info)`` reports progress: ``start`` (what will run), ``trial_start``,
-    ``eval`` (local only: a trial's periodic metrics), ``trial_done``, ``budget_stop``.
+    ``eval`` (local only: a trial's periodic metrics), ``trial_done``, ``budget_stop``,
+    ``curves_failed`` (curves.png could not be drawn; the results files are written).
     ``max_usd`` replaces ``budget.max_usd`` for this call.
     """
     if backend not in BACKENDS:
@@ -109,6 +114,11 @@ def run_sweep(
     # a rerun with nothing to do leaves every file as it was
     if todo or (out.exists() and not (out / "results.json").exists()):
         write_results(outcome)
+    if todo or (out.exists() and not (out / CURVES).exists()):
+        try:
+            write_curves(outcome)
+        except Exception as e:  # a picture is not worth losing the results' report over
+            emit("curves_failed", {"error": f"{type(e).__name__}: {e}"})
     return outcome
 
 
@@ -119,9 +129,11 @@ def forge_sweep(
     data_dir: str | None = None,
     out_dir: str | None = None,
     max_usd: float | None = None,
+    json_file: str | None = None,
 ) -> int:
-    """``forge sweep``: load the sweep file, run it with a live report, print the outcome;
-    the exit code. Raises SpecErrors (bad file), SweepError, ModalUserError."""
+    """``forge sweep``: load the sweep file, run it with a live report, print the outcome
+    (and write it to ``json_file`` as :func:`sweep_json`); the exit code. Raises
+    SpecErrors (bad file), SweepError, ModalUserError."""
     spec = load_sweep(sweep_file)
     # logs and pipes get the full table instead of one squeezed to 80 columns
     console = Console(highlight=False, width=None if sys.stdout.isatty() else 160)
@@ -129,4 +141,8 @@ def forge_sweep(
         spec, backend=backend, data_dir=data_dir, out_dir=out_dir, on_event=Reporter(console), max_usd=max_usd
     )
     print_outcome(console, outcome)
-    return outcome.exit_code or (1 if outcome.failed else 0)
+    code = outcome.exit_code or (1 if outcome.failed else 0)
+    if json_file is not None:
+        doc = {**sweep_json(outcome), "exit_code": code}
+        write_file(Path(json_file), (json.dumps(jsonable(doc), indent=1) + "\n").encode())
+    return code

@@ -8,6 +8,7 @@ only the trials it changed.
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 import os
@@ -39,6 +40,9 @@ class DataPlan:
     max_train_rows: int | None
     max_val_rows: int | None
     seed: int
+    shuffle_buffer: int  # rows (sweep file: data.shuffle_buffer)
+    keep_trivial: float
+    train_rows: int | None = None  # rows of the train shards, where known (a local store)
 
     def identity(self) -> dict[str, Any]:
         """What a trial's result depends on (not where the files happen to live)."""
@@ -49,6 +53,8 @@ class DataPlan:
             "max_train_rows": self.max_train_rows,
             "max_val_rows": self.max_val_rows,
             "seed": self.seed,
+            "shuffle_buffer": self.shuffle_buffer,
+            "keep_trivial": self.keep_trivial,
         }
 
 
@@ -109,22 +115,30 @@ def pick_shards(
         max_train_rows=spec.data.max_train_rows,
         max_val_rows=spec.data.max_val_rows,
         seed=spec.train.seed,
+        shuffle_buffer=spec.data.shuffle_buffer,
+        keep_trivial=spec.data.keep_trivial,
     )
 
 
 def resolve_data(spec: SweepSpec, data_dir: str | os.PathLike[str] | None = None) -> DataPlan:
     """The finished shards on this machine, in the store ``data_dir`` (see
     :func:`runner.train.data.shard_folder`)."""
-    from runner.oracle.shard import quick_check
-    from runner.train.data import shard_folder
+    from runner.train.data import read_infos, shard_folder
 
     root = shard_folder(spec.data.job, data_dir)
+    plan = pick_shards(spec, str(root), lambda t: shard_done(root, t), where=str(root))
+    # the footers alone: what `forge sweep` says of the memory the train rows will take
+    rows = sum(i.rows for i in read_infos([root / p for p in plan.train]))
+    return dataclasses.replace(plan, train_rows=rows)
 
-    def done(t: ShardTask) -> bool:
-        path = root / t.relpath
-        return path.is_file() and quick_check(path) is None
 
-    return pick_shards(spec, str(root), done, where=str(root))
+def shard_done(root: Path, task: ShardTask) -> bool:
+    """Whether the shard of ``task`` is finished in the shard folder ``root`` (the quick
+    check: a whole file whose footer says it is complete)."""
+    from runner.oracle.shard import quick_check
+
+    path = root / task.relpath
+    return path.is_file() and quick_check(path) is None
 
 
 def _shown(path: Path) -> str:
@@ -186,6 +200,8 @@ def payload(
         "max_train_rows": data.max_train_rows,
         "max_val_rows": data.max_val_rows,
         "data_seed": data.seed,
+        "shuffle_buffer": data.shuffle_buffer,
+        "keep_trivial": data.keep_trivial,
         "time_limit_s": time_limit_s,
         "limit_after_load": limit_after_load,
     }

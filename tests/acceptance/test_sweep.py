@@ -66,7 +66,7 @@ def _mtimes(folder: Path) -> dict[str, int]:
 
 def test_sweep_trains_ranks_and_resumes(project: Path) -> None:
     sweep_file(project)
-    r = forge("sweep", "sweep.yaml", cwd=project)
+    r = forge("sweep", "sweep.yaml", "--json", "sweep.json", cwd=project)
     assert r.returncode == 0, r.stdout + r.stderr
     out = project / "sweeps" / "tiny-sweep"
     results = json.loads((out / "results.json").read_text())
@@ -103,6 +103,7 @@ def test_sweep_trains_ranks_and_resumes(project: Path) -> None:
     assert lines[-2].startswith(f"best: trial {results[0]['trial_id']}")
     assert lines[-1] == f"checkpoint: {results[0]['checkpoint']}"
     assert "Traceback" not in r.stderr
+    _check_machine_readable_outputs(project, out, results, r.stdout)
 
     # a rerun trains nothing and changes nothing
     before = _mtimes(out)
@@ -122,6 +123,32 @@ def test_sweep_trains_ranks_and_resumes(project: Path) -> None:
         p: m for p, m in before.items() if p.startswith("trials/")
     }.items()
     assert len(json.loads((out / "results.json").read_text())) == 3
+
+
+def _check_machine_readable_outputs(project: Path, out: Path, results: list[dict], stdout: str) -> None:
+    """metrics.jsonl, curves.png and --json of a finished sweep; forge eval of its best
+    checkpoint gives the trial's figures again (the sweep scored all val rows)."""
+    evals = [json.loads(ln) for ln in (out / "metrics.jsonl").read_text().splitlines()]
+    for t in results:
+        mine = [e for e in evals if e["trial_id"] == t["trial_id"]]
+        assert [e["step"] for e in mine] == [100, 200]
+        assert mine[-1]["metrics"]["q_gap"] == pytest.approx(t["metrics"]["q_gap"])
+    png = (out / "curves.png").read_bytes()
+    assert png[:8] == b"\x89PNG\r\n\x1a\n" and len(png) > 10_000
+    assert "curves.png" in stdout and "metrics.jsonl" in stdout
+    doc = json.loads((project / "sweep.json").read_text())
+    assert doc["exit_code"] == 0 and doc["objective"] == {"metric": "val_accuracy", "goal": "max"}
+    assert doc["trials"] == results
+    assert doc["best"]["trial_id"] == results[0]["trial_id"]
+    assert doc["best"]["checkpoint"] == results[0]["checkpoint"]
+    assert set(doc["baselines"]) == {"random", "highest_tile"}
+    e = forge("eval", results[0]["checkpoint"], "tiny.yaml", "--json", "eval.json", cwd=project)
+    assert e.returncode == 0, e.stdout + e.stderr
+    scored = json.loads((project / "eval.json").read_text())
+    for k in ("decision_accuracy", "val_accuracy", "q_gap", "blunder_rate"):
+        assert scored[k] == pytest.approx(results[0]["metrics"][k], abs=1e-6), k
+    for name in ("random", "highest_tile"):
+        assert scored["baselines"][name] == pytest.approx(doc["baselines"][name], abs=1e-5)
 
 
 def test_missing_shards_say_how_to_make_them(project: Path) -> None:

@@ -21,6 +21,7 @@ REPO = Path(__file__).resolve().parents[2]
         (["--detach"], "--detach runs the job on Modal"),
         (["--backend", "modal", "--verify"], "--verify reads the shards here"),
         (["--backend", "modal", "--out", "somewhere"], "--out is for the local backend"),
+        (["--backend", "modal", "--detach", "--json", "x.json"], "--json writes the run's summary"),
     ],
 )
 def test_flags_the_backend_cannot_take_are_a_usage_error(flags: list[str], says: str, tmp_path: Path) -> None:

@@ -20,6 +20,7 @@ from runner.jobspec.model import (
     Output,
     ParamRange,
     SweepCompute,
+    SweepData,
     SweepSpec,
     TrainSettings,
 )
@@ -72,6 +73,8 @@ JOB_FIELDS: dict[str, Callable[[JobSpec], Any]] = {
 }
 SWEEP_FIELDS: dict[str, Callable[[SweepSpec], Any]] = {
     "/properties/train/properties/seed": lambda s: s.train.seed,
+    "/properties/data/properties/shuffle_buffer": lambda s: s.data.shuffle_buffer,
+    "/properties/data/properties/keep_trivial": lambda s: s.data.keep_trivial,
     "/properties/compute/properties/gpu": lambda s: s.compute.gpu[0],
     "/properties/compute/properties/timeout_s": lambda s: s.compute.timeout_s,
     "/properties/compute/properties/max_containers": lambda s: s.compute.max_containers,
@@ -155,6 +158,7 @@ MODEL_DEFAULTS = [
     (Output, "oracle", "/properties/output"),
     (Budget, "oracle", "/properties/budget"),
     (SweepCompute, "sweep", "/properties/compute"),
+    (SweepData, "sweep", "/properties/data"),
     (TrainSettings, "sweep", "/properties/train"),
     (ParamRange, "sweep", "/$defs/range"),
 ]

@@ -96,8 +96,28 @@ def test_features_match_the_rules(sample: tuple[np.ndarray, np.ndarray]) -> None
                 n_beat = sum(rules.rank(u, ref, 0) > own for u in held)
                 got = per_tile[TILE_CHANNELS.index(f"beaters_{name}"), t] * 7
                 assert abs(got - n_beat) < 1e-5, (s, t, name)
+            _check_replies(per_tile, hands, masks, mover, plays, trick, t, ref, top, leader)
         trump = TILE_CHANNELS.index("trump")
         assert {t for t in range(28) if per_tile[trump, t]} == {
             t for t in range(28) if rules.in_called_suit(t, 0)
         }
     assert checked_tricks > N_ROWS // 4  # the sample really covers positions inside tricks
+
+
+def _check_replies(per_tile, hands, masks, mover, plays, trick, t, ref, top, leader) -> None:  # type: ignore[no-untyped-def]
+    """The reply channels of tile ``t``, from rules.legal_tiles and rules.rank."""
+    replies = {}
+    for r, name in ((1, "left"), (2, "partner"), (3, "right")):
+        seat = (mover + r) % 4
+        held = [u for i, u in enumerate(hands[seat]) if masks[seat] >> i & 1]
+        legal = rules.legal_tiles(held, trick or [t], 0) if plays + r <= 3 else []
+        replies[r] = max((rules.rank(u, ref, 0) for u in legal), default=0)
+        got = per_tile[TILE_CHANNELS.index(f"reply_{name}"), t] * 46
+        assert abs(got - replies[r]) < 1e-4, (t, name, got, replies[r])
+    winner = None
+    if trick:
+        ranks = [rules.rank(u, ref, 0) for u in trick]
+        winner = (leader + ranks.index(max(ranks)) - mover) % 4
+    ours = max(rules.rank(t, ref, 0), replies[2], top if winner == 2 else -1)
+    theirs = max(replies[1], replies[3], top if winner in (1, 3) else -1)
+    assert per_tile[TILE_CHANNELS.index("team_takes_trick"), t] == (ours > theirs), t

@@ -3,6 +3,7 @@ and its body run here through ``Function.local()``. Nothing talks to Modal."""
 
 from __future__ import annotations
 
+import json
 import time
 import tomllib
 from pathlib import Path
@@ -89,7 +90,7 @@ def test_function_body_runs_locally(spec: SweepSpec, sample_store: Path) -> None
     assert out["status"] == "finished", out.get("error")
     assert out["trial_id"] == trial.trial_id and out["steps_done"] == 4
     assert set(out["metrics"]) >= {"val_accuracy", "q_gap", "blunder_rate"}
-    assert isinstance(out["params"], bytes) and len(out["params"]) > 1000
+    assert isinstance(out["checkpoint"], bytes) and len(out["checkpoint"]) > 1000
 
 
 def _backend(
@@ -225,6 +226,13 @@ def test_ctrl_c_cancels_the_trial_in_flight_charged_and_unfinished(
     assert cancelled.seconds > 0 and cancelled.usd > cancelled.seconds * dict(two.pricing)["H100"] / 3600.0
     assert is_finished(outcome.records[trials[0].trial_id], tmp_path)
     assert trials[1].trial_id not in outcome.records  # a rerun trains it
+    # a Modal trial's evaluations come with its result, into metrics.jsonl all the same
+    history = outcome.records[trials[0].trial_id]["history"]
+    logged = [json.loads(ln) for ln in (tmp_path / "metrics.jsonl").read_text().splitlines()]
+    assert [(e["trial_id"], e["step"], e["run_id"]) for e in logged] == [
+        (trials[0].trial_id, int(h["step"]), "run-1") for h in history
+    ]
+    assert logged[-1]["metrics"]["q_gap"] == pytest.approx(history[-1]["q_gap"])
     assert backend.in_flight() == 0 and backend.poll(0.2) == []
     # offline the compiled app is not running, so Modal's App.stop refuses: said, not hidden
     assert "stopping Modal app forge-sweep-tiny-modal" in capsys.readouterr().err

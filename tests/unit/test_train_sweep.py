@@ -92,7 +92,7 @@ def test_a_retried_trial_keeps_counting_what_its_attempts_cost(tmp_path: Path) -
     trial = Trial(1, "abcd", {"lr": 0.1}, TrainConfig())
     failed = {"trial_id": "abcd", "status": "failed", "error": "boom", "seconds": 10.0}
     save_result(tmp_path, trial, failed, backend="modal", gpu="T4", cost_usd=0.25)
-    done = {"trial_id": "abcd", "status": "finished", "params": b"p", "metrics": {}, "seconds": 5.0}
+    done = {"trial_id": "abcd", "status": "finished", "checkpoint": b"p", "metrics": {}, "seconds": 5.0}
     rec = save_result(tmp_path, trial, done, backend="modal", gpu="T4", cost_usd=0.5)
     assert rec["cost_usd"] == 0.5 and rec["spent_usd"] == 0.75
     records = read_records(tmp_path)
