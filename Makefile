@@ -37,13 +37,14 @@ lint: $(STAMP)
 bench: $(STAMP)
 	$(BIN)/forge bench
 
-# The smoke shards are the sweep's data: solve them first if any is missing (forge
-# status, so a rerun with every shard there leaves the store untouched).
-SMOKE_DONE = $(BIN)/forge status jobs/smoke.yaml --json | $(BIN)/python -c \
+# jobs/learn.yaml's shards are the sweep's data: solve them first if any is missing
+# (forge status, so a rerun with every shard there leaves the store untouched).
+SWEEP_JOB = jobs/learn.yaml
+SWEEP_DATA_DONE = $(BIN)/forge status $(SWEEP_JOB) --json | $(BIN)/python -c \
 	'import json, sys; t = json.load(sys.stdin)["totals"]; sys.exit(t["done"] + t["skipped"] != sum(t.values()))'
 
 sweep: $(STAMP)
-	@$(SMOKE_DONE) || $(BIN)/forge run jobs/smoke.yaml
+	@$(SWEEP_DATA_DONE) || $(BIN)/forge run $(SWEEP_JOB)
 	$(BIN)/forge sweep jobs/sweep.yaml
 
 clean:
