@@ -107,8 +107,13 @@ def run_detached(
                         app_id, {"run_id": run_id, "started": time.time(), "detached": True}
                     )
                     functions = dict(job.functions)
-                    options = {"limit": limit, "max_usd": max_usd, "app_id": app_id}
+                    # the function itself too: the run hands over to a fresh call of it
+                    # before its timeout (detached.relay_for)
+                    options = {"limit": limit, "max_usd": max_usd, "app_id": app_id,
+                               "orchestrator": job.orchestrator}  # fmt: skip
                     spawned = job.orchestrator.spawn(spec, run_id, list(tasks), functions, options)
+                    claims.add_app(app_id, {"run_id": run_id, "started": time.time(), "detached": True,
+                                            "orchestrator_call": spawned.object_id, "handovers": 0})  # fmt: skip
             except KeyboardInterrupt:
                 pass  # handled below, once out of Modal's context
             except Exception as e:
@@ -191,9 +196,12 @@ def stop_job(spec: JobSpec) -> list[str]:
             ]
         for app_id, info in sorted(apps.items()):
             run = info.get("run_id", "?")
+            call = info.get("orchestrator_call")
+            # a detached run's every orchestrator call (after hand-overs too) is in this app
+            via = f", orchestrator call {call} after {info.get('handovers', 0)} hand-over(s)" if call else ""
             try:
                 modal.App.lookup(app_id).stop()
-                lines.append(f"Stopped {app_name(spec)} app {app_id} (run {run}).")
+                lines.append(f"Stopped {app_name(spec)} app {app_id} (run {run}{via}).")
             except modal.exception.NotFoundError:
                 lines.append(f"App {app_id} (run {run}) was already gone.")
             freed = release_run_claims(claims, str(run))
