@@ -217,7 +217,7 @@ def test_the_hand_over_comes_a_margin_before_the_timeout_modal_holds() -> None:
 def test_the_next_call_gets_the_payload_and_the_app_entry_follows_it(monkeypatch: pytest.MonkeyPatch) -> None:
     """``forge stop`` stops the app by id (every orchestrator call is in it) and names the
     current call from the ``app:`` entry, which each hand-over rewrites."""
-    from runner.backends.modal import ops
+    from runner.backends.modal import stop
     from runner.backends.modal.relay import next_call
 
     spawned: list[tuple[Any, ...]] = []
@@ -247,9 +247,9 @@ def test_the_next_call_gets_the_payload_and_the_app_entry_follows_it(monkeypatch
 
     monkeypatch.setenv("MODAL_TOKEN_ID", "ak-offline-test")
     monkeypatch.setenv("MODAL_TOKEN_SECRET", "as-offline-test")
-    monkeypatch.setattr(ops, "_claims", lambda spec: claims)
-    monkeypatch.setattr(ops.modal.App, "lookup", staticmethod(Lookup))
-    lines = ops.stop_job(load_job(REPO / "jobs/smoke.yaml"))
+    monkeypatch.setattr(stop, "job_claims", lambda spec: claims)
+    monkeypatch.setattr(stop.modal.App, "lookup", staticmethod(Lookup))
+    lines = stop.stop_job(load_job(REPO / "jobs/smoke.yaml"))
     assert stopped == ["ap-1"] and claims.apps() == {}
     assert "orchestrator call fc-1 after 2 hand-over(s)" in lines[0]
 
