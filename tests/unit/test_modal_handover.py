@@ -48,6 +48,7 @@ def test_a_run_longer_than_one_call_hands_over_and_reads_the_calls_in_flight() -
     summaries, payloads = relayed(sim, 60.0, on_result=results.append)
 
     assert len(payloads) >= 3 and [s.stopped_by for s in summaries[:-1]] == ["handover"] * len(payloads)
+    assert [pl["handover"] for pl in payloads] == list(range(1, len(payloads) + 1))
     assert summaries[-1].stopped_by is None and summaries[-1].exit_code == 0
     assert all(s.exit_code == 0 for s in summaries)  # a handed-over call ends well
     # every shard solved once, sent once: nothing in flight was dispatched again
