@@ -21,6 +21,11 @@ input again in a new container; the restarted input takes back its own claim;
 both runs are billed, the result covers the last), or a late commit (the files
 reach the volume up to a minute after the result, as an exit commit does).
 Only the backend's own calls are counted: the containers' are theirs.
+
+``relayed`` plays a detached run across hand-overs (``runner.backends.handover``):
+a fresh orchestrator and backend per orchestrator call on the same simulated
+Modal, the calls in flight found again by id (``Simulation.by_id`` stands in for
+``FunctionCall.from_id``) and answered to every backend reading them.
 """
 
 from __future__ import annotations
