@@ -183,6 +183,26 @@ class Backend(abc.ABC, Generic[T]):
         """
         return []
 
+    # -- hand-over to a fresh orchestrator call (``runner.backends.handover``) ----------------
+    def hand_over(self, keys: Sequence[str], *, wait_s: float) -> dict[str, dict[str, Any]] | None:
+        """Give up reading the attempts of ``keys``: for each one handed over, what another
+        process reads it from. Their answers are withheld from ``poll`` from now on (until
+        ``thaw``). An attempt whose call is not known within ``wait_s`` is left out. None
+        (this default): the attempts cannot be read from elsewhere, the run stays here."""
+        return None
+
+    def thaw(self) -> None:
+        """The hand-over did not happen: answers withheld since ``hand_over`` reach ``poll``."""
+
+    def carry(self) -> dict[str, Any]:
+        """Plain data the backend of the next call needs (given to its ``reattach``)."""
+        return {}
+
+    def reattach(self, calls: dict[str, tuple[TaskRequest[T], dict[str, Any]]], carried: dict[str, Any]) -> None:
+        """In the next call: read the attempts ``hand_over`` gave (key -> (request, what to
+        read it from)), each charged from its first submission, as if submitted here."""
+        raise NotImplementedError(f"the {self.name} backend cannot take over attempts in flight")
+
     def price_name(self, gpu: tuple[str, ...]) -> str:
         """The price-table name used to estimate an attempt that asks for ``gpu``."""
         return gpu[0] if gpu else self.name

@@ -42,7 +42,7 @@ def forge_run(
         if json_file is not None:
             raise FlagConflict("--json writes the run's summary, which --detach does not wait for")
         # Imported only when chosen: modal is a heavy import a local run does not need.
-        from runner.backends.modal.ops import detach_job
+        from runner.backends.modal.detach import detach_job
 
         return detach_job(job, limit=limit, max_usd=max_usd, echo=echo)
     summary = run_job(job, backend=backend, out=out, limit=limit, max_usd=max_usd, verify=verify)

@@ -17,7 +17,7 @@ def status_of(job: str | os.PathLike[str], *, backend: str = "local", out: str |
     """``forge status``: the job's store here (``out``), or on its Modal volume."""
     if backend == "modal":
         # Imported only when chosen: modal is a heavy import a local status does not need.
-        from runner.backends.modal.ops import status_on_modal
+        from runner.backends.modal.status import status_on_modal
 
         return status_on_modal(job)
     try:

@@ -1,5 +1,6 @@
-"""Earlier runs' manifests as the next run reads them: their spend (with the ledger's,
-failing closed), their measured seconds, and closing those whose run is gone."""
+"""Run manifests: what a run writes (``run_manifest``) and how the next run reads earlier
+ones: their spend (with the ledger's, failing closed), their measured seconds, and
+closing those whose run is gone."""
 
 from __future__ import annotations
 
@@ -9,7 +10,9 @@ import time
 from collections.abc import Sequence
 from typing import Any
 
+from runner import __version__
 from runner.backends.base import Backend, BackendError
+from runner.jobspec import pricing
 from runner.jobspec.model import JobSpec
 from runner.store.claims import pid_alive, this_host
 from runner.store.ledger import prior_spend, refusal, repair_command
@@ -127,3 +130,40 @@ def mark_abandoned(m: dict[str, Any]) -> None:
     m["spend_usd"] = round(float(m.get("spend_usd") or 0.0) + float(m.get("accrued_usd") or 0.0), 6)
     m["accrued_usd"] = 0.0
     m["in_flight"] = []
+
+
+def run_manifest(o: Any, status: str, final: bool = False) -> dict[str, Any]:
+    """The run manifest ``_runs/<run_id>.json`` of the orchestrator ``o`` as it stands
+    (``final``: the run ended). ``o`` is typed loosely: ``orchestrate`` imports this module."""
+    p = o.p
+    spec = o.spec
+    return {
+        "run_id": o.run_id, "status": status,
+        "job": {"name": spec.name, "path": str(spec.path) if spec.path else "", "sha256": spec.sha256},
+        "backend": o.backend.name, "forge_version": __version__, "host": this_host(), "pid": os.getpid(),
+        "started": o._wall0, "updated": time.time(), "ended": time.time() if final else None,
+        "limit": o.opt.limit, "max_usd": o.max_usd,
+        "spend_usd": round(p.spend_usd, 6), "accrued_usd": round(p.accrued_usd, 6),
+        "prior_usd": round(p.prior_usd, 6), "overshoot_usd": round(p.overshoot_usd, 6),
+        "downgraded_to": p.downgraded_to,
+        "counts": {
+            "planned": p.planned, "total_in_job": o.total_planned, "already_done": p.already_done,
+            "solved": p.solved, "done_elsewhere": p.done_elsewhere, "skipped": p.skipped,
+            "failed": p.failed, "retries": p.retries, "rerouted": p.rerouted,
+            "takeovers": len(o.takeovers), "quarantined": len(o.quarantined), "remaining": p.remaining,
+        },
+        "states": p.states,
+        "by_gpu": o.by_gpu,
+        "recovered": o.recovered,
+        "skipped": o.skipped_keys,
+        "failures": o.failures,
+        "takeovers": o.takeovers,
+        "quarantined": o.quarantined,
+        "attempts": o.attempts,
+        # What a kill -9 would leave unbilled: the next run charges it (mark_abandoned).
+        "in_flight": [
+            {"key": k, "gpu": name, "seconds": round(secs, 3),
+             "usd": round(pricing.dollars(secs, o.backend.hourly(name)), 6)}
+            for k, (secs, name) in (o._meter().seconds.items() if not final else ())
+        ],
+    }  # fmt: skip

@@ -17,7 +17,10 @@ Given the plan's tasks, ``Orchestrator.run``:
   end, counts, spend and seconds per GPU, every attempt that did not end done,
   failures) as it goes and at the end; marks earlier manifests whose process
   is gone ``abandoned``. Work per loop turn grows with what changed, not with
-  the job's size (``forge bench --orchestrator`` measures 100,000 shards).
+  the job's size (``forge bench --orchestrator`` measures 100,000 shards);
+- given a ``Relay`` (the detached Modal run), hands the run over to a fresh
+  call of itself before its time limit, the attempts in flight included
+  (``runner.backends.handover``).
 
 The budget (what counts, the soft and hard stops): see ``runner.backends.meter``.
 SIGTERM stops a run as Ctrl+C does (cancel, charge, release), exit 143.
@@ -28,7 +31,6 @@ from __future__ import annotations
 import contextlib
 import heapq
 import itertools
-import os
 import signal
 import threading
 import time
@@ -36,13 +38,14 @@ from collections.abc import Callable, Sequence
 from dataclasses import replace
 from typing import Any
 
-from runner import __version__
 from runner.backends.base import Backend, Keyed, TaskRequest, Tier, cancelled_result
+from runner.backends.handover import Relay, hand_over, take_over
 from runner.backends.manifests import (
     Measured,
     add_attempt,
     close_abandoned,
     earlier_spend,
+    run_manifest,
     seconds_by_gpu,
 )
 from runner.backends.meter import MIN_POLL_S, Meter, Spec, budget_prior, resumed_spend, spend_of
@@ -51,7 +54,6 @@ from runner.backends.runstate import Progress, RunOptions, RunSummary, Terminate
 from runner.backends.task import TaskResult
 from runner.jobspec import pricing
 from runner.jobspec.model import Compute, JobSpec, LargeTier
-from runner.store.claims import this_host
 from runner.store.ledger import ledger_reading
 from runner.store.shards import manifest_outcomes
 
@@ -69,6 +71,7 @@ class Orchestrator:
         on_result: Callable[[TaskResult], None] | None = None,
         clock: Callable[[], float] = time.monotonic,
         sleep: Callable[[float], None] = time.sleep,
+        relay: Relay | None = None,
     ) -> None:
         self.spec = spec
         self.backend = backend
@@ -79,6 +82,7 @@ class Orchestrator:
         self.on_result = on_result
         self.clock = clock
         self.sleep = sleep
+        self.relay = relay  # a detached call hands its run over before its timeout (handover.py)
         self.max_usd = self.opt.max_usd if self.opt.max_usd is not None else spec.budget.max_usd
         self.p = Progress(max_usd=self.max_usd)
         self.gpu: tuple[str, ...] = tuple(spec.compute.gpu)
@@ -275,10 +279,15 @@ class Orchestrator:
         try:
             self.backend.start()
             self._work0 = time.time()
-            self._queue_todo()
+            if self.relay is not None and self.relay.received is not None:
+                take_over(self, self.relay.received)
+            else:
+                self._queue_todo()
             self._write_manifest("running", force=True)
             self._emit()
             while self._ready or self._claimed or self._inflight or self._redo_unpersisted():
+                if self.relay is not None and self.relay.due(self.clock() - self._t0) and hand_over(self):
+                    return self._summary("")  # the next call writes the manifest from now on
                 self._maybe_downgrade()
                 self._dispatch()
                 if not self._inflight:
@@ -323,19 +332,15 @@ class Orchestrator:
             raise
         path = self._write_manifest(self._final_status(), force=True, final=True)
         self._emit()
+        return self._summary(path)
+
+    def _summary(self, manifest: str) -> RunSummary:
         return RunSummary(
-            run_id=self.run_id,
-            backend=self.backend.name,
-            progress=self.p,
-            stopped_by=self.stopped_by,
-            failures=self.failures,
-            manifest=path,
-            started=self._wall0,
-            work_started=self._work0 or self._wall0,
-            ended=time.time(),
-            total_planned=self.total_planned,
-            notes=self.notes,
-        )
+            run_id=self.run_id, backend=self.backend.name, progress=self.p, stopped_by=self.stopped_by,
+            failures=self.failures, manifest=manifest, started=self._wall0,
+            work_started=self._work0 or self._wall0, ended=time.time(),
+            total_planned=self.total_planned, notes=self.notes,
+        )  # fmt: skip
 
     def _resumed_spend(self, own: Sequence[dict[str, Any]]) -> float:
         """What this run spent before it was restarted (``own``: its manifests, see
@@ -365,7 +370,8 @@ class Orchestrator:
     def _final_status(self) -> str:
         """The manifest's last status: how the run stopped, or how its work ended."""
         status = {
-            None: "finished", "budget": "budget", "interrupt": "interrupted", "terminate": "terminated"
+            None: "finished", "budget": "budget", "interrupt": "interrupted", "terminate": "terminated",
+            "handover": "handed_over",
         }[self.stopped_by]  # fmt: skip
         if status == "finished" and self.p.ended_over_cap:
             return "budget"
@@ -547,38 +553,7 @@ class Orchestrator:
 
     # -- manifest ------------------------------------------------------------------
     def manifest(self, status: str, final: bool = False) -> dict[str, Any]:
-        p = self.p
-        spec = self.spec
-        return {
-            "run_id": self.run_id, "status": status,
-            "job": {"name": spec.name, "path": str(spec.path) if spec.path else "", "sha256": spec.sha256},
-            "backend": self.backend.name, "forge_version": __version__, "host": this_host(), "pid": os.getpid(),
-            "started": self._wall0, "updated": time.time(), "ended": time.time() if final else None,
-            "limit": self.opt.limit, "max_usd": self.max_usd,
-            "spend_usd": round(p.spend_usd, 6), "accrued_usd": round(p.accrued_usd, 6),
-            "prior_usd": round(p.prior_usd, 6), "overshoot_usd": round(p.overshoot_usd, 6),
-            "downgraded_to": p.downgraded_to,
-            "counts": {
-                "planned": p.planned, "total_in_job": self.total_planned, "already_done": p.already_done,
-                "solved": p.solved, "done_elsewhere": p.done_elsewhere, "skipped": p.skipped,
-                "failed": p.failed, "retries": p.retries, "rerouted": p.rerouted,
-                "takeovers": len(self.takeovers), "quarantined": len(self.quarantined), "remaining": p.remaining,
-            },
-            "states": p.states,
-            "by_gpu": self.by_gpu,
-            "recovered": self.recovered,
-            "skipped": self.skipped_keys,
-            "failures": self.failures,
-            "takeovers": self.takeovers,
-            "quarantined": self.quarantined,
-            "attempts": self.attempts,
-            # What a kill -9 would leave unbilled: the next run charges it (mark_abandoned).
-            "in_flight": [
-                {"key": k, "gpu": name, "seconds": round(secs, 3),
-                 "usd": round(pricing.dollars(secs, self.backend.hourly(name)), 6)}
-                for k, (secs, name) in (self._meter().seconds.items() if not final else ())
-            ],
-        }  # fmt: skip
+        return run_manifest(self, status, final)
 
     def _write_manifest(self, status: str, *, force: bool = False, final: bool = False) -> str:
         now = self.clock()

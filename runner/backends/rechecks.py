@@ -46,6 +46,10 @@ class Rechecks:
                 out.append((held[2], held[1]))
         return out
 
+    def held(self) -> list[tuple[TaskRequest[Any], int]]:
+        """Every shard waited on, with its looks so far (what a hand-over carries)."""
+        return [(req, looks) for _due, looks, req in self._held.values()]
+
     def next_due(self) -> float | None:
         while self._heap:
             due, _, key = self._heap[0]

@@ -100,7 +100,7 @@ class RunSummary:
     run_id: str
     backend: str
     progress: Progress
-    stopped_by: str | None  # None, "budget", "interrupt" or "terminate"
+    stopped_by: str | None  # None, "budget", "interrupt", "terminate" or "handover"
     failures: list[dict[str, Any]] = field(default_factory=list)
     manifest: str = ""
     started: float = 0.0
@@ -115,6 +115,8 @@ class RunSummary:
             return EXIT_INTERRUPTED
         if self.stopped_by == "terminate":
             return EXIT_TERMINATED
+        if self.stopped_by == "handover":  # the run goes on in the next orchestrator call
+            return EXIT_OK
         if self.stopped_by == "budget" or self.progress.ended_over_cap:
             return EXIT_BUDGET
         if self.progress.failed or self.progress.remaining:
@@ -129,6 +131,8 @@ class RunSummary:
             return "interrupted"
         if self.stopped_by == "terminate":
             return "terminated"
+        if self.stopped_by == "handover":
+            return "handed_over"
         if self.stopped_by == "budget" or p.ended_over_cap:
             return "budget"
         if p.failed:

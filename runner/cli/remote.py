@@ -22,7 +22,7 @@ def stop(job: str) -> None:
     Example:
       forge stop jobs/valtest.yaml
     """
-    from runner.backends.modal.ops import stop_on_modal
+    from runner.backends.modal.stop import stop_on_modal
 
     for line in modal_call(stop_on_modal, job):
         click.echo(line)
@@ -57,7 +57,7 @@ def download(job: str, to: str, split: str | None) -> None:
       forge download jobs/valtest.yaml --to data/valtest
       forge download jobs/valtest.yaml --split val --to data/valtest
     """
-    from runner.backends.modal.ops import download_job
+    from runner.backends.modal.download import download_job
 
     report = modal_call(download_job, job, to, split=split)
     for line in report.lines():
@@ -93,7 +93,7 @@ def cost(job: str, days: int, as_json: bool, reconcile: bool) -> None:
     """
     import json
 
-    from runner.backends.modal.ops import cost_lines, cost_of
+    from runner.backends.modal.cost import cost_lines, cost_of
 
     report = modal_call(cost_of, job, days=days, with_reconcile=reconcile)
     if as_json:

@@ -13,9 +13,10 @@ from typing import Any
 
 import pytest
 
+from runner.backends.modal.cost import cost_lines
 from runner.backends.modal.fetch import DownloadReport, shard_mismatch
 from runner.backends.modal.fetch import wanted as _wanted
-from runner.backends.modal.ops import cost_lines, status_from
+from runner.backends.modal.status import status_from
 from runner.jobspec.load import load_job
 from runner.jobspec.plan import tasks as plan_tasks
 from runner.oracle.shard import read_shard_meta
@@ -124,7 +125,7 @@ def test_ctrl_c_before_the_orchestrator_is_spawned_is_not_detached(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     """Ctrl+C while the detached app starts (its image building): exit 130, never "Detached"."""
-    from runner.backends.modal.ops import EXIT_INTERRUPTED, run_detached
+    from runner.backends.modal.detach import EXIT_INTERRUPTED, run_detached
 
     monkeypatch.setenv("MODAL_TOKEN_ID", "ak-offline-test")
     monkeypatch.setenv("MODAL_TOKEN_SECRET", "as-offline-test")
@@ -159,7 +160,7 @@ def test_sigterm_before_the_orchestrator_is_spawned_leaves_no_app_and_no_entry(
 
     from claim_fakes import LockedDict
 
-    from runner.backends.modal import ops
+    from runner.backends.modal import detach
     from runner.backends.modal.claims import DictClaims
 
     monkeypatch.setenv("MODAL_TOKEN_ID", "ak-offline-test")
@@ -193,12 +194,12 @@ def test_sigterm_before_the_orchestrator_is_spawned_leaves_no_app_and_no_entry(
     def own_handler(signum: int, frame: Any) -> None:
         raise _TermDuringSetup
 
-    monkeypatch.setattr(ops, "DictClaims", Claims)
-    monkeypatch.setattr(ops, "_claims", lambda spec: Claims(None))
-    monkeypatch.setattr(ops.modal.App, "lookup", staticmethod(Lookup))
+    monkeypatch.setattr(detach, "DictClaims", Claims)
+    monkeypatch.setattr(detach, "job_claims", lambda spec: Claims(None))
+    monkeypatch.setattr(detach.modal.App, "lookup", staticmethod(Lookup))
     old = signal.signal(signal.SIGTERM, own_handler)
     try:
-        code, lines = ops.run_detached(
+        code, lines = detach.run_detached(
             spec, plan_tasks(spec), run_id="r1", say=lambda m: None, enter=started
         )
         assert signal.getsignal(signal.SIGTERM) is own_handler  # restored

@@ -16,7 +16,7 @@ from modal.types import BillingReportItem
 from modal_proto import api_pb2
 
 from runner.backends.base import Backend, RunContext, SurveyState, TaskRequest, Tier
-from runner.backends.modal import ops
+from runner.backends.modal import cost
 from runner.backends.modal.reconcile import billed_by_run, reconcile
 from runner.backends.orchestrate import Orchestrator
 from runner.backends.runstate import RunOptions
@@ -74,23 +74,23 @@ def test_forge_cost_reconcile_reports_both(monkeypatch: pytest.MonkeyPatch) -> N
         def manifests(self) -> list[dict[str, Any]]:
             return [{"run_id": "r1", "spend_usd": 2.5, "status": "finished", "started": 1.0}]
 
-    monkeypatch.setattr(ops, "_volume", lambda spec: Volume())
-    monkeypatch.setattr(ops, "report_rows", lambda days: ROWS)
-    report = ops.cost_of(REPO / "jobs/valtest.yaml", with_reconcile=True)
+    monkeypatch.setattr(cost, "job_volume", lambda spec: Volume())
+    monkeypatch.setattr(cost, "report_rows", lambda days: ROWS)
+    report = cost.cost_of(REPO / "jobs/valtest.yaml", with_reconcile=True)
     rec = report["reconcile"]
     assert rec["forge_usd"] == 2.5 and rec["modal_usd"] == pytest.approx(5.5)
     assert rec["difference_usd"] == pytest.approx(3.0) and rec["prior_usd"] == pytest.approx(5.5)
-    text = "\n".join(ops.cost_lines(report))
+    text = "\n".join(cost.cost_lines(report))
     assert "difference $+3.0000" in text and "prior spend: $5.5000" in text
-    assert "reconcile" not in ops.cost_of(REPO / "jobs/valtest.yaml")
+    assert "reconcile" not in cost.cost_of(REPO / "jobs/valtest.yaml")
 
     def unavailable(days: int) -> list[Any]:
         raise RuntimeError("billing reports need the Team plan")
 
-    monkeypatch.setattr(ops, "report_rows", unavailable)
-    report = ops.cost_of(REPO / "jobs/valtest.yaml", with_reconcile=True)
+    monkeypatch.setattr(cost, "report_rows", unavailable)
+    report = cost.cost_of(REPO / "jobs/valtest.yaml", with_reconcile=True)
     assert report["reconcile"] is None
-    assert "Not reconciled" in "\n".join(ops.cost_lines(report))
+    assert "Not reconciled" in "\n".join(cost.cost_lines(report))
 
 
 class Billed(Backend):

@@ -13,7 +13,11 @@ One module per concern:
 - ``volume``    the job's files on its volume and the shard states they imply
 - ``backend``   the ``Backend`` the shared orchestrator drives
 - ``billing``   what an attempt is charged, from its submission (both Modal backends)
-- ``ops``       ``forge run --detach``, ``stop``, ``status``, ``download``, ``cost``
+- ``relay``     the Modal side of a hand-over to the next orchestrator call
+- ``simulate``  a simulated Modal for ``forge bench --orchestrator`` and the tests
+- one module per command around a run: ``detach`` (``forge run --detach``),
+  ``stop``, ``status``, ``download`` (over ``fetch``), ``cost`` (over
+  ``reconcile``); ``handles`` opens a job's volume and Dict for them
 
 Requires modal>=1.6.4 (pyproject.toml): ``App.stop``, ``App.lookup`` by app id
 and the billing report are relied on, and the code is checked against 1.6.4's

@@ -21,6 +21,7 @@ from typing import Any
 import modal
 import modal.exception
 
+import runner.backends.modal.relay as relay
 from runner.backends.base import (
     Attempt,
     Backend,
@@ -94,6 +95,8 @@ class ModalBackend(Backend):
         self._stop_done = False
         self._calls: dict[str, Any] = {}  # key -> the attempt's modal.FunctionCall
         self._cancelled: set[str] = set()
+        self._handed: set[str] = set()  # handed to the next orchestrator call (relay.py)
+        self._withheld: list[TaskResult] = []  # their answers, should the hand-over fail
         self._variant = {v.name: v for v in self.job.variants}
         self._price_names: dict[tuple[str, ...], str] = {}
         self.view = VolumeView(self.spec, self.job.volume)
@@ -369,6 +372,8 @@ class ModalBackend(Backend):
 
     def _deliver(self, r: TaskResult) -> None:
         with self._lock:
+            if relay.withhold(self, r):
+                return
             if self._pending.pop(r.key, None) is None:
                 return  # cancelled meanwhile: already answered by cancel()
             self._sent.pop(r.key, None)
@@ -387,6 +392,23 @@ class ModalBackend(Backend):
         if self._problem is not None:
             raise self._fatal(self._problem)
         return out
+
+    # -- hand-over to the next orchestrator call (relay.py) ------------------------------------
+    def hand_over(self, keys: Sequence[str], *, wait_s: float) -> dict[str, dict[str, Any]]:
+        return relay.freeze(self, list(keys), wait_s)
+
+    def thaw(self) -> None:
+        relay.thaw(self)
+
+    def carry(self) -> dict[str, Any]:
+        return relay.carry(self)
+
+    def reattach(self, calls: dict[str, tuple[TaskRequest, dict[str, Any]]], carried: dict[str, Any]) -> None:
+        relay.reattach(self, calls, carried)
+
+    def _follow(self, req: TaskRequest, call: Any) -> None:
+        """Read a re-attached call (the simulation answers it on its clock instead)."""
+        relay.follow(self, req, call)
 
     # -- the store on the volume -----------------------------------------------------------------
     def survey(self, tasks: Sequence[ShardTask]) -> dict[str, SurveyState]:

@@ -13,7 +13,8 @@ that ``keys()`` returns only claims:
 - ``takeover:<task key>:<token>`` who is taking over the stale claim with that token
                                   (deleted once the takeover is decided)
 - ``record:<task key>``           the shard's result record, written when it finishes
-- ``app:<app id>``                apps started for this job (``forge stop`` reads them)
+- ``app:<app id>``                apps started for this job (``forge stop`` reads them), and
+                                  a detached app's current orchestrator call
 
 Dict entries expire after about a week without a read or write, so the volume's
 files stay the source of truth for finished work; the Dict is the fast, shared
@@ -137,6 +138,10 @@ class DictClaims:
 
     def add_app(self, app_id: str, info: dict[str, Any]) -> None:
         self.d[APP_PREFIX + app_id] = dict(info)
+
+    def get_app(self, app_id: str) -> dict[str, Any] | None:
+        value = self.d.get(APP_PREFIX + app_id, None)
+        return dict(value) if isinstance(value, dict) else None
 
     def remove_app(self, app_id: str) -> None:
         self.d.pop(APP_PREFIX + app_id, None)

@@ -16,8 +16,10 @@ from collections.abc import Iterator
 from typing import Any
 
 from runner.backends.base import RunContext
-from runner.backends.modal.app import job_app
+from runner.backends.handover import HANDOVER_MARGIN_S, Relay, handover_after_s
+from runner.backends.modal.app import ORCHESTRATOR, job_app
 from runner.backends.modal.backend import ModalBackend
+from runner.backends.modal.relay import next_call
 from runner.backends.orchestrate import Orchestrator
 from runner.backends.runstate import Progress, RunOptions
 from runner.jobspec.model import JobSpec, ShardTask
@@ -61,7 +63,8 @@ def orchestrate(
 
     ``functions`` are the running app's GPU functions (Modal passes them by
     reference); the loop is the same ``Orchestrator`` a local ``forge run`` uses.
-    Progress goes to the app's logs. Returns the run's exit code.
+    Progress goes to the app's logs. Returns the run's exit code. Before the
+    function's timeout the run goes on in a fresh call (``relay_for``).
     """
     backend = ModalBackend(
         RunContext(spec, run_id, options={"functions": functions, "app_id": options.get("app_id")}),
@@ -86,6 +89,7 @@ def orchestrate(
         run_id=run_id,
         options=RunOptions(limit=options.get("limit"), max_usd=options.get("max_usd")),
         on_progress=log,
+        relay=relay_for(spec, run_id, tasks, functions, options, backend),
     )
     with sigint_is_preemption():
         summary = orch.run()
@@ -96,3 +100,27 @@ def orchestrate(
         flush=True,
     )
     return summary.exit_code
+
+
+def relay_for(
+    spec: JobSpec,
+    run_id: str,
+    tasks: list[ShardTask],
+    functions: dict[str, Any],
+    options: dict[str, Any],
+    backend: ModalBackend,
+) -> Relay | None:
+    """How this call hands its run over: ``options["handover_margin_s"]`` (default
+    ``HANDOVER_MARGIN_S``) before the function's timeout, to a call of ``options["orchestrator"]``
+    (the function itself, passed in by ``run_detached``) given the same arguments and the
+    payload; ``options["handover"]`` is the payload this call was given, if any."""
+    fn = options.get("orchestrator")
+    if fn is None:
+        return None
+    margin = options.get("handover_margin_s")
+    args = (spec, run_id, tasks, functions)
+    return Relay(
+        after_s=handover_after_s(float(ORCHESTRATOR.timeout), HANDOVER_MARGIN_S if margin is None else float(margin)),
+        start_next=lambda payload: next_call(fn, args, options, payload, backend.claims_table),
+        received=options.get("handover"),
+    )

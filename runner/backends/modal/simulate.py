@@ -21,6 +21,11 @@ input again in a new container; the restarted input takes back its own claim;
 both runs are billed, the result covers the last), or a late commit (the files
 reach the volume up to a minute after the result, as an exit commit does).
 Only the backend's own calls are counted: the containers' are theirs.
+
+``relayed`` plays a detached run across hand-overs (``runner.backends.handover``):
+a fresh orchestrator and backend per orchestrator call on the same simulated
+Modal, the calls in flight found again by id (``Simulation.by_id`` stands in for
+``FunctionCall.from_id``) and answered to every backend reading them.
 """
 
 from __future__ import annotations
@@ -29,12 +34,13 @@ import contextlib
 import dataclasses
 import heapq
 import io
+import json
 import math
 import random
 import resource
 import tempfile
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -43,12 +49,13 @@ import modal.exception
 from modal.types import FileEntry, FileEntryType
 
 from runner.backends.base import RunContext, SurveyState
+from runner.backends.handover import Relay
 from runner.backends.modal.app import job_app
 from runner.backends.modal.backend import ModalBackend
 from runner.backends.modal.billing import hourly
 from runner.backends.modal.claims import DictClaims
 from runner.backends.orchestrate import Orchestrator
-from runner.backends.runstate import RunOptions
+from runner.backends.runstate import RunOptions, RunSummary
 from runner.backends.task import TaskRequest, TaskResult
 from runner.jobspec.load import load_job
 from runner.jobspec.model import JobSpec, ShardTask
@@ -183,7 +190,11 @@ class Settings:
 class SimCall:
     """A ``modal.FunctionCall`` stand-in: its answer is decided when it is spawned."""
 
-    def __init__(self, req: TaskRequest, answer: TaskResult | BaseException, runs: list[float]) -> None:
+    def __init__(
+        self, req: TaskRequest, answer: TaskResult | BaseException, runs: list[float], object_id: str = ""
+    ) -> None:
+        self.object_id = object_id  # what a hand-over carries (modal/_object.py:308-313)
+        self.readers: list[SimBackend] = []  # backends reading it: the one that spawned it, a re-attached one
         self.req = req
         self.answer = answer
         self.runs = runs  # container seconds of each execution (a preempted one, then its rerun)
@@ -239,7 +250,8 @@ class Simulation:
         self.seq = 0
         self.changes = 0
         self._mark = (0, 0)
-        self.backend: SimBackend | None = None
+        self.by_id: dict[str, SimCall] = {}  # FunctionCall.from_id's stand-in looks calls up here
+        self.spawns: dict[str, int] = {}  # shard -> attempts sent for it
         self.root = str(self.spec.output.root).strip("/")
 
     # -- clock and turns ----------------------------------------------------------------
@@ -262,9 +274,9 @@ class Simulation:
             alive = not isinstance(call.answer, BaseException)  # a crashed container is gone
             self._bill(call, call.runs, self.spec.compute.scaledown_window_s if alive else 0.0)
             self._finish(call)
-            assert self.backend is not None
             self.changes += 1
-            self.backend._collect(call.req, call)
+            for reader in call.readers:  # each reader gets the answer (get() leaves it in place)
+                reader._collect(call.req, call)
         self.now = max(self.now, until)
         self.volume.land()
 
@@ -308,9 +320,11 @@ class Simulation:
                 self.preemptions += 1
                 runs = [startup + work * rng.random(), rng.uniform(*s.startup_s) + work]
             answer = self._result(req, gpu, run_id, "done", runs[-1])
-        call = SimCall(req, answer, runs)
-        call.started = self.now
         self.seq += 1
+        call = SimCall(req, answer, runs, object_id=f"fc-sim-{self.seq}")
+        call.started = self.now
+        self.by_id[call.object_id] = call
+        self.spawns[key] = self.spawns.get(key, 0) + 1
         heapq.heappush(self.events, (self.now + sum(runs), self.seq, call))
         return call
 
@@ -347,7 +361,12 @@ class SimBackend(ModalBackend):
     sim: Simulation
 
     def _start(self, name: str, req: TaskRequest) -> None:
-        self._spawn(name, req)  # the simulation answers it when its time comes (Simulation.advance)
+        call = self._spawn(name, req)  # the simulation answers it when its time comes (Simulation.advance)
+        if call is not None:
+            call.readers.append(self)
+
+    def _follow(self, req: TaskRequest, call: Any) -> None:
+        call.readers.append(self)
 
     def poll(self, timeout: float) -> list[TaskResult]:
         self.sim.turn()
@@ -398,6 +417,12 @@ def simulated_job(shards: int, containers: int) -> JobSpec:
 def build(spec: JobSpec, settings: Settings, run_id: str = "simulated-run") -> tuple[Simulation, SimBackend]:
     """The simulation and the real Modal backend wired to it."""
     sim = Simulation(spec, settings)
+    return sim, attach(sim, run_id)
+
+
+def attach(sim: Simulation, run_id: str = "simulated-run") -> SimBackend:
+    """A real Modal backend on ``sim`` (a fresh one per orchestrator call: ``relayed``)."""
+    spec = sim.spec
     gpu = str(spec.compute.gpu[0])
     app = job_app(spec, run_id)
     functions = {v.name: SimFunction(sim, gpu) for v in app.variants}
@@ -405,11 +430,36 @@ def build(spec: JobSpec, settings: Settings, run_id: str = "simulated-run") -> t
     counted = SimDict(sim.entries, sim.calls)
     job = dataclasses.replace(app, volume=sim.volume, claims=counted, functions=functions)  # type: ignore[arg-type]
     options = {"functions": functions, "say": lambda m: None, "clock": lambda: sim.now,
-               "wall": sim.wall, "sleep": sim.sleep}  # fmt: skip
+               "wall": sim.wall, "sleep": sim.sleep, "call_from_id": sim.by_id.__getitem__}  # fmt: skip
     backend = SimBackend(RunContext(spec, run_id, options=options), job)
     backend.sim = sim
-    sim.backend = backend
-    return sim, backend
+    return backend
+
+
+def relayed(
+    sim: Simulation, after_s: float, *, on_result: Callable[[TaskResult], None] | None = None
+) -> tuple[list[RunSummary], list[dict[str, Any]]]:
+    """Run ``sim``'s job as a detached run goes: each orchestrator call hands over after
+    ``after_s`` simulated seconds to a fresh call (a new orchestrator and backend, given
+    the payload as JSON, as it crosses to another container). Every call's summary,
+    and the payloads handed over."""
+    tasks: list[ShardTask] = plan_tasks(sim.spec)
+    payloads: list[dict[str, Any]] = []
+    summaries: list[RunSummary] = []
+
+    def start_next(payload: dict[str, Any]) -> str:
+        payloads.append(json.loads(json.dumps(payload)))
+        return f"fc-orchestrator-{len(payloads)}"
+
+    while not summaries or summaries[-1].stopped_by == "handover":
+        backend = attach(sim)
+        relay = Relay(after_s, start_next, received=payloads[-1] if payloads else None)
+        orch = Orchestrator(
+            sim.spec, backend, tasks, run_id=backend.run_id, options=RunOptions(),
+            clock=lambda: sim.now, sleep=sim.sleep, relay=relay, on_result=on_result,
+        )  # fmt: skip
+        summaries.append(orch.run())
+    return summaries, payloads
 
 
 def simulate(shards: int, settings: Settings | None = None) -> dict[str, Any]:
