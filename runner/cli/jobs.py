@@ -250,7 +250,8 @@ def status(job: str, out: str | None, as_json: bool, backend: str) -> None:
     "out",
     type=click.Path(file_okay=False, path_type=str),
     default=None,
-    help="The store folder (default: the current directory).",
+    help="The store folder (default: the current directory); for a sweep file, its results "
+    "folder (default: sweeps/<name>).",
 )
 @click.option(
     "--accept-loss",
@@ -268,11 +269,12 @@ def repair_ledger(job: str, out: str | None, accept_loss: bool, backend: str) ->
     """Rebuild a job's spend records from the ones that survive, after `forge run` refused.
 
     Each run's spend is kept twice: its manifest (_runs/RUN.json) and its
-    ledger (_ledger/RUN.jsonl, a checksum per line). An unreadable, truncated,
-    negative, non-finite or checksum-failing entry is moved aside (renamed
-    *.corrupt-<time>, never deleted); each run then gets both records back at
-    the largest amount any readable record of it says, so spend is never
-    lowered. Run it while no run of the job is running.
+    ledger (_ledger/RUN.jsonl, a checksum per line), in the job's store or, for
+    a sweep file after `forge sweep` refused, in the sweep's results folder. An
+    unreadable, truncated, negative, non-finite or checksum-failing entry is
+    moved aside (renamed *.corrupt-<time>, never deleted); each run then gets
+    both records back at the largest amount any readable record of it says, so
+    spend is never lowered. Run it while no run of the job is running.
 
     Exit codes: 0 the spend records are readable (repaired, or nothing to do),
     1 a run has no readable record left (nothing changed; see --accept-loss),
@@ -284,7 +286,10 @@ def repair_ledger(job: str, out: str | None, accept_loss: bool, backend: str) ->
       forge repair-ledger jobs/smoke.yaml
       forge repair-ledger jobs/valtest.yaml --out /data/forge
       forge repair-ledger jobs/valtest.yaml --backend modal --accept-loss
+      forge repair-ledger jobs/sweep.yaml
     """
+    from runner.jobspec.load import load
+    from runner.jobspec.model import SweepSpec
     from runner.store.repair import repair_job
     from runner.store.shards import StoreError
 
@@ -294,7 +299,14 @@ def repair_ledger(job: str, out: str | None, accept_loss: bool, backend: str) ->
         must_exist(out, "store folder (--out)")
     with backend_errors():
         try:
-            if backend == "modal":
+            spec = load(job)
+            if isinstance(spec, SweepSpec):
+                if backend == "modal":  # a Modal sweep's records come back here as they arrive
+                    raise click.UsageError("a sweep's spend records are in its results folder here; drop --backend modal")
+                from runner.train.sweep import repair_sweep
+
+                done, lines = repair_sweep(spec, out, accept_loss=accept_loss)
+            elif backend == "modal":
                 # Imported only when chosen: modal is a heavy import a local repair does not need.
                 from runner.backends.modal.volume import repair_on_volume
 

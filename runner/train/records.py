@@ -4,6 +4,7 @@ trials/<trial_id>.json         one record per finished (or failed) trial, writte
 checkpoints/<trial_id>.msgpack the trained model, its config included (``checkpoint.py``),
                                written before its record
 _runs/<run_id>.json            one manifest per ``forge sweep``: spend, every charged attempt
+_ledger/<run_id>.jsonl         the run's spend, appended line by line (``runner.store.ledger``)
 """
 
 from __future__ import annotations
@@ -23,8 +24,6 @@ from runner.train.trials import Trial
 TRIALS_DIR = "trials"
 
 CHECKPOINTS_DIR = "checkpoints"
-
-RUNS_DIR = "_runs"
 
 
 def write_file(path: Path, data: bytes) -> None:

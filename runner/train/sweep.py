@@ -13,6 +13,7 @@ data plans live in :mod:`runner.train.trials`.
 from __future__ import annotations
 
 import json
+import os
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
@@ -21,9 +22,18 @@ from runner.backends.base import Backend, SurveyState, cancelled_result
 from runner.backends.task import TaskResult
 from runner.jobspec.model import SweepSpec
 from runner.jobspec.pricing import dollars
+from runner.store.ledger import (
+    RUNS_DIR,
+    SpendSource,
+    append_ledger,
+    folder_sources,
+    manifest_files,
+    parse_json,
+    repair_command,
+)
+from runner.store.repair import FolderSpend, repair_spend
 from runner.train.curves import append_evals
 from runner.train.records import (
-    RUNS_DIR,
     is_finished,
     jsonable,
     read_records,
@@ -57,6 +67,7 @@ __all__ = [
     "pick_shards",
     "read_records",
     "record_result",
+    "repair_sweep",
     "resolve_data",
     "sweep_json",
     "write_results",
@@ -108,20 +119,25 @@ class TrialBackend(Backend[Trial]):
         }
 
     def manifests(self) -> list[dict[str, Any]]:
-        out: list[dict[str, Any]] = []
-        folder = self.out / RUNS_DIR
-        for p in sorted(folder.glob("*.json")) if folder.is_dir() else ():
-            try:
-                m = json.loads(p.read_text())
-            except (OSError, ValueError):
-                continue
-            if isinstance(m, dict):
-                out.append(m)
-        # Records written before sweeps had manifests carry their own spend.
+        """The sweep's earlier run manifests that can be read (closing abandoned ones and
+        their measured seconds need no more; their spend is read by ``spend_sources``)."""
+        parsed = (parse_json(data) for _, data in manifest_files(self.out))
+        return [m for m in parsed if isinstance(m, dict)]
+
+    def spend_sources(self) -> list[SpendSource]:
+        """The sweep's spend as a job's: its run manifests and its runs' ledgers in the
+        results folder (``runner.store.ledger``: an unreadable entry refuses the sweep),
+        and the spend of trial records written before sweeps had run manifests."""
         older = {k: r for k, r in self.outcome.records.items() if "run_id" not in r}
-        if older:
-            out.append({"run_id": "records", "status": "finished", "spend_usd": spent_usd(older)})
-        return out
+        records = SpendSource("trial records", {"records": spent_usd(older)} if older else {})
+        return [*folder_sources(self.out), records]
+
+    def append_ledger(self, run_id: str, entry: dict[str, Any]) -> None:
+        append_ledger(self.out, run_id, entry)
+
+    def repair_hint(self) -> str:
+        spec_file = str(self.spec.path or self.spec.name)
+        return repair_command(spec_file, None if self.out == default_out_dir(self.spec) else self.out)
 
     def write_manifest(self, run_id: str, manifest: dict[str, Any]) -> str:
         path = self.out / RUNS_DIR / f"{run_id}.json"
@@ -167,6 +183,15 @@ class TrialBackend(Backend[Trial]):
         return cancelled_result(
             trial.trial_id, seconds=seconds, gpu=gpu, per_hour=self.spec.rate(gpu), run_id=self.run_id
         )
+
+
+def repair_sweep(
+    spec: SweepSpec, out: str | os.PathLike[str] | None = None, *, accept_loss: bool = False
+) -> tuple[bool, list[str]]:
+    """``forge repair-ledger SWEEP``: repair the spend records of the sweep's results folder
+    (``out``, default ``sweeps/<name>``) as a job's store is repaired."""
+    root = Path(out) if out is not None else default_out_dir(spec)
+    return repair_spend(FolderSpend(root), accept_loss=accept_loss)
 
 
 def record_result(
