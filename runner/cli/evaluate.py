@@ -56,7 +56,7 @@ def eval_command(
     from runner.train.checkpoint import CheckpointError
     from runner.train.data import DataError
     from runner.train.evaluate import EvalError, evaluate, report_lines
-    from runner.train.records import jsonable, write_file
+    from runner.train.results import jsonable, write_file
 
     if data_dir is not None:
         must_exist(data_dir, "data folder (--data)")

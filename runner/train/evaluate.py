@@ -35,8 +35,8 @@ from runner.train.metrics import (
     random_move_sums,
     summarize,
 )
+from runner.train.plan import shard_done, split_tasks
 from runner.train.policy import padded_size
-from runner.train.trials import shard_done, split_tasks
 
 CHUNK = 8192  # rows per model call
 MIN_CHUNK = 512  # a shorter chunk is padded to a power of two from here: few compiled shapes

@@ -14,9 +14,9 @@ from rich.table import Table
 
 from runner.jobspec.pricing import format_duration
 from runner.train.metrics import BASELINES, BLUNDER_POINTS
+from runner.train.plan import Trial
 from runner.train.results import REPORTED, SweepOutcome, params_text
 from runner.train.stream import describe
-from runner.train.trials import Trial
 
 # Columns and progress lines say the metrics' own names (as results.csv and
 # objective.metric do); the table's caption says what each means, with its unit.

@@ -23,10 +23,10 @@ from runner.train.data import (
     trivial_rows,
 )
 from runner.train.loop import make_config, traces, train
+from runner.train.plan import expand, payload, resolve_data
 from runner.train.report import Reporter
 from runner.train.stream import Rows, RowStream, ShuffleBuffer, describe, open_rows
 from runner.train.trial import run_trial
-from runner.train.trials import expand, payload, resolve_data
 
 GROUP = 100  # rows per row group of the test shards: many row groups from small shards
 

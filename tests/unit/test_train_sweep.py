@@ -13,17 +13,19 @@ from runner.backends.manifests import SpendUnreadable, earlier_spend
 from runner.jobspec.load import load_sweep
 from runner.store.ledger import ledger_reading, prior_spend
 from runner.train.loop import TrainConfig
-from runner.train.records import (
+from runner.train.plan import Trial
+from runner.train.results import (
+    SweepOutcome,
     checkpoint_path,
     is_finished,
     read_records,
     record_path,
     save_result,
+    sort_rows,
     spent_usd,
 )
-from runner.train.results import SweepOutcome, sort_rows
-from runner.train.sweep import TrialBackend, repair_sweep
-from runner.train.trials import Trial
+from runner.train.sweep import repair_sweep
+from runner.train.trial import TrialBackend
 
 SPECS = Path(__file__).parents[1] / "specs" / "valid"
 
