@@ -79,7 +79,7 @@ def plan(job: str, backend: str | None, out: str | None, as_json: bool) -> None:
     """
     import json
 
-    from runner.backends.jobview import plan_report
+    from runner.commands.jobs import plan_report
 
     out = out or "."
     must_exist(out, "store folder (--out)")
@@ -191,8 +191,8 @@ def status(job: str, out: str | None, as_json: bool, backend: str) -> None:
     """
     import json
 
-    from runner.backends.jobview import status_of
     from runner.backends.progress import make_console
+    from runner.commands.jobs import status_of
     from runner.store.ledger import repair_command
     from runner.store.status import status_lines, status_table
 

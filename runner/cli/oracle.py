@@ -70,7 +70,7 @@ def solve(
     import json
     from pathlib import Path
 
-    from runner.backends.oracle_report import deal_lines, solve_and_write, solve_report
+    from runner.commands.oracle import deal_lines, solve_and_write, solve_report
 
     decl_id = _decl_option(decl)
     if out is not None and Path(out).exists() and not force:
@@ -119,7 +119,7 @@ def verify(paths: tuple[str, ...], as_json: bool, no_repair: bool) -> None:
     """
     import json
 
-    from runner.backends.oracle_report import verify_paths
+    from runner.commands.oracle import verify_paths
 
     for p in paths:
         must_exist(p)
@@ -209,20 +209,20 @@ def bench(
       forge bench --orchestrator --shards 100000 --json orchestrator.json
     """
     if orchestrator:
-        from runner.backends.bench_orchestrator import orchestrator_command
+        from runner.commands.bench_orchestrator import orchestrator_command
 
         if not orchestrator_command(shards, json_file):
             raise SystemExit(1)
         return
     if end_to_end:
-        from runner.backends.bench import end_to_end_command
+        from runner.commands.bench import end_to_end_command
 
         try:
             end_to_end_command(seeds, n_opp, workers, compressions, json_file, warmup=not no_warmup)
         except ValueError as exc:
             raise click.BadParameter(str(exc), param_hint="--seeds") from None
         return
-    from runner.backends.bench import bench_command
+    from runner.commands.bench import bench_command
 
     try:
         bench_command(seeds, opp_seed, compressions, json_file, warmup=not no_warmup)

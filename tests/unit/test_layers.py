@@ -10,7 +10,7 @@ import pytest
 
 ROOT = Path(__file__).resolve().parents[2] / "runner"
 # Bottom first; a module may import its own layer and the layers before it.
-LAYERS = ("oracle", "jobspec", "store", "backends", "train", "cli")
+LAYERS = ("oracle", "jobspec", "store", "backends", "train", "commands", "cli")
 
 
 def _module_name(path: Path) -> str:

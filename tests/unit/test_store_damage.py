@@ -17,7 +17,7 @@ import numpy as np
 import pytest
 from shard_fakes import flip_middle, sound
 
-from runner.backends.oracle_report import verify_paths
+from runner.commands.oracle import verify_paths
 from runner.jobspec.model import ShardTask
 from runner.oracle.shard import read_shard, verify_shard, write_shard
 from runner.store.claims import LocalClaims, acquire, make_claim, same_claim
