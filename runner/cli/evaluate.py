@@ -53,9 +53,10 @@ def eval_command(
     """
     import json
 
+    from runner.commands.training import report_lines
     from runner.train.checkpoint import CheckpointError
     from runner.train.data import DataError
-    from runner.train.evaluate import EvalError, evaluate, report_lines
+    from runner.train.evaluate import EvalError, evaluate
     from runner.train.results import jsonable, write_file
 
     if data_dir is not None:

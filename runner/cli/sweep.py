@@ -67,8 +67,8 @@ def sweep(
       forge sweep jobs/sweep.yaml --max-usd 5
       forge sweep jobs/sweep.yaml --json sweep.json
     """
+    from runner.commands.training import forge_sweep
     from runner.train.plan import SweepError
-    from runner.train.sweep import forge_sweep
 
     if backend == "local" and data_dir is not None:
         must_exist(data_dir, "data folder (--data)")

@@ -1,39 +1,30 @@
-"""``forge sweep``: a sweep file's unfinished trials through the shared orchestrator, then
-its results files.
+"""A sweep's run: its unfinished trials through the shared orchestrator, then its results
+files (``forge sweep``; what it prints is ``runner.commands.training``).
 
 Trials are tasks like shards: the same dispatch loop, budget, live metering and
 stop rules (``runner.backends.orchestrate``), through a sweep backend chosen
 here by name (``local_sweep.py``, ``modal_sweep.py``; what they share is
 ``trial.TrialBackend``). The plan (trials, their data) is ``plan.py``; the results
-folder ``results.py``; what is printed ``report.py``.
+folder ``results.py``.
 """
 
 from __future__ import annotations
 
-import json
 import os
-import sys
 from pathlib import Path
-
-from rich.console import Console
 
 from runner.backends.orchestrate import Orchestrator
 from runner.backends.runstate import RunOptions, new_run_id
-from runner.jobspec.load import load_sweep
 from runner.jobspec.model import SweepSpec
 from runner.store.repair import FolderSpend, repair_spend
 from runner.train.plan import DataPlan, SweepError, expand, resolve_data
-from runner.train.report import Reporter, print_outcome
 from runner.train.results import (
     CURVES,
     SweepOutcome,
     default_out_dir,
     is_finished,
-    jsonable,
     read_records,
-    sweep_json,
     write_curves,
-    write_file,
     write_results,
 )
 from runner.train.trial import Event, TrialBackend
@@ -121,32 +112,6 @@ def run_sweep(
         except Exception as e:  # a picture is not worth losing the results' report over
             emit("curves_failed", {"error": f"{type(e).__name__}: {e}"})
     return outcome
-
-
-def forge_sweep(
-    sweep_file: str | os.PathLike[str],
-    *,
-    backend: str = "local",
-    data_dir: str | None = None,
-    out_dir: str | None = None,
-    max_usd: float | None = None,
-    json_file: str | None = None,
-) -> int:
-    """``forge sweep``: load the sweep file, run it with a live report, print the outcome
-    (and write it to ``json_file`` as :func:`sweep_json`); the exit code. Raises
-    SpecErrors (bad file), SweepError, ModalUserError."""
-    spec = load_sweep(sweep_file)
-    # logs and pipes get the full table instead of one squeezed to 80 columns
-    console = Console(highlight=False, width=None if sys.stdout.isatty() else 160)
-    outcome = run_sweep(
-        spec, backend=backend, data_dir=data_dir, out_dir=out_dir, on_event=Reporter(console), max_usd=max_usd
-    )
-    print_outcome(console, outcome)
-    code = outcome.exit_code or (1 if outcome.failed else 0)
-    if json_file is not None:
-        doc = {**sweep_json(outcome), "exit_code": code}
-        write_file(Path(json_file), (json.dumps(jsonable(doc), indent=1) + "\n").encode())
-    return code
 
 
 def repair_sweep(
