@@ -149,8 +149,8 @@ def run(
       forge run jobs/smoke.yaml --verify
       forge run jobs/smoke.yaml --json run.json
     """
-    from runner.backends.jobrun import forge_run
     from runner.backends.registry import FlagConflict
+    from runner.commands.run import forge_run
 
     try:
         with backend_errors():
@@ -191,8 +191,8 @@ def status(job: str, out: str | None, as_json: bool, backend: str) -> None:
     """
     import json
 
-    from runner.backends.progress import make_console
     from runner.commands.jobs import status_of
+    from runner.commands.progress import make_console
     from runner.store.ledger import repair_command
     from runner.store.status import status_lines, status_table
 

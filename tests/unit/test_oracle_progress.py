@@ -81,8 +81,8 @@ def test_run_says_what_the_compile_cost(tmp_path) -> None:  # type: ignore[no-un
 
     from rich.console import Console
 
-    from runner.backends.progress import RunDisplay
     from runner.backends.task import TaskResult
+    from runner.commands.progress import RunDisplay
 
     buf = io.StringIO()
     display = RunDisplay(Console(file=buf, width=200))
