@@ -35,7 +35,7 @@ from runner.backends.task import Keyed as Keyed
 from runner.backends.task import T, TaskRequest, TaskResult, Tier
 from runner.jobspec.model import JobSpec
 from runner.jobspec.pricing import dollars
-from runner.store.ledger import RUNS_DIR, SpendSource, manifests_source
+from runner.store.ledger import RUNS_DIR, SpendSource, manifests_source, repair_command
 
 # survey() answers one of these per key.
 SurveyState = Literal["done", "missing", "corrupt", "skipped", "claimed", "stale"]
@@ -173,6 +173,13 @@ class Backend(abc.ABC, Generic[T]):
     def append_ledger(self, run_id: str, entry: dict[str, Any]) -> None:
         """Append one reading of the run's spend to its ledger (``_ledger/<run_id>.jsonl``);
         this default keeps none (the manifests are then the only record)."""
+
+    def repair_hint(self) -> str:
+        """What to run when the job's spend records cannot be read (``forge repair-ledger``)."""
+        ctx = getattr(self, "ctx", None)
+        if ctx is None or not isinstance(ctx.spec, JobSpec):
+            return "move the unreadable file(s) away once you know what their runs cost"
+        return repair_command(str(ctx.spec.path or ctx.spec.name), ctx.store_dir, self.name)
 
     def unpersisted(self, keys: Sequence[str]) -> list[str]:
         """Of ``keys`` (shards this run reported done), those not durably in the store.

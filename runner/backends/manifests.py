@@ -13,9 +13,8 @@ from typing import Any
 from runner import __version__
 from runner.backends.base import Backend, BackendError
 from runner.jobspec import pricing
-from runner.jobspec.model import JobSpec
 from runner.store.claims import pid_alive, this_host
-from runner.store.ledger import prior_spend, refusal, repair_command
+from runner.store.ledger import prior_spend, refusal
 
 # A "running" manifest not rewritten for this long belongs to a run that is gone
 # (runs rewrite theirs every few seconds; Modal's every 30 s).
@@ -41,21 +40,13 @@ class SpendUnreadable(BackendError):
     """Some record of the job's spend cannot be read: the run refuses rather than count it $0."""
 
 
-def repair_hint(backend: Backend[Any]) -> str:
-    """How to repair this backend's job's spend records."""
-    ctx = getattr(backend, "ctx", None)  # the sweep backends keep no RunContext
-    if ctx is None or not isinstance(ctx.spec, JobSpec):  # a sweep: no repair command for it
-        return "move the unreadable file(s) away once you know what their runs cost"
-    return repair_command(str(ctx.spec.path or ctx.spec.name), ctx.store_dir, backend.name)
-
-
 def earlier_spend(backend: Backend[Any], run_id: str) -> float:
     """What earlier runs of the job spent (ended attempts, and those a live run has in
     flight), per run the larger of its manifest and its ledger; raises SpendUnreadable
     when an entry cannot be believed."""
     book = prior_spend(backend.spend_sources(), exclude=run_id)
     if book.problems:
-        raise SpendUnreadable(refusal(book.problems, repair_hint(backend)))
+        raise SpendUnreadable(refusal(book.problems, backend.repair_hint()))
     return book.usd
 
 

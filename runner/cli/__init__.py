@@ -2,8 +2,8 @@
 
 One module per part of the system the commands drive; each command keeps its
 logic in the layer it belongs to (runner.jobspec, runner.oracle,
-runner.backends, runner.train). Each command's help ends with an ``Example:``
-block (a test walks them all).
+runner.backends, runner.train) and its report in runner.commands. Each
+command's help ends with an ``Example:`` block (a test walks them all).
 """
 
 from __future__ import annotations

@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 import errno
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
+from typing import Any, TypeVar
 
 import click
 
@@ -61,6 +62,53 @@ def must_exist(path: str, what: str = "file or folder") -> None:
     if not os.path.exists(path):
         click.echo(f"{path}: no such {what}", err=True)
         raise SystemExit(1)
+
+
+# -- the options several commands take, worded once ------------------------------------------
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+
+def _path_option(flag: str, dest: str, help: str, *, folder: bool) -> Callable[[F], F]:
+    """An optional path: a folder (``folder``) or a file, none by default."""
+    path = click.Path(file_okay=not folder, dir_okay=folder, path_type=str)
+    return click.option(flag, dest, type=path, default=None, help=help)
+
+
+def store_option(more: str = "") -> Callable[[F], F]:
+    """``--out`` (``out``): a job's store folder, as ``forge run`` writes it; ``more`` says
+    what the command does there."""
+    return _path_option("--out", "out", f"The store folder (default: the current directory){more}.", folder=True)
+
+
+def data_option(more: str = "") -> Callable[[F], F]:
+    """``--data`` (``data_dir``): the store a job's shards are read from, named as ``--out``."""
+    help = (
+        "The store the job's shards are in, as `forge run --out` takes it (default: the "
+        f"current directory); its shard folder STORE/<output.root> works too.{more}"
+    )
+    return _path_option("--data", "data_dir", help, folder=True)
+
+
+def json_flag(what: str) -> Callable[[F], F]:
+    """``--json`` (``as_json``): print ``what`` as JSON instead of lines."""
+    return click.option("--json", "as_json", is_flag=True, help=f"Print {what} as JSON instead of lines.")
+
+
+def json_file_option(what: str, holding: str) -> Callable[[F], F]:
+    """``--json FILE`` (``json_file``): also write ``what`` as JSON to FILE, ``holding`` that."""
+    return _path_option("--json", "json_file", f"Also write {what} as JSON to FILE: {holding}.", folder=False)
+
+
+def backend_option(help: str, default: str | None = "local") -> Callable[[F], F]:
+    """``--backend``: this machine (local) or Modal."""
+    return click.option(
+        "--backend",
+        type=click.Choice(["local", "modal"]),
+        default=default,
+        show_default=default is not None,
+        help=help,
+    )
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})

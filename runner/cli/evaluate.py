@@ -4,20 +4,13 @@ from __future__ import annotations
 
 import click
 
-from runner.cli.common import main, must_exist, user_errors
+from runner.cli.common import data_option, json_file_option, main, must_exist, user_errors
 
 
 @main.command("eval")
 @click.argument("checkpoint", type=click.Path(dir_okay=False, path_type=str))
 @click.argument("job", type=click.Path(path_type=str))
-@click.option(
-    "--data",
-    "data_dir",
-    type=click.Path(file_okay=False, path_type=str),
-    default=None,
-    help="The store the job's shards are in, as `forge run --out` takes it (default: the "
-    "current directory); its shard folder STORE/<output.root> works too.",
-)
+@data_option()
 @click.option(
     "--split", default="val", show_default=True, help="The split of JOB whose shards are scored."
 )
@@ -27,13 +20,8 @@ from runner.cli.common import main, must_exist, user_errors
     default=None,
     help="Score a seeded random sample of at most N rows of the split instead of all of them.",
 )
-@click.option(
-    "--json",
-    "json_file",
-    type=click.Path(dir_okay=False, path_type=str),
-    default=None,
-    help="Also write the report as JSON to FILE: the metrics and rows at the top level, "
-    "baselines.random and baselines.highest_tile beside them.",
+@json_file_option(
+    "the report", "the metrics and rows at the top level, baselines.random and baselines.highest_tile beside them"
 )
 def eval_command(
     checkpoint: str,
@@ -65,10 +53,11 @@ def eval_command(
     """
     import json
 
+    from runner.commands.training import report_lines
     from runner.train.checkpoint import CheckpointError
     from runner.train.data import DataError
-    from runner.train.evaluate import EvalError, evaluate, report_lines
-    from runner.train.records import jsonable, write_file
+    from runner.train.evaluate import EvalError, evaluate
+    from runner.train.results import jsonable, write_file
 
     if data_dir is not None:
         must_exist(data_dir, "data folder (--data)")

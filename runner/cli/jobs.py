@@ -4,12 +4,20 @@ from __future__ import annotations
 
 import click
 
-from runner.cli.common import backend_errors, main, must_exist
+from runner.cli.common import (
+    backend_errors,
+    backend_option,
+    json_file_option,
+    json_flag,
+    main,
+    must_exist,
+    store_option,
+)
 
 
 @main.command()
 @click.argument("paths", nargs=-1, required=True, type=click.Path(path_type=str))
-@click.option("--json", "as_json", is_flag=True, help="Print one JSON report instead of lines.")
+@json_flag("one report")
 def validate(paths: tuple[str, ...], as_json: bool) -> None:
     """Check job and sweep files: YAML, JSON Schema, then semantic checks.
 
@@ -49,22 +57,10 @@ def validate(paths: tuple[str, ...], as_json: bool) -> None:
 
 @main.command()
 @click.argument("job", type=click.Path(path_type=str))
-@click.option(
-    "--backend",
-    type=click.Choice(["local", "modal"]),
-    default=None,
-    help="Estimate for this backend only (default: this machine and every GPU in compute.gpu).",
-)
-@click.option(
-    "--out",
-    "out",
-    type=click.Path(file_okay=False, path_type=str),
-    default=".",
-    show_default=True,
-    help="The store folder: shards are looked for under OUT/<output.root>.",
-)
-@click.option("--json", "as_json", is_flag=True, help="Print the plan as JSON.")
-def plan(job: str, backend: str | None, out: str, as_json: bool) -> None:
+@backend_option("Estimate for this backend only (default: this machine and every GPU in compute.gpu).", None)
+@store_option("; shards are looked for under OUT/<output.root>")
+@json_flag("the plan")
+def plan(job: str, backend: str | None, out: str | None, as_json: bool) -> None:
     """Say what a job will do: shards per split, already done, to do, cost and time.
 
     Shards that already exist under OUT/<output.root> count as done. The cost
@@ -83,8 +79,9 @@ def plan(job: str, backend: str | None, out: str, as_json: bool) -> None:
     """
     import json
 
-    from runner.backends.jobview import plan_report
+    from runner.commands.jobs import plan_report
 
+    out = out or "."
     must_exist(out, "store folder (--out)")
     with backend_errors():
         doc, text = plan_report(job, backend=backend, out=out)
@@ -93,20 +90,8 @@ def plan(job: str, backend: str | None, out: str, as_json: bool) -> None:
 
 @main.command()
 @click.argument("job", type=click.Path(path_type=str))
-@click.option(
-    "--backend",
-    type=click.Choice(["local", "modal"]),
-    default="local",
-    show_default=True,
-    help="Where to solve: this machine, or Modal's GPUs.",
-)
-@click.option(
-    "--out",
-    "out",
-    type=click.Path(file_okay=False, path_type=str),
-    default=None,
-    help="The store folder (default: the current directory); shards go to OUT/<output.root>.",
-)
+@backend_option("Where to solve: this machine, or Modal's GPUs.")
+@store_option("; shards go to OUT/<output.root>")
 @click.option(
     "--limit", type=click.IntRange(min=1), default=None, help="Do at most N (>= 1) of the missing shards."
 )
@@ -129,14 +114,7 @@ def plan(job: str, backend: str | None, out: str, as_json: bool) -> None:
     help="Local backend: fully verify the shards already there before skipping them; "
     "failing ones are moved aside and solved again.",
 )
-@click.option(
-    "--json",
-    "json_file",
-    type=click.Path(dir_okay=False, path_type=str),
-    default=None,
-    help="Also write the run's summary as JSON to FILE: shards done, states, spend, "
-    "wall time and the exit reason.",
-)
+@json_file_option("the run's summary", "shards done, states, spend, wall time and the exit reason")
 def run(
     job: str,
     backend: str,
@@ -171,8 +149,8 @@ def run(
       forge run jobs/smoke.yaml --verify
       forge run jobs/smoke.yaml --json run.json
     """
-    from runner.backends.jobrun import forge_run
     from runner.backends.registry import FlagConflict
+    from runner.commands.run import forge_run
 
     try:
         with backend_errors():
@@ -190,21 +168,9 @@ def run(
 
 @main.command()
 @click.argument("job", type=click.Path(path_type=str))
-@click.option(
-    "--out",
-    "out",
-    type=click.Path(file_okay=False, path_type=str),
-    default=None,
-    help="The store folder (default: the current directory).",
-)
-@click.option("--json", "as_json", is_flag=True, help="Print the status as JSON.")
-@click.option(
-    "--backend",
-    type=click.Choice(["local", "modal"]),
-    default="local",
-    show_default=True,
-    help="Where the store is: this machine, or the job's Modal volume (claims and records from Modal).",
-)
+@store_option()
+@json_flag("the status")
+@backend_option("Where the store is: this machine, or the job's Modal volume (claims and records from Modal).")
 def status(job: str, out: str | None, as_json: bool, backend: str) -> None:
     """Say where a job stands, per split, from the files in its store.
 
@@ -225,8 +191,8 @@ def status(job: str, out: str | None, as_json: bool, backend: str) -> None:
     """
     import json
 
-    from runner.backends.jobview import status_of
-    from runner.backends.progress import make_console
+    from runner.commands.jobs import status_of
+    from runner.commands.progress import make_console
     from runner.store.ledger import repair_command
     from runner.store.status import status_lines, status_table
 
@@ -245,34 +211,23 @@ def status(job: str, out: str | None, as_json: bool, backend: str) -> None:
 
 @main.command("repair-ledger")
 @click.argument("job", type=click.Path(path_type=str))
-@click.option(
-    "--out",
-    "out",
-    type=click.Path(file_okay=False, path_type=str),
-    default=None,
-    help="The store folder (default: the current directory).",
-)
+@store_option("; for a sweep file, its results folder (default: sweeps/<name>)")
 @click.option(
     "--accept-loss",
     is_flag=True,
     help="Also when a run has no readable record left: its files are moved aside and it counts $0.",
 )
-@click.option(
-    "--backend",
-    type=click.Choice(["local", "modal"]),
-    default="local",
-    show_default=True,
-    help="Where the store is: this machine, or the job's Modal volume.",
-)
+@backend_option("Where the store is: this machine, or the job's Modal volume.")
 def repair_ledger(job: str, out: str | None, accept_loss: bool, backend: str) -> None:
     """Rebuild a job's spend records from the ones that survive, after `forge run` refused.
 
     Each run's spend is kept twice: its manifest (_runs/RUN.json) and its
-    ledger (_ledger/RUN.jsonl, a checksum per line). An unreadable, truncated,
-    negative, non-finite or checksum-failing entry is moved aside (renamed
-    *.corrupt-<time>, never deleted); each run then gets both records back at
-    the largest amount any readable record of it says, so spend is never
-    lowered. Run it while no run of the job is running.
+    ledger (_ledger/RUN.jsonl, a checksum per line), in the job's store or, for
+    a sweep file after `forge sweep` refused, in the sweep's results folder. An
+    unreadable, truncated, negative, non-finite or checksum-failing entry is
+    moved aside (renamed *.corrupt-<time>, never deleted); each run then gets
+    both records back at the largest amount any readable record of it says, so
+    spend is never lowered. Run it while no run of the job is running.
 
     Exit codes: 0 the spend records are readable (repaired, or nothing to do),
     1 a run has no readable record left (nothing changed; see --accept-loss),
@@ -284,7 +239,10 @@ def repair_ledger(job: str, out: str | None, accept_loss: bool, backend: str) ->
       forge repair-ledger jobs/smoke.yaml
       forge repair-ledger jobs/valtest.yaml --out /data/forge
       forge repair-ledger jobs/valtest.yaml --backend modal --accept-loss
+      forge repair-ledger jobs/sweep.yaml
     """
+    from runner.jobspec.load import load
+    from runner.jobspec.model import SweepSpec
     from runner.store.repair import repair_job
     from runner.store.shards import StoreError
 
@@ -294,7 +252,14 @@ def repair_ledger(job: str, out: str | None, accept_loss: bool, backend: str) ->
         must_exist(out, "store folder (--out)")
     with backend_errors():
         try:
-            if backend == "modal":
+            spec = load(job)
+            if isinstance(spec, SweepSpec):
+                if backend == "modal":  # a Modal sweep's records come back here as they arrive
+                    raise click.UsageError("a sweep's spend records are in its results folder here; drop --backend modal")
+                from runner.train.sweep import repair_sweep
+
+                done, lines = repair_sweep(spec, out, accept_loss=accept_loss)
+            elif backend == "modal":
                 # Imported only when chosen: modal is a heavy import a local repair does not need.
                 from runner.backends.modal.volume import repair_on_volume
 

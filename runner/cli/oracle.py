@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import click
 
-from runner.cli.common import main, must_exist
+from runner.cli.common import json_file_option, json_flag, main, must_exist
 
 
 def _decl_option(value: str) -> int | None:
@@ -44,7 +44,7 @@ def _decl_option(value: str) -> int | None:
     help="Parquet compression of the --out shard.",
 )
 @click.option("--force", is_flag=True, help="Replace --out if it already exists.")
-@click.option("--json", "as_json", is_flag=True, help="Print the result as JSON.")
+@json_flag("the result")
 def solve(
     seed: int,
     opp_seed: int | None,
@@ -70,7 +70,7 @@ def solve(
     import json
     from pathlib import Path
 
-    from runner.backends.oracle_report import deal_lines, solve_and_write, solve_report
+    from runner.commands.oracle import deal_lines, solve_and_write, solve_report
 
     decl_id = _decl_option(decl)
     if out is not None and Path(out).exists() and not force:
@@ -93,7 +93,7 @@ def solve(
 
 @main.command()
 @click.argument("paths", nargs=-1, required=True, type=click.Path(path_type=str))
-@click.option("--json", "as_json", is_flag=True, help="Print one JSON report.")
+@json_flag("one report")
 @click.option(
     "--no-repair", is_flag=True, help="Only report failing shards; leave them where they are."
 )
@@ -119,7 +119,7 @@ def verify(paths: tuple[str, ...], as_json: bool, no_repair: bool) -> None:
     """
     import json
 
-    from runner.backends.oracle_report import verify_paths
+    from runner.commands.oracle import verify_paths
 
     for p in paths:
         must_exist(p)
@@ -156,8 +156,7 @@ def verify(paths: tuple[str, ...], as_json: bool, no_repair: bool) -> None:
     type=click.Choice(["zstd", "snappy", "lz4", "none"]),
     help="Compressions to time the shard write with (repeatable; default all four).",
 )
-@click.option("--json", "json_path", type=click.Path(dir_okay=False, path_type=str),
-              help="Also write the figures to this JSON file.")
+@json_file_option("the figures", "every figure it prints")
 @click.option("--no-warmup", is_flag=True,
               help="Skip the untimed first pass (the figures then include compiles).")
 @click.option("--end-to-end", "end_to_end", is_flag=True,
@@ -177,7 +176,7 @@ def bench(
     seeds: str,
     opp_seed: int | None,
     compressions: tuple[str, ...],
-    json_path: str | None,
+    json_file: str | None,
     no_warmup: bool,
     end_to_end: bool,
     n_opp: int,
@@ -210,22 +209,22 @@ def bench(
       forge bench --orchestrator --shards 100000 --json orchestrator.json
     """
     if orchestrator:
-        from runner.backends.bench_orchestrator import orchestrator_command
+        from runner.commands.bench_orchestrator import orchestrator_command
 
-        if not orchestrator_command(shards, json_path):
+        if not orchestrator_command(shards, json_file):
             raise SystemExit(1)
         return
     if end_to_end:
-        from runner.backends.bench import end_to_end_command
+        from runner.commands.bench import end_to_end_command
 
         try:
-            end_to_end_command(seeds, n_opp, workers, compressions, json_path, warmup=not no_warmup)
+            end_to_end_command(seeds, n_opp, workers, compressions, json_file, warmup=not no_warmup)
         except ValueError as exc:
             raise click.BadParameter(str(exc), param_hint="--seeds") from None
         return
-    from runner.backends.bench import bench_command
+    from runner.commands.bench import bench_command
 
     try:
-        bench_command(seeds, opp_seed, compressions, json_path, warmup=not no_warmup)
+        bench_command(seeds, opp_seed, compressions, json_file, warmup=not no_warmup)
     except ValueError as exc:
         raise click.BadParameter(str(exc), param_hint="--seeds") from None

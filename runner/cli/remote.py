@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import click
 
-from runner.cli.common import main, modal_call
+from runner.cli.common import json_flag, main, modal_call
 
 
 @main.command()
@@ -68,7 +68,7 @@ def download(job: str, to: str, split: str | None) -> None:
 @main.command()
 @click.argument("job", type=click.Path(path_type=str))
 @click.option("--days", type=click.IntRange(min=1), default=30, show_default=True, help="How far back to look.")
-@click.option("--json", "as_json", is_flag=True, help="Print the report as JSON.")
+@json_flag("the report")
 @click.option(
     "--reconcile", is_flag=True, help="Set Modal's bill beside forge's per run and print the difference."
 )

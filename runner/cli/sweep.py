@@ -4,28 +4,23 @@ from __future__ import annotations
 
 import click
 
-from runner.cli.common import backend_errors, main, must_exist
+from runner.cli.common import (
+    backend_errors,
+    backend_option,
+    data_option,
+    json_file_option,
+    main,
+    must_exist,
+)
 
 
 @main.command()
 @click.argument("sweep_file", metavar="SWEEP", type=click.Path(path_type=str))
-@click.option(
-    "--backend",
-    type=click.Choice(["local", "modal"]),
-    default="local",
-    show_default=True,
-    help="local: this machine, trials one after another (or compute.workers processes); "
-    "modal: one GPU container per trial, up to compute.max_containers at once.",
+@backend_option(
+    "local: this machine, trials one after another (or compute.workers processes); "
+    "modal: one GPU container per trial, up to compute.max_containers at once."
 )
-@click.option(
-    "--data",
-    "data_dir",
-    type=click.Path(file_okay=False, path_type=str),
-    default=None,
-    help="The store the data job's shards are in, as `forge run --out` takes it (default: the "
-    "current directory); its shard folder STORE/<output.root> works too. "
-    "With --backend modal: a folder inside the job's volume.",
-)
+@data_option(" The job is the sweep's data job; with --backend modal, STORE is a folder inside its volume.")
 @click.option(
     "--out",
     "out_dir",
@@ -39,13 +34,8 @@ from runner.cli.common import backend_errors, main, must_exist
     default=None,
     help="Budget cap for the sweep's spend, replacing budget.max_usd.",
 )
-@click.option(
-    "--json",
-    "json_file",
-    type=click.Path(dir_okay=False, path_type=str),
-    default=None,
-    help="Also write the outcome as JSON to FILE: the results table (best first), the best "
-    "trial with its checkpoint path, the baselines and the exit code.",
+@json_file_option(
+    "the outcome", "the results table (best first), the best trial with its checkpoint path, the baselines and the exit code"
 )
 def sweep(
     sweep_file: str, backend: str, data_dir: str | None, out_dir: str | None, max_usd: float | None,
@@ -77,8 +67,8 @@ def sweep(
       forge sweep jobs/sweep.yaml --max-usd 5
       forge sweep jobs/sweep.yaml --json sweep.json
     """
-    from runner.train.sweep import SweepError
-    from runner.train.sweeprun import forge_sweep
+    from runner.commands.training import forge_sweep
+    from runner.train.plan import SweepError
 
     if backend == "local" and data_dir is not None:
         must_exist(data_dir, "data folder (--data)")

@@ -35,8 +35,8 @@ from runner.train.metrics import (
     random_move_sums,
     summarize,
 )
+from runner.train.plan import shard_done, split_tasks
 from runner.train.policy import padded_size
-from runner.train.trials import shard_done, split_tasks
 
 CHUNK = 8192  # rows per model call
 MIN_CHUNK = 512  # a shorter chunk is padded to a power of two from here: few compiled shapes
@@ -267,20 +267,3 @@ def _progress_line(seen: int, todo: int, shard: int, shards: int, elapsed: float
         f"eval: {seen:,}/{todo:,} rows read ({100 * seen / max(todo, 1):.0f}%), shard {shard}/{shards}, "
         f"{format_duration(elapsed)}, about {format_duration(eta)} left"
     )
-
-
-def report_lines(r: EvalReport) -> list[str]:
-    """What ``forge eval`` prints: where the rows came from, the model, then both baselines."""
-    from runner.train.metrics import BASELINES
-    from runner.train.report import metrics_text
-
-    sample = f", a seeded sample of at most {r.max_rows:,}" if r.max_rows is not None else ""
-    lines = [
-        f"checkpoint {r.checkpoint} on split {r.split!r} of job {r.job!r}: {r.shards} of "
-        f"{r.shards_planned} shards, {r.rows:,} rows{sample} ({r.decisions:,} where the choice "
-        f"matters), {format_duration(r.seconds)}",
-        f"  {'model':<14}{metrics_text(r.metrics)}",
-    ]
-    for name, what in BASELINES.items():
-        lines.append(f"  {name:<14}{metrics_text(r.baselines[name])}  - {what}")
-    return lines

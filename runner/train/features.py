@@ -198,10 +198,27 @@ def features(
         ],
         axis=1,
     )  # (B, len(TILE_CHANNELS), 28)
-    glob = jnp.concatenate(
+    glob = _global_features(d, st.plays, led, winner_rel, trick_points, hand_loc, trump)
+    x = jnp.concatenate([per_tile.reshape(b, -1), glob], axis=1).astype(f32)
+    return Features(x, mover_tiles.astype(jnp.int32), (st.mover % 2).astype(jnp.int32))
+
+
+def _global_features(
+    d: jax.Array,
+    plays: jax.Array,
+    led: jax.Array,
+    winner_rel: jax.Array,
+    trick_points: jax.Array,
+    hand_loc: jax.Array,
+    trump: jax.Array,
+) -> jax.Array:
+    """The position's features beside the per-tile ones (B, N_GLOBAL): the declaration,
+    the trick so far, and the trumps and count each relative seat holds."""
+    f32 = jnp.float32
+    return jnp.concatenate(
         [
             jax.nn.one_hot(d, rules.N_DECLS, dtype=f32),
-            jax.nn.one_hot(st.plays, 4, dtype=f32),
+            jax.nn.one_hot(plays, 4, dtype=f32),
             jax.nn.one_hot(led, NO_LED + 1, dtype=f32),
             jax.nn.one_hot(winner_rel, 4, dtype=f32),  # 0: nothing played yet
             (trick_points / 20.0)[:, None],
@@ -210,8 +227,6 @@ def features(
         ],
         axis=1,
     )
-    x = jnp.concatenate([per_tile.reshape(b, -1), glob], axis=1).astype(f32)
-    return Features(x, mover_tiles.astype(jnp.int32), (st.mover % 2).astype(jnp.int32))
 
 
 def _replies(plays: jax.Array, hand_loc: jax.Array, ranks: jax.Array, follows: jax.Array) -> jax.Array:

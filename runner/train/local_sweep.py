@@ -25,8 +25,8 @@ from runner.backends.task import TaskResult
 from runner.backends.workers import death_reason, messages, ready, shut_down, start_worker
 from runner.jobspec import pricing
 from runner.jobspec.model import SweepSpec
-from runner.train.sweep import Trial, TrialBackend, payload
-from runner.train.trial import run_trial
+from runner.train.plan import Trial, payload
+from runner.train.trial import TrialBackend, run_trial
 
 
 def local_price(spec: SweepSpec) -> float:

@@ -512,19 +512,6 @@ def move_outputs(
     return np.asarray(logits), np.asarray(values)
 
 
-def move_scores(
-    cfg: TrainConfig,
-    params: Any,
-    states: np.ndarray,
-    legal: np.ndarray,
-    hands: Sequence[Sequence[int]],
-    decl_id: int,
-) -> np.ndarray:
-    """The model's scores (N, 7) for the mover's local slots of packed ``states`` of one deal;
-    its move is the best-scoring legal slot. ``legal`` (N, 7) bool marks the legal slots."""
-    return move_outputs(cfg, params, states, legal, hands, decl_id)[0]
-
-
 def params_to_bytes(params: Any) -> bytes:
     return flax.serialization.to_bytes(params)
 

@@ -9,7 +9,7 @@ and charges every attempt. Its body is :func:`train_trial`, a plain
 module-level function calling the same ``run_trial`` as the local backend, so
 ``Function.local()`` runs it here.
 
-Trials are tasks of the shared orchestrator (``runner.train.sweeprun``): its waves go out
+Trials are tasks of the shared orchestrator (``runner.train.sweep``): its waves go out
 through ``.map(order_outputs=False)`` here (:class:`ModalSweepBackend`), metered from their
 submit at the dearest GPU of the list; the budget's hard stop stops the app. Results
 (metrics and params) come back as return values; records and checkpoints are written
@@ -56,8 +56,8 @@ from runner.backends.modal.container import startup_seconds
 from runner.backends.task import TaskResult
 from runner.jobspec.model import SweepSpec
 from runner.jobspec.pricing import dollars
-from runner.train.sweep import DataPlan, Trial, TrialBackend, payload, pick_shards
-from runner.train.trial import run_trial
+from runner.train.plan import DataPlan, Trial, payload, pick_shards
+from runner.train.trial import TrialBackend, run_trial
 
 FUNCTION_NAME = "train_trial"
 TAG_SWEEP = "forge-sweep"

@@ -1,198 +1,123 @@
-"""``forge sweep``: every config of a sweep file is a trial; run what is not finished yet.
+"""A sweep's run: its unfinished trials through the shared orchestrator, then its results
+files (``forge sweep``; what it prints is ``runner.commands.training``).
 
-Output folder (default ``sweeps/<name>``): see :mod:`runner.train.records` (one record
-and checkpoint per trial, one manifest per run) and :mod:`runner.train.results`
-(``results.json``, ``results.csv``).
-
-Trials are tasks of the same orchestrator, budget and stop rules as shards
-(``runner.backends.orchestrate``); ``runner.train.sweeprun`` dispatches them
-through a :class:`TrialBackend` (``local_sweep.py``, ``modal_sweep.py``). Trial ids and
-data plans live in :mod:`runner.train.trials`.
+Trials are tasks like shards: the same dispatch loop, budget, live metering and
+stop rules (``runner.backends.orchestrate``), through a sweep backend chosen
+here by name (``local_sweep.py``, ``modal_sweep.py``; what they share is
+``trial.TrialBackend``). The plan (trials, their data) is ``plan.py``; the results
+folder ``results.py``.
 """
 
 from __future__ import annotations
 
-import json
-from collections.abc import Callable, Sequence
+import os
 from pathlib import Path
-from typing import Any
 
-from runner.backends.base import Backend, SurveyState, cancelled_result
-from runner.backends.task import TaskResult
+from runner.backends.orchestrate import Orchestrator
+from runner.backends.runstate import RunOptions, new_run_id
 from runner.jobspec.model import SweepSpec
-from runner.jobspec.pricing import dollars
-from runner.train.curves import append_evals
-from runner.train.records import (
-    RUNS_DIR,
+from runner.store.repair import FolderSpend, repair_spend
+from runner.train.plan import DataPlan, SweepError, expand, resolve_data
+from runner.train.results import (
+    CURVES,
+    SweepOutcome,
+    default_out_dir,
     is_finished,
-    jsonable,
     read_records,
-    save_result,
-    spent_usd,
-    write_file,
+    write_curves,
+    write_results,
 )
-from runner.train.results import SweepOutcome, sweep_json, write_results
-from runner.train.trials import (
-    DataPlan,
-    SweepError,
-    Trial,
-    expand,
-    payload,
-    pick_shards,
-    resolve_data,
-)
+from runner.train.trial import Event, TrialBackend
 
-# the names callers import from here (the sweep's public face)
-__all__ = [
-    "DataPlan",
-    "Event",
-    "SweepError",
-    "SweepOutcome",
-    "Trial",
-    "TrialBackend",
-    "default_out_dir",
-    "expand",
-    "is_finished",
-    "payload",
-    "pick_shards",
-    "read_records",
-    "record_result",
-    "resolve_data",
-    "sweep_json",
-    "write_results",
-]
+BACKENDS = ("local", "modal")
 
 
-Event = Callable[[str, dict[str, Any]], None]
+def _backend(
+    name: str, spec: SweepSpec, data: DataPlan, outcome: SweepOutcome, emit: Event, run_id: str
+) -> TrialBackend:
+    if name == "local":
+        from runner.train.local_sweep import LocalSweepBackend
+
+        return LocalSweepBackend(spec, data, outcome, emit, run_id)
+    from runner.train.modal_sweep import ModalSweepBackend
+
+    return ModalSweepBackend(spec, data, outcome, emit, run_id)
 
 
-def default_out_dir(spec: SweepSpec) -> Path:
-    return Path("sweeps") / spec.name
-
-
-class TrialBackend(Backend[Trial]):
-    """What the sweep backends share: the results folder is their store.
-
-    A trial that comes back is recorded here (checkpoint, then record) before
-    the orchestrator hears of it; a cancelled one (the budget's hard stop)
-    gets no record, so a rerun trains it.
-    """
-
-    def __init__(
-        self, spec: SweepSpec, data: DataPlan, outcome: SweepOutcome, emit: Event, run_id: str
-    ) -> None:
-        self.spec = spec
-        self.data = data
-        self.outcome = outcome
-        self.run_id = run_id
-        self.out = outcome.out_dir
-        self._streamed: set[str] = set()  # trials whose evals arrived one by one this attempt
-
-        def emit_and_log(kind: str, info: dict[str, Any]) -> None:
-            if kind == "eval":
-                self._streamed.add(info["trial"].trial_id)
-                append_evals(self.out, info["trial"].trial_id, run_id, [info["metrics"]])
-            emit(kind, info)
-
-        self.emit: Event = emit_and_log
-
-    def hourly(self, name: str) -> float:
-        return self.spec.rate(name)
-
-    def survey(self, tasks: Sequence[Trial]) -> dict[str, SurveyState]:
-        return {
-            t.key: "done"
-            if is_finished(self.outcome.records.get(t.trial_id), self.out)
-            else "missing"
-            for t in tasks
-        }
-
-    def manifests(self) -> list[dict[str, Any]]:
-        out: list[dict[str, Any]] = []
-        folder = self.out / RUNS_DIR
-        for p in sorted(folder.glob("*.json")) if folder.is_dir() else ():
-            try:
-                m = json.loads(p.read_text())
-            except (OSError, ValueError):
-                continue
-            if isinstance(m, dict):
-                out.append(m)
-        # Records written before sweeps had manifests carry their own spend.
-        older = {k: r for k, r in self.outcome.records.items() if "run_id" not in r}
-        if older:
-            out.append({"run_id": "records", "status": "finished", "spend_usd": spent_usd(older)})
-        return out
-
-    def write_manifest(self, run_id: str, manifest: dict[str, Any]) -> str:
-        path = self.out / RUNS_DIR / f"{run_id}.json"
-        write_file(path, (json.dumps(jsonable(manifest), indent=1) + "\n").encode())
-        return str(path)
-
-    def finish(
-        self,
-        trial: Trial,
-        result: dict[str, Any],
-        *,
-        gpu: str,
-        price_per_hour: float,
-        usd: float | None = None,
-    ) -> TaskResult:
-        """Record a returned trial (``usd`` as in ``record_result``); the orchestrator's result for it."""
-        if trial.trial_id not in self._streamed:  # Modal: the evals come with the result
-            append_evals(self.out, trial.trial_id, self.run_id, result.get("history") or [])
-        self._streamed.discard(trial.trial_id)
-        rec = record_result(
-            self.outcome,
-            trial,
-            result,
-            gpu=gpu,
-            price_per_hour=price_per_hour,
-            emit=self.emit,
-            run_id=self.run_id,
-            usd=usd,
-        )
-        secs = max(0.0, float(result.get("seconds", 0.0)))
-        return TaskResult(
-            key=trial.trial_id,
-            status="done" if rec["status"] == "finished" else "failed",
-            seconds=secs,
-            gpu=gpu,
-            usd=dollars(secs, price_per_hour) if usd is None else usd,
-            error=str(rec.get("error", "")),
-            run_id=self.run_id,
-        )
-
-    def cancelled(self, trial: Trial, seconds: float, gpu: str) -> TaskResult:
-        """A trial stopped before it returned: charged, not recorded (a rerun trains it)."""
-        return cancelled_result(
-            trial.trial_id, seconds=seconds, gpu=gpu, per_hour=self.spec.rate(gpu), run_id=self.run_id
-        )
-
-
-def record_result(
-    outcome: SweepOutcome,
-    trial: Trial,
-    result: dict[str, Any],
+def run_sweep(
+    spec: SweepSpec,
     *,
-    gpu: str,
-    price_per_hour: float,
-    emit: Event,
-    run_id: str = "",
-    usd: float | None = None,
-) -> dict[str, Any]:
-    """Price a returned result (``usd``: the backend's own figure, when it meters one), save
-    it, and report it: the one path every backend uses."""
-    cost = dollars(float(result.get("seconds", 0.0)), price_per_hour) if usd is None else usd
-    rec = save_result(
-        outcome.out_dir,
-        trial,
-        result,
-        backend=outcome.backend,
-        gpu=gpu,
-        cost_usd=cost,
-        run_id=run_id or "sweep",
+    backend: str = "local",
+    data_dir: str | os.PathLike[str] | None = None,
+    out_dir: str | os.PathLike[str] | None = None,
+    on_event: Event | None = None,
+    max_usd: float | None = None,
+    options: RunOptions | None = None,
+) -> SweepOutcome:
+    """Run every unfinished trial of ``spec`` and write the results files.
+
+    ``on_event(kind, info)`` reports progress: ``start`` (what will run), ``trial_start``,
+    ``eval`` (local only: a trial's periodic metrics), ``trial_done``, ``budget_stop``,
+    ``curves_failed`` (curves.png could not be drawn; the results files are written).
+    ``max_usd`` replaces ``budget.max_usd`` for this call.
+    """
+    if backend not in BACKENDS:
+        raise SweepError(f"unknown backend {backend!r}; choose one of {', '.join(BACKENDS)}")
+    emit: Event = on_event or (lambda kind, info: None)
+    if backend == "local":
+        data = resolve_data(spec, data_dir)
+    else:
+        from runner.train.modal_sweep import resolve_volume_data
+
+        data = resolve_volume_data(spec, None if data_dir is None else str(data_dir))
+    out = Path(out_dir) if out_dir is not None else default_out_dir(spec)
+    trials = expand(spec, data)
+    records = read_records(out)
+    outcome = SweepOutcome(spec, out, backend, trials, records)
+    todo = [t for t in trials if not is_finished(records.get(t.trial_id), out)]
+    outcome.skipped = [t.trial_id for t in trials if t not in todo]
+    emit(
+        "start",
+        {
+            "trials": len(trials),
+            "todo": len(todo),
+            "skipped": len(outcome.skipped),
+            "data": data,
+            "out_dir": out,
+            "backend": backend,
+        },
     )
-    outcome.records[trial.trial_id] = rec
-    outcome.ran.append(trial.trial_id)
-    emit("trial_done", {"trial": trial, "record": rec})
-    return rec
+    if todo:
+        out.mkdir(parents=True, exist_ok=True)
+        run_id = new_run_id()
+        be = _backend(backend, spec, data, outcome, emit, run_id)
+        opts = options or RunOptions()
+        opts.max_usd = max_usd
+        if opts.model_s is None:  # until trials are measured: the worst case, the whole time limit
+            opts.model_s = float(spec.compute.timeout_s)
+        summary = Orchestrator(spec, be, todo, run_id=run_id, options=opts).run()
+        outcome.exit_code = summary.exit_code
+        outcome.spent_usd = summary.progress.job_spend
+        if summary.stopped_by == "budget" or summary.exit_code == 3:
+            left = [t for t in todo if not is_finished(outcome.records.get(t.trial_id), out)]
+            outcome.budget_stopped = [t.trial_id for t in left]
+            emit("budget_stop", {"trials": left, "spent": outcome.spent_usd, "max_usd": summary.progress.max_usd})
+    outcome.records = read_records(out)
+    # a rerun with nothing to do leaves every file as it was
+    if todo or (out.exists() and not (out / "results.json").exists()):
+        write_results(outcome)
+    if todo or (out.exists() and not (out / CURVES).exists()):
+        try:
+            write_curves(outcome)
+        except Exception as e:  # a picture is not worth losing the results' report over
+            emit("curves_failed", {"error": f"{type(e).__name__}: {e}"})
+    return outcome
+
+
+def repair_sweep(
+    spec: SweepSpec, out: str | os.PathLike[str] | None = None, *, accept_loss: bool = False
+) -> tuple[bool, list[str]]:
+    """``forge repair-ledger SWEEP``: repair the spend records of the sweep's results folder
+    (``out``, default ``sweeps/<name>``) as a job's store is repaired."""
+    root = Path(out) if out is not None else default_out_dir(spec)
+    return repair_spend(FolderSpend(root), accept_loss=accept_loss)

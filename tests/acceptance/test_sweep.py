@@ -275,3 +275,30 @@ def test_make_sweep_recipe_from_nothing(tmp_path: Path) -> None:
     second = forge("sweep", "jobs/sweep.yaml", cwd=tmp_path)
     assert second.returncode == 0 and "nothing to run" in second.stdout
     assert _mtimes(tmp_path) == before
+
+
+def test_a_damaged_spend_record_refuses_the_sweep_until_repaired(project: Path) -> None:
+    """Issue 21's erased memory, for a sweep: a run spent $0.80 of the $1 cap, then its
+    manifest was overwritten. The sweep refuses (not $0), the repair rebuilds the spend
+    from the ledger, and the cap then holds: a trial's worst case ($0.01/s for its 30 s
+    timeout, $0.30) no longer fits, so nothing is trained (read as $0, both would be)."""
+    from ledger_damage import RUN, manifest, replace_manifest, store_with_a_run
+
+    sweep_file(project, max_usd=1, timeout=30, extra="pricing: {local: 36}\n")
+    out = project / "sweeps" / "tiny-sweep"
+    store_with_a_run(out, 0.8)
+    replace_manifest(out, "{garbage")
+    r = forge("sweep", "sweep.yaml", cwd=project)
+    assert r.returncode == 1, r.stdout + r.stderr
+    assert f"sweeps/tiny-sweep/_runs/{RUN}.json: is not JSON" in r.stderr
+    assert "repair: forge repair-ledger sweep.yaml " in r.stderr
+    assert "Traceback" not in r.stderr
+    assert [p.name for p in (out / "_runs").iterdir()] == [f"{RUN}.json"], "refused: no run"
+
+    r = forge("repair-ledger", "sweep.yaml", cwd=project)
+    assert r.returncode == 0, r.stdout + r.stderr
+    assert "$0.8000 from its ledger" in r.stdout
+    assert json.loads(manifest(out).read_text())["spend_usd"] == 0.8
+    r = forge("sweep", "sweep.yaml", cwd=project)
+    assert r.returncode == 3, r.stdout + r.stderr
+    assert not (out / "checkpoints").exists()

@@ -12,7 +12,7 @@ from forge_runs import write_job
 from rich.console import Console
 
 from runner.backends.base import BackendError
-from runner.backends.jobrun import run_job
+from runner.commands.run import run_job
 from runner.oracle.shard import verify_shard
 
 

@@ -1,16 +1,19 @@
 """The layers of ``runner/`` import only the layers below them, and no module imports itself
-back through a circle (ARCHITECTURE.md, "runner/ layers"; issue 13)."""
+back through a circle (ARCHITECTURE.md, "runner/ layers"; issue 13); and the house's size
+rules hold: no file over 600 lines, no function over 80, and each module's docstring opens
+with a line that names its job, a different one from every other module's (issue 21)."""
 
 from __future__ import annotations
 
 import ast
+from collections import defaultdict
 from pathlib import Path
 
 import pytest
 
 ROOT = Path(__file__).resolve().parents[2] / "runner"
 # Bottom first; a module may import its own layer and the layers before it.
-LAYERS = ("oracle", "jobspec", "store", "backends", "train", "cli")
+LAYERS = ("oracle", "jobspec", "store", "backends", "train", "commands", "cli")
 
 
 def _module_name(path: Path) -> str:
@@ -88,3 +91,45 @@ def test_no_import_circles() -> None:
     for m in sorted(GRAPH):
         if m not in state and (circle := visit(m)):
             pytest.fail("import circle: " + " -> ".join(circle))
+
+
+MAX_FILE_LINES = 600
+MAX_FUNCTION_LINES = 80  # from ``def`` to its last line (a command's click options are not its body)
+
+
+def test_no_file_is_over_600_lines() -> None:
+    sizes = {m: len(p.read_text().splitlines()) for m, p in MODULES.items()}
+    over = {m: n for m, n in sizes.items() if n > MAX_FILE_LINES}
+    assert not over, f"files over {MAX_FILE_LINES} lines: {over}"
+
+
+def _function_lengths(path: Path) -> dict[str, int]:
+    out: dict[str, int] = {}
+    for node in ast.walk(ast.parse(path.read_text(), str(path))):
+        if isinstance(node, ast.FunctionDef | ast.AsyncFunctionDef):
+            out[f"{path.relative_to(ROOT.parent)}:{node.lineno} {node.name}"] = (node.end_lineno or 0) - node.lineno + 1
+    return out
+
+
+def test_no_function_is_over_80_lines() -> None:
+    lengths = {k: n for p in MODULES.values() for k, n in _function_lengths(p).items()}
+    assert lengths  # the walk found the functions
+    over = {k: n for k, n in lengths.items() if n > MAX_FUNCTION_LINES}
+    assert not over, f"functions over {MAX_FUNCTION_LINES} lines: {over}"
+
+
+def test_every_module_opens_with_a_job_of_its_own() -> None:
+    """A newcomer tells modules apart by their first docstring line (an empty package
+    ``__init__.py`` has nothing to tell)."""
+    by_line: dict[str, list[str]] = defaultdict(list)
+    missing = []
+    for m, p in MODULES.items():
+        text = p.read_text()
+        doc = ast.get_docstring(ast.parse(text, str(p)))
+        if doc:
+            by_line[doc.strip().splitlines()[0].strip()].append(m)
+        elif text.strip():
+            missing.append(m)
+    assert not missing, f"modules without a docstring: {missing}"
+    shared = {line: ms for line, ms in by_line.items() if len(ms) > 1}
+    assert not shared, f"modules opening with the same line: {shared}"

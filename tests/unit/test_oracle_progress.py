@@ -56,8 +56,8 @@ def test_phases_of_a_real_solve_in_order_and_the_solver_left_as_it_was() -> None
 def test_solve_prints_the_deal_first_and_says_when_it_compiles(monkeypatch, tmp_path) -> None:  # type: ignore[no-untyped-def]
     from click.testing import CliRunner
 
-    from runner.backends import oracle_report as report
     from runner.cli import main
+    from runner.commands import oracle as report
     from runner.oracle import progress
 
     salt = time.time_ns() % 1_000_003
@@ -81,8 +81,8 @@ def test_run_says_what_the_compile_cost(tmp_path) -> None:  # type: ignore[no-un
 
     from rich.console import Console
 
-    from runner.backends.progress import RunDisplay
     from runner.backends.task import TaskResult
+    from runner.commands.progress import RunDisplay
 
     buf = io.StringIO()
     display = RunDisplay(Console(file=buf, width=200))

@@ -8,9 +8,9 @@ from pathlib import Path
 import pytest
 from click.testing import CliRunner
 
-from runner.backends.jobrun import forge_run
 from runner.backends.registry import FlagConflict
 from runner.cli import main
+from runner.commands.run import forge_run
 
 REPO = Path(__file__).resolve().parents[2]
 

@@ -17,7 +17,7 @@ import numpy as np
 import pytest
 from shard_fakes import flip_middle, sound
 
-from runner.backends.oracle_report import verify_paths
+from runner.commands.oracle import verify_paths
 from runner.jobspec.model import ShardTask
 from runner.oracle.shard import read_shard, verify_shard, write_shard
 from runner.store.claims import LocalClaims, acquire, make_claim, same_claim
@@ -267,7 +267,7 @@ def test_shard_state_from_file_claim_and_last_failure() -> None:
 
 
 def test_a_taken_over_lock_that_was_no_claim_is_named_as_such() -> None:
-    from runner.backends.progress import takeover_text
+    from runner.commands.progress import takeover_text
 
     assert takeover_text({"run_id": "run-7"}) == "took over a stale claim of run run-7"
     said = takeover_text({"unreadable": True, "why": "not a regular file"})
@@ -275,7 +275,7 @@ def test_a_taken_over_lock_that_was_no_claim_is_named_as_such() -> None:
 
 
 def test_waiting_for_an_empty_lock_says_when_it_is_taken_over(tmp_path: Path) -> None:
-    from runner.backends.progress import holder_text
+    from runner.commands.progress import holder_text
     from runner.store.claims import UNREADABLE_GRACE_S
 
     claims = LocalClaims(tmp_path)

@@ -15,7 +15,7 @@ import pyarrow.parquet as pq
 import pytest
 from shard_fakes import produce, sound
 
-from runner.backends.oracle_report import verify_paths
+from runner.commands.oracle import verify_paths
 from runner.jobspec.model import ShardTask
 from runner.oracle.shard import ILLEGAL, Q_COLUMNS, read_shard_meta, verify_shard, write_shard
 from runner.store.claims import LocalClaims

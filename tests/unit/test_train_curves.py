@@ -10,10 +10,17 @@ from pathlib import Path
 import pytest
 
 from runner.jobspec.load import load_sweep
-from runner.train.curves import CURVES, METRICS_LOG, append_evals, read_evals, write_curves
 from runner.train.loop import TrainConfig
-from runner.train.results import SweepOutcome, sweep_json
-from runner.train.trials import Trial
+from runner.train.plan import Trial
+from runner.train.results import (
+    CURVES,
+    METRICS_LOG,
+    SweepOutcome,
+    append_evals,
+    read_evals,
+    sweep_json,
+    write_curves,
+)
 
 SWEEP = (
     "version: 1\nname: curves\nkind: sweep\ndata: {job: tiny.yaml, train_split: train, val_split: val}\n"

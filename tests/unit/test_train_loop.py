@@ -14,7 +14,7 @@ from runner.train.loop import (
     TrainConfig,
     _chunk_size,
     make_config,
-    move_scores,
+    move_outputs,
     params_from_bytes,
     params_to_bytes,
     traces,
@@ -71,7 +71,7 @@ def test_training_is_float32_under_x64_and_reproducible(data: tuple[Dataset, Dat
         np.testing.assert_array_equal(np.asarray(x), np.asarray(y))
     states = (val_ds.hi.astype(np.int64) << 28) | val_ds.lo.astype(np.int64)
     legal = val_ds.q != -128
-    scores = move_scores(cfg, back, states, legal, val_ds.hands[0].tolist(), int(val_ds.decls[0]))
+    scores, _ = move_outputs(cfg, back, states, legal, val_ds.hands[0].tolist(), int(val_ds.decls[0]))
     chosen = np.argmax(np.where(legal, scores, -np.inf), axis=1)
     mover = ((val_ds.hi & 3) + ((val_ds.hi >> 2) & 3)) % 4
     qm = np.where(mover[:, None] % 2 == 0, 1, -1) * val_ds.q.astype(np.int32)

@@ -15,7 +15,7 @@ from runner.backends.modal import MOUNT, modal_settings
 from runner.jobspec.load import load_sweep
 from runner.jobspec.model import SweepSpec
 from runner.train import modal_sweep
-from runner.train.sweep import expand, payload, resolve_data
+from runner.train.plan import expand, payload, resolve_data
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -99,7 +99,7 @@ def _backend(
     """An offline ModalSweepBackend over ``spec`` with one trial per learning rate."""
     from dataclasses import replace
 
-    from runner.train.sweep import SweepOutcome
+    from runner.train.results import SweepOutcome
 
     monkeypatch.setenv("MODAL_TOKEN_ID", "ak-offline-test")
     monkeypatch.setenv("MODAL_TOKEN_SECRET", "as-offline-test")
@@ -194,7 +194,7 @@ def test_ctrl_c_cancels_the_trial_in_flight_charged_and_unfinished(
     from dataclasses import replace
 
     from runner.backends.base import TaskRequest
-    from runner.train.sweep import SweepOutcome, is_finished
+    from runner.train.results import SweepOutcome, is_finished
 
     monkeypatch.setenv("MODAL_TOKEN_ID", "ak-offline-test")
     monkeypatch.setenv("MODAL_TOKEN_SECRET", "as-offline-test")

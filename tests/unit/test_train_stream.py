@@ -12,6 +12,7 @@ import pyarrow.parquet as pq
 import pytest
 from rich.console import Console
 
+from runner.commands.training import Reporter
 from runner.jobspec.load import load_sweep
 from runner.train.data import (
     ROW_BYTES,
@@ -23,10 +24,9 @@ from runner.train.data import (
     trivial_rows,
 )
 from runner.train.loop import make_config, traces, train
-from runner.train.report import Reporter
+from runner.train.plan import expand, payload, resolve_data
 from runner.train.stream import Rows, RowStream, ShuffleBuffer, describe, open_rows
 from runner.train.trial import run_trial
-from runner.train.trials import expand, payload, resolve_data
 
 GROUP = 100  # rows per row group of the test shards: many row groups from small shards
 

@@ -7,19 +7,27 @@ import math
 from pathlib import Path
 
 import pytest
+from ledger_damage import CORRUPTIONS, manifest, store_with_a_run
 
+from runner.backends.manifests import SpendUnreadable, earlier_spend
+from runner.jobspec.load import load_sweep
+from runner.store.ledger import ledger_reading, prior_spend
 from runner.train.loop import TrainConfig
-from runner.train.records import (
+from runner.train.plan import Trial
+from runner.train.results import (
+    SweepOutcome,
     checkpoint_path,
     is_finished,
     read_records,
     record_path,
     save_result,
+    sort_rows,
     spent_usd,
 )
-from runner.train.results import SweepOutcome, sort_rows
-from runner.train.sweep import TrialBackend
-from runner.train.trials import Trial
+from runner.train.sweep import repair_sweep
+from runner.train.trial import TrialBackend
+
+SPECS = Path(__file__).parents[1] / "specs" / "valid"
 
 
 def _row(index: int, status: str, acc: float | None) -> dict[str, object]:
@@ -53,6 +61,24 @@ def test_ranking_puts_the_best_first_and_unfinished_last() -> None:
     assert [r["index"] for r in sort_rows(rows, "val_accuracy", "min")] == [1, 5, 3, 2, 4]
 
 
+class Folder(TrialBackend):
+    """Only the results-folder side of a sweep backend: its records and spend."""
+
+    def start(self) -> None: ...
+    def capacity(self, tier: str = "default") -> int: return 1  # type: ignore[override]  # noqa: E704
+    def in_flight(self) -> int: return 0  # noqa: E704
+    def submit(self, wave: object) -> None: ...  # type: ignore[override]
+    def poll(self, timeout: float) -> list: return []  # type: ignore[type-arg]  # noqa: E704
+    def stop(self, *, interrupted: bool) -> None: ...
+
+
+def folder(out: Path, run_id: str = "r2") -> Folder:
+    """The backend of a run ``run_id`` of the valid grid sweep, its results in ``out``."""
+    spec = load_sweep(SPECS / "sweep-grid.yaml")
+    outcome = SweepOutcome(spec, out, "local", [], read_records(out))
+    return Folder(spec, None, outcome, lambda k, i: None, run_id)  # type: ignore[arg-type]
+
+
 def test_spend_of_records_from_before_manifests_counts_once(tmp_path: Path) -> None:
     # Records written before sweeps had run manifests carry their own spend; records
     # of a run with a manifest are counted there, not twice.
@@ -64,28 +90,38 @@ def test_spend_of_records_from_before_manifests_counts_once(tmp_path: Path) -> N
     record_path(tmp_path, "old1").write_text(json.dumps(rec))
     save_result(tmp_path, Trial(2, "new2", {}, TrainConfig()), failed | {"trial_id": "new2"},
                 backend="local", gpu="local", cost_usd=0.5, run_id="r1")  # fmt: skip
-
-    class Folder(TrialBackend):  # only the results-folder side of a sweep backend
-        def start(self) -> None: ...
-        def capacity(self, tier: str = "default") -> int: return 1  # type: ignore[override]  # noqa: E704
-        def in_flight(self) -> int: return 0  # noqa: E704
-        def submit(self, wave: object) -> None: ...  # type: ignore[override]
-        def poll(self, timeout: float) -> list: return []  # type: ignore[type-arg]  # noqa: E704
-        def stop(self, *, interrupted: bool) -> None: ...
-
-    outcome = SweepOutcome(None, tmp_path, "local", [], read_records(tmp_path))  # type: ignore[arg-type]
-    be = Folder(None, None, outcome, lambda k, i: None, "r2")  # type: ignore[arg-type]
+    be = folder(tmp_path)
     be.write_manifest("r1", {"run_id": "r1", "status": "budget", "spend_usd": 0.5, "accrued_usd": 0.0})
-    from runner.store.ledger import prior_spend
-
     assert prior_spend(be.spend_sources()).usd == 0.25 + 0.5
-    # An amount nobody can believe refuses the sweep as it refuses a run (the sweep keeps
-    # no ledger: the file is named, to be moved away by hand).
-    be.write_manifest("r1", {"run_id": "r1", "status": "budget", "spend_usd": 0.5, "accrued_usd": -1e308})
-    from runner.backends.manifests import SpendUnreadable, earlier_spend
+    assert earlier_spend(be, "r2") == 0.25 + 0.5
 
-    with pytest.raises(SpendUnreadable, match="r1.json: accrued_usd is -1e[+]308, a negative amount"):
-        earlier_spend(be, "r2")
+
+def test_a_sweep_keeps_a_ledger_beside_its_manifests(tmp_path: Path) -> None:
+    """The orchestrator's readings go to the results folder's ledger: a sweep's manifest
+    deleted (or rewritten lower) still leaves its spend."""
+    be = folder(tmp_path, "r1")
+    be.append_ledger("r1", ledger_reading("r1", "budget", 0.4, 0.0, 2.0))
+    be.write_manifest("r1", {"run_id": "r1", "status": "budget", "spend_usd": 0.1, "accrued_usd": 0.0})
+    assert earlier_spend(folder(tmp_path), "r2") == pytest.approx(0.4)
+    manifest(tmp_path, "r1").unlink()
+    assert earlier_spend(folder(tmp_path), "r2") == pytest.approx(0.4)
+
+
+@pytest.mark.parametrize("name", sorted(CORRUPTIONS))
+def test_a_damaged_spend_record_refuses_the_sweep_until_repaired(tmp_path: Path, name: str) -> None:
+    """Issue 21's corruptions, in a sweep's results folder: never read as $0; the refusal
+    names the file and the repair, which rebuilds the spend from the surviving record."""
+    corrupt, why = CORRUPTIONS[name]
+    out = tmp_path / "sweeps" / "grid"
+    store_with_a_run(out, 0.4)
+    corrupt(out)
+    with pytest.raises(SpendUnreadable) as e:
+        earlier_spend(folder(out), "r2")
+    assert why in str(e.value) and str(out / "_") in str(e.value)
+    assert f"repair: forge repair-ledger {SPECS / 'sweep-grid.yaml'} --out {out} " in str(e.value)
+    done, lines = repair_sweep(folder(out).spec, out)
+    assert done, lines
+    assert earlier_spend(folder(out), "r2") == pytest.approx(0.4)
 
 
 def test_a_retried_trial_keeps_counting_what_its_attempts_cost(tmp_path: Path) -> None:

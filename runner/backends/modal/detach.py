@@ -153,7 +153,7 @@ def detach_job(
     """``forge run JOB --backend modal --detach``: the exit code.
 
     The shared orchestrator runs on Modal as the app's ``orchestrate`` function
-    (attached, ``jobrun.run_job`` runs it here through ``ModalBackend``).
+    (attached, ``runner.commands.run.run_job`` runs it here through ``ModalBackend``).
     """
     require_credentials()
     spec, tasks = load_planned(job)

@@ -16,7 +16,7 @@ from typing import Any
 
 from rich.console import Console
 
-from runner.backends.jobrun import run_job
+from runner.commands.run import run_job
 from runner.jobspec.load import load_job
 from runner.jobspec.plan import tasks as plan_tasks
 from runner.oracle.atomic import write_atomic

@@ -12,9 +12,9 @@ from rich.console import Console
 
 from runner.backends.base import BackendError, RunContext
 from runner.backends.orchestrate import Orchestrator
-from runner.backends.progress import RunDisplay
 from runner.backends.registry import FlagConflict, check_run_flags, make_backend
 from runner.backends.runstate import RunOptions, RunSummary, new_run_id
+from runner.commands.progress import RunDisplay
 from runner.jobspec.load import load_job
 from runner.jobspec.plan import tasks as plan_tasks
 from runner.oracle.atomic import write_atomic

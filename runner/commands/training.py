@@ -1,9 +1,13 @@
-"""What ``forge sweep`` prints: progress lines while it runs, then the results table and
-the best config (last, so it is what a terminal shows at the end)."""
+"""What ``forge sweep`` and ``forge eval`` print and write: a sweep's progress lines while
+it runs, then the results table and the best config (last, so it is what a terminal shows
+at the end); a checkpoint's scores beside the baselines."""
 
 from __future__ import annotations
 
+import json
 import math
+import os
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -12,11 +16,21 @@ from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
+from runner.jobspec.load import load_sweep
 from runner.jobspec.pricing import format_duration
+from runner.train.evaluate import EvalReport
 from runner.train.metrics import BASELINES, BLUNDER_POINTS
-from runner.train.results import REPORTED, SweepOutcome, params_text
+from runner.train.plan import Trial
+from runner.train.results import (
+    REPORTED,
+    SweepOutcome,
+    jsonable,
+    params_text,
+    sweep_json,
+    write_file,
+)
 from runner.train.stream import describe
-from runner.train.trials import Trial
+from runner.train.sweep import run_sweep
 
 # Columns and progress lines say the metrics' own names (as results.csv and
 # objective.metric do); the table's caption says what each means, with its unit.
@@ -204,3 +218,43 @@ def print_outcome(console: Console, outcome: SweepOutcome) -> None:
         soft_wrap=True,
     )
     console.print(f"checkpoint: {best['checkpoint']}", soft_wrap=True, markup=False)
+
+
+def forge_sweep(
+    sweep_file: str | os.PathLike[str],
+    *,
+    backend: str = "local",
+    data_dir: str | None = None,
+    out_dir: str | None = None,
+    max_usd: float | None = None,
+    json_file: str | None = None,
+) -> int:
+    """``forge sweep``: load the sweep file, run it with a live report, print the outcome
+    (and write it to ``json_file`` as :func:`sweep_json`); the exit code. Raises
+    SpecErrors (bad file), SweepError, ModalUserError."""
+    spec = load_sweep(sweep_file)
+    # logs and pipes get the full table instead of one squeezed to 80 columns
+    console = Console(highlight=False, width=None if sys.stdout.isatty() else 160)
+    outcome = run_sweep(
+        spec, backend=backend, data_dir=data_dir, out_dir=out_dir, on_event=Reporter(console), max_usd=max_usd
+    )
+    print_outcome(console, outcome)
+    code = outcome.exit_code or (1 if outcome.failed else 0)
+    if json_file is not None:
+        doc = {**sweep_json(outcome), "exit_code": code}
+        write_file(Path(json_file), (json.dumps(jsonable(doc), indent=1) + "\n").encode())
+    return code
+
+
+def report_lines(r: EvalReport) -> list[str]:
+    """What ``forge eval`` prints: where the rows came from, the model, then both baselines."""
+    sample = f", a seeded sample of at most {r.max_rows:,}" if r.max_rows is not None else ""
+    lines = [
+        f"checkpoint {r.checkpoint} on split {r.split!r} of job {r.job!r}: {r.shards} of "
+        f"{r.shards_planned} shards, {r.rows:,} rows{sample} ({r.decisions:,} where the choice "
+        f"matters), {format_duration(r.seconds)}",
+        f"  {'model':<14}{metrics_text(r.metrics)}",
+    ]
+    for name, what in BASELINES.items():
+        lines.append(f"  {name:<14}{metrics_text(r.baselines[name])}  - {what}")
+    return lines

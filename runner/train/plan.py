@@ -1,4 +1,4 @@
-"""A sweep's trials: the shards they read (``DataPlan``), their ids and configs, and
+"""A sweep's plan: the shards its trials read (``DataPlan``), their ids and configs, and
 the payload a trial's task code runs from.
 
 A trial's id is a digest of everything that decides its result (its full training config

@@ -1,7 +1,7 @@
 """What ``forge solve`` and ``forge verify`` do and report (plain text).
 
-Here, above the oracle, because it is a command's report: the oracle layer itself neither
-prints nor writes reports (it stays importable with numpy, jax and pyarrow alone)."""
+A command's report, so here with the presenters: the oracle layer itself neither prints
+nor writes reports (it stays importable with numpy, jax and pyarrow alone)."""
 
 from __future__ import annotations
 
