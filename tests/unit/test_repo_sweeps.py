@@ -13,7 +13,7 @@ from runner.backends.modal import MOUNT, modal_settings
 from runner.jobspec.load import load_job, load_sweep
 from runner.jobspec.plan import tasks
 from runner.train import modal_sweep
-from runner.train.sweep import expand, payload, resolve_data
+from runner.train.plan import expand, payload, resolve_data
 
 REPO = Path(__file__).resolve().parents[2]
 JOBS = REPO / "jobs"
