@@ -5,7 +5,7 @@ optimally, and judges every move the model makes: the points it loses against th
 move in that position (``Q_best - Q_chosen``, from the model's side). The deal's margin
 ends at the oracle's value minus what the model lost.
 
-    .venv/bin/python scripts/play_vs_oracle.py sweeps/smoke-sweep/checkpoints/ID.msgpack --seed 30
+    .venv/bin/python scripts/play_vs_oracle.py sweeps/learn-sweep/checkpoints/ID.msgpack --seed 30
 
 (docs/policy.md walks through it.)
 """

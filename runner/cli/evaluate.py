@@ -47,7 +47,7 @@ def eval_command(
 
     \b
     Example:
-      forge eval sweeps/smoke-sweep/checkpoints/5676299a02.msgpack jobs/smoke.yaml
+      forge eval sweeps/learn-sweep/checkpoints/de143a579b.msgpack jobs/smoke.yaml
       forge eval best.msgpack jobs/valtest.yaml --data /data/forge --split test --json eval.json
       forge eval best.msgpack jobs/smoke.yaml --max-rows 200000
     """

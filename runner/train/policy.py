@@ -4,7 +4,7 @@
 
     from runner.train.policy import Deal, load_policy
 
-    policy = load_policy("sweeps/smoke-sweep/checkpoints/5676299a02.msgpack")
+    policy = load_policy("sweeps/learn-sweep/checkpoints/de143a579b.msgpack")
     deal = Deal(hands, decl_id)          # hands: 4 x 7 tile ids, each hand ascending
     out = policy(states, deal)           # states: packed int64 (ORACLE.md section 5)
     out.move                             # (N,) the chosen local slot, -1 where none is legal
